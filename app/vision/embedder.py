@@ -1,0 +1,190 @@
+"""Async front of the models: micro-batched inference and image decoding, off the event loop.
+
+- Inference runs in one dedicated thread. torch parallelises each forward pass
+  over `inference_threads` cores itself, so two forwards at once would only
+  fight over the same cores; one thread also gives a natural batching point.
+- Per model (spec) a queue and a worker task: while a forward pass runs, new
+  requests wait in the queue, and the next pass takes as many of them as fit in
+  `embed_batch_size` images. Nobody waits for a batch to fill (no added latency
+  when idle), and under load the batches fill up by themselves.
+- Preprocessing (resize, normalise) and decoding run in a small CPU pool
+  (`cpu_workers`), overlapping with inference.
+- Admission is bounded: at most `8 x embed_batch_size` images may be queued or
+  in flight; beyond that `embed` waits (back-pressure). `queue_depth` reports
+  the number for metrics and for callers that prefer to shed load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import numpy as np
+import torch
+from PIL import Image
+
+from app.config import Settings
+from app.vision.decode import decode_image
+from app.vision.model import EmbeddingModel, ModelRegistry, ModelSpec
+
+T = TypeVar("T")
+
+_MAX_QUEUED_BATCHES = 8
+
+
+@dataclass
+class _Job:
+    batch: torch.Tensor  # preprocessed, at most embed_batch_size rows
+    future: asyncio.Future[np.ndarray]
+
+
+@dataclass
+class _Batcher:
+    model: EmbeddingModel
+    queue: asyncio.Queue[_Job] = field(default_factory=asyncio.Queue)
+    task: asyncio.Task[None] | None = None
+
+
+class Embedder:
+    """Embeds and decodes images for async callers without blocking the event loop."""
+
+    def __init__(self, registry: ModelRegistry, settings: Settings) -> None:
+        self.registry = registry
+        self.batch_size = max(1, settings.embed_batch_size)
+        self._max_pixels = settings.max_image_pixels
+        if settings.inference_threads > 0:
+            torch.set_num_threads(settings.inference_threads)  # process-wide intra-op pool
+        self._infer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lookalike-infer")
+        self._cpu_pool = ThreadPoolExecutor(
+            max_workers=max(1, settings.cpu_workers), thread_name_prefix="lookalike-cpu"
+        )
+        self._load_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="lookalike-load")
+        self._batchers: dict[str, _Batcher] = {}
+        self._admission = asyncio.Semaphore(self.batch_size * _MAX_QUEUED_BATCHES)
+        self._pending_images = 0
+        self.batches_run = 0  # forward passes so far (for metrics and tests)
+        self._closed = False
+
+    # -- metrics ---------------------------------------------------------------
+
+    @property
+    def queue_depth(self) -> int:
+        """Images accepted for embedding and not yet finished (queued or in a forward pass)."""
+        return self._pending_images
+
+    # -- public API ------------------------------------------------------------
+
+    async def load_model(self, spec: ModelSpec) -> EmbeddingModel:
+        """The loaded model for `spec`; the first load takes seconds and runs in a thread."""
+        return await self._run(self._load_pool, self.registry.get, spec)
+
+    async def decode(self, data: bytes) -> Image.Image:
+        """decode_image(data, settings.max_image_pixels) in the CPU pool; raises ImageError."""
+        return await self._run(self._cpu_pool, decode_image, data, self._max_pixels)
+
+    async def embed(self, spec: ModelSpec, images: Sequence[Image.Image]) -> np.ndarray:
+        """float32 (len(images), dim) L2-normalised embeddings, batched with concurrent callers."""
+        if self._closed:
+            raise RuntimeError("Embedder is closed")
+        model = await self.load_model(spec)
+        if not images:
+            return np.zeros((0, model.dim), dtype=np.float32)
+        chunks = [list(images[i : i + self.batch_size]) for i in range(0, len(images), self.batch_size)]
+        parts = await asyncio.gather(*(self._embed_chunk(spec, model, chunk) for chunk in chunks))
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def close(self) -> None:
+        """Stop the batch workers and the thread pools (work in progress is abandoned)."""
+        self._closed = True
+        for batcher in self._batchers.values():
+            if batcher.task is not None:
+                batcher.task.cancel()
+        self._batchers.clear()
+        for pool in (self._infer_pool, self._cpu_pool, self._load_pool):
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- internals -------------------------------------------------------------
+
+    @staticmethod
+    async def _run(pool: ThreadPoolExecutor, fn: Callable[..., T], *args: object) -> T:
+        return await asyncio.get_running_loop().run_in_executor(pool, functools.partial(fn, *args))
+
+    async def _embed_chunk(
+        self, spec: ModelSpec, model: EmbeddingModel, chunk: list[Image.Image]
+    ) -> np.ndarray:
+        n = len(chunk)
+        # Acquire one slot per image (n <= batch_size, well under the bound).
+        for _ in range(n):
+            await self._admission.acquire()
+        self._pending_images += n
+        try:
+            batch = await self._run(self._cpu_pool, model.preprocess, chunk)
+            future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+            self._batcher(spec, model).queue.put_nowait(_Job(batch, future))
+            return await future
+        finally:
+            self._pending_images -= n
+            for _ in range(n):
+                self._admission.release()
+
+    def _batcher(self, spec: ModelSpec, model: EmbeddingModel) -> _Batcher:
+        key = spec.cache_key
+        batcher = self._batchers.get(key)
+        if batcher is None or batcher.task is None or batcher.task.done():
+            batcher = _Batcher(model)
+            batcher.task = asyncio.get_running_loop().create_task(
+                self._work(batcher), name=f"lookalike-embed-{key}"
+            )
+            self._batchers[key] = batcher
+        return batcher
+
+    async def _work(self, batcher: _Batcher) -> None:
+        carry: _Job | None = None
+        while True:
+            job = carry if carry is not None else await batcher.queue.get()
+            carry = None
+            jobs = [job]
+            rows = job.batch.shape[0]
+            # Take whatever else is already waiting, up to one batch.
+            while rows < self.batch_size and not batcher.queue.empty():
+                nxt = batcher.queue.get_nowait()
+                if rows + nxt.batch.shape[0] > self.batch_size:
+                    carry = nxt
+                    break
+                jobs.append(nxt)
+                rows += nxt.batch.shape[0]
+            jobs = [j for j in jobs if not j.future.done()]  # callers that gave up
+            if not jobs:
+                continue
+            batch = jobs[0].batch if len(jobs) == 1 else torch.cat([j.batch for j in jobs])
+            try:
+                out = await self._run(self._infer_pool, batcher.model.embed_tensor, batch)
+            except asyncio.CancelledError:
+                for j in jobs:
+                    j.future.cancel()
+                raise
+            except Exception as exc:  # hand the failure to each waiting caller
+                for j in jobs:
+                    if not j.future.done():
+                        j.future.set_exception(exc)
+                continue
+            self.batches_run += 1
+            start = 0
+            for j in jobs:
+                end = start + j.batch.shape[0]
+                if not j.future.done():
+                    j.future.set_result(out[start:end])
+                start = end
+
+    async def aclose(self) -> None:
+        """close(), then wait for the worker tasks to finish cancelling."""
+        tasks = [b.task for b in self._batchers.values() if b.task is not None]
+        self.close()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

@@ -1,0 +1,484 @@
+"""timm image models: the per-index model setting, loading weights, and embedding.
+
+`ModelSpec` is the index's `model` setting (SPEC "Index management"):
+
+- absent/None: the default, DINOv2 ViT-S/14 (`vit_small_patch14_dinov2.lvd142m`)
+  run at 224 px, 384-d;
+- a string `"arch.tag"` or `"arch"`: that timm model with pretrained weights
+  (the default tag is pinned at parse time, so a later timm release changing its
+  default cannot silently change an index's vectors);
+- an object `{"name", "pretrained", "imageSize", "seed"}`; `"pretrained": false`
+  gives deterministic random weights from `seed`, the documented way to run
+  fully offline (tests, benchmarks, air-gapped demos; quality is a lower bound).
+
+Pretrained weights come from `LOOKALIKE_MODEL_WEIGHTS` (a file, or a directory
+of `<arch>.<tag>.safetensors` files) or the Hugging Face hub cache, downloading
+only when the hub is reachable. When they cannot be had, `ModelUnavailableError`
+says how to provide them; random weights are never substituted silently.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import socket
+import threading
+import urllib.parse
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import timm
+import timm.data
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+DEFAULT_ARCH = "vit_small_patch14_dinov2"
+DEFAULT_TAG = "lvd142m"
+DEFAULT_IMAGE_SIZE = 224
+MIN_IMAGE_SIZE = 16
+MAX_IMAGE_SIZE = 1024
+
+# The model the test suite and offline benchmarks use: a random-weight ViT-Tiny
+# at 64 px. 192-d, about 140 images/s single and 650 images/s in batches of 32 on
+# 2 CPU cores, and (unlike random DINOv2, whose LayerScale makes every output
+# nearly identical) it spreads distinct images apart and keeps a JPEG'd, resized
+# copy nearest to its original.
+OFFLINE_TEST_MODEL: dict[str, Any] = {
+    "name": "vit_tiny_patch16_224",
+    "pretrained": False,
+    "imageSize": 64,
+    "seed": 0,
+}
+OFFLINE_TEST_MODEL_DIM = 192
+
+_SPEC_KEYS = ("name", "pretrained", "imageSize", "seed")
+_WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+_HUB_PROBE_TIMEOUT_S = 3.0
+
+
+class ModelUnavailableError(Exception):
+    """Pretrained weights cannot be had; the message says how to provide them."""
+
+
+def _suggest(arch: str) -> str:
+    close = difflib.get_close_matches(arch, timm.list_models(), n=3, cutoff=0.6)
+    return f" (did you mean {', '.join(close)}?)" if close else ""
+
+
+def _check_int(value: object, what: str, lo: int, hi: int) -> int:
+    # bool is an int subclass; `"imageSize": true` is a mistake, not 1.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{what} must be an integer, got {value!r}")
+    if not lo <= value <= hi:
+        raise ValueError(f"{what} must be between {lo} and {hi}, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which timm model embeds an index's images, and how.
+
+    `name` is the timm architecture (no tag). `pretrained` is False for seeded
+    random weights, a tag string for those pretrained weights, or True for
+    timm's default tag (`parse` replaces True by the concrete tag). `image_size`
+    None means the weights' native input size.
+    """
+
+    name: str
+    pretrained: bool | str = True
+    image_size: int | None = None
+    seed: int = 0
+
+    @property
+    def tag(self) -> str | None:
+        return self.pretrained if isinstance(self.pretrained, str) else None
+
+    @property
+    def is_pretrained(self) -> bool:
+        return self.pretrained is not False
+
+    @property
+    def timm_name(self) -> str:
+        """The name for timm.create_model: `arch.tag` for pretrained weights, else `arch`."""
+        return f"{self.name}.{self.tag}" if self.tag else self.name
+
+    @property
+    def cache_key(self) -> str:
+        """A stable string identifying the vectors this spec produces."""
+        size = self.image_size if self.image_size is not None else "native"
+        if self.is_pretrained:
+            return f"{self.timm_name}@{size}"
+        return f"{self.name}+random{self.seed}@{size}"
+
+    def to_json(self) -> dict[str, Any]:
+        """The index `model` setting; `ModelSpec.parse(spec.to_json()) == spec`."""
+        out: dict[str, Any] = {"name": self.timm_name, "pretrained": self.is_pretrained}
+        if self.image_size is not None:
+            out["imageSize"] = self.image_size
+        out["seed"] = self.seed
+        return out
+
+    @classmethod
+    def parse(cls, value: str | Mapping[str, Any] | None) -> ModelSpec:
+        """Validate a `model` setting (None, "arch[.tag]", or an object); ValueError says what is wrong."""
+        if value is None:
+            return DEFAULT_MODEL
+        if isinstance(value, str):
+            return cls._build(value, True, None, 0)
+        if isinstance(value, Mapping):
+            unknown = sorted(str(k) for k in value if k not in _SPEC_KEYS)
+            if unknown:
+                raise ValueError(
+                    f"unknown model setting {', '.join(unknown)}; allowed: {', '.join(_SPEC_KEYS)}"
+                )
+            if "name" not in value:
+                raise ValueError('model object needs a "name" (a timm model name)')
+            name = value["name"]
+            if not isinstance(name, str):
+                raise ValueError(f"model name must be a string, got {name!r}")
+            pretrained = value.get("pretrained", True)
+            if not isinstance(pretrained, bool | str):
+                raise ValueError(
+                    f'model "pretrained" must be true, false or a tag string, got {pretrained!r}'
+                )
+            size = value.get("imageSize")
+            if size is not None:
+                size = _check_int(size, "model imageSize", MIN_IMAGE_SIZE, MAX_IMAGE_SIZE)
+            seed = _check_int(value.get("seed", 0), "model seed", 0, 2**63 - 1)
+            return cls._build(name, pretrained, size, seed)
+        raise ValueError(f"model must be a timm model name or an object, got {type(value).__name__}")
+
+    @classmethod
+    def _build(cls, name: str, pretrained: bool | str, image_size: int | None, seed: int) -> ModelSpec:
+        name = name.strip()
+        if not name:
+            raise ValueError("model name is empty")
+        arch, _, tag = name.partition(".")
+        if not timm.is_model(arch):
+            raise ValueError(f"unknown timm model {arch!r}{_suggest(arch)}")
+        if isinstance(pretrained, str):
+            if tag and tag != pretrained:
+                raise ValueError(f"model name {name!r} and pretrained tag {pretrained!r} disagree")
+            tag = pretrained.strip()
+            if not tag:
+                raise ValueError("model pretrained tag is empty")
+            pretrained = True
+        if not pretrained:
+            if tag:
+                raise ValueError(
+                    f'model {name!r} names pretrained weights but "pretrained" is false; '
+                    f"use the name {arch!r} for random weights"
+                )
+            cfg = timm.models.get_pretrained_cfg(arch)
+            size = image_size or (cfg.input_size[-1] if cfg is not None else DEFAULT_IMAGE_SIZE)
+            return cls(arch, False, size, seed)
+        try:
+            cfg = timm.models.get_pretrained_cfg(f"{arch}.{tag}" if tag else arch, allow_unregistered=False)
+        except RuntimeError:
+            cfg = None
+        if cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file):
+            tags = [n.partition(".")[2] for n in timm.list_pretrained(f"{arch}.*")]
+            if tags:
+                raise ValueError(
+                    f"timm has no pretrained weights {arch}.{tag}; tags for {arch}: {', '.join(tags)}"
+                )
+            raise ValueError(
+                f'timm has no pretrained weights for {arch}; use {{"name": "{arch}", "pretrained": false}} '
+                "for random weights"
+            )
+        return cls(arch, cfg.tag or tag or True, image_size or cfg.input_size[-1], seed)
+
+
+DEFAULT_MODEL = ModelSpec(DEFAULT_ARCH, DEFAULT_TAG, DEFAULT_IMAGE_SIZE, 0)
+
+
+# -- weights -------------------------------------------------------------------
+
+
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    raw = os.environ.get("HF_HUB_OFFLINE", "").strip().lower()
+    return bool(constants.HF_HUB_OFFLINE) or raw in ("1", "true", "yes", "on")
+
+
+def _hub_unreachable_reason() -> str | None:
+    """Why the hub cannot be reached right now, or None. Fails in seconds, not minutes.
+
+    huggingface_hub retries a dead network five times with back-off (about 25 s
+    here); a quick TCP probe first keeps index creation on an offline machine
+    from hanging. With a proxy configured the probe would be meaningless, so
+    then the download is simply attempted.
+    """
+    if _hub_offline():
+        return "HF_HUB_OFFLINE is set"
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    from huggingface_hub import constants
+
+    endpoint = urllib.parse.urlsplit(constants.ENDPOINT)
+    host = endpoint.hostname or "huggingface.co"
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=_HUB_PROBE_TIMEOUT_S).close()
+    except OSError as exc:
+        return f"{host} is unreachable ({exc.strerror or exc})"
+    return None
+
+
+def _hub_filenames(cfg: Any) -> list[str]:
+    name = getattr(cfg, "hf_hub_filename", None)
+    if name:
+        # timm prefers a safetensors twin of a .bin file when the repo has one.
+        if name.endswith("pytorch_model.bin"):
+            return [name[: -len("pytorch_model.bin")] + "model.safetensors", name]
+        return [name]
+    return ["model.safetensors", "pytorch_model.bin"]
+
+
+def _how_to(spec: ModelSpec, hub_id: str | None) -> str:
+    where = f" (model.safetensors from https://huggingface.co/{hub_id})" if hub_id else ""
+    return (
+        f"To provide them: set LOOKALIKE_MODEL_WEIGHTS=/path/to/{spec.timm_name}.safetensors{where}; "
+        f"or run `lookalike models pull {spec.timm_name}` on a machine with internet access and copy its "
+        f"Hugging Face cache (HF_HOME) here; or, for offline tests and demos only, use random weights: "
+        f'{{"name": "{spec.name}", "pretrained": false, "imageSize": 64, "seed": 0}}.'
+    )
+
+
+def _weights_in(directory: Path, spec: ModelSpec) -> Path | None:
+    for stem in dict.fromkeys((spec.timm_name, spec.name)):
+        for suffix in _WEIGHT_SUFFIXES:
+            for candidate in (directory / f"{stem}{suffix}", directory / stem / f"model{suffix}"):
+                if candidate.is_file():
+                    return candidate
+        hub_layout = directory / stem / "pytorch_model.bin"
+        if hub_layout.is_file():
+            return hub_layout
+    return None
+
+
+def locate_weights(
+    spec: ModelSpec,
+    weights_path: Path | None = None,
+    *,
+    cache_dir: Path | None = None,
+    allow_download: bool = True,
+) -> Path:
+    """The local weights file for a pretrained spec, downloading into the hub cache if allowed."""
+    assert spec.is_pretrained
+    cfg = timm.models.get_pretrained_cfg(spec.timm_name)
+    hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    if weights_path is not None:
+        path = Path(weights_path).expanduser()
+        if path.is_file():
+            return path
+        if not path.exists():
+            raise ModelUnavailableError(
+                f"LOOKALIKE_MODEL_WEIGHTS is {path}, which does not exist. {_how_to(spec, hub_id)}"
+            )
+        found = _weights_in(path, spec)
+        if found is not None:
+            return found
+    if not hub_id:
+        raise ModelUnavailableError(
+            f"weights for model {spec.timm_name} are not on the Hugging Face hub. {_how_to(spec, None)}"
+        )
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+
+    filenames = _hub_filenames(cfg)
+    for filename in filenames:
+        cached = try_to_load_from_cache(hub_id, filename, cache_dir=cache_dir)
+        if isinstance(cached, str):
+            return Path(cached)
+    reason = "downloads are disabled" if not allow_download else _hub_unreachable_reason()
+    if reason is None:
+        errors: list[str] = []
+        for filename in filenames:
+            try:
+                return Path(hf_hub_download(hub_id, filename, cache_dir=cache_dir))
+            except Exception as exc:  # hub errors come in many types; each is "not available"
+                errors.append(f"{filename}: {exc}".splitlines()[0])
+        reason = "; ".join(errors)
+    raise ModelUnavailableError(
+        f"weights for model {spec.timm_name} are not available: not in the local cache and {reason}. "
+        f"{_how_to(spec, hub_id)}"
+    )
+
+
+# -- the model -----------------------------------------------------------------
+
+
+def _create(spec: ModelSpec, **kwargs: Any) -> torch.nn.Module:
+    """timm.create_model with the spec's image size where the architecture takes one, seeded."""
+    name = spec.timm_name if kwargs.get("pretrained") else spec.name
+    # fork_rng: seeding must not disturb the process's RNG (devices=[]: CPU state only).
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.seed)
+        if spec.image_size is not None:
+            try:
+                return timm.create_model(name, num_classes=0, img_size=spec.image_size, **kwargs)
+            except TypeError as exc:
+                if "img_size" not in str(exc):
+                    raise
+                torch.manual_seed(spec.seed)  # CNNs take any input size and no img_size argument
+        return timm.create_model(name, num_classes=0, **kwargs)
+
+
+def _unchanged_fraction(model: torch.nn.Module, reference: torch.nn.Module) -> float:
+    """Share of parameters (by count) identical to a same-seed random init: near 1 if nothing loaded."""
+    ref = reference.state_dict()
+    same = total = 0
+    for key, tensor in model.state_dict().items():
+        if not tensor.is_floating_point():
+            continue
+        total += tensor.numel()
+        other = ref.get(key)
+        if other is not None and other.shape == tensor.shape and torch.equal(other, tensor):
+            same += tensor.numel()
+    return same / total if total else 0.0
+
+
+class EmbeddingModel:
+    """A loaded timm model in eval mode plus its preprocessing; embeds PIL images.
+
+    `embed` is thread-safe and CPU-bound: call it from a worker thread (see
+    `app.vision.embedder.Embedder`), never on the event loop.
+    """
+
+    def __init__(self, spec: ModelSpec, module: torch.nn.Module, device: str = "cpu") -> None:
+        self.spec = spec
+        self.device = torch.device(device)
+        self.module = module.to(self.device).eval()
+        size = spec.image_size
+        data_cfg = timm.data.resolve_data_config(
+            # crop_pct 1.0: catalog photos are framed on the product, don't cut its edges.
+            {"input_size": (3, size, size), "crop_pct": 1.0} if size else {"crop_pct": 1.0},
+            model=self.module,
+        )
+        self.input_size: tuple[int, int, int] = tuple(data_cfg["input_size"])  # type: ignore[assignment]
+        self.transform: Callable[[Image.Image], torch.Tensor] = timm.data.create_transform(
+            **data_cfg, is_training=False
+        )
+        with torch.inference_mode():
+            probe = self.module(torch.zeros((1, *self.input_size), device=self.device))
+        self._dim = int(probe.reshape(1, -1).shape[1])
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    @property
+    def name(self) -> str:
+        return self.spec.timm_name
+
+    @classmethod
+    def load(
+        cls,
+        spec: ModelSpec,
+        weights_path: Path | None = None,
+        *,
+        device: str = "cpu",
+        cache_dir: Path | None = None,
+        allow_download: bool = True,
+    ) -> EmbeddingModel:
+        """Create the model; pretrained weights from `weights_path` or the hub, else ModelUnavailableError.
+
+        Slow (seconds): run it in a thread. ValueError if the architecture cannot
+        run at the spec's image size.
+        """
+        if not spec.is_pretrained:
+            module = _create(spec, pretrained=False)
+        else:
+            path = locate_weights(spec, weights_path, cache_dir=cache_dir, allow_download=allow_download)
+            try:
+                module = _create(spec, pretrained=True, pretrained_cfg_overlay={"file": str(path)})
+            except Exception as exc:  # wrong shapes, corrupt file, unpickling refused, ...
+                raise ModelUnavailableError(
+                    f"could not load weights for model {spec.timm_name} from {path}: "
+                    f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+                ) from exc
+            # timm loads non-strictly when it drops the classifier, and only logs
+            # missing keys: make sure the file really supplied the weights.
+            unchanged = _unchanged_fraction(module, _create(spec, pretrained=False))
+            if unchanged > 0.5:
+                raise ModelUnavailableError(
+                    f"weights file {path} does not fit model {spec.timm_name}: {unchanged:.0%} of its "
+                    "parameters were left at random initialisation"
+                )
+        try:
+            return cls(spec, module, device)
+        except RuntimeError as exc:
+            raise ValueError(
+                f"model {spec.name} cannot run at imageSize {spec.image_size}: {str(exc).splitlines()[0]}"
+            ) from exc
+
+    def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """RGB PIL images -> a (n, 3, H, W) float tensor, as the model expects."""
+        if not images:
+            return torch.zeros((0, *self.input_size))
+        return torch.stack(
+            [self.transform(img if img.mode == "RGB" else img.convert("RGB")) for img in images]
+        )
+
+    def embed_tensor(self, batch: torch.Tensor) -> np.ndarray:
+        """Preprocessed (n, 3, H, W) -> float32 (n, dim), rows L2-normalised."""
+        if batch.shape[0] == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        with torch.inference_mode():
+            features = self.module(batch.to(self.device)).reshape(batch.shape[0], -1).float()
+            features = F.normalize(features, dim=1)
+        return features.cpu().numpy().astype(np.float32, copy=False)
+
+    def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Images -> float32 (n, dim) L2-normalised embeddings."""
+        return self.embed_tensor(self.preprocess(images))
+
+
+class ModelRegistry:
+    """Loads each model once per process and hands out the shared instance; thread-safe."""
+
+    def __init__(
+        self,
+        weights_path: Path | None = None,
+        *,
+        cache_dir: Path | None = None,
+        device: str = "cpu",
+        allow_download: bool = True,
+    ) -> None:
+        self.weights_path = weights_path
+        self._cache_dir = cache_dir
+        self._device = device
+        self._allow_download = allow_download
+        self._models: dict[str, EmbeddingModel] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def get(self, spec: ModelSpec) -> EmbeddingModel:
+        """The loaded model for `spec`, loading it on first use (slow: call from a thread)."""
+        key = spec.cache_key
+        model = self._models.get(key)
+        if model is not None:
+            return model
+        with self._guard:
+            lock = self._locks.setdefault(key, threading.Lock())
+        # One lock per model: loading one model does not block using another.
+        with lock:
+            model = self._models.get(key)
+            if model is None:
+                model = EmbeddingModel.load(
+                    spec,
+                    self.weights_path,
+                    device=self._device,
+                    cache_dir=self._cache_dir,
+                    allow_download=self._allow_download,
+                )
+                self._models[key] = model
+            return model
+
+    def loaded(self) -> list[ModelSpec]:
+        return [m.spec for m in list(self._models.values())]
