@@ -306,3 +306,5 @@ async def test_data_url_size_cap() -> None:
     assert err.message == "image larger than 1000 bytes"
     err = await _refused(settings, _data_url(b"x" * 100_000))
     assert err.message == "image larger than 1000 bytes"
+    big = b"\x89PNG" + bytes(range(256)) * 4096  # decoded in a thread (over 256 KiB of base64)
+    assert await _fetch(_settings(""), _data_url(big)) == big

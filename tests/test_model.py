@@ -142,10 +142,19 @@ def test_offline_test_model(test_model: EmbeddingModel) -> None:
 
 def test_same_seed_same_vectors(test_model: EmbeddingModel) -> None:
     images = _images(3)
-    again = EmbeddingModel.load(TEST_SPEC)  # a second, independent instance
-    np.testing.assert_allclose(again.embed(images), test_model.embed(images), atol=1e-5)
-    other = EmbeddingModel.load(dataclasses.replace(TEST_SPEC, seed=1))
-    assert np.abs(other.embed(images) - test_model.embed(images)).max() > 0.1
+    # Two independent instances, loaded concurrently (the seeded init must not interleave).
+    loaded: dict[int, EmbeddingModel] = {}
+
+    def load(seed: int) -> None:
+        loaded[seed] = EmbeddingModel.load(dataclasses.replace(TEST_SPEC, seed=seed))
+
+    threads = [threading.Thread(target=load, args=(seed,)) for seed in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    np.testing.assert_allclose(loaded[0].embed(images), test_model.embed(images), atol=1e-5)
+    assert np.abs(loaded[1].embed(images) - test_model.embed(images)).max() > 0.1
 
 
 def test_seeding_leaves_global_rng_alone() -> None:
@@ -390,6 +399,43 @@ async def test_embedder_errors_and_cancellation(
         await embedder.aclose()
     with pytest.raises(RuntimeError, match="closed"):
         await embedder.embed(TEST_SPEC, _images(1))
+
+
+async def test_admission_is_bounded_without_deadlock(registry: ModelRegistry) -> None:
+    embedder = _embedder(registry, embed_batch_size=4)  # at most 32 images admitted
+    try:
+        images = _images(10, seed=5)
+        depths: list[int] = []
+
+        async def watch() -> None:
+            while True:
+                depths.append(embedder.queue_depth)
+                await asyncio.sleep(0)
+
+        watcher = asyncio.create_task(watch())
+        results = await asyncio.wait_for(
+            asyncio.gather(*(embedder.embed(TEST_SPEC, images) for _ in range(12))), timeout=60
+        )
+        watcher.cancel()
+        assert all(r.shape == (10, 192) for r in results)
+        assert max(depths) <= 32
+        assert embedder.queue_depth == 0
+    finally:
+        await embedder.aclose()
+
+
+async def test_close_releases_waiting_callers(registry: ModelRegistry) -> None:
+    embedder = _embedder(registry, embed_batch_size=2)
+    await embedder.embed(TEST_SPEC, _images(1))
+    tasks = [asyncio.create_task(embedder.embed(TEST_SPEC, _images(2, seed=i))) for i in range(6)]
+    for _ in range(5000):  # until all six are admitted
+        if embedder.queue_depth >= 12:
+            break
+        await asyncio.sleep(0.001)
+    embedder.close()
+    done, pending = await asyncio.wait(tasks, timeout=10)
+    assert not pending  # every caller finished (result or cancellation), none hangs
+    await embedder.aclose()
 
 
 async def test_embedder_decode(registry: ModelRegistry) -> None:

@@ -10,8 +10,10 @@
 - Preprocessing (resize, normalise) and decoding run in a small CPU pool
   (`cpu_workers`), overlapping with inference.
 - Admission is bounded: at most `8 x embed_batch_size` images may be queued or
-  in flight; beyond that `embed` waits (back-pressure). `queue_depth` reports
-  the number for metrics and for callers that prefer to shed load.
+  in flight; beyond that `embed` waits (back-pressure). Each chunk is admitted
+  whole, so concurrent requests cannot deadlock holding partial shares.
+  `queue_depth` reports the number for metrics and for callers that prefer to
+  shed load.
 """
 
 from __future__ import annotations
@@ -48,6 +50,16 @@ class _Batcher:
     model: EmbeddingModel
     queue: asyncio.Queue[_Job] = field(default_factory=asyncio.Queue)
     task: asyncio.Task[None] | None = None
+    carry: _Job | None = None  # taken from the queue but did not fit the last batch
+
+    def cancel_waiting(self) -> None:
+        """Cancel every job not yet handed to a forward pass, so no caller waits forever."""
+        jobs = [self.carry] if self.carry is not None else []
+        self.carry = None
+        while not self.queue.empty():
+            jobs.append(self.queue.get_nowait())
+        for job in jobs:
+            job.future.cancel()
 
 
 class Embedder:
@@ -65,8 +77,9 @@ class Embedder:
         )
         self._load_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="lookalike-load")
         self._batchers: dict[str, _Batcher] = {}
-        self._admission = asyncio.Semaphore(self.batch_size * _MAX_QUEUED_BATCHES)
+        self._max_pending = self.batch_size * _MAX_QUEUED_BATCHES
         self._pending_images = 0
+        self._admission_waiters: list[asyncio.Future[None]] = []
         self.batches_run = 0  # forward passes so far (for metrics and tests)
         self._closed = False
 
@@ -104,6 +117,7 @@ class Embedder:
         for batcher in self._batchers.values():
             if batcher.task is not None:
                 batcher.task.cancel()
+            batcher.cancel_waiting()
         self._batchers.clear()
         for pool in (self._infer_pool, self._cpu_pool, self._load_pool):
             pool.shutdown(wait=False, cancel_futures=True)
@@ -114,47 +128,69 @@ class Embedder:
     async def _run(pool: ThreadPoolExecutor, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(pool, functools.partial(fn, *args))
 
+    async def _admit(self, n: int) -> None:
+        # All n at once; a lone request larger than the bound is still let in.
+        while self._pending_images and self._pending_images + n > self._max_pending:
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._admission_waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in self._admission_waiters:
+                    self._admission_waiters.remove(waiter)
+        self._pending_images += n
+
+    def _release(self, n: int) -> None:
+        self._pending_images -= n
+        waiters, self._admission_waiters = self._admission_waiters, []
+        for waiter in waiters:  # each re-checks the bound
+            if not waiter.done():
+                waiter.set_result(None)
+
     async def _embed_chunk(
         self, spec: ModelSpec, model: EmbeddingModel, chunk: list[Image.Image]
     ) -> np.ndarray:
         n = len(chunk)
-        # Acquire one slot per image (n <= batch_size, well under the bound).
-        for _ in range(n):
-            await self._admission.acquire()
-        self._pending_images += n
+        await self._admit(n)
         try:
             batch = await self._run(self._cpu_pool, model.preprocess, chunk)
             future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
             self._batcher(spec, model).queue.put_nowait(_Job(batch, future))
             return await future
         finally:
-            self._pending_images -= n
-            for _ in range(n):
-                self._admission.release()
+            self._release(n)
 
     def _batcher(self, spec: ModelSpec, model: EmbeddingModel) -> _Batcher:
+        if self._closed:  # closed while this request was being preprocessed
+            raise RuntimeError("Embedder is closed")
         key = spec.cache_key
         batcher = self._batchers.get(key)
-        if batcher is None or batcher.task is None or batcher.task.done():
+        loop = asyncio.get_running_loop()
+        # A new worker if none, if it died, or if it belongs to another event loop (tests).
+        if (
+            batcher is None
+            or batcher.task is None
+            or batcher.task.done()
+            or batcher.task.get_loop() is not loop
+        ):
             batcher = _Batcher(model)
-            batcher.task = asyncio.get_running_loop().create_task(
-                self._work(batcher), name=f"lookalike-embed-{key}"
-            )
+            batcher.task = loop.create_task(self._work(batcher), name=f"lookalike-embed-{key}")
             self._batchers[key] = batcher
         return batcher
 
     async def _work(self, batcher: _Batcher) -> None:
-        carry: _Job | None = None
         while True:
-            job = carry if carry is not None else await batcher.queue.get()
-            carry = None
+            if batcher.carry is not None:
+                job, batcher.carry = batcher.carry, None
+            else:
+                job = await batcher.queue.get()
             jobs = [job]
             rows = job.batch.shape[0]
             # Take whatever else is already waiting, up to one batch.
             while rows < self.batch_size and not batcher.queue.empty():
                 nxt = batcher.queue.get_nowait()
                 if rows + nxt.batch.shape[0] > self.batch_size:
-                    carry = nxt
+                    batcher.carry = nxt
                     break
                 jobs.append(nxt)
                 rows += nxt.batch.shape[0]

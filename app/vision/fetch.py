@@ -52,6 +52,7 @@ CODE_TOO_LARGE = "image_too_large"
 CODE_DATA_URL = "invalid_data_url"
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+_DATA_URL_INLINE_CHARS = 256 * 1024
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
 # The well-known NAT64 prefix embeds an IPv4 address in its low 32 bits.
@@ -240,6 +241,8 @@ class ImageFetcher:
             raise ImageError("image URL is empty", CODE_BAD_URL)
         url = url.strip()
         if url[:5].lower() == "data:":
+            if len(url) > _DATA_URL_INLINE_CHARS:  # base64 of megabytes: keep it off the event loop
+                return await asyncio.to_thread(self._decode_data_url, url)
             return self._decode_data_url(url)
         total = self._settings.fetch_total_timeout_s
         try:

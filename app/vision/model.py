@@ -313,11 +313,20 @@ def locate_weights(
 # -- the model -----------------------------------------------------------------
 
 
+# timm initialises weights from torch's global RNG: two threads seeding and
+# drawing at once would interleave and make "deterministic" weights random.
+_CREATE_LOCK = threading.Lock()
+
+
 def _create(spec: ModelSpec, **kwargs: Any) -> torch.nn.Module:
-    """timm.create_model with the spec's image size where the architecture takes one, seeded."""
+    """timm.create_model with the spec's image size where the architecture takes one, seeded.
+
+    Random weights are a function of (architecture, image size, seed) for a given
+    torch + timm version; upgrading either may change them (re-embed such indexes).
+    """
     name = spec.timm_name if kwargs.get("pretrained") else spec.name
     # fork_rng: seeding must not disturb the process's RNG (devices=[]: CPU state only).
-    with torch.random.fork_rng(devices=[]):
+    with _CREATE_LOCK, torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.seed)
         if spec.image_size is not None:
             try:
