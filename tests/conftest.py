@@ -9,6 +9,7 @@ at the end.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
@@ -16,9 +17,12 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import asyncpg
+import httpx
 import pytest
 
+from app.config import FetchAllowList, Settings
 from app.storage import db, migrate
+from tests.imageserver import ImageServer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,3 +77,56 @@ def fresh_database(server_url: str) -> Iterator[str]:
     asyncio.run(db.ensure_database(url))
     yield url
     asyncio.run(_drop_database(server_url, name))
+
+
+# --- the HTTP API on the test database -------------------------------------------------
+
+ADMIN_KEY = "test-admin-key-0123456789"
+
+
+def api_settings(database_url: str, data_dir: Path, **overrides: object) -> Settings:
+    from dataclasses import replace
+
+    base = Settings(
+        database_url=database_url,
+        data_dir=data_dir,
+        api_key=ADMIN_KEY,
+        fetch_allowlist=FetchAllowList.parse("127.0.0.1,localhost"),
+        fetch_total_timeout_s=5.0,
+        fetch_read_timeout_s=3.0,
+        fetch_connect_timeout_s=2.0,
+    )
+    return replace(base, **overrides)  # type: ignore[arg-type]
+
+
+@contextlib.asynccontextmanager
+async def running_app(settings: Settings, **kwargs: object) -> AsyncIterator[httpx.AsyncClient]:
+    """The real app (lifespan included) behind an in-process httpx client."""
+    from app.main import create_app
+
+    app = create_app(settings, run_migrations=False, **kwargs)  # type: ignore[arg-type]
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://lookalike.test", timeout=60
+        ) as client:
+            client.app = app  # type: ignore[attr-defined]
+            yield client
+
+
+@pytest.fixture(scope="session")
+async def api(
+    database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[httpx.AsyncClient]:
+    settings = api_settings(database_url, tmp_path_factory.mktemp("data"))
+    async with running_app(settings) as client:
+        yield client
+
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+
+@pytest.fixture(scope="session")
+def images() -> Iterator[ImageServer]:
+    with ImageServer() as server:
+        yield server

@@ -48,7 +48,12 @@ def _prune_dead_handles(pgdata: Path) -> None:
 
 
 def start_embedded_postgres(data_dir: Path) -> str:
-    """Start (or join) the embedded PostgreSQL in `data_dir` and return its URL.
+    """Start (or join) the embedded PostgreSQL in `data_dir` and return its URL."""
+    return embedded_server(data_dir).get_uri(DATABASE_NAME)
+
+
+def embedded_server(data_dir: Path) -> Any:
+    """Start (or join) the embedded PostgreSQL in `data_dir`; `release_embedded` lets go of it.
 
     Several lookalike processes on one data directory share one postmaster:
     embedded-postgres serialises start-up with an inter-process lock and stops the
@@ -61,8 +66,16 @@ def start_embedded_postgres(data_dir: Path) -> str:
     pgdata = data_dir / "pgdata"
     if pgdata.exists():
         _prune_dead_handles(pgdata)
-    server = get_server(pgdata, cleanup_mode="stop")
-    return server.get_uri(DATABASE_NAME)
+    return get_server(pgdata, cleanup_mode="stop")
+
+
+def release_embedded(server: Any) -> None:
+    """Drop this process's handle; the last process out stops the server.
+
+    Called on shutdown rather than left to atexit: uvicorn re-raises SIGTERM after a
+    graceful shutdown, and a process that dies by signal runs no atexit hooks.
+    """
+    server.cleanup()
 
 
 def _admin_url(url: str) -> str:
@@ -125,7 +138,7 @@ async def wait_for_database(url: str, attempts: int = 30, delay_s: float = 1.0) 
             conn = await asyncpg.connect(url, timeout=5)
             await conn.close()
             return
-        except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
             last = exc
             await asyncio.sleep(delay_s)
     raise RuntimeError(f"database not reachable at {redact_url(url)}: {last}")

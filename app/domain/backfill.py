@@ -1,0 +1,88 @@
+"""Local-feature backfill: when reverse image search is turned on for a populated index.
+
+A single background task per process claims pending products (`FOR UPDATE SKIP
+LOCKED`, so several processes share the work), re-fetches each image, extracts
+its local features off the event loop and stores them. Search keeps working
+meanwhile: products without features are ranked by their global score alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import asyncpg
+
+from app.errors import ImageError
+from app.storage import products
+from app.vision.service import VisionService
+
+log = logging.getLogger("lookalike.backfill")
+
+BATCH = 16
+
+
+class FeatureBackfill:
+    def __init__(self, pool: asyncpg.Pool, vision: VisionService, idle_poll_s: float = 30.0):
+        self.pool = pool
+        self.vision = vision
+        self.idle_poll_s = idle_poll_s
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="lookalike-feature-backfill")
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                done = await self.run_once()
+            except asyncio.CancelledError:
+                raise
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                log.warning("feature backfill paused by a database error; retrying", exc_info=True)
+                done = 0
+                await asyncio.sleep(2)
+            if done == 0:
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout=self.idle_poll_s)
+                except TimeoutError:
+                    pass
+
+    async def run_once(self) -> int:
+        """Process one batch; returns how many products it finished."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            claimed = await products.claim_pending_features(conn, BATCH)
+            if not claimed:
+                return 0
+            outcomes = await asyncio.gather(*(self._extract(url) for _, _, url, _ in claimed))
+            for (product_pk, _, _, _), (features, error) in zip(claimed, outcomes, strict=True):
+                await products.finish_features(conn, product_pk, features, error)
+        return len(claimed)
+
+    async def _extract(self, url: str) -> tuple[dict | None, str | None]:
+        try:
+            loaded = await self.vision.load(url)
+            return await self.vision.catalog_features(loaded.image), None
+        except ImageError as exc:
+            return None, f"image could not be loaded: {exc.message}"
+        except Exception as exc:  # one bad image must not stop the backfill
+            log.warning("feature extraction failed for %s", url[:80], exc_info=True)
+            return None, f"local features could not be extracted: {exc.__class__.__name__}"
+
+    async def drain(self) -> None:
+        """Finish all pending work now (tests, `lookalike index backfill`)."""
+        while await self.run_once():
+            pass

@@ -1,0 +1,168 @@
+"""Adding and updating products: validate, fetch, decode, embed, extract features, store.
+
+Each item succeeds or fails on its own; the batch's images are fetched concurrently,
+decoded off the event loop, embedded in one batch, and committed together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from app.domain.filters import index_terms
+from app.domain.products import DocumentError, document_id, merge_partial, validate_document
+from app.errors import ImageError
+from app.storage.catalog import CatalogStore
+from app.storage.indexes import IndexRecord
+from app.storage.products import ProductWrite
+from app.vision.model import ModelSpec
+from app.vision.service import LoadedImage, VisionService
+
+
+@dataclass
+class ItemResult:
+    product_id: str | None
+    status: int
+    message: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"_id": self.product_id, "status": self.status}
+        if self.message is not None:
+            out["message"] = self.message
+        return out
+
+
+class _Pending(Protocol):
+    position: int
+
+
+@dataclass
+class _Work:
+    position: int
+    doc: dict[str, Any]
+    loaded: LoadedImage | None = None
+    embedding: np.ndarray | None = None
+    features: dict[str, Any] | None = None
+    features_status: str | None = None
+    features_error: str | None = None
+
+
+class IngestPipeline:
+    def __init__(self, vision: VisionService, store: CatalogStore, fetch_concurrency: int):
+        self.vision = vision
+        self.store = store
+        self._fetch_slots = asyncio.Semaphore(max(1, fetch_concurrency))
+
+    async def _load(self, url: str) -> LoadedImage:
+        async with self._fetch_slots:
+            return await self.vision.load(url)
+
+    async def add_documents(self, index: IndexRecord, raw_docs: list[Any]) -> list[ItemResult]:
+        results: list[ItemResult | None] = [None] * len(raw_docs)
+        work: list[_Work] = []
+        for position, raw in enumerate(raw_docs):
+            try:
+                work.append(_Work(position, validate_document(raw)))
+            except DocumentError as exc:
+                results[position] = ItemResult(document_id(raw), 400, str(exc))
+        await self._process(index, work, results)
+        return [r for r in results if r is not None]
+
+    async def update_documents(self, index: IndexRecord, raw_patches: list[Any]) -> list[ItemResult]:
+        results: list[ItemResult | None] = [None] * len(raw_patches)
+        ids = [document_id(p) for p in raw_patches]
+        states = await self.store.states(index, [i for i in ids if i is not None])
+        reembed: list[_Work] = []
+        for position, patch in enumerate(raw_patches):
+            product_id = ids[position]
+            if product_id is None or not isinstance(patch, dict):
+                results[position] = ItemResult(product_id, 400, "each update needs a string _id")
+                continue
+            if product_id not in states:
+                results[position] = ItemResult(product_id, 404, f"document {product_id!r} not found")
+                continue
+            current, _digest = states[product_id]
+            try:
+                merged = merge_partial(current, patch)
+            except DocumentError as exc:
+                results[position] = ItemResult(product_id, 400, str(exc))
+                continue
+            if merged.get("variantImageUrl") != current.get("variantImageUrl"):
+                reembed.append(_Work(position, merged))
+                continue
+            stored = await self.store.update_document_only(index, product_id, merged, index_terms(merged))
+            results[position] = (
+                ItemResult(product_id, 200) if stored else ItemResult(product_id, 404, "document not found")
+            )
+        await self._process(index, reembed, results)
+        return [r for r in results if r is not None]
+
+    async def _process(self, index: IndexRecord, work: list[_Work], results: list[ItemResult | None]) -> None:
+        if not work:
+            return
+        loaded = await asyncio.gather(
+            *(self._load(w.doc["variantImageUrl"]) for w in work), return_exceptions=True
+        )
+        ready: list[_Work] = []
+        for w, outcome in zip(work, loaded, strict=True):
+            if isinstance(outcome, ImageError):
+                results[w.position] = ItemResult(w.doc["_id"], 400, f"variantImageUrl: {outcome.message}")
+            elif isinstance(outcome, BaseException):
+                raise outcome
+            else:
+                w.loaded = outcome
+                ready.append(w)
+        if not ready:
+            return
+        reusable = await self.store.reusable(index, list({w.loaded.sha256 for w in ready if w.loaded}))
+        want_features = index.reverse_search_enabled
+        to_embed: list[_Work] = []
+        for w in ready:
+            assert w.loaded is not None
+            reuse = reusable.get(w.loaded.sha256)
+            if reuse is not None and reuse.embedding.shape == (index.dimensions,):
+                w.embedding = reuse.embedding
+                if want_features and reuse.features is not None:
+                    w.features = reuse.features
+            else:
+                to_embed.append(w)
+        if to_embed:
+            spec = ModelSpec.parse(index.model)
+            vectors = await self.vision.embed(spec, [w.loaded.image for w in to_embed if w.loaded])
+            for w, vector in zip(to_embed, vectors, strict=True):
+                w.embedding = vector
+        if want_features:
+            await asyncio.gather(*(self._features(w) for w in ready if w.features is None))
+            for w in ready:
+                if w.features is not None:
+                    w.features_status = "ready"
+        writes = [
+            ProductWrite(
+                product_id=w.doc["_id"],
+                doc=w.doc,
+                filter_terms=index_terms(w.doc),
+                image_sha256=w.loaded.sha256 if w.loaded else b"",
+                embedding=w.embedding if w.embedding is not None else np.zeros(index.dimensions, np.float32),
+                features=w.features,
+                features_status=w.features_status,
+                features_error=w.features_error,
+            )
+            for w in ready
+        ]
+        errors = await self.store.write(index, writes)
+        for offset, w in enumerate(ready):
+            if offset in errors:
+                results[w.position] = ItemResult(w.doc["_id"], 500, errors[offset])
+            else:
+                results[w.position] = ItemResult(w.doc["_id"], 200)
+
+    async def _features(self, w: _Work) -> None:
+        assert w.loaded is not None
+        try:
+            w.features = await self.vision.catalog_features(w.loaded.image)
+        except Exception as exc:  # feature extraction must never fail the product itself
+            w.features_status = "failed"
+            w.features_error = f"local features could not be extracted: {exc.__class__.__name__}"

@@ -1,0 +1,52 @@
+"""Read endpoints: /search and /reverse-image-search."""
+
+from __future__ import annotations
+
+import time
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from app.domain.queries import parse_reverse_search, parse_search
+from app.domain.search import StageTimer
+from app.errors import ImageError, bad_request, not_found
+from app.http.common import elapsed_ms, json_response, read_json
+from app.http.indexes import load_readable_index, services
+
+
+def _image_error(exc: ImageError) -> Exception:
+    return bad_request(f"q: {exc.message}", exc.code)
+
+
+async def search(request: Request) -> JSONResponse:
+    started = time.perf_counter()
+    record = await load_readable_index(request)
+    parsed = parse_search(await read_json(request, required=False))
+    timer = StageTimer()
+    try:
+        hits = await services(request).search.search(record, parsed, timer)
+    except ImageError as exc:
+        raise _image_error(exc) from exc
+    return json_response(
+        {
+            "hits": hits,
+            "limit": parsed.limit,
+            "offset": parsed.offset,
+            "query": parsed.q if parsed.q is not None else "*",
+            "processingTimeMs": elapsed_ms(started),
+        }
+    )
+
+
+async def reverse_image_search(request: Request) -> JSONResponse:
+    started = time.perf_counter()
+    record = await load_readable_index(request)
+    if not record.reverse_search_enabled:
+        raise not_found("reverse image search is not enabled for this index", "reverse_search_disabled")
+    parsed = parse_reverse_search(await read_json(request, required=False))
+    timer = StageTimer()
+    try:
+        hits = await services(request).reverse.search(record, parsed, timer)
+    except ImageError as exc:
+        raise _image_error(exc) from exc
+    return json_response({"hits": hits, "limit": parsed.limit, "processingTimeMs": elapsed_ms(started)})

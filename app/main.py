@@ -1,0 +1,198 @@
+"""The application factory: lifespan builds pool, models and HTTP client; one error handler."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from app.auth import AdminKeys, bootstrap_admin_keys
+from app.config import Settings
+from app.domain.backfill import FeatureBackfill
+from app.domain.ingest import IngestPipeline
+from app.domain.reverse import ReverseSearchService
+from app.domain.search import SearchService
+from app.errors import ApiError, unavailable
+from app.http import documents, indexes, search
+from app.storage import db, migrate
+from app.storage.catalog import CatalogStore
+from app.vision.service import VisionService
+
+log = logging.getLogger("lookalike")
+
+
+@dataclass
+class Services:
+    settings: Settings
+    database_url: str
+    pool: asyncpg.Pool
+    vision: VisionService
+    ingest: IngestPipeline
+    admin_keys: AdminKeys
+    backfill: FeatureBackfill
+    search: SearchService
+    reverse: ReverseSearchService
+
+
+async def resolve_database_url(settings: Settings) -> tuple[str, Any]:
+    """The database URL, and the embedded server handle when lookalike runs its own PostgreSQL."""
+    if settings.database_url:
+        await db.wait_for_database(settings.database_url)
+        return settings.database_url, None
+    server = db.embedded_server(settings.data_dir)
+    url = server.get_uri(db.DATABASE_NAME)
+    await db.ensure_database(url)
+    return url, server
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    url, embedded = await resolve_database_url(settings)
+    try:
+        async with _serving(app, settings, url):
+            yield
+    finally:
+        if embedded is not None:
+            db.release_embedded(embedded)
+
+
+@contextlib.asynccontextmanager
+async def _serving(app: Starlette, settings: Settings, url: str) -> AsyncIterator[None]:
+    if app.state.run_migrations:
+        migrate.upgrade(url)
+    pool = await db.create_pool(
+        url,
+        min_size=settings.pool_min_size,
+        max_size=settings.pool_max_size,
+        statement_timeout_ms=settings.statement_timeout_ms,
+    )
+    vision = VisionService(settings)
+    backfill = FeatureBackfill(pool, vision)
+    try:
+        keys = await bootstrap_admin_keys(pool, settings.api_key)
+        app.state.services = Services(
+            settings=settings,
+            database_url=url,
+            pool=pool,
+            vision=vision,
+            ingest=IngestPipeline(vision, CatalogStore(pool), settings.fetch_concurrency),
+            admin_keys=keys,
+            backfill=backfill,
+            search=SearchService(pool, vision),
+            reverse=ReverseSearchService(pool, vision),
+        )
+        if app.state.start_background_work:
+            backfill.start()
+        yield
+    finally:
+        await backfill.stop()
+        await vision.aclose()
+        await pool.close()
+
+
+def _error_response(exc: ApiError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+
+async def handle_api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return _error_response(exc)
+
+
+async def handle_http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    codes = {404: "not_found", 405: "method_not_allowed"}
+    message = {404: "no such endpoint", 405: "method not allowed"}.get(exc.status_code, str(exc.detail))
+    return _error_response(ApiError(exc.status_code, codes.get(exc.status_code, "http_error"), message))
+
+
+_DB_DOWN = (
+    OSError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.InterfaceError,
+    asyncpg.AdminShutdownError,
+    asyncpg.TooManyConnectionsError,
+    TimeoutError,
+)
+
+
+async def handle_unexpected(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, _DB_DOWN):
+        log.warning("database unavailable: %s", exc.__class__.__name__)
+        return _error_response(unavailable())
+    if isinstance(exc, asyncpg.QueryCanceledError):
+        return _error_response(
+            ApiError(503, "timeout", "the query took too long; retry", {"Retry-After": "1"})
+        )
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return _error_response(ApiError(500, "internal_error", "internal error"))
+
+
+def routes() -> list[Route]:
+    base = "/api/v1/indexes/{index_name}"
+    return [
+        Route("/api/v1/indexes", indexes.list_indexes, methods=["GET"]),
+        Route(base, indexes.create_index, methods=["POST"]),
+        Route(base, indexes.get_index, methods=["GET"]),
+        Route(base, indexes.delete_index, methods=["DELETE"]),
+        Route(base + "/settings", indexes.get_settings, methods=["GET"]),
+        Route(base + "/settings", indexes.patch_settings, methods=["PATCH"]),
+        Route(base + "/stats", indexes.index_stats, methods=["GET"]),
+        Route(base + "/documents", documents.add_documents, methods=["POST"]),
+        Route(base + "/documents", documents.update_documents, methods=["PATCH"]),
+        Route(base + "/documents", documents.delete_documents, methods=["DELETE"]),
+        Route(base + "/get-documents", documents.get_documents, methods=["POST"]),
+        Route(base + "/search", search.search, methods=["POST"]),
+        Route(base + "/reverse-image-search", search.reverse_image_search, methods=["POST"]),
+        Route("/health", health, methods=["GET"]),
+    ]
+
+
+async def health(request: Request) -> JSONResponse:
+    svc: Services = request.app.state.services
+    try:
+        async with svc.pool.acquire(timeout=2) as conn:
+            await conn.fetchval("SELECT 1")
+    except Exception:
+        return JSONResponse(
+            {"status": "unavailable", "database": "down"}, status_code=503, headers={"Retry-After": "2"}
+        )
+    return JSONResponse(
+        {"status": "ok", "database": "ok", "modelsLoaded": [s.name for s in svc.vision.registry.loaded()]}
+    )
+
+
+def create_app(
+    settings: Settings | None = None, *, run_migrations: bool = True, start_background_work: bool = True
+) -> Starlette:
+    app = Starlette(
+        routes=routes(),
+        lifespan=lifespan,
+        exception_handlers={
+            ApiError: handle_api_error,
+            HTTPException: handle_http_exception,
+            # Specific classes are handled by the exception middleware (no re-raise, no traceback spam);
+            # `Exception` goes to the server-error middleware as the last resort.
+            **{cls: handle_unexpected for cls in (*_DB_DOWN, asyncpg.QueryCanceledError)},
+            Exception: handle_unexpected,
+        },
+    )
+    app.state.settings = settings or Settings.from_env()
+    app.state.run_migrations = run_migrations
+    app.state.start_background_work = start_background_work
+    return app
+
+
+def services_of(app: Any) -> Services:
+    return app.state.services

@@ -1,0 +1,38 @@
+"""Admin API keys, stored as SHA-256 digests (keys are 256-bit random, so a fast hash suffices)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import asyncpg
+
+
+def key_digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode("utf-8")).digest()
+
+
+async def active_key_digests(
+    conn: asyncpg.Connection | asyncpg.Pool, source: str | None = None
+) -> list[bytes]:
+    if source is None:
+        rows = await conn.fetch("SELECT key_sha256 FROM api_keys WHERE revoked_at IS NULL")
+    else:
+        rows = await conn.fetch(
+            "SELECT key_sha256 FROM api_keys WHERE revoked_at IS NULL AND source = $1", source
+        )
+    return [bytes(r["key_sha256"]) for r in rows]
+
+
+async def store_key(conn: asyncpg.Connection | asyncpg.Pool, key: str, source: str) -> None:
+    await conn.execute(
+        "INSERT INTO api_keys (key_sha256, key_prefix, source) VALUES ($1, $2, $3) "
+        "ON CONFLICT (key_sha256) DO UPDATE SET revoked_at = NULL",
+        key_digest(key),
+        key[:6],
+        source,
+    )
+
+
+async def lock_key_bootstrap(conn: asyncpg.Connection) -> None:
+    """Serialise first-start key generation between processes (inside a transaction)."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtext('lookalike.api_keys'))")

@@ -1,0 +1,271 @@
+"""SQL for products, their embeddings (per-index vector table) and local features."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import numpy as np
+
+from app.storage.indexes import IndexRecord
+
+
+@dataclass
+class ProductWrite:
+    """One product ready to store: validated document, typed columns, and its vectors."""
+
+    product_id: str
+    doc: dict[str, Any]
+    filter_terms: list[str]
+    image_sha256: bytes
+    embedding: np.ndarray
+    features: dict[str, Any] | None  # local_features columns, or None
+    features_status: str | None  # None (flag off), 'ready', 'pending' or 'failed'
+    features_error: str | None = None
+
+
+_UPSERT = """
+INSERT INTO products (index_pk, product_id, product_title, variant_title, description, price,
+                      parent_product_id, product_collections, variant_image_url, image_sha256, doc,
+                      filter_terms, features_status, features_error)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::jsonb, $12, $13, $14)
+ON CONFLICT (index_pk, product_id) DO UPDATE SET
+  product_title = EXCLUDED.product_title, variant_title = EXCLUDED.variant_title,
+  description = EXCLUDED.description, price = EXCLUDED.price,
+  parent_product_id = EXCLUDED.parent_product_id, product_collections = EXCLUDED.product_collections,
+  variant_image_url = EXCLUDED.variant_image_url, image_sha256 = EXCLUDED.image_sha256,
+  doc = EXCLUDED.doc, filter_terms = EXCLUDED.filter_terms,
+  features_status = EXCLUDED.features_status, features_error = EXCLUDED.features_error,
+  updated_at = now()
+RETURNING pk
+"""
+
+
+async def write_product(conn: asyncpg.Connection, index: IndexRecord, item: ProductWrite) -> int:
+    """Insert or fully replace one product with its embedding and features (caller's transaction)."""
+    doc = item.doc
+    pk = await conn.fetchval(
+        _UPSERT,
+        index.pk,
+        item.product_id,
+        doc["productTitle"],
+        doc.get("variantTitle"),
+        doc.get("description"),
+        float(doc["price"]),
+        doc.get("parentProductId"),
+        list(doc.get("productCollections") or []),
+        doc["variantImageUrl"],
+        item.image_sha256,
+        json.dumps(doc, ensure_ascii=False),
+        item.filter_terms,
+        item.features_status,
+        item.features_error,
+    )
+    await conn.execute(
+        f"INSERT INTO {index.vectors_table} (product_pk, embedding) VALUES ($1, $2::{index.vector_cast}) "
+        "ON CONFLICT (product_pk) DO UPDATE SET embedding = EXCLUDED.embedding",
+        pk,
+        item.embedding.astype(np.float32),
+    )
+    if item.features is not None:
+        await upsert_features(conn, pk, item.features)
+    else:
+        await conn.execute("DELETE FROM local_features WHERE product_pk = $1", pk)
+    return int(pk)
+
+
+async def upsert_features(
+    conn: asyncpg.Connection | asyncpg.Pool, product_pk: int, f: dict[str, Any]
+) -> None:
+    await conn.execute(
+        """
+        INSERT INTO local_features (product_pk, algorithm, keypoint_count, keypoints, descriptors,
+                                    image_width, image_height)
+        VALUES ($1, $2, $3, $4, $5, $6, $7)
+        ON CONFLICT (product_pk) DO UPDATE SET algorithm = EXCLUDED.algorithm,
+          keypoint_count = EXCLUDED.keypoint_count, keypoints = EXCLUDED.keypoints,
+          descriptors = EXCLUDED.descriptors, image_width = EXCLUDED.image_width,
+          image_height = EXCLUDED.image_height, created_at = now()
+        """,
+        product_pk,
+        f["algorithm"],
+        f["keypoint_count"],
+        f["keypoints"],
+        f["descriptors"],
+        f["image_width"],
+        f["image_height"],
+    )
+
+
+@dataclass(frozen=True)
+class ReusableImage:
+    embedding: np.ndarray
+    features: dict[str, Any] | None
+
+
+async def reusable_images(
+    conn: asyncpg.Connection | asyncpg.Pool, index: IndexRecord, digests: Sequence[bytes]
+) -> dict[bytes, ReusableImage]:
+    """Embeddings (and features) already computed in this index for images with these bytes."""
+    if not digests:
+        return {}
+    rows = await conn.fetch(
+        f"""
+        SELECT DISTINCT ON (p.image_sha256) p.image_sha256, v.embedding::real[] AS embedding,
+               f.algorithm, f.keypoint_count, f.keypoints, f.descriptors, f.image_width, f.image_height
+        FROM products p
+        JOIN {index.vectors_table} v ON v.product_pk = p.pk
+        LEFT JOIN local_features f ON f.product_pk = p.pk
+        WHERE p.index_pk = $1 AND p.image_sha256 = ANY($2::bytea[])
+        ORDER BY p.image_sha256, f.product_pk NULLS LAST
+        """,
+        index.pk,
+        list(digests),
+    )
+    found: dict[bytes, ReusableImage] = {}
+    for r in rows:
+        features = None
+        if r["algorithm"] is not None:
+            features = {
+                k: r[k]
+                for k in (
+                    "algorithm",
+                    "keypoint_count",
+                    "keypoints",
+                    "descriptors",
+                    "image_width",
+                    "image_height",
+                )
+            }
+        found[bytes(r["image_sha256"])] = ReusableImage(
+            np.asarray(r["embedding"], dtype=np.float32), features
+        )
+    return found
+
+
+async def get_documents(
+    conn: asyncpg.Connection | asyncpg.Pool, index: IndexRecord, product_ids: Sequence[str]
+) -> dict[str, dict[str, Any]]:
+    rows = await conn.fetch(
+        "SELECT product_id, doc FROM products WHERE index_pk = $1 AND product_id = ANY($2::text[])",
+        index.pk,
+        list(product_ids),
+    )
+    return {r["product_id"]: json.loads(r["doc"]) for r in rows}
+
+
+async def get_product_states(
+    conn: asyncpg.Connection | asyncpg.Pool, index: IndexRecord, product_ids: Sequence[str]
+) -> dict[str, tuple[dict[str, Any], bytes | None]]:
+    """Current document and image digest per id (for partial updates)."""
+    rows = await conn.fetch(
+        "SELECT product_id, doc, image_sha256 FROM products WHERE index_pk = $1 AND product_id = ANY($2::text[])",
+        index.pk,
+        list(product_ids),
+    )
+    return {
+        r["product_id"]: (json.loads(r["doc"]), bytes(r["image_sha256"]) if r["image_sha256"] else None)
+        for r in rows
+    }
+
+
+async def update_document_only(
+    conn: asyncpg.Connection,
+    index: IndexRecord,
+    product_id: str,
+    doc: dict[str, Any],
+    filter_terms: list[str],
+) -> bool:
+    """Partial update that does not touch the image: rewrite typed columns and the document."""
+    result = await conn.execute(
+        """
+        UPDATE products SET product_title = $3, variant_title = $4, description = $5, price = $6,
+          parent_product_id = $7, product_collections = $8, doc = $9::jsonb, filter_terms = $10,
+          updated_at = now()
+        WHERE index_pk = $1 AND product_id = $2
+        """,
+        index.pk,
+        product_id,
+        doc["productTitle"],
+        doc.get("variantTitle"),
+        doc.get("description"),
+        float(doc["price"]),
+        doc.get("parentProductId"),
+        list(doc.get("productCollections") or []),
+        json.dumps(doc, ensure_ascii=False),
+        filter_terms,
+    )
+    return result.endswith(" 1")
+
+
+async def delete_documents(
+    conn: asyncpg.Connection | asyncpg.Pool, index: IndexRecord, product_ids: Sequence[str]
+) -> set[str]:
+    rows = await conn.fetch(
+        "DELETE FROM products WHERE index_pk = $1 AND product_id = ANY($2::text[]) RETURNING product_id",
+        index.pk,
+        list(product_ids),
+    )
+    return {r["product_id"] for r in rows}
+
+
+async def mark_features_pending(conn: asyncpg.Connection | asyncpg.Pool, index: IndexRecord) -> int:
+    """Flag turned on: every product without features becomes backfill work."""
+    result = await conn.execute(
+        """
+        UPDATE products p SET features_status = 'pending', features_error = NULL
+        WHERE p.index_pk = $1
+          AND (p.features_status IS DISTINCT FROM 'ready'
+               OR NOT EXISTS (SELECT 1 FROM local_features f WHERE f.product_pk = p.pk))
+        """,
+        index.pk,
+    )
+    return int(result.split()[-1])
+
+
+async def clear_features_wanted(conn: asyncpg.Connection | asyncpg.Pool, index: IndexRecord) -> None:
+    """Flag turned off: stop backfill work; stored features stay for a later re-enable."""
+    await conn.execute(
+        "UPDATE products SET features_status = NULL WHERE index_pk = $1 AND features_status = 'pending'",
+        index.pk,
+    )
+
+
+async def claim_pending_features(
+    conn: asyncpg.Connection, limit: int
+) -> list[tuple[int, int, str, bytes | None]]:
+    """Pending backfill rows (product pk, index pk, image URL, digest), locked for this worker."""
+    rows = await conn.fetch(
+        """
+        SELECT p.pk, p.index_pk, p.variant_image_url, p.image_sha256
+        FROM products p
+        WHERE p.features_status = 'pending'
+        ORDER BY p.index_pk, p.pk
+        LIMIT $1
+        FOR UPDATE SKIP LOCKED
+        """,
+        limit,
+    )
+    return [(r["pk"], r["index_pk"], r["variant_image_url"], r["image_sha256"]) for r in rows]
+
+
+async def finish_features(
+    conn: asyncpg.Connection, product_pk: int, features: dict[str, Any] | None, error: str | None
+) -> None:
+    if features is not None:
+        await upsert_features(conn, product_pk, features)
+        await conn.execute(
+            "UPDATE products SET features_status = 'ready', features_error = NULL "
+            "WHERE pk = $1 AND features_status = 'pending'",
+            product_pk,
+        )
+    else:
+        await conn.execute(
+            "UPDATE products SET features_status = 'failed', features_error = $2 "
+            "WHERE pk = $1 AND features_status = 'pending'",
+            product_pk,
+            error,
+        )

@@ -1,0 +1,206 @@
+"""Search SQL: browse, full-text and filtered nearest neighbours, each one statement with the filter.
+
+Filtered ANN never under-returns: a very selective filter is answered by an exact
+scan over the matching rows (exact and fast there); otherwise the HNSW index is
+walked with pgvector's iterative scan until `limit` rows pass the filter.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import numpy as np
+
+from app.storage.indexes import IndexRecord
+from app.storage.params import SqlParams
+
+# A filter matching at most this many products is answered by an exact scan.
+EXACT_SCAN_MAX_ROWS = 2_000
+DEFAULT_EF_SEARCH = 64
+# Upper bound on tuples one iterative HNSW scan may visit before giving up.
+MAX_SCAN_TUPLES = 50_000
+
+
+@dataclass(frozen=True)
+class Row:
+    product_pk: int
+    product_id: str
+    doc: dict[str, Any]
+    score: float
+
+
+def _rows(records: list[asyncpg.Record]) -> list[Row]:
+    return [
+        Row(
+            r["pk"],
+            r["product_id"],
+            json.loads(r["doc"]),
+            float(r["score"]) if r["score"] is not None else 0.0,
+        )
+        for r in records
+    ]
+
+
+async def browse(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    index: IndexRecord,
+    where_sql: str,
+    params: SqlParams,
+    limit: int,
+    offset: int,
+) -> list[Row]:
+    index_param = params.add(index.pk)
+    limit_param = params.add(limit)
+    offset_param = params.add(offset)
+    records = await conn.fetch(
+        f"SELECT p.pk, p.product_id, p.doc, NULL::float8 AS score FROM products p "
+        f"WHERE p.index_pk = {index_param} AND ({where_sql}) "
+        f'ORDER BY p.product_id COLLATE "C" LIMIT {limit_param} OFFSET {offset_param}',
+        *params.values,
+    )
+    return _rows(records)
+
+
+async def text_search(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    index: IndexRecord,
+    query: str,
+    where_sql: str,
+    params: SqlParams,
+    limit: int,
+    offset: int,
+) -> list[Row]:
+    query_param = params.add(query)
+    index_param = params.add(index.pk)
+    limit_param = params.add(limit)
+    offset_param = params.add(offset)
+    records = await conn.fetch(
+        f"""
+        SELECT p.pk, p.product_id, p.doc, ts_rank_cd(p.search_tsv, q.query) AS score
+        FROM products p, websearch_to_tsquery('english', {query_param}) AS q(query)
+        WHERE p.index_pk = {index_param} AND p.search_tsv @@ q.query AND ({where_sql})
+        ORDER BY score DESC, p.product_id COLLATE "C"
+        LIMIT {limit_param} OFFSET {offset_param}
+        """,
+        *params.values,
+    )
+    return _rows(records)
+
+
+async def count_matching(
+    conn: asyncpg.Connection, index: IndexRecord, where_sql: str, params: SqlParams, cap: int
+) -> int:
+    """How many products match the filter, counting no further than `cap` (cheap either way)."""
+    values = list(params.values)
+    local = SqlParams(values)
+    index_param = local.add(index.pk)
+    cap_param = local.add(cap)
+    return int(
+        await conn.fetchval(
+            f"SELECT count(*) FROM (SELECT 1 FROM products p WHERE p.index_pk = {index_param} "
+            f"AND ({where_sql}) LIMIT {cap_param}) AS matching",
+            *local.values,
+        )
+    )
+
+
+async def nearest(
+    conn: asyncpg.Connection,
+    index: IndexRecord,
+    embedding: np.ndarray,
+    where_sql: str,
+    params: SqlParams,
+    k: int,
+    *,
+    filtered: bool,
+    ef_search: int = DEFAULT_EF_SEARCH,
+) -> list[Row]:
+    """The k products nearest to `embedding` among those matching the filter (caller's transaction).
+
+    `score` is cosine similarity (1 - cosine distance). Must run inside a transaction:
+    the per-query planner settings are `SET LOCAL`.
+    """
+    exact = False
+    if filtered:
+        exact = (
+            await count_matching(conn, index, where_sql, params, EXACT_SCAN_MAX_ROWS + 1)
+            <= EXACT_SCAN_MAX_ROWS
+        )
+    await configure_scan(conn, exact=exact, ef_search=max(ef_search, k))
+    sql, values = nearest_sql(index, embedding, where_sql, params, k, exact=exact)
+    return _rows(await conn.fetch(sql, *values))
+
+
+async def configure_scan(conn: asyncpg.Connection, *, exact: bool, ef_search: int) -> None:
+    """Per-query planner settings, local to the transaction.
+
+    On the ANN path explicit sorts are discouraged: the planner's guess at a filter's
+    selectivity (a generic plan cannot see the filter values) must not trade the HNSW
+    walk for a full scan + sort; `count_matching` already decided the filter is broad.
+    """
+    await conn.execute(
+        "SELECT set_config('hnsw.ef_search', $1, true), set_config('hnsw.iterative_scan', 'relaxed_order', true),"
+        " set_config('hnsw.max_scan_tuples', $2, true), set_config('enable_sort', $3, true)",
+        str(ef_search),
+        str(MAX_SCAN_TUPLES),
+        "on" if exact else "off",
+    )
+
+
+def nearest_sql(
+    index: IndexRecord, embedding: np.ndarray, where_sql: str, params: SqlParams, k: int, *, exact: bool
+) -> tuple[str, list[Any]]:
+    """The nearest-neighbour statement and its values (exposed so tests can EXPLAIN it)."""
+    local = SqlParams(list(params.values))
+    vector_param = local.add(embedding.astype(np.float32), index.vector_cast)
+    index_param = local.add(index.pk)
+    k_param = local.add(k)
+    table = index.vectors_table
+    if exact:
+        # `+ 0` makes the ordering expression unindexable: an exact scan over the filtered rows.
+        sql = f"""
+            SELECT p.pk, p.product_id, p.doc, 1 - (v.embedding <=> {vector_param}) AS score
+            FROM products p JOIN {table} v ON v.product_pk = p.pk
+            WHERE p.index_pk = {index_param} AND ({where_sql})
+            ORDER BY (v.embedding <=> {vector_param}) + 0, p.pk
+            LIMIT {k_param}
+        """
+    else:
+        # relaxed_order may return slightly out of order; the outer query restores it.
+        sql = f"""
+            WITH candidates AS MATERIALIZED (
+                SELECT v.product_pk, v.embedding <=> {vector_param} AS distance
+                FROM {table} v JOIN products p ON p.pk = v.product_pk
+                WHERE p.index_pk = {index_param} AND ({where_sql})
+                ORDER BY v.embedding <=> {vector_param}
+                LIMIT {k_param}
+            )
+            SELECT p.pk, p.product_id, p.doc, 1 - c.distance AS score
+            FROM candidates c JOIN products p ON p.pk = c.product_pk
+            ORDER BY c.distance, p.pk
+        """
+    return sql, local.values
+
+
+async def product_embeddings(
+    conn: asyncpg.Connection | asyncpg.Pool, index: IndexRecord, product_pks: list[int]
+) -> dict[int, np.ndarray]:
+    rows = await conn.fetch(
+        f"SELECT product_pk, embedding::real[] AS e FROM {index.vectors_table} WHERE product_pk = ANY($1::bigint[])",
+        product_pks,
+    )
+    return {r["product_pk"]: np.asarray(r["e"], dtype=np.float32) for r in rows}
+
+
+async def local_features_of(
+    conn: asyncpg.Connection | asyncpg.Pool, product_pks: list[int]
+) -> dict[int, asyncpg.Record]:
+    rows = await conn.fetch(
+        "SELECT product_pk, algorithm, keypoint_count, keypoints, descriptors, image_width, image_height "
+        "FROM local_features WHERE product_pk = ANY($1::bigint[])",
+        product_pks,
+    )
+    return {r["product_pk"]: r for r in rows}
