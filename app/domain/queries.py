@@ -89,6 +89,9 @@ def parse_reverse_search(body: Any) -> ReverseSearchRequest:
 
 MAX_SEARCH_LIMIT = 1000
 MAX_SEARCH_WINDOW = 10_000
+# Text queries longer than this are refused: a megabyte of words overflows PostgreSQL's tsquery
+# (a 500) or runs into the statement timeout, and no shopper types that much.
+MAX_TEXT_QUERY_CHARS = 4096
 
 
 @dataclass(frozen=True)
@@ -123,9 +126,16 @@ def parse_search(body: Any) -> SearchRequest:
         raise bad_request("offset must not be negative", "invalid_offset")
     if limit + offset > MAX_SEARCH_WINDOW:
         raise bad_request(f"limit + offset must not exceed {MAX_SEARCH_WINDOW}", "invalid_offset")
+    is_image = bool(q) and is_image_query(q or "")
+    if q is not None and not is_image and len(q.strip()) > MAX_TEXT_QUERY_CHARS:
+        raise bad_request(
+            f"q: a text query may be at most {MAX_TEXT_QUERY_CHARS} characters "
+            "(an image query must be an image URL or a data:image/...;base64, URL)",
+            "invalid_query",
+        )
     return SearchRequest(
         q=q.strip() if q else None,
-        is_image=bool(q) and is_image_query(q or ""),
+        is_image=is_image,
         limit=limit,
         offset=offset,
         filter=_filter(body),

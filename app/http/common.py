@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from typing import Any
 
@@ -43,11 +44,45 @@ async def read_json(request: Request, *, required: bool = True) -> Any:
             raise bad_request("request body must be JSON", "invalid_json")
         return None
     try:
-        return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        # Strict UTF-8: json.loads(bytes) would accept UTF-8-encoded surrogates ("surrogatepass")
+        # and UTF-16/32, and PostgreSQL cannot store lone surrogates.
+        text = body.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as exc:
+        raise bad_request(f"request body is not valid UTF-8: {exc.reason} at byte {exc.start}", "invalid_json") from exc
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
         raise bad_request(f"request body is not valid JSON: {exc}", "invalid_json") from exc
     except RecursionError as exc:
         raise bad_request("request body JSON is nested too deeply", "invalid_json") from exc
+    except ValueError as exc:  # an integer literal over Python's 4300-digit conversion limit
+        raise bad_request("request body holds a number with too many digits", "invalid_json") from exc
+    if _SURROGATE_ESCAPE.search(text) and _has_lone_surrogate(value):
+        raise bad_request(
+            "request body contains an unpaired UTF-16 surrogate escape (\\ud800-\\udfff)", "invalid_json"
+        )
+    return value
+
+
+# Only an escape can put a lone surrogate into the parsed value once the bytes are valid UTF-8.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    """Whether any key or string in a parsed JSON value holds a surrogate (iterative: values nest deeply)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def json_response(payload: Any, status: int = 200) -> JSONResponse:

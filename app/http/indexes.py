@@ -24,9 +24,17 @@ def admin(request: Request) -> None:
     require_admin(services(request).admin_keys, request.headers.get("authorization"))
 
 
+async def _find_index(request: Request, name: str) -> IndexRecord | None:
+    # A name that could never have been created is not looked up: path text may hold
+    # NUL or other characters PostgreSQL rejects (500s found by fuzzing).
+    if not index_settings.INDEX_NAME_RE.fullmatch(name):
+        return None
+    return await indexes.get_index(services(request).pool, name)
+
+
 async def load_index(request: Request) -> IndexRecord:
     name = request.path_params["index_name"]
-    record = await indexes.get_index(services(request).pool, name)
+    record = await _find_index(request, name)
     if record is None:
         raise not_found(f"index {name!r} not found", "index_not_found")
     return record
@@ -42,7 +50,7 @@ async def load_readable_index(request: Request) -> IndexRecord:
     index_id = request.headers.get("x-marqo-index-id")
     authorization = request.headers.get("authorization")
     name = request.path_params["index_name"]
-    record = await indexes.get_index(svc.pool, name)
+    record = await _find_index(request, name)
     if record is None:
         if svc.admin_keys.check(bearer_token(authorization)):
             raise not_found(f"index {name!r} not found", "index_not_found")
