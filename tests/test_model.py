@@ -203,9 +203,7 @@ def test_pretrained_without_weights_fails_fast_with_how_to(offline_hub: None, tm
     assert "is unreachable" in str(info.value)
 
 
-def test_hf_hub_offline_is_respected(
-    offline_hub: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_hf_hub_offline_is_respected(offline_hub: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelUnavailableError) as info:
         EmbeddingModel.load(DEFAULT_MODEL, None, cache_dir=tmp_path)
@@ -233,6 +231,19 @@ def test_weights_from_local_file(tmp_path: Path, offline_hub: None, suffix: str)
     np.testing.assert_allclose(loaded.embed(images), source.embed(images), atol=1e-5)
 
 
+def test_weights_at_another_resolution_are_resampled(tmp_path: Path, offline_hub: None) -> None:
+    # Hub checkpoints come at their native size (DINOv2: 518 px); the index runs the
+    # model at its own size, so timm's checkpoint filter resamples position embeddings.
+    native = EmbeddingModel.load(ModelSpec.parse({"name": "vit_tiny_patch16_224", "pretrained": False, "seed": 3}))
+    path = tmp_path / "native.safetensors"
+    safetensors.torch.save_file({k: v.contiguous() for k, v in native.module.state_dict().items()}, str(path))
+    loaded = EmbeddingModel.load(PRETRAINED_TINY, path, cache_dir=tmp_path)
+    assert native.input_size == (3, 224, 224) and loaded.input_size == (3, 64, 64)
+    src, dst = native.module.state_dict(), loaded.module.state_dict()
+    assert src["pos_embed"].shape != dst["pos_embed"].shape
+    assert torch.equal(src["blocks.5.mlp.fc1.weight"], dst["blocks.5.mlp.fc1.weight"])
+
+
 def test_weights_directory_by_model_name(tmp_path: Path, offline_hub: None) -> None:
     source = _save_random_tiny(tmp_path / f"{PRETRAINED_TINY.timm_name}.safetensors")
     loaded = ModelRegistry(tmp_path, cache_dir=tmp_path).get(PRETRAINED_TINY)
@@ -255,9 +266,7 @@ def test_weights_file_for_another_model_is_refused(tmp_path: Path, offline_hub: 
 
 
 def test_missing_weights_path(tmp_path: Path, offline_hub: None) -> None:
-    with pytest.raises(
-        ModelUnavailableError, match="LOOKALIKE_MODEL_WEIGHTS is .*nope.safetensors, which does not"
-    ):
+    with pytest.raises(ModelUnavailableError, match="LOOKALIKE_MODEL_WEIGHTS is .*nope.safetensors, which does not"):
         EmbeddingModel.load(PRETRAINED_TINY, tmp_path / "nope.safetensors", cache_dir=tmp_path)
 
 
@@ -315,9 +324,7 @@ async def test_embedder_matches_the_model(registry: ModelRegistry, test_model: E
         await embedder.aclose()
 
 
-async def test_concurrent_requests_are_micro_batched(
-    registry: ModelRegistry, test_model: EmbeddingModel
-) -> None:
+async def test_concurrent_requests_are_micro_batched(registry: ModelRegistry, test_model: EmbeddingModel) -> None:
     embedder = _embedder(registry, embed_batch_size=16)
     try:
         images = _images(40, seed=3)
@@ -372,9 +379,7 @@ async def test_event_loop_stays_responsive(registry: ModelRegistry) -> None:
         await embedder.aclose()
 
 
-async def test_embedder_errors_and_cancellation(
-    registry: ModelRegistry, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_embedder_errors_and_cancellation(registry: ModelRegistry, monkeypatch: pytest.MonkeyPatch) -> None:
     embedder = _embedder(registry)
     try:
         model = await embedder.load_model(TEST_SPEC)

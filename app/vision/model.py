@@ -132,9 +132,7 @@ class ModelSpec:
         if isinstance(value, Mapping):
             unknown = sorted(str(k) for k in value if k not in _SPEC_KEYS)
             if unknown:
-                raise ValueError(
-                    f"unknown model setting {', '.join(unknown)}; allowed: {', '.join(_SPEC_KEYS)}"
-                )
+                raise ValueError(f"unknown model setting {', '.join(unknown)}; allowed: {', '.join(_SPEC_KEYS)}")
             if "name" not in value:
                 raise ValueError('model object needs a "name" (a timm model name)')
             name = value["name"]
@@ -142,9 +140,7 @@ class ModelSpec:
                 raise ValueError(f"model name must be a string, got {name!r}")
             pretrained = value.get("pretrained", True)
             if not isinstance(pretrained, bool | str):
-                raise ValueError(
-                    f'model "pretrained" must be true, false or a tag string, got {pretrained!r}'
-                )
+                raise ValueError(f'model "pretrained" must be true, false or a tag string, got {pretrained!r}')
             size = value.get("imageSize")
             if size is not None:
                 size = _check_int(size, "model imageSize", MIN_IMAGE_SIZE, MAX_IMAGE_SIZE)
@@ -183,9 +179,7 @@ class ModelSpec:
         if cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file):
             tags = [n.partition(".")[2] for n in timm.list_pretrained(f"{arch}.*")]
             if tags:
-                raise ValueError(
-                    f"timm has no pretrained weights {arch}.{tag}; tags for {arch}: {', '.join(tags)}"
-                )
+                raise ValueError(f"timm has no pretrained weights {arch}.{tag}; tags for {arch}: {', '.join(tags)}")
             raise ValueError(
                 f'timm has no pretrained weights for {arch}; use {{"name": "{arch}", "pretrained": false}} '
                 "for random weights"
@@ -401,7 +395,13 @@ class EmbeddingModel:
         run at the spec's image size.
         """
         if not spec.is_pretrained:
-            module = _create(spec, pretrained=False)
+            try:
+                module = _create(spec, pretrained=False)
+            except Exception as exc:  # timm asserts on impossible sizes in some architectures
+                raise ValueError(
+                    f"model {spec.name} cannot be built at imageSize {spec.image_size}: "
+                    f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+                ) from exc
         else:
             path = locate_weights(spec, weights_path, cache_dir=cache_dir, allow_download=allow_download)
             try:
@@ -421,7 +421,7 @@ class EmbeddingModel:
                 )
         try:
             return cls(spec, module, device)
-        except RuntimeError as exc:
+        except (RuntimeError, AssertionError, ValueError) as exc:
             raise ValueError(
                 f"model {spec.name} cannot run at imageSize {spec.image_size}: {str(exc).splitlines()[0]}"
             ) from exc
@@ -430,9 +430,7 @@ class EmbeddingModel:
         """RGB PIL images -> a (n, 3, H, W) float tensor, as the model expects."""
         if not images:
             return torch.zeros((0, *self.input_size))
-        return torch.stack(
-            [self.transform(img if img.mode == "RGB" else img.convert("RGB")) for img in images]
-        )
+        return torch.stack([self.transform(img if img.mode == "RGB" else img.convert("RGB")) for img in images])
 
     def embed_tensor(self, batch: torch.Tensor) -> np.ndarray:
         """Preprocessed (n, 3, H, W) -> float32 (n, dim), rows L2-normalised."""
