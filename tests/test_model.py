@@ -353,7 +353,9 @@ async def test_concurrent_requests_are_micro_batched(registry: ModelRegistry, te
 
 
 async def test_event_loop_stays_responsive(registry: ModelRegistry) -> None:
-    embedder = _embedder(registry, embed_batch_size=32)
+    # One forward pass over 256 images: on the loop it would stall every tick for its
+    # whole duration; off the loop the ticks keep coming.
+    embedder = _embedder(registry, embed_batch_size=256)
     try:
         await embedder.embed(TEST_SPEC, _images(1))
         images = _images(256, seed=4)
@@ -373,8 +375,10 @@ async def test_event_loop_stays_responsive(registry: ModelRegistry) -> None:
         done = True
         await ticker
         assert out.shape == (256, 192)
-        assert len(lags) >= elapsed / 0.02  # it kept ticking throughout
-        assert max(lags) < 0.1, max(lags)
+        assert embedder.batches_run == 2  # the warm-up and one big batch
+        assert len(lags) >= elapsed / 0.03, (len(lags), elapsed)  # it kept ticking throughout
+        # Generous for loaded CI machines (typically ~10 ms), far below a stalled loop.
+        assert max(lags) < min(0.25, elapsed / 3), (max(lags), elapsed)
     finally:
         await embedder.aclose()
 
