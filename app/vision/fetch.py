@@ -368,6 +368,10 @@ class ImageFetcher:
             return await self._client.send(self._client.build_request("GET", url), stream=True)
         except httpx.HTTPError as exc:
             raise self._transport_error(exc, host) from None
+        except httpx.InvalidURL as exc:
+            # httpx builds the next hop's URL even with follow_redirects=False, and raises InvalidURL
+            # (not an HTTPError) for a Location such as `data:image/jpeg;base64,/9j/`: was a 500.
+            raise ImageError(f"image URL redirected to an invalid URL: {exc}", CODE_BAD_URL) from None
 
     async def _read_capped(self, response: httpx.Response, host: str) -> bytes:
         limit = self._settings.fetch_max_bytes
