@@ -213,7 +213,8 @@ ERRORS: list[tuple[str, int, str]] = [
     ("a:[1_000 TO 2]", 3, "invalid range bound"),
     ("a:[nan TO 2]", 3, "invalid range bound"),
     ("a:[1 TO inf]", 8, "invalid range bound"),
-    ("a:[1 TO 1e999]", 8, "invalid range bound"),
+    ("a:[1 TO 1e999]", 8, "range bound '1e999' is out of range"),
+    ("a:[-2e308 TO 1]", 3, "out of range"),
     ("a:[\\* TO 2]", 3, "invalid range bound"),  # an escaped star is not "open"
     ("a:[]", 3, "invalid range bound"),
     ("a:[1 TO ]", 8, "invalid range bound"),

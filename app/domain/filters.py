@@ -532,6 +532,8 @@ class _Parser:
             return None
         number = read_number(bound)
         if number is None:
+            if _NUMBER_RE.fullmatch(bound):
+                raise self.error(f"range bound {_show(bound)} is out of range for a number", start)
             raise self.error(f"invalid range bound {_show(bound)}: expected a number or *", start)
         return number
 

@@ -31,6 +31,11 @@ def upgrade() -> None:
         "products",
         ["filter_terms"],
         postgresql_using="gin",
+        # No pending list: with fastupdate a bulk ingest leaves terms in an unsorted list
+        # that every search scans until (auto)vacuum merges it (measured 1.3 ms instead of
+        # 0.02 ms for a 0.1% term at 100k products); ingest is bound by image embedding,
+        # so paying the GIN insert up front costs nothing visible.
+        postgresql_with={"fastupdate": "off"},
         if_not_exists=True,
     )
     op.create_index("products_index_price_idx", "products", ["index_pk", "price"], if_not_exists=True)
