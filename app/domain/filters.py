@@ -9,6 +9,7 @@ cannot drift apart.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -243,6 +244,13 @@ def _show(text: str, limit: int = 40) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
+@functools.cache
+def _plain_run(stop: str) -> re.Pattern[str]:
+    """A run of characters that are neither a backslash, whitespace, '(' nor in `stop`."""
+    special = "\\" + "(" + stop + "".join(sorted(WHITESPACE))
+    return re.compile("[^" + "".join(re.escape(ch) for ch in special) + "]*")
+
+
 def _is_keyword(word: str, keyword: str) -> bool:
     """`TO`/`IN` in any ASCII case (ASCII so that no exotic letter upper-cases into one)."""
     return word.isascii() and word.upper() == keyword
@@ -285,6 +293,8 @@ class _Parser:
 
     def operator_at(self, pos: int) -> str | None:
         """An upper-case operator at `pos`: the word itself, delimited by space, paren or end."""
+        if pos >= self.n or self.text[pos] not in "AON":
+            return None
         for op in _OPERATORS:
             end = pos + len(op)
             if self.text.startswith(op, pos) and (
@@ -309,8 +319,17 @@ class _Parser:
         unescaped '(' is an error: it would otherwise silently start a second term.
         """
         start = self.pos
+        plain_run = _plain_run(stop)
         chars: list[str] = []
-        while self.pos < self.n:
+        while True:
+            # Runs of ordinary characters in one regex step: parsing a 10 kB filter is
+            # event-loop time, so it should not be a Python loop per character.
+            match = plain_run.match(self.text, self.pos)
+            assert match is not None  # the pattern matches the empty string
+            chars.append(match.group())
+            self.pos = match.end()
+            if self.pos >= self.n:
+                break
             ch = self.text[self.pos]
             if ch == "\\":
                 if self.pos + 1 >= self.n:
@@ -320,7 +339,8 @@ class _Parser:
                 continue
             if ch in WHITESPACE or ch in stop:
                 break
-            if in_value and ch == "(":
+            # Only '(' is left: an error inside values, an ordinary character elsewhere.
+            if in_value:
                 raise self.error("unexpected '(' inside a value (escape it as \\()")
             chars.append(ch)
             self.pos += 1
