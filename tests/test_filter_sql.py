@@ -806,3 +806,16 @@ async def test_selective_filters_use_indexes(conn: asyncpg.Connection, bulk_inde
     plan = await _plan(conn, bulk_index, "brand:Brand-42", generic=True)
     assert "products_filter_terms_idx" in plan and "Seq Scan" not in plan, plan
     assert time.perf_counter() - started < 30
+
+
+def test_long_values_are_indexed_as_digests_and_still_match() -> None:
+    """Terms over the index entry limit become digests on both sides (documents and filters)."""
+    from app.domain.filters import MAX_TERM_CHARS, value_terms
+
+    long_value = "Ab" * 5_000
+    doc = {"_id": "x", "url": long_value, "tags": [long_value.upper()]}
+    terms = index_terms(doc)
+    assert all(len(t) <= MAX_TERM_CHARS for t in terms)
+    assert set(value_terms("url", long_value.lower())) & set(terms)
+    assert set(value_terms("tags", long_value)) & set(terms)
+    assert not set(value_terms("url", long_value + "c")) & set(terms)

@@ -10,6 +10,7 @@ cannot drift apart.
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 import re
 from dataclasses import dataclass
@@ -163,6 +164,18 @@ def canonical_number(value: float) -> str:
     return repr(value)
 
 
+# GIN (and btree) entries must fit in about a third of a page; longer terms are stored
+# as a digest of the full term, computed the same way for documents and filter values.
+MAX_TERM_CHARS = 400
+
+
+def _term(prefix: str, kind: str, value: str) -> str:
+    term = prefix + kind + ":" + value
+    if len(term) <= MAX_TERM_CHARS:
+        return term
+    return prefix + "h:" + hashlib.sha256(term.encode("utf-8", "surrogatepass")).hexdigest()
+
+
 def _field_prefix(field: str) -> str:
     # Escape the separator (and the escape character) inside field names so that a field
     # containing \x1f cannot forge another field's terms: the encoding stays injective.
@@ -175,7 +188,8 @@ def index_terms(doc: dict[str, Any]) -> list[str]:
 
     Each term is `<field><US><type>:<value>` where `<US>` is \\x1f and `field` has `\\` and
     \\x1f backslash-escaped. Types: `s:` strings and string-array elements, case-folded;
-    `n:` numbers as `canonical_number`; `b:` booleans as `true`/`false`. `_id` is matched
+    `n:` numbers as `canonical_number`; `b:` booleans as `true`/`false`; a term longer than
+    MAX_TERM_CHARS becomes `h:` + the SHA-256 of the whole term. `_id` is matched
     on its own column, not here; nested objects and nulls produce no terms.
     """
     terms: set[str] = set()
@@ -184,17 +198,17 @@ def index_terms(doc: dict[str, Any]) -> list[str]:
             continue
         prefix = _field_prefix(field)
         if isinstance(value, bool):
-            terms.add(prefix + "b:" + ("true" if value else "false"))
+            terms.add(_term(prefix, "b", "true" if value else "false"))
         elif isinstance(value, int | float):
             number = doc_number(value)
             if number is not None:
-                terms.add(prefix + "n:" + canonical_number(number))
+                terms.add(_term(prefix, "n", canonical_number(number)))
         elif isinstance(value, str):
-            terms.add(prefix + "s:" + fold(value))
+            terms.add(_term(prefix, "s", fold(value)))
         elif isinstance(value, list):
             for item in value:
                 if isinstance(item, str):
-                    terms.add(prefix + "s:" + fold(item))
+                    terms.add(_term(prefix, "s", fold(item)))
     return sorted(terms)
 
 
@@ -205,13 +219,13 @@ def value_terms(field: str, value: str) -> list[str]:
     plus the boolean if it is `true`/`false`.
     """
     prefix = _field_prefix(field)
-    terms = [prefix + "s:" + fold(value)]
+    terms = [_term(prefix, "s", fold(value))]
     number = read_number(value)
     if number is not None and abs(number) < NUMBER_LIMIT:
-        terms.append(prefix + "n:" + canonical_number(number))
+        terms.append(_term(prefix, "n", canonical_number(number)))
     boolean = read_bool(value)
     if boolean is not None:
-        terms.append(prefix + "b:" + ("true" if boolean else "false"))
+        terms.append(_term(prefix, "b", "true" if boolean else "false"))
     return terms
 
 

@@ -69,6 +69,13 @@ products = sa.Table(
     ),
 )
 sa.Index("products_index_image_sha256_idx", products.c.index_pk, products.c.image_sha256)
+sa.Index(
+    "products_filter_terms_idx",
+    products.c.filter_terms,
+    postgresql_using="gin",
+    postgresql_with={"fastupdate": "off"},
+)
+sa.Index("products_index_price_idx", products.c.index_pk, products.c.price)
 sa.Index("products_search_tsv_idx", products.c.search_tsv, postgresql_using="gin")
 sa.Index(
     "products_features_pending_idx",
