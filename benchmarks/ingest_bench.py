@@ -1,0 +1,165 @@
+"""Ingest throughput through the real HTTP API vs the same model's raw batch inference.
+
+    python -m benchmarks.ingest_bench --products 512 --model offline
+    python -m benchmarks.ingest_bench --products 256 --model default-arch
+
+Starts `lookalike serve` (embedded PostgreSQL in a temp dir) and a loopback image
+server, posts N products in batches of 128 (`--concurrency` requests in flight), then
+measures the model alone embedding the same decoded images in batches. Writes JSON to
+bench-results/ingest-<model>.json. Both phases run on the same machine, one after the
+other, so the ratio is meaningful even where absolute times are noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from PIL import Image
+
+from app.vision.model import OFFLINE_TEST_MODEL, EmbeddingModel, ModelSpec
+from tests.helpers import product_image
+from tests.imageserver import ImageServer
+
+MODELS: dict[str, dict[str, Any]] = {
+    "offline": OFFLINE_TEST_MODEL,
+    # The default model's architecture with random weights: the same compute as the real thing.
+    "default-arch": {"name": "vit_small_patch14_dinov2", "pretrained": False, "imageSize": 224, "seed": 0},
+}
+KEY = "bench-admin-key-0123456789"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _start_service(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOOKALIKE_")}
+    env.update(
+        LOOKALIKE_DATA_DIR=str(data_dir),
+        LOOKALIKE_API_KEY=KEY,
+        LOOKALIKE_IMAGE_FETCH_ALLOWLIST="127.0.0.1",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--log-level", "warning"],
+        env=env,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError("service did not start")
+
+
+def _images(n: int, size: int) -> list[bytes]:
+    return [product_image(i, size=size) for i in range(n)]
+
+
+async def _ingest(base: str, urls: list[str], batch: int, concurrency: int) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {KEY}"}
+    slots = asyncio.Semaphore(concurrency)
+    failures = 0
+    latencies: list[float] = []
+
+    async def post(client: httpx.AsyncClient, start: int) -> None:
+        nonlocal failures
+        docs = [
+            {"_id": f"p{i}", "productTitle": f"Product {i}", "price": float(i), "variantImageUrl": urls[i]}
+            for i in range(start, min(start + batch, len(urls)))
+        ]
+        async with slots:
+            t = time.perf_counter()
+            r = await client.post(f"{base}/documents", json={"documents": docs}, headers=headers)
+            latencies.append(time.perf_counter() - t)
+        body = r.json()
+        failures += sum(1 for item in body["items"] if item["status"] != 200)
+
+    async with httpx.AsyncClient(timeout=600) as client:
+        started = time.perf_counter()
+        await asyncio.gather(*(post(client, s) for s in range(0, len(urls), batch)))
+        elapsed = time.perf_counter() - started
+    return {
+        "seconds": round(elapsed, 3),
+        "products_per_s": round(len(urls) / elapsed, 2),
+        "failures": failures,
+        "batch_latency_s": sorted(round(x, 3) for x in latencies),
+    }
+
+
+def _raw_throughput(spec: ModelSpec, images: list[bytes], batch: int) -> dict[str, Any]:
+    model = EmbeddingModel.load(spec, None)
+    decoded = [Image.open(io.BytesIO(b)).convert("RGB") for b in images]
+    model.embed(decoded[:batch])  # warm-up
+    started = time.perf_counter()
+    for i in range(0, len(decoded), batch):
+        model.embed(decoded[i : i + batch])
+    elapsed = time.perf_counter() - started
+    return {"seconds": round(elapsed, 3), "images_per_s": round(len(decoded) / elapsed, 2)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--products", type=int, default=512)
+    parser.add_argument("--model", choices=sorted(MODELS), default="offline")
+    parser.add_argument("--image-size", type=int, default=256, help="catalog image side in pixels")
+    parser.add_argument("--batch", type=int, default=128, help="documents per add-documents call")
+    parser.add_argument("--concurrency", type=int, default=2, help="add-documents calls in flight")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+
+    model_json = MODELS[args.model]
+    images = _images(args.products, args.image_size)
+    results: dict[str, Any] = {
+        "benchmark": "ingest",
+        "model": model_json,
+        "products": args.products,
+        "image_size": args.image_size,
+        "batch": args.batch,
+        "concurrency": args.concurrency,
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "note": "random weights: same compute as trained weights",
+    }
+    with tempfile.TemporaryDirectory() as tmp, ImageServer() as server:
+        urls = [server.add(f"/img/{i}.jpg", data, "image/jpeg") for i, data in enumerate(images)]
+        port = _free_port()
+        proc = _start_service(Path(tmp) / "data", port)
+        try:
+            base = f"http://127.0.0.1:{port}/api/v1/indexes/bench"
+            r = httpx.post(base, json={"model": model_json}, headers={"Authorization": f"Bearer {KEY}"}, timeout=300)
+            r.raise_for_status()
+            results["api"] = asyncio.run(_ingest(base, urls, args.batch, args.concurrency))
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+    results["raw_model"] = _raw_throughput(ModelSpec.parse(model_json), images, 32)
+    results["ratio_api_to_raw"] = round(results["api"]["products_per_s"] / results["raw_model"]["images_per_s"], 3)
+    out = args.out or Path("bench-results") / f"ingest-{args.model}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    summary = {k: results[k] for k in ("model", "products", "ratio_api_to_raw")}
+    summary["api_products_per_s"] = results["api"]["products_per_s"]
+    summary["raw_images_per_s"] = results["raw_model"]["images_per_s"]
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
