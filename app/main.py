@@ -131,6 +131,11 @@ async def handle_unexpected(request: Request, exc: Exception) -> Response:
     if isinstance(exc, _DB_DOWN):
         log.warning("database unavailable: %s", exc.__class__.__name__)
         return _error_response(unavailable())
+    if isinstance(exc, asyncpg.InsufficientResourcesError):
+        # Disk full or out of memory (SQLSTATE class 53): an outage to retry, not a 500 (found by
+        # tests/test_faults.py); the batch is not acknowledged. Logged as an error: it needs an operator.
+        log.error("database out of resources: %s: %s", exc.__class__.__name__, exc)
+        return _error_response(unavailable("the database is out of resources (disk or memory); retry later", 30))
     if isinstance(exc, asyncpg.QueryCanceledError):
         return _error_response(
             ApiError(503, "timeout", "the query took too long; retry", {"Retry-After": "1"})
@@ -184,7 +189,10 @@ def create_app(
             HTTPException: handle_http_exception,
             # Specific classes are handled by the exception middleware (no re-raise, no traceback spam);
             # `Exception` goes to the server-error middleware as the last resort.
-            **{cls: handle_unexpected for cls in (*_DB_DOWN, asyncpg.QueryCanceledError)},
+            **{
+                cls: handle_unexpected
+                for cls in (*_DB_DOWN, asyncpg.QueryCanceledError, asyncpg.InsufficientResourcesError)
+            },
             Exception: handle_unexpected,
         },
     )
