@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import sys
+from pathlib import Path
 
 from app.config import Settings
 
@@ -24,8 +25,23 @@ def _serve(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         timeout_graceful_shutdown=args.graceful_timeout,
         limit_concurrency=args.limit_concurrency,
+        **_uvicorn_logging(args),
     )
     return 0
+
+
+def _uvicorn_logging(args: argparse.Namespace) -> dict[str, object]:
+    """JSON lines (default) or plain text; our access log replaces uvicorn's in both.
+
+    uvicorn's access log would print raw paths with query strings; ours logs route templates
+    and request ids (app/http/ops.py).
+    """
+    if args.log_format == "json":
+        from app.http.ops import configure_json_logging
+
+        configure_json_logging(args.log_level)
+        return {"log_config": None, "access_log": False}
+    return {"access_log": False}
 
 
 def _migrate(args: argparse.Namespace) -> int:
@@ -60,6 +76,62 @@ def _models_pull(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from app import demo
+
+    options = demo.DemoOptions(
+        products=args.products,
+        seed=args.seed,
+        index=args.index,
+        host=args.host,
+        port=args.port,
+        offline=args.offline,
+        reset=args.reset,
+    )
+    try:
+        return asyncio.run(demo.run(options))
+    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its graceful shutdown
+        return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from app.importer import ImportAborted, ImportOptions, run_import, summary
+
+    def names(raw: str | None) -> set[str]:
+        return {n.strip() for n in (raw or "").split(",") if n.strip()}
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request would drown the progress bar
+    console = Console(stderr=True)
+    options = ImportOptions(
+        index=args.index,
+        file=args.file,
+        url=args.url.rstrip("/"),
+        api_key=args.api_key or Settings.from_env().api_key,
+        fmt=args.format,
+        batch_size=args.batch_size,
+        concurrency=max(1, args.concurrency),
+        restart=args.restart,
+        numeric=names(args.numeric),
+        lists=names(args.list),
+        state_path=args.state,
+        failures_path=args.failures,
+        quiet=args.quiet,
+    )
+    try:
+        result = asyncio.run(run_import(options, console))
+    except ImportAborted as exc:
+        console.print(f"import stopped: {exc}", style="red", markup=False, soft_wrap=True)
+        console.print("progress is saved; run the same command again to resume")
+        return 2
+    except KeyboardInterrupt:
+        console.print("interrupted; progress is saved; run the same command again to resume")
+        return 130
+    console.print(summary(result), markup=False, highlight=False, soft_wrap=True)
+    return 1 if result.failure_count or result.retry_later else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lookalike", description="reverse image search for product catalogs"
@@ -72,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--log-level", default="info")
+    serve.add_argument("--log-format", choices=("json", "text"), default="json", help="log lines on stderr")
     serve.add_argument(
         "--graceful-timeout", type=int, default=30, help="seconds to finish in-flight requests"
     )
@@ -82,6 +155,36 @@ def build_parser() -> argparse.ArgumentParser:
     mig.add_argument("--revision", default="head")
     mig.add_argument("--downgrade", metavar="REVISION", help="downgrade to REVISION instead (e.g. base)")
     mig.set_defaults(func=_migrate)
+
+    dem = sub.add_parser("demo", help="serve a sample catalog with reverse image search, print a curl to try")
+    dem.add_argument("--products", type=int, default=100, help="sample catalog size")
+    dem.add_argument("--seed", type=int, default=0)
+    dem.add_argument("--index", default="demo", help="index name")
+    dem.add_argument("--host", default="127.0.0.1")
+    dem.add_argument("--port", type=int, default=8000, help="0 = any free port")
+    dem.add_argument("--offline", action="store_true", help="use the random-weight model without trying pretrained")
+    dem.add_argument("--reset", action="store_true", help="drop and recreate the demo index")
+    dem.set_defaults(func=_demo)
+
+    imp = sub.add_parser(
+        "import",
+        help="load a JSONL or CSV catalog through a running service (batched, concurrent, resumable)",
+        description="Exit status: 0 all imported, 1 some products failed (see the report), 2 stopped early.",
+    )
+    imp.add_argument("index", help="the index (create it first)")
+    imp.add_argument("file", type=Path, help="products, one JSON object per line (.jsonl) or a CSV with a header")
+    imp.add_argument("--url", default="http://127.0.0.1:8000", help="the service's base URL")
+    imp.add_argument("--api-key", help="admin key (default: LOOKALIKE_API_KEY)")
+    imp.add_argument("--format", choices=("jsonl", "csv"), help="default: from the file extension")
+    imp.add_argument("--batch-size", type=int, default=128, help="products per request (at most 128)")
+    imp.add_argument("--concurrency", type=int, default=4, help="requests in flight")
+    imp.add_argument("--restart", action="store_true", help="ignore saved progress and start over")
+    imp.add_argument("--numeric", metavar="COLS", help="CSV: comma-separated columns to send as numbers")
+    imp.add_argument("--list", metavar="COLS", help="CSV: comma-separated columns to split on ';' into arrays")
+    imp.add_argument("--state", type=Path, help="progress file (default: FILE.INDEX.import-state.jsonl)")
+    imp.add_argument("--failures", type=Path, help="failure report (default: FILE.INDEX.failures.csv)")
+    imp.add_argument("--quiet", action="store_true", help="no progress bar")
+    imp.set_defaults(func=_import)
 
     models = sub.add_parser("models", help="model weights")
     models_sub = models.add_subparsers(dest="models_command", required=True)

@@ -11,9 +11,10 @@ from typing import Any
 import asyncpg
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from app.auth import AdminKeys, bootstrap_admin_keys
 from app.config import Settings
@@ -22,7 +23,7 @@ from app.domain.ingest import IngestPipeline
 from app.domain.reverse import ReverseSearchService
 from app.domain.search import SearchService
 from app.errors import ApiError, unavailable
-from app.http import documents, indexes, search
+from app.http import documents, indexes, openapi, ops, search, ui
 from app.storage import db, migrate
 from app.storage.catalog import CatalogStore
 from app.vision.service import VisionService
@@ -91,10 +92,12 @@ async def _serving(app: Starlette, settings: Settings, url: str) -> AsyncIterato
             search=SearchService(pool, vision),
             reverse=ReverseSearchService(pool, vision),
         )
+        app.state.metrics.services.services = app.state.services  # scrape-time gauges: queue, pool
         if app.state.start_background_work:
             backfill.start()
         yield
     finally:
+        app.state.metrics.services.services = None
         await backfill.stop()
         await vision.aclose()
         await pool.close()
@@ -144,7 +147,7 @@ async def handle_unexpected(request: Request, exc: Exception) -> Response:
     return _error_response(ApiError(500, "internal_error", "internal error"))
 
 
-def routes() -> list[Route]:
+def routes() -> list[BaseRoute]:
     base = "/api/v1/indexes/{index_name}"
     return [
         Route("/api/v1/indexes", indexes.list_indexes, methods=["GET"]),
@@ -160,30 +163,23 @@ def routes() -> list[Route]:
         Route(base + "/get-documents", documents.get_documents, methods=["POST"]),
         Route(base + "/search", search.search, methods=["POST"]),
         Route(base + "/reverse-image-search", search.reverse_image_search, methods=["POST"]),
-        Route("/health", health, methods=["GET"]),
+        Route("/health", ops.health, methods=["GET"]),
+        Route("/metrics", ops.metrics_endpoint, methods=["GET"]),
+        Route("/openapi.json", openapi.openapi_endpoint, methods=["GET"]),
+        *ui.routes(),
     ]
-
-
-async def health(request: Request) -> JSONResponse:
-    svc: Services = request.app.state.services
-    try:
-        async with svc.pool.acquire(timeout=2) as conn:
-            await conn.fetchval("SELECT 1")
-    except Exception:
-        return JSONResponse(
-            {"status": "unavailable", "database": "down"}, status_code=503, headers={"Retry-After": "2"}
-        )
-    return JSONResponse(
-        {"status": "ok", "database": "ok", "modelsLoaded": [s.name for s in svc.vision.registry.loaded()]}
-    )
 
 
 def create_app(
     settings: Settings | None = None, *, run_migrations: bool = True, start_background_work: bool = True
 ) -> Starlette:
+    metrics = ops.Metrics()
     app = Starlette(
         routes=routes(),
         lifespan=lifespan,
+        # Request ids, access log and latency histograms; inside the server-error middleware, so an
+        # unhandled exception is still counted (as 500) before that middleware renders it.
+        middleware=[Middleware(ops.RequestContextMiddleware, metrics=metrics)],
         exception_handlers={
             ApiError: handle_api_error,
             HTTPException: handle_http_exception,
@@ -197,6 +193,7 @@ def create_app(
         },
     )
     app.state.settings = settings or Settings.from_env()
+    app.state.metrics = metrics
     app.state.run_migrations = run_migrations
     app.state.start_background_work = start_background_work
     return app

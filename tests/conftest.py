@@ -130,3 +130,145 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 def images() -> Iterator[ImageServer]:
     with ImageServer() as server:
         yield server
+
+
+# --- every `api` response is checked against the OpenAPI description -------------------
+
+
+class OpenApiValidator:
+    """Checks a response (method, path, status, content type, body) against /openapi.json."""
+
+    def __init__(self, doc: dict[str, object]) -> None:
+        import re
+
+        self.doc = doc
+        paths: dict[str, dict[str, object]] = doc["paths"]  # type: ignore[assignment]
+        self.templates: list[tuple[re.Pattern[str], str]] = []
+        for template in paths:
+            # `{path}` (static files) spans segments; every other parameter is one segment.
+            pattern = re.sub(r"\{path\}", r".+", template)
+            pattern = re.sub(r"\{[^}/]+\}", r"[^/]+", pattern)
+            self.templates.append((re.compile(pattern), template))
+
+    def _operation(self, method: str, path: str) -> tuple[str | None, dict[str, object] | None]:
+        for pattern, template in self.templates:
+            if pattern.fullmatch(path):
+                item: dict[str, object] = self.doc["paths"][template]  # type: ignore[index]
+                return template, item.get(method.lower())  # type: ignore[return-value]
+        return None, None
+
+    def _schema_check(self, schema: dict[str, object], value: object, where: str) -> None:
+        import jsonschema
+
+        # The response schema as a root whose `#/components/...` references resolve in this document.
+        root = {**schema, "components": self.doc["components"]}
+        validator = jsonschema.Draft202012Validator(root)
+        error = jsonschema.exceptions.best_match(validator.iter_errors(value))
+        if error is not None:
+            location = "/".join(str(p) for p in error.absolute_path) or "(root)"
+            raise AssertionError(f"{where}: response does not match /openapi.json at {location}: {error.message}")
+
+    def check(self, method: str, path: str, status: int, content_type: str, body: bytes) -> None:
+        import json
+
+        where = f"{method} {path} -> {status}"
+        template, operation = self._operation(method, path)
+        if operation is None:
+            # Undocumented path or method: only an error in the documented shape is acceptable.
+            if status < 400:
+                raise AssertionError(f"{where}: endpoint not described in /openapi.json")
+            schema: dict[str, object] | None = {"$ref": "#/components/schemas/Error"}
+            media = "application/json"
+        else:
+            responses: dict[str, dict[str, object]] = operation["responses"]  # type: ignore[assignment]
+            response = responses.get(str(status)) or responses.get("default")
+            if response is None:
+                raise AssertionError(f"{where}: status not described for {method} {template} in /openapi.json")
+            content: dict[str, dict[str, object]] = response.get("content") or {}  # type: ignore[assignment]
+            if not content:
+                return
+            media = next(iter(content))
+            schema = content[media].get("schema")  # type: ignore[assignment]
+        if not content_type.split(";")[0].strip() == media:
+            raise AssertionError(f"{where}: content type {content_type!r}, /openapi.json says {media!r}")
+        if media == "application/json" and schema is not None:
+            self._schema_check(schema, json.loads(body), where)
+
+
+@pytest.fixture(scope="session")
+def openapi_validator() -> OpenApiValidator:
+    from app.http.openapi import openapi_document
+
+    return OpenApiValidator(openapi_document())
+
+
+@pytest.fixture(autouse=True)
+def _api_responses_match_openapi(request: pytest.FixtureRequest) -> None:
+    """Hooks the session's `api` client (once) so that every response it receives is validated."""
+    if "api" not in request.fixturenames:
+        return
+    client: httpx.AsyncClient = request.getfixturevalue("api")
+    if getattr(client, "_openapi_checked", False):
+        return
+    validator: OpenApiValidator = request.getfixturevalue("openapi_validator")
+
+    async def check(response: httpx.Response) -> None:
+        if response.request.method == "HEAD":
+            return
+        await response.aread()
+        validator.check(
+            response.request.method,
+            response.request.url.path,
+            response.status_code,
+            response.headers.get("content-type", ""),
+            response.content,
+        )
+
+    client.event_hooks["response"].append(check)
+    client._openapi_checked = True  # type: ignore[attr-defined]
+
+
+# --- the real app behind uvicorn on a loopback port (browsers, subprocess clients) ------------
+
+
+class LiveServer:
+    """`create_app(settings)` served by uvicorn in a background thread on 127.0.0.1:<ephemeral>."""
+
+    def __init__(self, settings: Settings) -> None:
+        from app.main import create_app
+
+        self.app = create_app(settings, run_migrations=False, start_background_work=False)
+        self._server: object = None
+        self._thread: object = None
+
+    def __enter__(self) -> LiveServer:
+        import threading
+        import time
+
+        import uvicorn
+
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=0, log_level="warning", access_log=False)
+        server = uvicorn.Server(config)
+        thread = threading.Thread(target=server.run, name="live-server", daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 60
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("live server did not start")
+            time.sleep(0.05)
+        self._server, self._thread = server, thread
+        self.port = server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        server, thread = self._server, self._thread
+        server.should_exit = True  # type: ignore[attr-defined]
+        thread.join(timeout=30)  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="session")
+def live_server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    settings = api_settings(database_url, tmp_path_factory.mktemp("live"))
+    with LiveServer(settings) as server:
+        yield server

@@ -12,6 +12,7 @@ from app.domain.search import StageTimer
 from app.errors import ImageError, bad_request, not_found
 from app.http.common import elapsed_ms, json_response, read_json
 from app.http.indexes import load_readable_index, services
+from app.http.ops import observe_stages
 
 
 def _image_error(exc: ImageError) -> Exception:
@@ -27,6 +28,8 @@ async def search(request: Request) -> JSONResponse:
         hits = await services(request).search.search(record, parsed, timer)
     except ImageError as exc:
         raise _image_error(exc) from exc
+    finally:
+        observe_stages(request, "search", timer.stages)
     return json_response(
         {
             "hits": hits,
@@ -49,4 +52,6 @@ async def reverse_image_search(request: Request) -> JSONResponse:
         hits = await services(request).reverse.search(record, parsed, timer)
     except ImageError as exc:
         raise _image_error(exc) from exc
+    finally:
+        observe_stages(request, "reverse-image-search", timer.stages)
     return json_response({"hits": hits, "limit": parsed.limit, "processingTimeMs": elapsed_ms(started)})

@@ -1,0 +1,150 @@
+"""The web page in a real headless Chromium (Debian's `chromium`, driven by Playwright).
+
+`.ci/run` installs chromium when /usr/bin/chromium is missing; never `playwright install`
+(it downloads browsers). The screenshot lands in bench-results/tmp/ui-screenshot.png.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from app.http.openapi import openapi_document
+from tests.conftest import ADMIN, REPO_ROOT, LiveServer
+from tests.helpers import TEST_MODEL, product, product_image
+from tests.imageserver import ImageServer
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SCREENSHOT = REPO_ROOT / "bench-results" / "tmp" / "ui-screenshot.png"
+INDEX = "ui-test"
+
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.exists(), reason="needs Debian's chromium (apt-get install -y chromium; .ci/run does it)"
+)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def shop(live_server: LiveServer, images: ImageServer) -> str:
+    """An index of 12 products (brands alternate Acme/Bolt) whose images the image server serves."""
+    base = f"{live_server.url}/api/v1/indexes/{INDEX}"
+    httpx.delete(base, headers=ADMIN, timeout=30)
+    r = httpx.post(base, json={"model": TEST_MODEL, "reverseImageSearch": {"enabled": True}}, headers=ADMIN,
+                   timeout=60)
+    assert r.status_code == 200, r.text
+    docs = [
+        product(
+            f"ui-{i}",
+            images.add(f"/ui/{i}.jpg", product_image(900 + i, 128)),
+            productTitle=f"{'Acme' if i % 2 == 0 else 'Bolt'} item {i}",
+            brand="Acme" if i % 2 == 0 else "Bolt",
+            price=10.0 + i,
+        )
+        for i in range(12)
+    ]
+    added = httpx.post(base + "/documents", json={"documents": docs}, headers=ADMIN, timeout=120)
+    assert added.json()["errors"] is False, added.text
+    return r.json()["indexId"]
+
+
+def _hit_ids(page: Any) -> list[str]:
+    return page.eval_on_selector_all(".hit", "els => els.map(e => e.dataset.id)")
+
+
+def test_search_page_upload_filter_grid_and_errors(
+    browser: Any, live_server: LiveServer, images: ImageServer, shop: str, tmp_path: Path
+) -> None:
+    problems: list[str] = []
+    page = browser.new_page(viewport={"width": 1100, "height": 900})
+    # CSP violations and script errors surface as console errors: the page must have none.
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" and "400" not in m.text else None)
+    page.on("pageerror", lambda e: problems.append(str(e)))
+
+    page.goto(f"{live_server.url}/ui#index={INDEX}&indexId={shop}")
+    assert page.input_value("#index") == INDEX and page.input_value("#index-id") == shop
+
+    # 1. Pick a photo of product 4 (an Acme), filter to Acme, reverse image search.
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(product_image(904, 128))
+    page.set_input_files("#file", str(photo))
+    page.wait_for_selector("#preview:not([hidden])")
+    page.fill("#filter", "brand:Acme")
+    page.click("#search-btn")
+    page.wait_for_selector(".hit")
+    ids = _hit_ids(page)
+    assert ids[0] == "ui-4" and all(int(i.split("-")[1]) % 2 == 0 for i in ids), ids
+    first = page.locator(".hit").first
+    assert first.locator(".title").text_content() == "Acme item 4"
+    assert first.locator(".price").text_content() == "14.00"
+    assert "score" in first.locator(".score").text_content()
+    assert "processing time" in page.text_content("#status")
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('.hit img')].every(i => i.complete && i.naturalWidth > 0)"
+    )
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOT), full_page=True)
+
+    # 2. Drop a photo of product 7 (a Bolt) and use Search by Image, without a filter.
+    page.fill("#filter", "")
+    page.check('input[name="mode"][value="search"]')
+    dropped = base64.b64encode(product_image(907, 128)).decode()
+    page.evaluate(
+        """(b64) => {
+            const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+            const dt = new DataTransfer();
+            dt.items.add(new File([bytes], "drop.jpg", {type: "image/jpeg"}));
+            document.getElementById("drop").dispatchEvent(new DragEvent("drop", {dataTransfer: dt, bubbles: true}));
+        }""",
+        dropped,
+    )
+    page.wait_for_function("() => document.getElementById('preview').src.startsWith('data:image/')")
+    page.click("#search-btn")
+    page.wait_for_function("() => document.querySelector('.hit')?.dataset.id === 'ui-7'")
+    assert len(_hit_ids(page)) == 10  # /search honours the page's limit of 10
+
+    # 3. An image URL and a broken filter: the 400 is shown on the page, the old grid is gone.
+    page.fill("#image-url", images.url("/ui/3.jpg"))
+    page.fill("#filter", "brand:(")
+    page.click("#search-btn")
+    page.wait_for_selector("#error:not([hidden])")
+    error = page.text_content("#error")
+    assert error.startswith("400:") and "filter" in error and "invalid_filter" in error, error
+    assert _hit_ids(page) == []
+    assert problems == [], problems
+    page.close()
+
+
+def test_docs_page_renders_every_operation(browser: Any, live_server: LiveServer) -> None:
+    page = browser.new_page()
+    page.goto(f"{live_server.url}/docs")
+    page.wait_for_selector("details.op")
+    operations = sum(
+        1 for item in openapi_document()["paths"].values() for method in item if method != "parameters"
+    )
+    assert page.locator("details.op").count() == operations
+    assert page.locator("#schema-Error").count() == 1
+    page.close()
