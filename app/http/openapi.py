@@ -253,7 +253,6 @@ SCHEMAS: dict[str, Any] = {
                         "status": {"type": "integer", "minimum": 100, "maximum": 599},
                         "message": {"type": "string"},
                     },
-                    "additionalProperties": False,
                 },
             },
             "processingTimeMs": {"type": "integer", "minimum": 0},
@@ -286,7 +285,6 @@ SCHEMAS: dict[str, Any] = {
                                 "_found": {"const": False},
                                 "message": {"type": "string"},
                             },
-                            "additionalProperties": False,
                         },
                     ]
                 },
