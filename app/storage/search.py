@@ -17,8 +17,10 @@ import numpy as np
 from app.storage.indexes import IndexRecord
 from app.storage.params import SqlParams
 
-# A filter matching at most this many products is answered by an exact scan.
-EXACT_SCAN_MAX_ROWS = 2_000
+# A filter matching at most this many products is answered by an exact scan: probing
+# that many vectors by key costs about as much as an HNSW walk that must skip the
+# non-matching ~(1 - selectivity) of what it visits (measured in benchmarks/ann_bench.py).
+EXACT_SCAN_MAX_ROWS = 1_000
 DEFAULT_EF_SEARCH = 64
 # Upper bound on tuples one iterative HNSW scan may visit before giving up.
 MAX_SCAN_TUPLES = 50_000
@@ -90,23 +92,6 @@ async def text_search(
     return _rows(records)
 
 
-async def count_matching(
-    conn: asyncpg.Connection, index: IndexRecord, where_sql: str, params: SqlParams, cap: int
-) -> int:
-    """How many products match the filter, counting no further than `cap` (cheap either way)."""
-    values = list(params.values)
-    local = SqlParams(values)
-    index_param = local.add(index.pk)
-    cap_param = local.add(cap)
-    return int(
-        await conn.fetchval(
-            f"SELECT count(*) FROM (SELECT 1 FROM products p WHERE p.index_pk = {index_param} "
-            f"AND ({where_sql}) LIMIT {cap_param}) AS matching",
-            *local.values,
-        )
-    )
-
-
 async def nearest(
     conn: asyncpg.Connection,
     index: IndexRecord,
@@ -123,30 +108,70 @@ async def nearest(
     `score` is cosine similarity (1 - cosine distance). Must run inside a transaction:
     the per-query planner settings are `SET LOCAL`.
     """
-    exact = False
-    if filtered:
-        exact = (
-            await count_matching(conn, index, where_sql, params, EXACT_SCAN_MAX_ROWS + 1)
-            <= EXACT_SCAN_MAX_ROWS
-        )
-    await configure_scan(conn, exact=exact, ef_search=max(ef_search, k))
+    exact = await plan_scan(conn, index, where_sql, params, filtered=filtered, ef_search=max(ef_search, k))
     sql, values = nearest_sql(index, embedding, where_sql, params, k, exact=exact)
     return _rows(await conn.fetch(sql, *values))
 
 
-async def configure_scan(conn: asyncpg.Connection, *, exact: bool, ef_search: int) -> None:
-    """Per-query planner settings, local to the transaction.
+async def plan_scan(
+    conn: asyncpg.Connection,
+    index: IndexRecord,
+    where_sql: str,
+    params: SqlParams,
+    *,
+    filtered: bool,
+    ef_search: int,
+) -> bool:
+    """Choose exact scan or HNSW walk and set the planner for it; returns True for exact.
 
-    On the ANN path explicit sorts are discouraged: the planner's guess at a filter's
-    selectivity (a generic plan cannot see the filter values) must not trade the HNSW
-    walk for a full scan + sort; `count_matching` already decided the filter is broad.
+    One round trip: the capped count of matching products decides, and the same
+    statement sets the transaction-local settings. On the HNSW path explicit sorts
+    are discouraged so a filter's selectivity estimate cannot trade the graph walk
+    for a full scan + sort; on the exact path hash/merge joins are, so the matching
+    rows' vectors are probed by key instead of scanning the whole vector table.
     """
+    if filtered:
+        local = SqlParams(list(params.values))
+        index_param = local.add(index.pk)
+        cap_param = local.add(EXACT_SCAN_MAX_ROWS + 1)
+        limit_param = local.add(EXACT_SCAN_MAX_ROWS)
+        exact_sql = (
+            f"(SELECT count(*) FROM (SELECT 1 FROM products p WHERE p.index_pk = {index_param} "
+            f"AND ({where_sql}) LIMIT {cap_param}) AS matching) <= {limit_param}"
+        )
+    else:
+        local = SqlParams()
+        exact_sql = "false"
+    ef_param = local.add(str(ef_search))
+    tuples_param = local.add(str(MAX_SCAN_TUPLES))
+    row = await conn.fetchrow(
+        f"""
+        WITH decision AS (SELECT {exact_sql} AS exact)
+        SELECT exact,
+               set_config('hnsw.ef_search', {ef_param}, true),
+               set_config('hnsw.iterative_scan', 'relaxed_order', true),
+               set_config('hnsw.max_scan_tuples', {tuples_param}, true),
+               set_config('enable_sort', CASE WHEN exact THEN 'on' ELSE 'off' END, true),
+               set_config('enable_hashjoin', CASE WHEN exact THEN 'off' ELSE 'on' END, true),
+               set_config('enable_mergejoin', CASE WHEN exact THEN 'off' ELSE 'on' END, true)
+        FROM decision
+        """,
+        *local.values,
+    )
+    assert row is not None
+    return bool(row["exact"])
+
+
+async def configure_scan(conn: asyncpg.Connection, *, exact: bool, ef_search: int) -> None:
+    """The settings `plan_scan` makes, for a decision taken elsewhere (tests, benchmarks)."""
     await conn.execute(
         "SELECT set_config('hnsw.ef_search', $1, true), set_config('hnsw.iterative_scan', 'relaxed_order', true),"
-        " set_config('hnsw.max_scan_tuples', $2, true), set_config('enable_sort', $3, true)",
+        " set_config('hnsw.max_scan_tuples', $2, true), set_config('enable_sort', $3, true),"
+        " set_config('enable_hashjoin', $4, true), set_config('enable_mergejoin', $4, true)",
         str(ef_search),
         str(MAX_SCAN_TUPLES),
         "on" if exact else "off",
+        "off" if exact else "on",
     )
 
 
