@@ -88,6 +88,9 @@ async def load_index(
     vector_type: str = "halfvec",
     m: int | None = None,
     ef_construction: int | None = None,
+    build_workers: int = 1,
+    progress: bool = False,
+    maintenance_work_mem: str = "2GB",
 ) -> tuple[IndexRecord, dict[str, float]]:
     """Create an index, COPY products and vectors in, build HNSW; returns timings in seconds."""
     n, dim = vectors.shape
@@ -106,6 +109,8 @@ async def load_index(
         started = time.perf_counter()
         for start in range(0, n, 20_000):
             stop = min(n, start + 20_000)
+            if progress:
+                print(f"  products {start:,}/{n:,}", flush=True)
             await conn.copy_records_to_table(
                 "products",
                 records=list(_product_rows(record.pk, start, stop)),
@@ -131,8 +136,8 @@ async def load_index(
             )
         timings["load_vectors_s"] = time.perf_counter() - started
         started = time.perf_counter()
-        await conn.execute("SET maintenance_work_mem = '2GB'")
-        await conn.execute("SET max_parallel_maintenance_workers = 1")
+        await conn.execute(f"SET maintenance_work_mem = '{maintenance_work_mem}'")
+        await conn.execute(f"SET max_parallel_maintenance_workers = {int(build_workers)}")
         opclass = {"halfvec": "halfvec_cosine_ops", "vector": "vector_cosine_ops"}[vector_type]
         m = int(m or indexes.HNSW_M)
         ef_construction = int(ef_construction or indexes.HNSW_EF_CONSTRUCTION)
