@@ -86,6 +86,8 @@ def test_demo_serves_and_its_printed_curl_returns_hits(database_url: str, tmp_pa
         assert 1 <= len(hits) <= 5, answer
         assert set(hits[0]) == {"_id", "_score", "productTitle", "brand", "price"}
         assert all(re.fullmatch(r"p\d{5}", h["_id"]) for h in hits)
+        # The photographed product is found (re-ranking makes this hold even with random weights).
+        assert info.photo_product_id in [h["_id"] for h in hits], (info.photo_product_id, hits)
 
         # The web page the demo points at is served, prefilled through the URL fragment.
         page = httpx.get(info.page_url, timeout=10)
