@@ -173,9 +173,7 @@ class ImageServer:
 
     def add_redirect(self, path: str, location: str, status: int = 302) -> str:
         """Answer `path` with a redirect to `location` (any URL, absolute or relative)."""
-        self.routes[path] = Route(
-            body=b"", content_type="text/plain", status=status, headers={"Location": location}
-        )
+        self.routes[path] = Route(body=b"", content_type="text/plain", status=status, headers={"Location": location})
         return self.url(path)
 
     def add_slow(self, path: str, body: bytes, *, delay_s: float = 0.5, chunk_size: int = 1) -> str:

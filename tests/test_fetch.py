@@ -77,9 +77,7 @@ async def test_connects_to_the_vetted_address_keeping_the_host_name(server: Imag
         return [ipaddress.ip_address("127.0.0.1")]
 
     before = len(server.requests)
-    data = await _fetch(
-        _settings("127.0.0.1"), server.url("/cat.jpg", host="catalog.test"), resolver=resolver
-    )
+    data = await _fetch(_settings("127.0.0.1"), server.url("/cat.jpg", host="catalog.test"), resolver=resolver)
     assert data == JPEG
     assert server.requests[before:] == [("/cat.jpg", f"catalog.test:{server.port}")]
 
@@ -136,10 +134,7 @@ async def test_a_name_with_any_private_address_is_refused() -> None:
         return [ipaddress.ip_address("93.184.216.34"), ipaddress.ip_address("10.1.2.3")]
 
     err = await _refused(_settings(""), "http://mixed.test/x.jpg", resolver=resolver)
-    assert (
-        err.message
-        == "image host mixed.test resolves to 10.1.2.3, a private address, which is not allow-listed"
-    )
+    assert err.message == "image host mixed.test resolves to 10.1.2.3, a private address, which is not allow-listed"
     assert err.code == "image_host_not_allowed"
 
 
@@ -181,9 +176,7 @@ async def test_follows_redirects_and_checks_each_hop(server: ImageServer) -> Non
         ("file:///etc/passwd", "scheme 'file' is not allowed"),
     ],
 )
-async def test_redirect_into_a_blocked_address_is_refused(
-    server: ImageServer, location: str, expected: str
-) -> None:
+async def test_redirect_into_a_blocked_address_is_refused(server: ImageServer, location: str, expected: str) -> None:
     server.add_redirect("/hop.jpg", location.format(port=server.port))
     before = len(server.requests)
     started = time.monotonic()
@@ -191,6 +184,13 @@ async def test_redirect_into_a_blocked_address_is_refused(
     assert expected in err.message
     assert server.requested_paths()[before:] == ["/hop.jpg"]
     assert time.monotonic() - started < 2  # refused without trying to connect
+
+
+async def test_redirect_to_an_unparseable_location(server: ImageServer) -> None:
+    server.add_redirect("/odd.jpg", "data:image/jpeg;base64,/9j/")
+    err = await _refused(_settings("127.0.0.1"), server.url("/odd.jpg"))
+    assert err.message.startswith("image URL redirected to an invalid URL")
+    assert err.code == "invalid_image_url"
 
 
 async def test_redirect_cap(server: ImageServer) -> None:

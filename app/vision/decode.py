@@ -144,9 +144,7 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
         img.seek(0)  # first frame of GIF / animated WebP / multi-page TIFF
         img.load()
     except Image.DecompressionBombError:
-        raise ImageError(
-            f"image has too many pixels, over the limit of {max_pixels}", CODE_TOO_MANY_PIXELS
-        ) from None
+        raise ImageError(f"image has too many pixels, over the limit of {max_pixels}", CODE_TOO_MANY_PIXELS) from None
     except _DECODE_ERRORS:
         raise ImageError("image is truncated or corrupt", CODE_CORRUPT) from None
     try:

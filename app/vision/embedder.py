@@ -147,9 +147,7 @@ class Embedder:
             if not waiter.done():
                 waiter.set_result(None)
 
-    async def _embed_chunk(
-        self, spec: ModelSpec, model: EmbeddingModel, chunk: list[Image.Image]
-    ) -> np.ndarray:
+    async def _embed_chunk(self, spec: ModelSpec, model: EmbeddingModel, chunk: list[Image.Image]) -> np.ndarray:
         n = len(chunk)
         await self._admit(n)
         try:
@@ -167,12 +165,7 @@ class Embedder:
         batcher = self._batchers.get(key)
         loop = asyncio.get_running_loop()
         # A new worker if none, if it died, or if it belongs to another event loop (tests).
-        if (
-            batcher is None
-            or batcher.task is None
-            or batcher.task.done()
-            or batcher.task.get_loop() is not loop
-        ):
+        if batcher is None or batcher.task is None or batcher.task.done() or batcher.task.get_loop() is not loop:
             batcher = _Batcher(model)
             batcher.task = loop.create_task(self._work(batcher), name=f"lookalike-embed-{key}")
             self._batchers[key] = batcher

@@ -261,9 +261,7 @@ class ImageFetcher:
         parts = [p.strip().lower() for p in header.split(";")]
         mime, params = parts[0], parts[1:]
         if not mime.startswith("image/") or len(mime) == len("image/"):
-            raise ImageError(
-                f"data URL must have an image/* MIME type, got {mime or 'none'!r}", CODE_DATA_URL
-            )
+            raise ImageError(f"data URL must have an image/* MIME type, got {mime or 'none'!r}", CODE_DATA_URL)
         if "base64" not in params:
             raise ImageError("data URL must be base64-encoded (data:image/...;base64,...)", CODE_DATA_URL)
         if "%" in payload:  # RFC 2397 allows percent-encoding; some clients escape '+', '/', '='
@@ -397,13 +395,9 @@ class ImageFetcher:
                 CODE_TIMEOUT,
             )
         if isinstance(exc, httpx.ReadTimeout):
-            return ImageError(
-                f"image host {host} sent nothing for {_fmt_s(self._timeout.read or 0)}", CODE_TIMEOUT
-            )
+            return ImageError(f"image host {host} sent nothing for {_fmt_s(self._timeout.read or 0)}", CODE_TIMEOUT)
         if isinstance(exc, httpx.TimeoutException):
             return ImageError(f"timed out talking to image host {host}", CODE_TIMEOUT)
         if isinstance(exc, httpx.ConnectError):
-            return ImageError(
-                f"could not connect to image host {host}: {exc or 'connection failed'}", CODE_FETCH
-            )
+            return ImageError(f"could not connect to image host {host}: {exc or 'connection failed'}", CODE_FETCH)
         return ImageError(f"error fetching image from {host}: {exc or type(exc).__name__}", CODE_FETCH)
