@@ -127,12 +127,20 @@ _DB_DOWN = (
     asyncpg.AdminShutdownError,
     asyncpg.TooManyConnectionsError,
     TimeoutError,
+    # Seen in tests/test_faults.py while PostgreSQL is killed (500s before): a backend crash ends every
+    # session (57P02), and a connection whose server died while asyncpg was consuming an error is left
+    # in a state where its next use raises InternalClientError ("cannot switch to state 12; another
+    # operation (2) is in progress"). Both are outages to retry; the pool replaces the connection.
+    asyncpg.CrashShutdownError,
+    asyncpg.InternalClientError,
 )
 
 
 async def handle_unexpected(request: Request, exc: Exception) -> Response:
     if isinstance(exc, _DB_DOWN):
-        log.warning("database unavailable: %s", exc.__class__.__name__)
+        # InternalClientError could also mean misuse of a connection: keep its message in the log.
+        detail = f": {exc}" if isinstance(exc, asyncpg.InternalClientError) else ""
+        log.warning("database unavailable: %s%s", exc.__class__.__name__, detail)
         return _error_response(unavailable())
     if isinstance(exc, asyncpg.InsufficientResourcesError):
         # Disk full or out of memory (SQLSTATE class 53): an outage to retry, not a 500 (found by
