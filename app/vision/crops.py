@@ -1,0 +1,119 @@
+"""Query crops for reverse image search: the whole photo plus a few product-centred crops.
+
+A shopper's photo shows the product somewhere near the middle, at 15-60% of the
+frame, in clutter. The whole-image embedding mixes product and clutter; a crop
+around the product is closer to the catalog photo. Crops are cheap guesses (a few
+milliseconds on a 96 px thumbnail), embedded in one batch, and the best cosine
+over crops is a candidate's global score, so a useless crop costs little.
+
+Crop kinds, in the order `query_crops` returns them (chosen by
+`benchmarks/offline_eval.py`):
+
+- ``whole``: the photo as it is;
+- ``saliency``: a box around the salient mass — spectral-residual saliency
+  (Hou & Zhang, CVPR 2007) times a centre prior, boxed by its weighted moments;
+- ``centre70`` / ``centre50``: centred squares of 70% / 50% of the short side;
+- ``peak``: a square around the strongest saliency blob, when it is off-centre.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+from PIL import Image
+
+CROP_KINDS = ("whole", "saliency", "centre70", "centre50", "peak")
+DEFAULT_ORDER: tuple[str, ...] = ("whole", "saliency", "centre70", "centre50", "peak")
+
+_THUMB = 96  # side of the thumbnail the saliency map is computed on
+Box = tuple[int, int, int, int]  # left, top, right, bottom in image pixels
+
+
+def _thumb_gray(image: Image.Image) -> np.ndarray:
+    small = image.convert("RGB").resize((_THUMB, _THUMB), Image.Resampling.BILINEAR)
+    arr = np.asarray(small, np.float32)
+    # Lab-ish opponent channels: saliency from colour as well as from intensity
+    lum = arr.mean(axis=2)
+    rg = arr[..., 0] - arr[..., 1]
+    by = 0.5 * (arr[..., 0] + arr[..., 1]) - arr[..., 2]
+    return np.stack([lum, rg, by])
+
+
+def spectral_residual(image: Image.Image) -> np.ndarray:
+    """Saliency map (_THUMB x _THUMB, float32, max 1), summed over opponent colour channels."""
+    total = np.zeros((_THUMB, _THUMB), np.float32)
+    for ch in _thumb_gray(image):
+        f = np.fft.fft2(ch - ch.mean())
+        log_amp = np.log(np.abs(f) + 1e-3).astype(np.float32)
+        residual = log_amp - cv2.blur(log_amp, (3, 3))
+        sal = np.abs(np.fft.ifft2(np.exp(residual) * np.exp(1j * np.angle(f)))) ** 2
+        total += sal.astype(np.float32) / max(float(sal.max()), 1e-9)
+    total = cv2.GaussianBlur(total, (0, 0), _THUMB * 0.03)
+    return total / max(float(total.max()), 1e-9)
+
+
+def _centre_prior(sigma: float = 0.3) -> np.ndarray:
+    t = (np.arange(_THUMB, dtype=np.float32) + 0.5) / _THUMB - 0.5
+    g = np.exp(-(t**2) / (2 * sigma**2))
+    return np.outer(g, g)
+
+
+def _square(cx: float, cy: float, side: float, w: int, h: int) -> Box:
+    """A square box (clamped into the image, shifted rather than cut) around a centre."""
+    s = round(max(16.0, min(side, float(min(w, h)))))
+    x0 = round(min(max(0.0, cx - s / 2), w - s))
+    y0 = round(min(max(0.0, cy - s / 2), h - s))
+    return x0, y0, x0 + s, y0 + s
+
+
+def crop_boxes(image: Image.Image, kinds: Sequence[str] = DEFAULT_ORDER) -> list[Box]:
+    """Boxes for the given crop kinds, in order (``whole`` is the full frame)."""
+    w, h = image.size
+    short = min(w, h)
+    sal: np.ndarray | None = None
+    boxes: list[Box] = []
+    for kind in kinds:
+        if kind == "whole":
+            boxes.append((0, 0, w, h))
+        elif kind in ("centre70", "centre50"):
+            frac = 0.7 if kind == "centre70" else 0.5
+            boxes.append(_square(w / 2, h / 2, frac * short, w, h))
+        elif kind in ("saliency", "peak"):
+            if sal is None:
+                sal = spectral_residual(image) * _centre_prior()
+            if kind == "saliency":
+                # weighted moments of the top of the map: centre and spread of the salient mass
+                wts = np.clip(sal - np.quantile(sal, 0.6), 0, None)
+                ys, xs = np.mgrid[0:_THUMB, 0:_THUMB].astype(np.float32) + 0.5
+                m = float(wts.sum()) or 1.0
+                cx, cy = float((wts * xs).sum() / m), float((wts * ys).sum() / m)
+                sx = float(np.sqrt((wts * (xs - cx) ** 2).sum() / m))
+                sy = float(np.sqrt((wts * (ys - cy) ** 2).sum() / m))
+                side = 2.0 * 2.0 * max(sx * w, sy * h) / _THUMB  # +-2 sigma, in image pixels
+                boxes.append(_square(cx * w / _THUMB, cy * h / _THUMB, max(side, 0.35 * short), w, h))
+            else:
+                py, px = np.unravel_index(int(np.argmax(sal)), sal.shape)
+                boxes.append(_square((px + 0.5) * w / _THUMB, (py + 0.5) * h / _THUMB, 0.55 * short, w, h))
+        else:
+            raise ValueError(f"unknown crop kind {kind!r}; known: {', '.join(CROP_KINDS)}")
+    return boxes
+
+
+def query_crops(image: Image.Image, max_crops: int, kinds: Sequence[str] = DEFAULT_ORDER) -> list[Image.Image]:
+    """The whole image first, then up to `max_crops - 1` product-centred crops (duplicates dropped)."""
+    if max_crops < 1:
+        raise ValueError("max_crops must be at least 1")
+    image = image if image.mode == "RGB" else image.convert("RGB")
+    kinds = ["whole", *[k for k in kinds if k != "whole"]][:max_crops]
+    out: list[Image.Image] = []
+    seen: list[Box] = []
+    w, h = image.size
+    tol = 0.04 * min(w, h)
+    for box in crop_boxes(image, kinds):
+        if any(max(abs(a - b) for a, b in zip(box, s, strict=True)) < tol for s in seen):
+            continue  # e.g. a saliency box that is the centre crop again: one embedding is enough
+        seen.append(box)
+        out.append(image if box == (0, 0, w, h) else image.crop(box))
+    return out
