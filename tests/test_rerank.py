@@ -1,0 +1,109 @@
+"""Score combination for reverse image search (pure domain logic)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from app.domain.rerank import (
+    DEFAULT_PARAMS,
+    Candidate,
+    RerankParams,
+    combine_scores,
+    final_score,
+    merge_crop_neighbours,
+    verification_bonus,
+)
+
+
+@dataclass(frozen=True)
+class V:
+    inliers: int
+    homography_ok: bool = True
+    colour_agreement: float = 1.0
+
+
+def keys(ranked: list[tuple[object, float]]) -> list[object]:
+    return [k for k, _ in ranked]
+
+
+def test_sorted_best_first_and_complete() -> None:
+    cands = [Candidate(f"p{i}", g, V(n) if n is not None else None) for i, (g, n) in enumerate(
+        [(0.5, None), (0.9, 3), (0.7, 40), (0.6, 12), (0.95, None)]
+    )]  # fmt: skip
+    ranked = combine_scores(cands)
+    assert sorted(keys(ranked)) == sorted(c.product_key for c in cands)
+    scores = [s for _, s in ranked]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_clearly_verified_product_beats_better_global_match() -> None:
+    ranked = combine_scores([Candidate("look-alike", 0.95, V(0)), Candidate("exact", 0.70, V(40))])
+    assert keys(ranked) == ["exact", "look-alike"]
+
+
+def test_without_verification_global_score_decides() -> None:
+    """Low-texture products verify poorly: then the global model carries the ranking."""
+    cands = [
+        Candidate("a", 0.61, None),
+        Candidate("b", 0.83, V(2)),  # a few chance inliers: below min_inliers, no effect
+        Candidate("c", 0.72, V(0, homography_ok=False)),
+        Candidate("d", 0.90, None),
+    ]
+    assert keys(combine_scores(cands)) == ["d", "b", "c", "a"]
+    assert final_score(cands[1]) == pytest.approx(0.83)
+
+
+def test_look_alikes_that_verify_alike_are_ordered_by_global_score() -> None:
+    ranked = combine_scores([Candidate("other-colour", 0.80, V(30)), Candidate("same-colour", 0.86, V(30))])
+    assert keys(ranked) == ["same-colour", "other-colour"]
+
+
+def test_colour_disagreement_removes_the_bonus() -> None:
+    same = Candidate("same", 0.80, V(30, colour_agreement=1.0))
+    colourway = Candidate("colourway", 0.80, V(30, colour_agreement=0.1))
+    assert final_score(same) > final_score(colourway)
+    assert keys(combine_scores([colourway, same])) == ["same", "colourway"]
+
+
+def test_monotone_in_inliers_and_global_score() -> None:
+    p = DEFAULT_PARAMS
+    last = -1.0
+    for n in range(0, 200, 5):
+        s = final_score(Candidate("x", 0.5, V(n)), p)
+        assert s >= last
+        last = s
+    assert final_score(Candidate("x", 0.6, V(20))) > final_score(Candidate("x", 0.5, V(20)))
+    # the bonus saturates below verify_weight
+    assert verification_bonus(10_000, p) <= 1.0
+    assert final_score(Candidate("x", 0.5, V(10_000))) <= 0.5 + p.verify_weight
+
+
+def test_min_inliers_threshold() -> None:
+    p = RerankParams(min_inliers=10, inlier_saturation=5.0)
+    assert verification_bonus(10, p) == 0.0
+    assert verification_bonus(11, p) > 0.0
+
+
+def test_ties_keep_input_order() -> None:
+    cands = [Candidate(k, 0.5, None) for k in ("b", "a", "c")]
+    assert keys(combine_scores(cands)) == ["b", "a", "c"]
+
+
+def test_empty() -> None:
+    assert combine_scores([]) == []
+
+
+def test_params_validation() -> None:
+    with pytest.raises(ValueError):
+        RerankParams(pool_size=0)
+    with pytest.raises(ValueError):
+        RerankParams(inlier_saturation=0)
+    with pytest.raises(ValueError):
+        RerankParams(verify_weight=-1)
+
+
+def test_merge_crop_neighbours_keeps_best_cosine() -> None:
+    merged = merge_crop_neighbours([[("a", 0.5), ("b", 0.7)], [("a", 0.9), ("c", 0.2)], []])
+    assert merged == {"a": 0.9, "b": 0.7, "c": 0.2}
