@@ -12,6 +12,8 @@ from app.config import Settings
 
 
 def _serve(args: argparse.Namespace) -> int:
+    logging_options = _uvicorn_logging(args)  # first: importing the app already logs (alembic)
+
     import uvicorn
 
     from app.main import create_app
@@ -25,7 +27,7 @@ def _serve(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         timeout_graceful_shutdown=args.graceful_timeout,
         limit_concurrency=args.limit_concurrency,
-        **_uvicorn_logging(args),
+        **logging_options,
     )
     return 0
 
