@@ -24,6 +24,7 @@ from app.domain.reverse import ReverseSearchService
 from app.domain.search import SearchService
 from app.errors import ApiError, unavailable
 from app.http import documents, indexes, openapi, ops, search, ui
+from app.http.admission import Admission, AdmissionLimits, AdmissionMiddleware
 from app.storage import db, migrate
 from app.storage.catalog import CatalogStore
 from app.vision.service import VisionService
@@ -179,15 +180,24 @@ def routes() -> list[BaseRoute]:
 
 
 def create_app(
-    settings: Settings | None = None, *, run_migrations: bool = True, start_background_work: bool = True
+    settings: Settings | None = None,
+    *,
+    run_migrations: bool = True,
+    start_background_work: bool = True,
+    admission: AdmissionLimits | None = None,
 ) -> Starlette:
     metrics = ops.Metrics()
+    gates = Admission(admission)
     app = Starlette(
         routes=routes(),
         lifespan=lifespan,
         # Request ids, access log and latency histograms; inside the server-error middleware, so an
         # unhandled exception is still counted (as 500) before that middleware renders it.
-        middleware=[Middleware(ops.RequestContextMiddleware, metrics=metrics)],
+        # Admission control inside it: shed requests (503 + Retry-After) are logged and counted too.
+        middleware=[
+            Middleware(ops.RequestContextMiddleware, metrics=metrics),
+            Middleware(AdmissionMiddleware, admission=gates),
+        ],
         exception_handlers={
             ApiError: handle_api_error,
             HTTPException: handle_http_exception,
@@ -202,6 +212,7 @@ def create_app(
     )
     app.state.settings = settings or Settings.from_env()
     app.state.metrics = metrics
+    app.state.admission = gates
     app.state.run_migrations = run_migrations
     app.state.start_background_work = start_background_work
     return app
