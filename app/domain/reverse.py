@@ -68,6 +68,9 @@ class ReverseSearchService:
         timer.lap("features")
         keys = list(merged)
         with_features = [k for k in keys if k in stored]
+        if self.params.verify_top:
+            # Verify only the globally best candidates (cost grows with pool x keypoints).
+            with_features = sorted(with_features, key=lambda k: -merged[k][1])[: self.params.verify_top]
         verifications = await self.vision.run_cpu(
             local_features.verify_candidates,
             query_features,
@@ -77,6 +80,4 @@ class ReverseSearchService:
         candidates = [Candidate(k, merged[k][1], verified.get(k)) for k in keys]
         ranked = combine_scores(candidates, self.params)
         timer.lap("rerank")
-        return [
-            shape_hit(merged[key][0].doc, score, request.attributes) for key, score in ranked[: request.limit]
-        ]
+        return [shape_hit(merged[key][0].doc, score, request.attributes) for key, score in ranked[: request.limit]]

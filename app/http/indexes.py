@@ -84,6 +84,8 @@ async def create_index(request: Request) -> JSONResponse:
         model = await svc.vision.load_model(spec)
     except ModelUnavailableError as exc:
         raise bad_request(str(exc), "model_unavailable") from exc
+    except ValueError as exc:  # an architecture that cannot be built or run at the requested imageSize
+        raise bad_request(f"model: {exc}", "invalid_model") from exc
     max_dims = 4000 if create.vector_type == "halfvec" else 2000
     if model.dim > max_dims:
         raise bad_request(
@@ -116,9 +118,7 @@ async def create_index(request: Request) -> JSONResponse:
 async def list_indexes(request: Request) -> JSONResponse:
     admin(request)
     rows = await indexes.list_indexes(services(request).pool)
-    return json_response(
-        {"results": [{**describe(record), "documentCount": count} for record, count in rows]}
-    )
+    return json_response({"results": [{**describe(record), "documentCount": count} for record, count in rows]})
 
 
 async def get_index(request: Request) -> JSONResponse:
