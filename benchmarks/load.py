@@ -75,9 +75,69 @@ class Results:
     missing_retry_after: int = 0
 
 
+class RawResponse:
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.status_code = status
+        self.headers = headers
+        self.content = body
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+
+class RawConnection:
+    """One keep-alive HTTP/1.1 connection per simulated client, on plain asyncio streams.
+
+    httpx's AsyncClient does not scale to hundreds of concurrent requests from one process
+    (measured here: 320 requests/s with 1 connection, 120 with 20), so it would measure
+    itself rather than the service; this speaks just enough HTTP/1.1 for our JSON API
+    (Content-Length bodies both ways).
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._reader = self._writer = None
+
+    async def request(self, method: str, path: str, body: Any, headers: dict[str, str]) -> RawResponse:
+        payload = json.dumps(body).encode() if body is not None else b""
+        head = [f"{method} {path} HTTP/1.1", f"Host: {self.host}:{self.port}", f"Content-Length: {len(payload)}"]
+        head += ["Content-Type: application/json", *(f"{k}: {v}" for k, v in headers.items())]
+        data = ("\r\n".join(head) + "\r\n\r\n").encode() + payload
+        for attempt in range(2):  # a keep-alive connection the server closed meanwhile: reconnect once
+            if self._writer is None:
+                self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
+            assert self._reader is not None and self._writer is not None
+            try:
+                self._writer.write(data)
+                await self._writer.drain()
+                status_line = await self._reader.readline()
+                if not status_line:
+                    raise ConnectionResetError("closed before a response")
+            except (ConnectionError, asyncio.IncompleteReadError):
+                await self.close()
+                if attempt:
+                    raise
+                continue
+            response_headers: dict[str, str] = {}
+            while (line := await self._reader.readline()) not in (b"\r\n", b""):
+                name, _, value = line.decode("latin-1").partition(":")
+                response_headers[name.strip().lower()] = value.strip()
+            length = int(response_headers.get("content-length", "0"))
+            content = await self._reader.readexactly(length)
+            if response_headers.get("connection", "").lower() == "close":
+                await self.close()
+            return RawResponse(int(status_line.split()[1]), response_headers, content)
+        raise ConnectionError("unreachable")
+
+
 async def _client(
     n: int,
-    http: httpx.AsyncClient,
     target: Target,
     mix: dict[str, int],
     queries: list[str],
@@ -86,6 +146,8 @@ async def _client(
 ) -> None:
     rng = random.Random(n)
     ops, weights = list(mix), list(mix.values())
+    url = httpx.URL(target.api)
+    conn = RawConnection(url.host, url.port or 80)
     read = {"x-marqo-index-id": target.index_id}
     batch = 0
     while time.monotonic() < deadline:
@@ -117,12 +179,15 @@ async def _client(
         method, suffix, body, headers = call
         started = time.monotonic()
         try:
-            r = await http.request(method, target.api + suffix, json=body, headers=headers)
-        except httpx.TimeoutException:
+            async with asyncio.timeout(REQUEST_TIMEOUT_S):
+                r = await conn.request(method, url.path + suffix, body, headers)
+        except TimeoutError:
             results.timeouts[op] += 1
+            await conn.close()
             continue
-        except httpx.TransportError as exc:
+        except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
             results.transport_errors[f"{op}: {type(exc).__name__}"] += 1
+            await conn.close()
             await asyncio.sleep(0.1)
             continue
         elapsed = time.monotonic() - started
@@ -141,6 +206,7 @@ async def _client(
                 if not retry.isdigit():
                     results.missing_retry_after += 1
                 await asyncio.sleep(min(float(retry or 1), 1.0))
+    await conn.close()
 
 
 def _percentiles(values: list[float]) -> dict[str, float]:
@@ -154,11 +220,35 @@ def _percentiles(values: list[float]) -> dict[str, float]:
     return {"p50_ms": pick(0.5), "p90_ms": pick(0.9), "p99_ms": pick(0.99), "max_ms": round(ordered[-1] * 1000, 1)}
 
 
-async def _sample_rss(pids: dict[str, list[int]], stop: asyncio.Event, every_s: float) -> list[dict[str, float]]:
+_GAUGES = {
+    "lookalike_http_requests_in_flight": "in_flight",
+    "lookalike_embed_queue_depth": "embed_queue",
+    "lookalike_db_pool_in_use": "db_in_use",
+}
+
+
+async def _scrape(http: httpx.AsyncClient, base_url: str) -> dict[str, float]:
+    """The service's own gauges from /metrics (never gated by admission control)."""
+    try:
+        text = (await http.get(base_url + "/metrics", timeout=5)).text
+    except httpx.HTTPError:
+        return {}
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in _GAUGES:
+            values[_GAUGES[name]] = float(value)
+    return values
+
+
+async def _sample_rss(
+    pids: dict[str, list[int]], stop: asyncio.Event, every_s: float, base_url: str
+) -> list[dict[str, float]]:
     samples: list[dict[str, float]] = []
     started = time.monotonic()
+    http = httpx.AsyncClient()
     while not stop.is_set():
-        sample: dict[str, float] = {"t_s": round(time.monotonic() - started, 1)}
+        sample: dict[str, float] = {"t_s": round(time.monotonic() - started, 1), **await _scrape(http, base_url)}
         for name, group in pids.items():
             total = 0
             for pid in group:
@@ -172,7 +262,19 @@ async def _sample_rss(pids: dict[str, list[int]], stop: asyncio.Event, every_s: 
             await asyncio.wait_for(stop.wait(), every_s)
         except TimeoutError:
             pass
+    await http.aclose()
     return samples
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        try:
+            times = psutil.Process(pid).cpu_times()
+            total += times.user + times.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
 
 
 async def run_load(
@@ -187,16 +289,18 @@ async def run_load(
     mix = mix or DEFAULT_MIX
     queries = [_data_url(product_image(seed, size=96)) for seed in range(0, 200, 10)]
     results = Results()
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     stop = asyncio.Event()
-    sampler = asyncio.create_task(_sample_rss(rss_pids or {}, stop, 1.0))
+    sampler = asyncio.create_task(_sample_rss(rss_pids or {}, stop, 1.0, target.base_url))
+    cpu_pids = {**(rss_pids or {}), "load_client": [os.getpid()]}
+    cpu_before = {name: _cpu_seconds(group) for name, group in cpu_pids.items()}
     started = time.monotonic()
-    async with httpx.AsyncClient(timeout=REQUEST_TIMEOUT_S, limits=limits) as http:
-        deadline = time.monotonic() + duration_s
-        await asyncio.gather(*(_client(n, http, target, mix, queries, deadline, results) for n in range(clients)))
+    deadline = time.monotonic() + duration_s
+    await asyncio.gather(*(_client(n, target, mix, queries, deadline, results) for n in range(clients)))
     wall = time.monotonic() - started
+    cpu = {name: round(_cpu_seconds(group) - cpu_before[name], 1) for name, group in cpu_pids.items()}
     stop.set()
     rss = await sampler
+    server_side = await _server_latency(target.base_url)
     lost = await _lost_products(target, results.acked)
     total = sum(sum(c.values()) for c in results.statuses.values())
     server_errors = sum(n for c in results.statuses.values() for s, n in c.items() if s >= 500 and s != 503)
@@ -220,10 +324,16 @@ async def run_load(
             op: {"statuses": dict(results.statuses[op]), **_percentiles(results.latencies[op])}
             for op in sorted(results.statuses)
         },
+        "server_side_latency": server_side,
+        "cpu_seconds": cpu,  # per process group, during the run (the client shares the machine)
         "acknowledged_products": len(results.acked),
         "acknowledged_products_lost": lost,
         "rss_samples": rss,
     }
+    for gauge in _GAUGES.values():
+        values = [s[gauge] for s in rss if gauge in s]
+        if values:
+            report[f"{gauge}_max"] = max(values)
     for name in rss_pids or {}:
         values = [s[f"{name}_rss_mb"] for s in rss if f"{name}_rss_mb" in s]
         if values:
@@ -237,6 +347,34 @@ async def run_load(
                 "median_last_third": statistics.median(values[-third:]),
             }
     return report
+
+
+async def _server_latency(base_url: str) -> dict[str, dict[str, float]]:
+    """Mean latency and count per route as the service measured it (from its /metrics histogram).
+
+    Compared with the client's numbers it tells time spent in the service from time spent
+    queueing in front of it (sockets, the event loop, the client itself).
+    """
+    async with httpx.AsyncClient(timeout=30) as http:
+        text = (await http.get(base_url + "/metrics")).text
+    sums: dict[str, float] = defaultdict(float)
+    counts: dict[str, float] = defaultdict(float)
+    for line in text.splitlines():
+        if not line.startswith("lookalike_http_request_duration_seconds_"):
+            continue
+        name, _, value = line.rpartition(" ")
+        route = name[name.find('route="') + 7 :].split('"', 1)[0]
+        status = name[name.find('status="') + 8 :].split('"', 1)[0]
+        key = f"{route} {status}"
+        if name.startswith("lookalike_http_request_duration_seconds_sum"):
+            sums[key] += float(value)
+        elif name.startswith("lookalike_http_request_duration_seconds_count"):
+            counts[key] += float(value)
+    return {
+        key: {"count": counts[key], "mean_ms": round(1000 * sums[key] / counts[key], 1)}
+        for key in sorted(counts)
+        if counts[key] and "/api/" in key
+    }
 
 
 async def _lost_products(target: Target, acked: set[str]) -> int:
