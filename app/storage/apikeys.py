@@ -23,12 +23,22 @@ async def active_key_digests(
     return [bytes(r["key_sha256"]) for r in rows]
 
 
+def key_prefix(key: str, source: str) -> str:
+    """What may be stored in clear to tell keys apart: 3 random characters of a generated `lk_` key.
+
+    Nothing of an operator-chosen key (LOOKALIKE_API_KEY): its first characters are part of a
+    secret that may be short, and they would shrink what is left to guess (found by
+    tests/test_auth_matrix.py, which checks the table holds no plaintext).
+    """
+    return key[:6] if source == "generated" else ""
+
+
 async def store_key(conn: asyncpg.Connection | asyncpg.Pool, key: str, source: str) -> None:
     await conn.execute(
         "INSERT INTO api_keys (key_sha256, key_prefix, source) VALUES ($1, $2, $3) "
-        "ON CONFLICT (key_sha256) DO UPDATE SET revoked_at = NULL",
+        "ON CONFLICT (key_sha256) DO UPDATE SET revoked_at = NULL, key_prefix = EXCLUDED.key_prefix",
         key_digest(key),
-        key[:6],
+        key_prefix(key, source),
         source,
     )
 
