@@ -95,23 +95,39 @@ def _benchmark_generator() -> Any:
 
 _BRANDS = ("Acme", "Northwind", "Lumen", "Kestrel", "Orla", "Vanta", "Piko", "Brio")
 _COLOURS = {
-    "red": (200, 40, 50), "blue": (40, 90, 200), "green": (40, 150, 70), "yellow": (235, 200, 40),
-    "black": (30, 30, 34), "white": (238, 238, 232), "orange": (240, 130, 30), "purple": (120, 60, 160),
+    "red": (200, 40, 50),
+    "blue": (40, 90, 200),
+    "green": (40, 150, 70),
+    "yellow": (235, 200, 40),
+    "black": (30, 30, 34),
+    "white": (238, 238, 232),
+    "orange": (240, 130, 30),
+    "purple": (120, 60, 160),
 }
 _KINDS = {
-    "mug": "home", "bottle": "drinks", "shirt": "apparel", "box": "pantry", "shoe": "footwear", "bag": "accessories",
+    "mug": "home",
+    "bottle": "drinks",
+    "shirt": "apparel",
+    "box": "pantry",
+    "shoe": "footwear",
+    "bag": "accessories",
 }
 _SEASONS = ("summer", "winter", "new-in", "sale", "essentials")
 
 
-def _draw_product(kind: str, base: tuple[int, int, int], accent: tuple[int, int, int], pattern: str,
-                  brand: str, rng: random.Random) -> Image.Image:
+def _draw_product(
+    kind: str, base: tuple[int, int, int], accent: tuple[int, int, int], pattern: str, brand: str, rng: random.Random
+) -> Image.Image:
     side = 320
     img = Image.new("RGB", (side, side), (250, 250, 250))
     d = ImageDraw.Draw(img)
     boxes = {
-        "mug": (70, 90, 230, 260), "bottle": (125, 40, 195, 290), "shirt": (60, 70, 260, 280),
-        "box": (70, 60, 250, 270), "shoe": (30, 150, 290, 250), "bag": (60, 100, 260, 280),
+        "mug": (70, 90, 230, 260),
+        "bottle": (125, 40, 195, 290),
+        "shirt": (60, 70, 260, 280),
+        "box": (70, 60, 250, 270),
+        "shoe": (30, 150, 290, 250),
+        "bag": (60, 100, 260, 280),
     }
     x0, y0, x1, y1 = boxes[kind]
     if kind in ("mug", "bottle", "bag"):
@@ -223,32 +239,12 @@ async def _choose_model(svc: Any, offline: bool) -> tuple[dict[str, Any] | str |
 
 
 async def _create_index(svc: Any, name: str, model: dict[str, Any] | str | None) -> Any:
-    # Mirrors POST /api/v1/indexes/{name} (app/http/indexes.py), minus the HTTP admin check: the demo
-    # runs on the operator's machine, which may not know the generated admin key any more.
-    from app.auth import new_index_id
-    from app.domain import index_settings
-    from app.storage import indexes
-    from app.vision.model import ModelSpec
+    # The same path as POST /api/v1/indexes/{name}, minus the HTTP admin check: the demo runs
+    # on the operator's machine, which may not know the generated admin key any more.
+    from app.domain import index_admin
 
-    create = index_settings.parse_create_body({"model": model, "reverseImageSearch": {"enabled": True}})
-    spec = ModelSpec.parse(create.model)
-    loaded = await svc.vision.load_model(spec)
-    settings = {
-        "model": spec.to_json(),
-        "vectorType": create.vector_type,
-        "dimensions": loaded.dim,
-        "reverseImageSearch": create.reverse_search,
-    }
-    async with svc.pool.acquire() as conn, conn.transaction():
-        return await indexes.create_index(
-            conn,
-            name=name,
-            index_id=new_index_id(),
-            settings=settings,
-            model=spec.to_json(),
-            dimensions=loaded.dim,
-            vector_type=create.vector_type,
-        )
+    body = {"model": model, "reverseImageSearch": {"enabled": True}}
+    return await index_admin.create_index(svc.pool, svc.vision, name, body)
 
 
 async def prepare(svc: Any, options: DemoOptions, data_dir: Path, say: Callable[[str], None]) -> DemoInfo:
@@ -363,7 +359,11 @@ async def run(
 
     app = create_app(settings)
     config = uvicorn.Config(
-        app, host=options.host, port=options.port, log_level="warning", access_log=False,
+        app,
+        host=options.host,
+        port=options.port,
+        log_level="warning",
+        access_log=False,
         timeout_graceful_shutdown=10,
     )
     server = uvicorn.Server(config)

@@ -7,13 +7,12 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from app.auth import bearer_token, can_read, new_index_id, require_admin
-from app.domain import index_settings
-from app.errors import ApiError, bad_request, not_found, unauthorized
+from app.auth import bearer_token, can_read, require_admin
+from app.domain import index_admin, index_settings
+from app.errors import not_found, unauthorized
 from app.http.common import json_response, read_json
 from app.storage import indexes, products
 from app.storage.indexes import IndexRecord
-from app.vision.model import ModelSpec, ModelUnavailableError
 
 
 def services(request: Request) -> Any:
@@ -71,47 +70,9 @@ def describe(record: IndexRecord) -> dict[str, Any]:
 
 async def create_index(request: Request) -> JSONResponse:
     admin(request)
-    name = index_settings.validate_index_name(request.path_params["index_name"])
-    create = index_settings.parse_create_body(await read_json(request, required=False))
-    try:
-        spec = ModelSpec.parse(create.model)
-    except ValueError as exc:
-        raise bad_request(f"model: {exc}", "invalid_model") from exc
+    body = await read_json(request, required=False)
     svc = services(request)
-    if await indexes.get_index(svc.pool, name) is not None:
-        raise ApiError(409, "index_exists", f"index {name!r} already exists")
-    try:
-        model = await svc.vision.load_model(spec)
-    except ModelUnavailableError as exc:
-        raise bad_request(str(exc), "model_unavailable") from exc
-    except ValueError as exc:  # an architecture that cannot be built or run at the requested imageSize
-        raise bad_request(f"model: {exc}", "invalid_model") from exc
-    max_dims = 4000 if create.vector_type == "halfvec" else 2000
-    if model.dim > max_dims:
-        raise bad_request(
-            f"model {spec.name} produces {model.dim}-d embeddings; HNSW on {create.vector_type} supports "
-            f"at most {max_dims}",
-            "invalid_model",
-        )
-    settings = {
-        "model": spec.to_json(),
-        "vectorType": create.vector_type,
-        "dimensions": model.dim,
-        "reverseImageSearch": create.reverse_search,
-    }
-    try:
-        async with svc.pool.acquire() as conn, conn.transaction():
-            record = await indexes.create_index(
-                conn,
-                name=name,
-                index_id=new_index_id(),
-                settings=settings,
-                model=spec.to_json(),
-                dimensions=model.dim,
-                vector_type=create.vector_type,
-            )
-    except indexes.IndexExistsError as exc:
-        raise ApiError(409, "index_exists", f"index {name!r} already exists") from exc
+    record = await index_admin.create_index(svc.pool, svc.vision, request.path_params["index_name"], body)
     return json_response({"indexName": record.name, "indexId": record.index_id, "settings": record.settings})
 
 
