@@ -283,6 +283,14 @@ def _assert_outage_handled(traffic: Traffic, max_request_s: float, require_503: 
     assert traffic.slowest_s < max_request_s, f"a request took {traffic.slowest_s:.1f} s"
 
 
+def _report(label: str, traffic: Traffic, recovery: float) -> None:
+    """One line per scenario (pytest -s shows it; the README's numbers come from these)."""
+    print(
+        f"{label}: {dict(traffic.statuses)}, slowest {traffic.slowest_s:.1f} s, "
+        f"recovered {recovery:.2f} s after repair, {len(traffic.acked)} acknowledged, 0 lost"
+    )
+
+
 # -- the scenarios ---------------------------------------------------------------------------
 
 
@@ -293,7 +301,7 @@ async def test_postgres_killed_during_ingest_and_search(
         traffic, recovery = await _run_outage(client, dedicated_pg, dedicated_pg.kill, dedicated_pg.start)
         _assert_outage_handled(traffic, max_request_s=10)
         await assert_nothing_lost(client, dedicated_pg, traffic.acked)
-        print(f"kill -9: {dict(traffic.statuses)}, recovered {recovery:.2f} s after restart")
+        _report("kill -9", traffic, recovery)
 
 
 async def test_one_backend_killed_by_the_oom_killer(
@@ -311,7 +319,7 @@ async def test_one_backend_killed_by_the_oom_killer(
         traffic, recovery = await _run_outage(client, dedicated_pg, kill_one_backend, lambda: None, outage_s=1)
         _assert_outage_handled(traffic, max_request_s=10, require_503=False)
         await assert_nothing_lost(client, dedicated_pg, traffic.acked)
-        print(f"one backend killed: {dict(traffic.statuses)}, recovered {recovery:.2f} s")
+        _report("one backend killed", traffic, recovery)
 
 
 async def test_postgres_stopped_and_restarted(
@@ -323,7 +331,7 @@ async def test_postgres_stopped_and_restarted(
         )
         _assert_outage_handled(traffic, max_request_s=10)
         await assert_nothing_lost(client, dedicated_pg, traffic.acked)
-        print(f"pg_ctl stop -m fast: {dict(traffic.statuses)}, recovered {recovery:.2f} s after restart")
+        _report("pg_ctl stop -m fast", traffic, recovery)
 
 
 async def test_postgres_frozen_requests_do_not_hang(
@@ -336,7 +344,7 @@ async def test_postgres_frozen_requests_do_not_hang(
         # then answer 503; a 4 s freeze is simply waited out.
         _assert_outage_handled(traffic, max_request_s=15, require_503=False)
         await assert_nothing_lost(client, dedicated_pg, traffic.acked)
-        print(f"SIGSTOP: {dict(traffic.statuses)}, slowest {traffic.slowest_s:.1f} s, recovered {recovery:.2f} s")
+        _report("SIGSTOP", traffic, recovery)
 
 
 async def test_statement_timeout_is_a_clear_503(
