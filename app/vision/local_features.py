@@ -228,10 +228,15 @@ def _query_matrix(query: LocalFeatures) -> np.ndarray:
     return q
 
 
-def _first_per_cell(xy: np.ndarray, cell: float) -> np.ndarray:
-    """Indices of the first row of `xy` in each `cell`-sized grid square (rows sorted best-first)."""
-    c = np.floor(xy / cell).astype(np.int64)
-    _, first = np.unique(c[:, 0] * 1_000_003 + c[:, 1], return_index=True)
+def _cells(xy: np.ndarray, cell: np.ndarray | float) -> np.ndarray:
+    """Integer id of the `cell`-sized grid square each point falls in."""
+    c = np.floor(xy / np.reshape(cell, (-1, 1))).astype(np.int64)
+    return c[:, 0] * 100_003 + c[:, 1]
+
+
+def _keep_first(group: np.ndarray, key: np.ndarray) -> np.ndarray:
+    """Positions of the first row per (group, key); rows are sorted by group, then best-first."""
+    _, first = np.unique(group.astype(np.int64) * (1 << 34) + key, return_index=True)
     return np.sort(first)
 
 
@@ -248,10 +253,12 @@ def _tentative_matches(
     axis reductions; the padding rows are zero vectors (similarity 0, never a true match).
     One-to-one is enforced on keypoints *and* on locations: text and fine print give
     clusters of keypoints in a few pixels whose many-to-one matches let RANSAC prefer a
-    homography that collapses the catalog image onto one spot.
+    homography that collapses the catalog image onto one spot. All of it is vectorised
+    over the candidates of a chunk (no Python loop per candidate).
     """
     m = q.shape[0]
-    out: list[tuple[np.ndarray, np.ndarray]] = [(np.zeros(0, np.intp), np.zeros(0, np.intp))] * len(cands)
+    empty = (np.zeros(0, np.intp), np.zeros(0, np.intp))
+    out: list[tuple[np.ndarray, np.ndarray]] = [empty] * len(cands)
     ratio2 = p.ratio * p.ratio
     q_cell = p.location_grid * max(query.image_width, query.image_height)
     start = 0
@@ -264,10 +271,13 @@ def _tentative_matches(
                 break
             n_max = n_next
             stop += 1
-        k = stop - start
+        chunk = cands[start:stop]
+        k = len(chunk)
         stacked = np.zeros((k, n_max, DESCRIPTOR_DIM), np.float32)
-        for i, c in enumerate(cands[start:stop]):
+        kp = np.zeros((k, n_max, 2), np.float32)
+        for i, c in enumerate(chunk):
             stacked[i, : len(c)] = c.descriptors
+            kp[i, : len(c)] = c.keypoints
         stacked *= np.float32(1.0 / _QUANT_SCALE)  # dequantise: rows are ~unit norm again
         sim = (q @ stacked.reshape(k * n_max, DESCRIPTOR_DIM).T).reshape(m, k, n_max)
         best = sim.argmax(axis=2)  # (m, k)
@@ -275,26 +285,24 @@ def _tentative_matches(
         np.put_along_axis(sim, best[..., None], -2.0, axis=2)
         s2 = sim.max(axis=2)
         # squared distances of unit vectors: d^2 = 2 - 2 s; Lowe: d1 < ratio * d2
-        ok = (1.0 - s1) < ratio2 * (1.0 - s2)
-        qi, ci = np.nonzero(ok)
+        qi, ci = np.nonzero((1.0 - s1) < ratio2 * (1.0 - s2))
         cj = best[qi, ci]
-        sv = s1[qi, ci]
+        order = np.lexsort((-s1[qi, ci], ci))  # by candidate, then best match first
+        qi, ci, cj = qi[order], ci[order], cj[order]
+        # best-first greedy: one query keypoint per catalog keypoint, then one match per
+        # query location cell and per catalog location cell, within each candidate
+        keep = _keep_first(ci, cj)
+        qi, ci, cj = qi[keep], ci[keep], cj[keep]
+        keep = _keep_first(ci, _cells(query.keypoints[qi], q_cell))
+        qi, ci, cj = qi[keep], ci[keep], cj[keep]
+        c_cell = np.array([p.location_grid * max(c.image_width, c.image_height) for c in chunk], np.float32)
+        keep = _keep_first(ci, _cells(kp[ci, cj], c_cell[ci]))
+        qi, ci, cj = qi[keep], ci[keep], cj[keep]
+        bounds = np.searchsorted(ci, np.arange(k + 1))
         for local in range(k):
-            sel = ci == local
-            if not sel.any():
-                continue
-            cand = cands[start + local]
-            order = np.argsort(-sv[sel], kind="stable")
-            a, b = qi[sel][order], cj[sel][order]
-            # best-first greedy: one query keypoint per catalog keypoint, then one match per
-            # query location cell and per catalog location cell
-            _, first = np.unique(b, return_index=True)
-            keep = np.sort(first)
-            a, b = a[keep], b[keep]
-            keep = _first_per_cell(query.keypoints[a], q_cell)
-            a, b = a[keep], b[keep]
-            keep = _first_per_cell(cand.keypoints[b], p.location_grid * max(cand.image_width, cand.image_height))
-            out[start + local] = (a[keep], b[keep])
+            lo, hi = bounds[local], bounds[local + 1]
+            if hi > lo:
+                out[start + local] = (qi[lo:hi], cj[lo:hi])
         start = stop
     return out
 
@@ -346,10 +354,7 @@ def homography_is_plausible(
 
 
 def _distinct(xy: np.ndarray, cell: float) -> int:
-    if len(xy) == 0:
-        return 0
-    cells = np.floor(xy / cell).astype(np.int64)
-    return int(np.unique(cells[:, 0] * 1_000_003 + cells[:, 1]).size)
+    return int(np.unique(_cells(xy, cell)).size) if len(xy) else 0
 
 
 def inlier_score(inliers: float, saturation: float) -> float:
