@@ -6,14 +6,16 @@ around the product is closer to the catalog photo. Crops are cheap guesses (a fe
 milliseconds on a 96 px thumbnail), embedded in one batch, and the best cosine
 over crops is a candidate's global score, so a useless crop costs little.
 
-Crop kinds, in the order `query_crops` returns them (chosen by
-`benchmarks/offline_eval.py`):
+Crop kinds (`query_crops` returns "whole" first, then DEFAULT_ORDER; the order was
+chosen by `benchmarks/offline_eval.py`, whose JSON has the "crop_kinds" sweep):
 
 - ``whole``: the photo as it is;
+- ``centre50`` / ``centre70``: centred squares of 50% / 70% of the short side
+  (shoppers centre what they photograph);
 - ``saliency``: a box around the salient mass — spectral-residual saliency
-  (Hou & Zhang, CVPR 2007) times a centre prior, boxed by its weighted moments;
-- ``centre70`` / ``centre50``: centred squares of 70% / 50% of the short side;
-- ``peak``: a square around the strongest saliency blob, when it is off-centre.
+  (Hou & Zhang, CVPR 2007) on opponent colour channels, times a centre prior,
+  boxed by its weighted moments;
+- ``peak``: a square of 55% of the short side around the strongest saliency blob.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 CROP_KINDS = ("whole", "saliency", "centre70", "centre50", "peak")
-DEFAULT_ORDER: tuple[str, ...] = ("whole", "saliency", "centre70", "centre50", "peak")
+DEFAULT_ORDER: tuple[str, ...] = ("whole", "centre50", "saliency", "peak", "centre70")
 
 _THUMB = 96  # side of the thumbnail the saliency map is computed on
 Box = tuple[int, int, int, int]  # left, top, right, bottom in image pixels
