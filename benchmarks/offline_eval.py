@@ -121,8 +121,7 @@ def stage_stats(values_s: Sequence[float]) -> dict[str, float]:
 
 @dataclass
 class QueryCache:
-    crop_sims: np.ndarray  # (n_crops_max, n_catalog) cosines
-    n_crops: int  # crops actually produced (duplicates dropped)
+    crop_sims: dict[str, np.ndarray]  # crop kind -> (n_catalog,) cosines, for every kind in CROP_KINDS
 
 
 def evaluate_model(
@@ -130,7 +129,6 @@ def evaluate_model(
     spec: dict[str, Any],
     catalog: list[CatalogItem],
     queries: list[WildQuery],
-    max_crops: int,
 ) -> tuple[dict[str, Any], list[QueryCache], GlobalModel, np.ndarray]:
     t0 = time.perf_counter()
     model = GlobalModel(spec)
@@ -141,14 +139,16 @@ def evaluate_model(
     cat_emb = embed_many(model, images)
     cat_s = time.perf_counter() - t0
     caches = []
+    kinds = crops_mod.CROP_KINDS
     for q in queries:
-        crops = crops_mod.query_crops(q.image, max_crops)
-        emb = model.embed(crops)
-        caches.append(QueryCache(emb @ cat_emb.T, len(crops)))
+        # every crop kind, duplicates included, so that any order / subset can be evaluated
+        boxes = crops_mod.crop_boxes(q.image, kinds)
+        emb = model.embed([q.image.crop(b) for b in boxes])
+        caches.append(QueryCache(dict(zip(kinds, emb @ cat_emb.T, strict=True))))
     ids = [c.id for c in catalog]
     sbi_ranks: list[int | None] = []
     for q, c in zip(queries, caches, strict=True):
-        order = np.argsort(-c.crop_sims[0], kind="stable")[:10]
+        order = np.argsort(-c.crop_sims["whole"], kind="stable")[:10]
         top = [ids[i] for i in order]
         sbi_ranks.append(top.index(q.product_id) if q.product_id in top else None)
     info = {
@@ -161,13 +161,18 @@ def evaluate_model(
     return info, caches, model, cat_emb
 
 
-def pool_for(cache: QueryCache, n_crops: int, pool_size: int) -> dict[int, float]:
+def pool_from_sims(rows: Sequence[np.ndarray], pool_size: int) -> dict[int, float]:
+    """Union of each crop's top `pool_size` products, each with its best cosine over the crops."""
     per_crop = []
-    for ci in range(min(n_crops, cache.n_crops)):
-        sims = cache.crop_sims[ci]
-        top = np.argpartition(-sims, min(pool_size, len(sims) - 1))[:pool_size]
+    for sims in rows:
+        k = min(pool_size, len(sims))
+        top = np.argpartition(-sims, k - 1)[:k]
         per_crop.append([(int(i), float(sims[i])) for i in top])
     return rerank.merge_crop_neighbours(per_crop)  # type: ignore[return-value]
+
+
+def pool_for(cache: QueryCache, kinds: Sequence[str], pool_size: int) -> dict[int, float]:
+    return pool_from_sims([cache.crop_sims[k] for k in kinds], pool_size)
 
 
 def reverse_ranks(
@@ -176,13 +181,15 @@ def reverse_ranks(
     verifications: Sequence[Sequence[lf.Verification]] | None,
     params: rerank.RerankParams,
     top1: list[int] | None = None,
+    order: Sequence[str] = crops_mod.DEFAULT_ORDER,
 ) -> tuple[list[int | None], float, float]:
     """Ranks of the true product after re-ranking; also pool recall and mean merged pool size."""
+    kinds = ["whole", *[k for k in order if k != "whole"]][: params.n_crops]
     ranks: list[int | None] = []
     in_pool = 0
     sizes = 0
     for qi, (cache, t) in enumerate(zip(caches, truth, strict=True)):
-        pool = pool_for(cache, params.n_crops, params.pool_size)
+        pool = pool_for(cache, kinds, params.pool_size)
         in_pool += t in pool
         sizes += len(pool)
         # only the verify_top best by global score are verified (the latency budget)
@@ -216,6 +223,31 @@ def verify_all(
 # --------------------------------------------------------------------------- latency run
 
 
+class _Stages:
+    """Wall and process-CPU time per named stage (CPU time is robust to a shared, busy machine)."""
+
+    def __init__(self) -> None:
+        self.wall: dict[str, list[float]] = {}
+        self.cpu: dict[str, list[float]] = {}
+        self._t: tuple[float, float] = (0.0, 0.0)
+
+    def start(self) -> None:
+        self._t = (time.perf_counter(), time.process_time())
+
+    def stop(self, name: str) -> None:
+        w, c = self._t
+        self.wall.setdefault(name, []).append(time.perf_counter() - w)
+        self.cpu.setdefault(name, []).append(time.process_time() - c)
+        self.start()
+
+    def add(self, name: str, parts: Sequence[str]) -> None:
+        for d in (self.wall, self.cpu):
+            d[name] = [sum(v) for v in zip(*(d[p] for p in parts), strict=True)]
+
+    def report(self) -> dict[str, Any]:
+        return {k: {**stage_stats(v), "cpu": stage_stats(self.cpu[k])} for k, v in self.wall.items()}
+
+
 def latency_run(
     model: GlobalModel,
     cat_emb: np.ndarray,
@@ -225,56 +257,37 @@ def latency_run(
     qcfg: tuple[int, int],
 ) -> dict[str, Any]:
     """The whole reverse search per query, stage by stage, as the service would run it."""
-    stages: dict[str, list[float]] = {
-        k: []
-        for k in (
-            "crops",
-            "embed_crops",
-            "knn_exact",
-            "query_features",
-            "load_candidate_features",
-            "verify",
-            "combine",
-            "total",
-            "search_by_image_total",
-        )
-    }
-    pool_sizes = []
+    st = _Stages()
+    pool_sizes, verified = [], []
     for q in queries:
-        t_all = time.perf_counter()
-        t = time.perf_counter()
+        st.start()
         crops = crops_mod.query_crops(q.image, params.n_crops)
-        stages["crops"].append(time.perf_counter() - t)
-        t = time.perf_counter()
+        st.stop("crops")
         emb = model.embed(crops)
-        stages["embed_crops"].append(time.perf_counter() - t)
-        t = time.perf_counter()
-        cache = QueryCache(emb @ cat_emb.T, len(crops))
-        pool = pool_for(cache, params.n_crops, params.pool_size)
-        stages["knn_exact"].append(time.perf_counter() - t)
-        pool_sizes.append(len(pool))
-        t = time.perf_counter()
+        st.stop("embed_crops")
+        pool = pool_from_sims(list(emb @ cat_emb.T), params.pool_size)
+        st.stop("knn_exact (HNSW in the service)")
         qf = lf.extract_features(q.image, *qcfg)
-        stages["query_features"].append(time.perf_counter() - t)
-        t = time.perf_counter()
-        keys = list(pool)
+        st.stop("query_features")
+        keys = [k for k, _ in sorted(pool.items(), key=lambda kv: -kv[1])][: params.verify_top or None]
         feats = [lf.deserialize(cat_rows[k]) for k in keys]
-        stages["load_candidate_features"].append(time.perf_counter() - t)
-        t = time.perf_counter()
-        vs = lf.verify_candidates(qf, feats)
-        stages["verify"].append(time.perf_counter() - t)
-        t = time.perf_counter()
-        rerank.combine_scores([rerank.Candidate(k, pool[k], v) for k, v in zip(keys, vs, strict=True)], params)
-        stages["combine"].append(time.perf_counter() - t)
-        stages["total"].append(time.perf_counter() - t_all)
-        t = time.perf_counter()
+        st.stop("load_candidate_features")
+        vs = dict(zip(keys, lf.verify_candidates(qf, feats), strict=True))
+        st.stop("verify")
+        rerank.combine_scores([rerank.Candidate(k, g, vs.get(k)) for k, g in pool.items()], params)
+        st.stop("combine")
+        pool_sizes.append(len(pool))
+        verified.append(len(keys))
         e = model.embed([q.image])
         np.argsort(-(e @ cat_emb.T)[0])[:10]
-        stages["search_by_image_total"].append(time.perf_counter() - t)
-    share = [a + b + c for a, b, c in zip(stages["crops"], stages["query_features"], stages["verify"], strict=True)]
-    out = {k: stage_stats(v) for k, v in stages.items()}
-    out["crops+query_features+verify"] = stage_stats(share)
-    out["pool_size_after_merge"] = {"p50": pct(pool_sizes, 50), "max": max(pool_sizes)}
+        st.stop("search_by_image_total")
+    reverse = ["crops", "embed_crops", "knn_exact (HNSW in the service)", "query_features"]
+    reverse += ["load_candidate_features", "verify", "combine"]
+    st.add("reverse_total", reverse)
+    st.add("crops+query_features+verify", ["crops", "query_features", "verify"])
+    out = st.report()
+    out["pool_after_merge"] = {"p50": pct(pool_sizes, 50), "max": max(pool_sizes)}
+    out["verified_per_query"] = {"p50": pct(verified, 50), "max": max(verified)}
     return out
 
 
@@ -373,10 +386,29 @@ def main() -> None:
         inl = np.array([v.inliers for v in dver[qi]])
         vonly.append(int((inl > inl[t]).sum()) if inl[t] > 0 else None)
     report["verification_only_whole_catalog"] = rank_metrics(vonly)
+    # chance verification: colour-weighted inliers of products that are NOT in the photo
+    # (other family, not pasted as clutter) -- the evidence for min_inliers
+    pair_chance, max_chance, true_eff = [], [], []
+    for qi, q in enumerate(queries):
+        t = truth[qi]
+        others = set(q.params.get("other_product_ids", ()))
+        eff = [
+            v.effective_inliers
+            for k, v in enumerate(dver[qi])
+            if catalog[k].family != catalog[t].family and catalog[k].id not in others
+        ]
+        pair_chance += eff
+        max_chance.append(max(eff))
+        true_eff.append(dver[qi][t].effective_inliers)
+    report["chance_effective_inliers"] = {
+        "per_pair_p99_p999_max": [pct(pair_chance, 99), pct(pair_chance, 99.9), max(pair_chance)],
+        "max_over_catalog_per_query_p50_p90": [pct(max_chance, 50), pct(max_chance, 90)],
+        "true_product_p10_p25_p50_p75": [pct(true_eff, 10), pct(true_eff, 25), pct(true_eff, 50), pct(true_eff, 75)],
+    }
+    print("chance inliers:", report["chance_effective_inliers"])
 
     # ---- per global model
     default = rerank.DEFAULT_PARAMS
-    max_crops = 5
     crop_counts = [1, 2, 3, 4, 5]
     pool_sizes = [10, 30, 60, 100, 200] if not args.quick else [30, 60, 100]
     verify_tops = [50, 100, 150, 0]
@@ -388,7 +420,7 @@ def main() -> None:
     latency_inputs: dict[str, tuple[GlobalModel, np.ndarray]] = {}
     for name in [m for m in args.models.split(",") if m]:
         t0 = time.perf_counter()
-        info, caches, model, cat_emb = evaluate_model(name, MODELS[name], catalog, queries, max_crops)
+        info, caches, model, cat_emb = evaluate_model(name, MODELS[name], catalog, queries)
         latency_inputs[name] = (model, cat_emb)
         top1: list[int] = []
         ranks, in_pool, size = reverse_ranks(caches, truth, dver, default, top1)
@@ -409,6 +441,16 @@ def main() -> None:
                 {"model": name, "sweep": "crops_pool", "n_crops": n_crops, "pool_size": pool, "verify_top": vtop,
                  **rank_metrics(r), "pool_recall": round(ip, 4), "pool_mean": round(sz, 1)}
             )  # fmt: skip
+        # which crops: every subset that starts with the whole image, at the default pool size
+        others = [k for k in crops_mod.CROP_KINDS if k != "whole"]
+        for n in range(1, len(others) + 1):
+            for subset in itertools.combinations(others, n - 1):
+                p = replace(default, n_crops=n, verify_top=0)
+                r, ip, sz = reverse_ranks(caches, truth, dver, p, order=("whole", *subset))
+                sweep.append(
+                    {"model": name, "sweep": "crop_kinds", "crops": ["whole", *subset], "pool_size": p.pool_size,
+                     **rank_metrics(r), "pool_recall": round(ip, 4), "pool_mean": round(sz, 1)}
+                )  # fmt: skip
         for w, mi, sat in itertools.product(weights, min_inliers, saturations):
             p = replace(default, verify_weight=w, min_inliers=mi, inlier_saturation=sat)
             r, _, _ = reverse_ranks(caches, truth, dver, p)
@@ -421,7 +463,7 @@ def main() -> None:
             sweep.append({"model": name, "sweep": "features", "query": qc, "catalog": cc, **rank_metrics(r)})
         sbi = []
         for q, c in zip(queries, caches, strict=True):
-            order = [catalog[i].id for i in np.argsort(-c.crop_sims[0], kind="stable")[:10]]
+            order = [catalog[i].id for i in np.argsort(-c.crop_sims["whole"], kind="stable")[:10]]
             sbi.append(order.index(q.product_id) if q.product_id in order else None)
         buckets: dict[str, list[int]] = {}
         for i, q in enumerate(queries):
