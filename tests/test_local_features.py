@@ -208,10 +208,13 @@ def test_colour_agreement_allows_a_cast_not_a_colourway() -> None:
 def test_query_crops_whole_first_and_bounded() -> None:
     img = Image.fromarray((np.random.default_rng(0).random((480, 640, 3)) * 255).astype(np.uint8))
     for n in (1, 2, 3, 5, 8):
-        out = crops.query_crops(img, n)
+        out = crops.query_crops(img, n, max_side=None)
         assert 1 <= len(out) <= n
         assert out[0].size == img.size and np.array_equal(np.asarray(out[0]), np.asarray(img))
         assert all(c.width <= img.width and c.height <= img.height and c.width >= 16 for c in out)
+    # by default large crops are downscaled for the model; the first is still the whole frame
+    small = crops.query_crops(img, 3)
+    assert small[0].size == (512, 384) and all(max(c.size) <= 512 for c in small)
     with pytest.raises(ValueError):
         crops.query_crops(img, 0)
 

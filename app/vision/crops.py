@@ -34,7 +34,9 @@ Box = tuple[int, int, int, int]  # left, top, right, bottom in image pixels
 
 
 def _thumb_gray(image: Image.Image) -> np.ndarray:
-    small = image.convert("RGB").resize((_THUMB, _THUMB), Image.Resampling.BILINEAR)
+    # reducing_gap: a large photo is first shrunk by an integer factor (fast), then resampled
+    small = image.resize((_THUMB, _THUMB), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    small = small if small.mode == "RGB" else small.convert("RGB")
     arr = np.asarray(small, np.float32)
     # Lab-ish opponent channels: saliency from colour as well as from intensity
     lum = arr.mean(axis=2)
@@ -103,11 +105,30 @@ def crop_boxes(image: Image.Image, kinds: Sequence[str] = DEFAULT_ORDER) -> list
     return boxes
 
 
-def query_crops(image: Image.Image, max_crops: int, kinds: Sequence[str] = DEFAULT_ORDER) -> list[Image.Image]:
-    """The whole image first, then up to `max_crops - 1` product-centred crops (duplicates dropped)."""
+def _at_most(img: Image.Image, max_side: int | None) -> Image.Image:
+    """Downscale so the long side is at most `max_side`: the model resizes to ~224 px anyway,
+    and preprocessing a 12-megapixel crop costs more than embedding it."""
+    if max_side is None or max(img.size) <= max_side:
+        return img
+    f = max_side / max(img.size)
+    size = (max(1, round(img.width * f)), max(1, round(img.height * f)))
+    return img.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+
+
+def query_crops(
+    image: Image.Image, max_crops: int, kinds: Sequence[str] = DEFAULT_ORDER, max_side: int | None = 512
+) -> list[Image.Image]:
+    """The whole image first, then up to `max_crops - 1` product-centred crops (duplicates dropped).
+
+    Each crop is downscaled to at most `max_side` pixels on its long side (None: full resolution).
+    """
     if max_crops < 1:
         raise ValueError("max_crops must be at least 1")
     image = image if image.mode == "RGB" else image.convert("RGB")
+    if max_side is not None and max(image.size) >= 4 * max_side:
+        # a large photo: one fast integer box-filter reduction first, keeping >= 2x max_side
+        # so that even a half-frame crop still has max_side pixels
+        image = image.reduce(max(image.size) // (2 * max_side))
     kinds = ["whole", *[k for k in kinds if k != "whole"]][:max_crops]
     out: list[Image.Image] = []
     seen: list[Box] = []
@@ -117,5 +138,5 @@ def query_crops(image: Image.Image, max_crops: int, kinds: Sequence[str] = DEFAU
         if any(max(abs(a - b) for a, b in zip(box, s, strict=True)) < tol for s in seen):
             continue  # e.g. a saliency box that is the centre crop again: one embedding is enough
         seen.append(box)
-        out.append(image if box == (0, 0, w, h) else image.crop(box))
+        out.append(_at_most(image if box == (0, 0, w, h) else image.crop(box), max_side))
     return out
