@@ -6,16 +6,18 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from app.domain.rerank import DEFAULT_PARAMS
 from app.errors import bad_request
 
 INDEX_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 
 VECTOR_TYPES = ("halfvec", "vector")
 
-# Reverse image search tuning knobs: (default, minimum, maximum).
+# Reverse image search tuning knobs: (default, minimum, maximum). Defaults are the
+# re-ranking defaults measured by benchmarks/offline_eval.py.
 REVERSE_SEARCH_KNOBS: dict[str, tuple[int, int, int]] = {
-    "candidatePool": (60, 10, 1000),
-    "queryCrops": (3, 1, 8),
+    "candidatePool": (DEFAULT_PARAMS.pool_size, 10, 1000),
+    "queryCrops": (DEFAULT_PARAMS.n_crops, 1, 8),
 }
 
 
