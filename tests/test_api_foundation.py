@@ -324,3 +324,19 @@ async def test_body_limit_is_413(database_url: str, tmp_path) -> None:
         big = {"documents": [product("a", "data:image/png;base64," + "A" * 5000)]}
         r = await client.post(f"/api/v1/indexes/{name}/documents", json=big, headers=ADMIN)
         assert r.status_code == 413 and r.json()["code"] == "payload_too_large"
+
+
+async def test_large_data_url_image_is_accepted(api: httpx.AsyncClient) -> None:
+    """Data URLs are bounded by the body limit and the image byte cap, not the text-field limit."""
+    import random
+
+    name = unique("bigdata")
+    await create_index(api, name)
+    rng = random.Random(3)
+    noisy = Image.frombytes("RGB", (320, 320), bytes(rng.randrange(256) for _ in range(320 * 320 * 3)))
+    out = io.BytesIO()
+    noisy.save(out, "PNG")
+    url = data_url(out.getvalue(), "image/png")
+    assert len(url) > 200_000
+    r = await api.post(f"/api/v1/indexes/{name}/documents", json={"documents": [product("big", url)]}, headers=ADMIN)
+    assert r.json()["items"] == [{"_id": "big", "status": 200}]

@@ -442,7 +442,7 @@ def _animated(fmt: str) -> tuple[bytes, bytes, bytes]:
 
 def _bad_images() -> dict[str, tuple[bytes, str]]:
     """name -> (bytes, expected fragment of the 400 message)."""
-    img = _textured(128)  # small: data URLs of ingested items are capped at 100,000 characters
+    img = _textured(128)  # small keeps the corpus fast
     jpeg, png, webp, avif, gif, tiff = (_encode(img, f) for f in ("JPEG", "PNG", "WEBP", "AVIF", "GIF", "TIFF"))
     bomb_png = _encode(Image.new("1", (20000, 20000)), "PNG")  # a few KB, 400 MP
     bomb_gif = _encode(Image.new("L", (20000, 2100)), "GIF")  # 42 MP, over the 40 MP default

@@ -24,6 +24,10 @@ class DocumentError(ValueError):
 def _check_text(field: str, value: str) -> None:
     if "\x00" in value:
         raise DocumentError(f"field {field!r} contains a NUL character, which cannot be stored")
+    # An image may come inline as a data URL: its size is bounded by the request body limit
+    # and the fetcher's byte cap, not by the text-field limit.
+    if field == "variantImageUrl" and value[:5].lower() == "data:":
+        return
     if len(value) > MAX_STRING_LENGTH:
         raise DocumentError(f"field {field!r} is longer than {MAX_STRING_LENGTH} characters")
 
