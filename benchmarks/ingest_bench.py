@@ -138,6 +138,10 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "note": "random weights: same compute as trained weights",
     }
+    spec = ModelSpec.parse(model_json)
+    # Raw throughput before and after the API phase; the faster one is the reference, so
+    # load drifting during the run can only make the reported ratio pessimistic.
+    raw_before = _raw_throughput(spec, images, 32)
     with tempfile.TemporaryDirectory() as tmp, ImageServer() as server:
         urls = [server.add(f"/img/{i}.jpg", data, "image/jpeg") for i, data in enumerate(images)]
         port = _free_port()
@@ -150,7 +154,13 @@ def main() -> None:
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=60)
-    results["raw_model"] = _raw_throughput(ModelSpec.parse(model_json), images, 32)
+    raw_after = _raw_throughput(spec, images, 32)
+    best = max((raw_before, raw_after), key=lambda r: r["images_per_s"])
+    results["raw_model"] = {
+        **best,
+        "before_images_per_s": raw_before["images_per_s"],
+        "after_images_per_s": raw_after["images_per_s"],
+    }
     results["ratio_api_to_raw"] = round(results["api"]["products_per_s"] / results["raw_model"]["images_per_s"], 3)
     out = args.out or Path("bench-results") / f"ingest-{args.model}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
