@@ -50,9 +50,10 @@ class RerankParams:
     verify_weight: float = 1.0
     min_inliers: int = 6
     inlier_saturation: float = 8.0
-    # How many of the merged pool's best (by global score) to verify; 0 = all. Matching cost is
-    # linear in it: 100 candidates is the ~60 ms budget on 2 cores.
-    verify_top: int = 100
+    # How many of the merged pool's best (by global score) to verify; 0 = all. A cap on the
+    # matching cost, which is linear in it (~100 candidates per 60 ms on 2 cores); 4 crops x 60
+    # merge to ~110 candidates (p50) and at most ~190 on the benchmark.
+    verify_top: int = 150
 
     def __post_init__(self) -> None:
         if self.pool_size < 1 or self.n_crops < 1:

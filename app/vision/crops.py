@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 CROP_KINDS = ("whole", "saliency", "centre70", "centre50", "peak")
-DEFAULT_ORDER: tuple[str, ...] = ("whole", "centre50", "saliency", "peak", "centre70")
+DEFAULT_ORDER: tuple[str, ...] = ("whole", "centre50", "peak", "saliency", "centre70")
 
 _THUMB = 96  # side of the thumbnail the saliency map is computed on
 Box = tuple[int, int, int, int]  # left, top, right, bottom in image pixels
