@@ -212,9 +212,10 @@ def test_query_crops_whole_first_and_bounded() -> None:
         assert 1 <= len(out) <= n
         assert out[0].size == img.size and np.array_equal(np.asarray(out[0]), np.asarray(img))
         assert all(c.width <= img.width and c.height <= img.height and c.width >= 16 for c in out)
-    # by default large crops are downscaled for the model; the first is still the whole frame
-    small = crops.query_crops(img, 3)
-    assert small[0].size == (512, 384) and all(max(c.size) <= 512 for c in small)
+    # crops of a large photo are downscaled for the model; the first is still the whole frame
+    big = img.resize((2400, 1800))
+    small = crops.query_crops(big, 3)
+    assert small[0].size == (512, 384) and all(max(c.size) <= 1024 for c in small)
     with pytest.raises(ValueError):
         crops.query_crops(img, 0)
 

@@ -106,9 +106,10 @@ def crop_boxes(image: Image.Image, kinds: Sequence[str] = DEFAULT_ORDER) -> list
 
 
 def _at_most(img: Image.Image, max_side: int | None) -> Image.Image:
-    """Downscale so the long side is at most `max_side`: the model resizes to ~224 px anyway,
-    and preprocessing a 12-megapixel crop costs more than embedding it."""
-    if max_side is None or max(img.size) <= max_side:
+    """Downscale a crop over twice `max_side` to `max_side`: the model resizes to ~224 px anyway,
+    and preprocessing a 12-megapixel crop costs more than embedding it. Smaller crops are left
+    alone (resizing them here would only duplicate the model's own resize)."""
+    if max_side is None or max(img.size) <= 2 * max_side:
         return img
     f = max_side / max(img.size)
     size = (max(1, round(img.width * f)), max(1, round(img.height * f)))
@@ -120,7 +121,7 @@ def query_crops(
 ) -> list[Image.Image]:
     """The whole image first, then up to `max_crops - 1` product-centred crops (duplicates dropped).
 
-    Each crop is downscaled to at most `max_side` pixels on its long side (None: full resolution).
+    Crops of large photos are downscaled to `max_side` pixels on their long side (None: never).
     """
     if max_crops < 1:
         raise ValueError("max_crops must be at least 1")
