@@ -6,7 +6,7 @@
 Starts `lookalike serve` (embedded PostgreSQL in a temp dir) and a loopback image
 server, posts N products in batches of 128 (`--concurrency` requests in flight), then
 measures the model alone embedding the same decoded images in batches. Writes JSON to
-bench-results/ingest-<model>.json. Both phases run on the same machine, one after the
+bench-results/ingest-<model>.json (and a PNG beside it). Both phases run on the same machine, one after the
 other, so the ratio is meaningful even where absolute times are noisy.
 """
 
@@ -48,13 +48,16 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _start_service(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
+def _start_service(data_dir: Path, port: int, database_url: str | None = None) -> subprocess.Popen[bytes]:
+    """`lookalike serve` on 127.0.0.1:port: embedded PostgreSQL in `data_dir`, or `database_url`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOOKALIKE_")}
     env.update(
         LOOKALIKE_DATA_DIR=str(data_dir),
         LOOKALIKE_API_KEY=KEY,
         LOOKALIKE_IMAGE_FETCH_ALLOWLIST="127.0.0.1",
     )
+    if database_url:
+        env["LOOKALIKE_DATABASE_URL"] = database_url
     proc = subprocess.Popen(
         [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--log-level", "warning"],
         env=env,
@@ -116,6 +119,30 @@ def _raw_throughput(spec: ModelSpec, images: list[bytes], batch: int) -> dict[st
     return {"seconds": round(elapsed, 3), "images_per_s": round(len(decoded) / elapsed, 2)}
 
 
+def plot(results: dict[str, Any], path: Path) -> None:
+    """Products per second through the API next to the model's raw images per second."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    raw = results["raw_model"]
+    labels = ["API ingest", "raw model\n(before)", "raw model\n(after)"]
+    values = [results["api"]["products_per_s"], raw["before_images_per_s"], raw["after_images_per_s"]]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    bars = ax.bar(labels, values, color=["tab:blue", "tab:grey", "tab:grey"])
+    ax.bar_label(bars, fmt="%.1f")
+    ax.set_ylabel("products (images) per second")
+    ax.set_title(
+        f"Ingest, {results['products']} products, {results['model']['name']} "
+        f"(API/raw {results['ratio_api_to_raw']:.2f})",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--products", type=int, default=512)
@@ -165,6 +192,7 @@ def main() -> None:
     out = args.out or Path("bench-results") / f"ingest-{args.model}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
+    plot(results, out.with_suffix(".png"))
     summary = {k: results[k] for k in ("model", "products", "ratio_api_to_raw")}
     summary["api_products_per_s"] = results["api"]["products_per_s"]
     summary["raw_images_per_s"] = results["raw_model"]["images_per_s"]

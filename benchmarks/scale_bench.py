@@ -5,7 +5,8 @@
 
 Reports load time (COPY), HNSW build time and size, PostgreSQL memory (shared buffers
 and backend RSS), and filtered / unfiltered query latency and recall@10 against exact
-search, through the service's own `storage.search.nearest`. Writes bench-results/scale.json.
+search, through the service's own `storage.search.nearest`. Writes bench-results/scale.json
+and a PNG beside it.
 """
 
 from __future__ import annotations
@@ -98,6 +99,35 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def plot(result: dict[str, Any], path: Path) -> None:
+    """Recall@10 and p50 latency per filter selectivity."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = result["queries"]
+    labels = [p["selectivity"] for p in points]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.bar(labels, [p["p50_ms"] for p in points], color="tab:blue", alpha=0.7, label="p50 ms")
+    ax.set_ylabel("p50 latency (ms)")
+    ax.set_xlabel("filter matches")
+    other = ax.twinx()
+    other.plot(labels, [p["recall_at_10"] for p in points], "o-", color="tab:orange", label="recall@10")
+    other.set_ylim(0, 1.02)
+    other.set_ylabel("recall@10 vs exact")
+    load = result["load"]
+    ax.set_title(
+        f"Scale, {result['products']:,} products, 384-d halfvec (HNSW build {load['hnsw_build_s']:.0f} s)",
+        fontsize=9,
+    )
+    handles = ax.get_legend_handles_labels()[0] + other.get_legend_handles_labels()[0]
+    ax.legend(handles, [str(h.get_label()) for h in handles], loc="center right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--products", type=int, default=1_000_000)
@@ -110,6 +140,7 @@ def main() -> None:
     result = asyncio.run(run(args))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
+    plot(result, args.out.with_suffix(".png"))
     print(json.dumps({k: v for k, v in result.items() if k != "queries"}, indent=1))
 
 

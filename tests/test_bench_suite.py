@@ -1,0 +1,100 @@
+"""The performance suite's plumbing: a tiny end-to-end benchmark run and the `lookalike bench` command.
+
+The real runs are `python -m benchmarks.e2e_bench` and `lookalike bench [--quick]`; this only
+checks that they run and report what they promise (figures measured here mean nothing).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.cli import BENCH_NAMES, build_parser
+from benchmarks import suite
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("LOOKALIKE_")}
+
+
+def test_e2e_bench_tiny_run_reports_every_field(tmp_path: Path, fresh_database: str) -> None:
+    out = tmp_path / "e2e.json"
+    args = ["--products", "8", "--concurrency", "1,2", "--requests", "3", "--queries", "3"]
+    # The test PostgreSQL (an empty database) spares the benchmark an initdb of its own.
+    args += ["--inference-runs", "3", "--database-url", fresh_database, "--out", str(out)]
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.e2e_bench", *args],
+        cwd=REPO_ROOT,
+        env=_clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert out.with_suffix(".png").stat().st_size > 1000
+    assert result["products"] == 8 and result["ingest"]["failed"] == 0
+    assert result["distinct_query_images"] >= 2 * (3 + 3) + 6  # one image per request, warm-up included
+    machine = result["machine"]
+    assert machine["cpus"] >= 1 and len(machine["load_average_at_start"]) == 3
+    inference = result["inference"]
+    assert inference["p50_ms"] > 0 and inference["runs"] == 3 and inference["torch_threads"] >= 1
+    levels = {(level["concurrency"], level["kind"]): level for level in result["levels"]}
+    assert set(levels) == {(c, k) for c in (1, 2) for k in ("search_by_image", "reverse_image_search")}
+    for level in levels.values():
+        assert level["error_count"] == 0 and level["errors"] == {}, level
+        assert level["ok"] == level["requests"] == 3
+        assert 0 < level["p50_ms"] <= level["p95_ms"] <= level["p99_ms"] <= level["max_ms"]
+        assert level["throughput_rps"] > 0
+        assert level["health"]["probes"] > 0 and level["health"]["p95_ms"] is not None
+        assert set(level["health"]["statuses"]) == {"200"}
+    assert {"decode", "embed", "sql"} <= set(levels[1, "search_by_image"]["stages_p50_ms"])
+    assert {"embed", "features", "rerank"} <= set(levels[1, "reverse_image_search"]["stages_p50_ms"])
+    must = result["must_show"]
+    assert must["max_concurrency"] == 2 and must["errors_at_max_concurrency"] == 0
+    sbi = levels[1, "search_by_image"]["p50_ms"]
+    assert must["sbi_vs_inference_ratio"] == pytest.approx(sbi / (inference["p50_ms"] + 15.0), abs=0.002)
+    assert must["health_p95_ms_at_max_concurrency"] is not None
+
+
+def _lookalike(*args: str) -> subprocess.CompletedProcess[str]:
+    """The installed `lookalike` script beside this interpreter (python -m app.cli where there is none)."""
+    script = Path(sys.executable).parent / "lookalike"
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "app.cli"]
+    return subprocess.run([*command, *args], capture_output=True, text=True, timeout=60, cwd=REPO_ROOT)
+
+
+def test_lookalike_bench_help_and_only_names(capsys: pytest.CaptureFixture[str]) -> None:
+    done = _lookalike("bench", "--help")
+    assert done.returncode == 0, done.stderr
+    assert "--quick" in done.stdout and "--only" in done.stdout and "--out" in done.stdout
+
+    parser = build_parser()
+    args = parser.parse_args(["bench", "--quick", "--only", "e2e, ann"])
+    assert args.quick and args.only == ["e2e", "ann"]
+    for bad in ("fuzz", "ann,nope", ","):
+        with pytest.raises(SystemExit) as exc:
+            parser.parse_args(["bench", "--only", bad])
+        assert exc.value.code == 2
+        assert "unknown benchmark" in capsys.readouterr().err
+
+    # The command knows the names the suite runs; quick and full mode cover every one of them.
+    assert set(BENCH_NAMES) == set(suite.NAMES)
+    for quick in (True, False):
+        runs = suite.plan(quick, Path("/tmp/out"))
+        assert {r.group for r in runs} == set(BENCH_NAMES)
+        assert len({r.name for r in runs}) == len(runs)
+        assert all(f"/tmp/out/{r.result}" in r.args or "/tmp/out" in r.args for r in runs)
+
+
+def test_unknown_only_name_is_rejected_by_the_installed_command() -> None:
+    done = _lookalike("bench", "--only", "ann,bogus")
+    assert done.returncode == 2
+    assert "unknown benchmark bogus" in done.stderr
