@@ -332,7 +332,9 @@ def _source(root: Path) -> dict[str, Any]:
 def run_suite(root: Path, *, quick: bool, only: list[str] | None, out: Path, echo: bool = True) -> int:
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    runs = [r for r in plan(quick, out) if not only or r.group in only]
+    # The benchmarks run in `root`: inside it, name the output relatively (readable, reproducible commands).
+    shown = out.relative_to(root.resolve()) if out.is_relative_to(root.resolve()) else out
+    runs = [r for r in plan(quick, shown) if not only or r.group in only]
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     load_start = [round(x, 2) for x in os.getloadavg()]
     started = time.monotonic()
@@ -341,7 +343,7 @@ def run_suite(root: Path, *, quick: bool, only: list[str] | None, out: Path, ech
         "suite": "lookalike bench",
         "mode": "quick" if quick else "full",
         "only": only or list(NAMES),
-        "out": str(out),
+        "out": str(shown),
         "started_at": started_at,
         "source": _source(root),
         "wall_s": round(time.monotonic() - started, 1),
