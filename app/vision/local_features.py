@@ -226,10 +226,13 @@ class VerifyParams:
 DEFAULT_VERIFY = VerifyParams()
 
 
-def _query_matrix(query: LocalFeatures) -> np.ndarray:
-    q = query.descriptors.astype(np.float32)
+def dequantised_descriptors(features: LocalFeatures) -> np.ndarray:
+    """(n, 128) float32 unit-norm RootSIFT vectors (dot product = Hellinger kernel)."""
+    q = features.descriptors.astype(np.float32)
     q /= np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-6)
     return q
+
+
 
 
 def _cells(xy: np.ndarray, cell: np.ndarray | float) -> np.ndarray:
@@ -388,7 +391,7 @@ def verify_candidates(
     """Geometric verification of `query` against each candidate, in the candidates' order."""
     if len(query) < params.min_matches or not candidates:
         return [NO_VERIFICATION] * len(candidates)
-    q = _query_matrix(query)
+    q = dequantised_descriptors(query)
     matches = _tentative_matches(q, query, candidates, params)
     q_long = float(max(query.image_width, query.image_height))
     thresh = params.ransac_threshold * q_long
