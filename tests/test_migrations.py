@@ -27,3 +27,55 @@ def test_upgrade_downgrade_upgrade(fresh_database: str) -> None:
     assert asyncio.run(_tables(fresh_database)) == {"alembic_version"}
     migrate.upgrade(fresh_database)
     assert {"indexes", "products"} <= asyncio.run(_tables(fresh_database))
+
+
+async def _aggregate_state(url: str) -> dict[str, object]:
+    conn = await asyncpg.connect(url)
+    try:
+        return {
+            "column": await conn.fetchval(
+                "SELECT count(*) FROM information_schema.columns "
+                "WHERE table_name = 'vectors_1' AND column_name = 'local_aggregate'"
+            ),
+            "index": await conn.fetchval("SELECT count(*) FROM pg_indexes WHERE indexname = 'vectors_1_local_hnsw'"),
+            "status": await conn.fetchval("SELECT features_status FROM products WHERE product_id = 'p1'"),
+        }
+    finally:
+        await conn.close()
+
+
+async def _index_at_0003(url: str) -> None:
+    """An index, its vector table as 0003 knew it, and a product whose local features are ready."""
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(
+            "INSERT INTO indexes (pk, name, index_id, settings, model, dimensions, vector_type) "
+            "OVERRIDING SYSTEM VALUE VALUES (1, 'old', 'id-old', '{}', '{}', 3, 'halfvec')"
+        )
+        await conn.execute(
+            "CREATE TABLE vectors_1 (product_pk bigint PRIMARY KEY REFERENCES products(pk) ON DELETE CASCADE,"
+            " embedding halfvec(3) NOT NULL)"
+        )
+        pk = await conn.fetchval(
+            "INSERT INTO products (index_pk, product_id, product_title, price, variant_image_url, doc,"
+            " filter_terms, features_status) VALUES (1, 'p1', 't', 1, 'http://x/a.png', '{}', '{}', 'ready')"
+            " RETURNING pk"
+        )
+        await conn.execute("INSERT INTO vectors_1 VALUES ($1, '[1,0,0]')", pk)
+        await conn.execute(
+            "INSERT INTO local_features (product_pk, algorithm, keypoint_count, keypoints, descriptors,"
+            " image_width, image_height) VALUES ($1, 'rootsift-rgb-u8', 0, '', '', 1, 1)",
+            pk,
+        )
+    finally:
+        await conn.close()
+
+
+def test_0004_adds_the_aggregate_to_existing_indexes_and_queues_their_backfill(fresh_database: str) -> None:
+    migrate.upgrade(fresh_database, "0003")
+    asyncio.run(_index_at_0003(fresh_database))
+    migrate.upgrade(fresh_database)
+    assert asyncio.run(_aggregate_state(fresh_database)) == {"column": 1, "index": 1, "status": "pending"}
+    migrate.downgrade(fresh_database, "0003")
+    state = asyncio.run(_aggregate_state(fresh_database))
+    assert (state["column"], state["index"]) == (0, 0)

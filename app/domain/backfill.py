@@ -68,8 +68,8 @@ class FeatureBackfill:
             if not claimed:
                 return 0
             outcomes = await asyncio.gather(*(self._extract(url) for _, _, url, _ in claimed))
-            for (product_pk, _, _, _), (features, error) in zip(claimed, outcomes, strict=True):
-                await products.finish_features(conn, product_pk, features, error)
+            for (product_pk, index_pk, _, _), (features, error) in zip(claimed, outcomes, strict=True):
+                await products.finish_features(conn, index_pk, product_pk, features, error)
         return len(claimed)
 
     async def _extract(self, url: str) -> tuple[dict | None, str | None]:

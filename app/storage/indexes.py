@@ -15,6 +15,11 @@ from app.storage.schema import vectors_table_name
 HNSW_M = 16
 HNSW_EF_CONSTRUCTION = 64
 
+# Each vector table also holds the product's local-feature aggregate (app.vision.aggregate), NULL
+# until its local features exist, with its own HNSW index (NULLs are not indexed).
+AGGREGATE_DIM = 512
+AGGREGATE_CAST = f"halfvec({AGGREGATE_DIM})"
+
 _OPCLASS = {"halfvec": "halfvec_cosine_ops", "vector": "vector_cosine_ops"}
 
 
@@ -98,15 +103,24 @@ async def create_index(
     await conn.execute(
         f"CREATE TABLE {table} ("
         f" product_pk bigint PRIMARY KEY REFERENCES products(pk) ON DELETE CASCADE,"
-        f" embedding {record.vector_cast} NOT NULL)"
+        f" embedding {record.vector_cast} NOT NULL,"
+        f" local_aggregate {AGGREGATE_CAST})"
     )
     await conn.execute(
         f"CREATE INDEX {table}_hnsw ON {table} USING hnsw (embedding {_OPCLASS[vector_type]}) "
         f"WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION})"
     )
+    await create_aggregate_index(conn, table)
     comment = _quote_literal(f"lookalike index {name}: image embeddings, one row per product")
     await conn.execute(f"COMMENT ON TABLE {table} IS {comment}")
     return record
+
+
+async def create_aggregate_index(conn: asyncpg.Connection, table: str) -> None:
+    await conn.execute(
+        f"CREATE INDEX IF NOT EXISTS {table}_local_hnsw ON {table} USING hnsw (local_aggregate halfvec_cosine_ops) "
+        f"WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION})"
+    )
 
 
 def _quote_literal(text: str) -> str:

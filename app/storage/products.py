@@ -10,7 +10,8 @@ from typing import Any
 import asyncpg
 import numpy as np
 
-from app.storage.indexes import IndexRecord
+from app.storage.indexes import AGGREGATE_CAST, IndexRecord
+from app.storage.schema import vectors_table_name
 
 
 @dataclass
@@ -64,22 +65,40 @@ async def write_product(conn: asyncpg.Connection, index: IndexRecord, item: Prod
         item.features_status,
         item.features_error,
     )
+    aggregate = item.features.get("aggregate") if item.features is not None else None
     await conn.execute(
-        f"INSERT INTO {index.vectors_table} (product_pk, embedding) VALUES ($1, $2::{index.vector_cast}) "
-        "ON CONFLICT (product_pk) DO UPDATE SET embedding = EXCLUDED.embedding",
+        f"INSERT INTO {index.vectors_table} (product_pk, embedding, local_aggregate) "
+        f"VALUES ($1, $2::{index.vector_cast}, $3::{AGGREGATE_CAST}) "
+        "ON CONFLICT (product_pk) DO UPDATE SET embedding = EXCLUDED.embedding, "
+        "local_aggregate = EXCLUDED.local_aggregate",
         pk,
         item.embedding.astype(np.float32),
+        _aggregate_value(aggregate),
     )
     if item.features is not None:
-        await upsert_features(conn, pk, item.features)
+        await _upsert_feature_row(conn, pk, item.features)
     else:
         await conn.execute("DELETE FROM local_features WHERE product_pk = $1", pk)
     return int(pk)
 
 
+def _aggregate_value(aggregate: Any) -> np.ndarray | None:
+    return None if aggregate is None else np.asarray(aggregate, np.float32)
+
+
 async def upsert_features(
-    conn: asyncpg.Connection | asyncpg.Pool, product_pk: int, f: dict[str, Any]
+    conn: asyncpg.Connection, index_pk: int, product_pk: int, f: dict[str, Any]
 ) -> None:
+    """Store a product's local features and their aggregate vector (caller's transaction)."""
+    await _upsert_feature_row(conn, product_pk, f)
+    await conn.execute(
+        f"UPDATE {vectors_table_name(index_pk)} SET local_aggregate = $2::{AGGREGATE_CAST} WHERE product_pk = $1",
+        product_pk,
+        _aggregate_value(f.get("aggregate")),
+    )
+
+
+async def _upsert_feature_row(conn: asyncpg.Connection, product_pk: int, f: dict[str, Any]) -> None:
     await conn.execute(
         """
         INSERT INTO local_features (product_pk, algorithm, keypoint_count, keypoints, descriptors,
@@ -115,6 +134,7 @@ async def reusable_images(
     rows = await conn.fetch(
         f"""
         SELECT DISTINCT ON (p.image_sha256) p.image_sha256, v.embedding::real[] AS embedding,
+               v.local_aggregate::real[] AS aggregate,
                f.algorithm, f.keypoint_count, f.keypoints, f.descriptors, f.image_width, f.image_height
         FROM products p
         JOIN {index.vectors_table} v ON v.product_pk = p.pk
@@ -140,6 +160,7 @@ async def reusable_images(
                     "image_height",
                 )
             }
+            features["aggregate"] = None if r["aggregate"] is None else np.asarray(r["aggregate"], np.float32)
         found[bytes(r["image_sha256"])] = ReusableImage(
             np.asarray(r["embedding"], dtype=np.float32), features
         )
@@ -253,10 +274,10 @@ async def claim_pending_features(
 
 
 async def finish_features(
-    conn: asyncpg.Connection, product_pk: int, features: dict[str, Any] | None, error: str | None
+    conn: asyncpg.Connection, index_pk: int, product_pk: int, features: dict[str, Any] | None, error: str | None
 ) -> None:
     if features is not None:
-        await upsert_features(conn, product_pk, features)
+        await upsert_features(conn, index_pk, product_pk, features)
         await conn.execute(
             "UPDATE products SET features_status = 'ready', features_error = NULL "
             "WHERE pk = $1 AND features_status = 'pending'",

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 import numpy as np
 
-from app.storage.indexes import IndexRecord
+from app.storage.indexes import AGGREGATE_CAST, IndexRecord
 from app.storage.params import SqlParams
 
 # A filter matching at most this many products is answered by an exact scan: probing
@@ -24,6 +24,10 @@ EXACT_SCAN_MAX_ROWS = 1_000
 DEFAULT_EF_SEARCH = 100  # recall@10 >= 0.95 on the ANN benchmark; see README performance
 # Upper bound on tuples one iterative HNSW scan may visit before giving up.
 MAX_SCAN_TUPLES = 50_000
+
+# The vector columns of an index's vector table that nearest-neighbour search can compare.
+VectorColumn = Literal["embedding", "local_aggregate"]
+_VECTOR_COLUMNS = ("embedding", "local_aggregate")
 
 
 @dataclass(frozen=True)
@@ -102,14 +106,16 @@ async def nearest(
     *,
     filtered: bool,
     ef_search: int = DEFAULT_EF_SEARCH,
+    column: VectorColumn = "embedding",
 ) -> list[Row]:
     """The k products nearest to `embedding` among those matching the filter (caller's transaction).
 
-    `score` is cosine similarity (1 - cosine distance). Must run inside a transaction:
-    the per-query planner settings are `SET LOCAL`.
+    `column` is the vector compared: the model embedding, or the local-feature aggregate
+    (products without one are skipped). `score` is cosine similarity (1 - cosine
+    distance). Must run inside a transaction: the per-query planner settings are `SET LOCAL`.
     """
     exact = await plan_scan(conn, index, where_sql, params, filtered=filtered, ef_search=max(ef_search, k))
-    sql, values = nearest_sql(index, embedding, where_sql, params, k, exact=exact)
+    sql, values = nearest_sql(index, embedding, where_sql, params, k, exact=exact, column=column)
     return _rows(await conn.fetch(sql, *values))
 
 
@@ -176,31 +182,43 @@ async def configure_scan(conn: asyncpg.Connection, *, exact: bool, ef_search: in
 
 
 def nearest_sql(
-    index: IndexRecord, embedding: np.ndarray, where_sql: str, params: SqlParams, k: int, *, exact: bool
+    index: IndexRecord,
+    embedding: np.ndarray,
+    where_sql: str,
+    params: SqlParams,
+    k: int,
+    *,
+    exact: bool,
+    column: VectorColumn = "embedding",
 ) -> tuple[str, list[Any]]:
     """The nearest-neighbour statement and its values (exposed so tests can EXPLAIN it)."""
+    if column not in _VECTOR_COLUMNS:
+        raise ValueError(f"unknown vector column {column!r}")
     local = SqlParams(list(params.values))
-    vector_param = local.add(embedding.astype(np.float32), index.vector_cast)
+    cast = index.vector_cast if column == "embedding" else AGGREGATE_CAST
+    vector_param = local.add(embedding.astype(np.float32), cast)
     index_param = local.add(index.pk)
     k_param = local.add(k)
     table = index.vectors_table
+    col = f"v.{column}"  # one of two fixed names, checked above
+    present = "" if column == "embedding" else f" AND {col} IS NOT NULL"
     if exact:
         # `+ 0` makes the ordering expression unindexable: an exact scan over the filtered rows.
         sql = f"""
-            SELECT p.pk, p.product_id, p.doc, 1 - (v.embedding <=> {vector_param}) AS score
+            SELECT p.pk, p.product_id, p.doc, 1 - ({col} <=> {vector_param}) AS score
             FROM products p JOIN {table} v ON v.product_pk = p.pk
-            WHERE p.index_pk = {index_param} AND ({where_sql})
-            ORDER BY (v.embedding <=> {vector_param}) + 0, p.pk
+            WHERE p.index_pk = {index_param} AND ({where_sql}){present}
+            ORDER BY ({col} <=> {vector_param}) + 0, p.pk
             LIMIT {k_param}
         """
     else:
         # relaxed_order may return slightly out of order; the outer query restores it.
         sql = f"""
             WITH candidates AS MATERIALIZED (
-                SELECT v.product_pk, v.embedding <=> {vector_param} AS distance
+                SELECT v.product_pk, {col} <=> {vector_param} AS distance
                 FROM {table} v JOIN products p ON p.pk = v.product_pk
-                WHERE p.index_pk = {index_param} AND ({where_sql})
-                ORDER BY v.embedding <=> {vector_param}
+                WHERE p.index_pk = {index_param} AND ({where_sql}){present}
+                ORDER BY {col} <=> {vector_param}
                 LIMIT {k_param}
             )
             SELECT p.pk, p.product_id, p.doc, 1 - c.distance AS score
@@ -218,6 +236,24 @@ async def product_embeddings(
         product_pks,
     )
     return {r["product_pk"]: np.asarray(r["e"], dtype=np.float32) for r in rows}
+
+
+async def candidate_vectors(
+    conn: asyncpg.Connection | asyncpg.Pool, index: IndexRecord, product_pks: list[int]
+) -> dict[int, tuple[np.ndarray, np.ndarray | None]]:
+    """(embedding, local aggregate or None) per product, for scoring candidates found by the other one."""
+    rows = await conn.fetch(
+        f"SELECT product_pk, embedding::real[] AS e, local_aggregate::real[] AS a "
+        f"FROM {index.vectors_table} WHERE product_pk = ANY($1::bigint[])",
+        product_pks,
+    )
+    return {
+        r["product_pk"]: (
+            np.asarray(r["e"], dtype=np.float32),
+            None if r["a"] is None else np.asarray(r["a"], dtype=np.float32),
+        )
+        for r in rows
+    }
 
 
 async def local_features_of(

@@ -51,12 +51,16 @@ class VisionService:
     async def embed(self, spec: ModelSpec, images: list[Image.Image]) -> np.ndarray:
         return await self.embedder.embed(spec, images)
 
+    async def single_image_ms(self, spec: ModelSpec) -> float:
+        return await self.embedder.single_image_ms(spec)
+
     async def catalog_features(self, image: Image.Image) -> dict[str, Any]:
-        """Local features of a catalog image, as `local_features` column values."""
-        from app.vision import local_features
+        """Local features of a catalog image, as `local_features` column values, plus their `aggregate`."""
+        from app.vision import aggregate, local_features
 
         def work() -> dict[str, Any]:
-            return local_features.serialize(local_features.extract_catalog_features(image))
+            features = local_features.extract_catalog_features(image)
+            return {**local_features.serialize(features), "aggregate": aggregate.image_aggregate(features)}
 
         return await asyncio.get_running_loop().run_in_executor(self._features_pool, work)
 
