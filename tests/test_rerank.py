@@ -11,8 +11,11 @@ from app.domain.rerank import (
     Candidate,
     RerankParams,
     combine_scores,
+    crops_for_model,
     final_score,
     merge_crop_neighbours,
+    prior_score,
+    select_for_verification,
     verification_bonus,
 )
 
@@ -107,3 +110,33 @@ def test_params_validation() -> None:
 def test_merge_crop_neighbours_keeps_best_cosine() -> None:
     merged = merge_crop_neighbours([[("a", 0.5), ("b", 0.7)], [("a", 0.9), ("c", 0.2)], []])
     assert merged == {"a": 0.9, "b": 0.7, "c": 0.2}
+
+
+def test_aggregate_similarity_adds_to_the_prior_and_missing_counts_as_nothing() -> None:
+    p = RerankParams(aggregate_weight=2.0)
+    assert prior_score(Candidate("a", 0.5, None, 0.25), p) == pytest.approx(1.0)
+    assert prior_score(Candidate("a", 0.5, None, None), p) == pytest.approx(0.5)
+    assert prior_score(Candidate("a", 0.5, None, -0.3), p) == pytest.approx(0.5)  # negative: no evidence
+
+
+def test_verification_goes_to_the_best_priors_only() -> None:
+    p = RerankParams(verify_top=2, aggregate_weight=1.0)
+    cands = [Candidate("low", 0.9, None, 0.0), Candidate("mid", 0.5, None, 0.6), Candidate("top", 0.8, None, 0.5)]
+    assert select_for_verification(cands, p) == ["top", "mid"]
+    assert len(select_for_verification(cands, RerankParams(verify_top=0))) == 3
+
+
+def test_a_product_found_only_by_its_keypoints_wins_once_verified() -> None:
+    p = RerankParams()
+    unrelated_but_globally_close = Candidate("lookalike", 0.95, None, 0.05)
+    found_by_aggregate = Candidate("product", 0.20, V(30), 0.20)
+    ranked = combine_scores([unrelated_but_globally_close, found_by_aggregate], p)
+    assert ranked[0][0] == "product"
+
+
+def test_crop_count_follows_the_model_speed() -> None:
+    p = RerankParams(n_crops=4, crop_budget_ms=60.0)
+    assert crops_for_model(2.0, p) == 4  # small model: every crop fits
+    assert crops_for_model(25.0, p) == 3
+    assert crops_for_model(111.0, p) == 1  # a ViT-S on 2 cores: the whole photo only
+    assert crops_for_model(0.0, p) == 4

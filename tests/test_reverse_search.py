@@ -9,6 +9,11 @@ import httpx
 import numpy as np
 import pytest
 
+from app.domain.search import compile_where
+from app.storage import indexes as storage_indexes
+from app.storage import search as search_sql
+from app.storage.params import SqlParams
+from app.vision import aggregate, crops, local_features
 from benchmarks import wild
 from tests.conftest import ADMIN
 from tests.helpers import TEST_MODEL, data_url, product_image
@@ -238,6 +243,8 @@ async def test_backfill_when_flag_turned_on(api: httpx.AsyncClient, images, pool
         )
         == 0
     )
+    aggregates = f"SELECT count(local_aggregate) FROM vectors_{int(index_pk)}"
+    assert await pool.fetchval(aggregates) == 0
     r = await api.patch(
         f"/api/v1/indexes/{name}/settings", json={"reverseImageSearch": {"enabled": True}}, headers=ADMIN
     )
@@ -254,6 +261,7 @@ async def test_backfill_when_flag_turned_on(api: httpx.AsyncClient, images, pool
     await api.app.state.services.backfill.drain()  # type: ignore[attr-defined]
     stats = (await api.get(f"/api/v1/indexes/{name}/stats", headers=ADMIN)).json()["reverseImageSearch"]
     assert stats == {"enabled": True, "featuresReady": 6, "featuresPending": 0, "featuresFailed": 1, "ready": True}
+    assert await pool.fetchval(aggregates) == 6  # the backfill stores each product's keypoint aggregate too
     failed = await pool.fetchrow("SELECT error FROM lookalike_failed_products WHERE index_name = $1", name)
     assert "404" in failed["error"]
 
@@ -263,3 +271,38 @@ def test_processing_is_deterministic() -> None:
     a = wild.generate_catalog(3, seed=5)
     b = wild.generate_catalog(3, seed=5)
     assert all(np.array_equal(np.asarray(x.image), np.asarray(y.image)) for x, y in zip(a, b, strict=True))
+
+
+async def test_keypoint_aggregates_are_stored_and_retrieve_the_product(shop: dict, pool) -> None:  # type: ignore[no-untyped-def]
+    """Every product with local features has its aggregate; the crop-box aggregates of a wild
+    photo retrieve the photographed product through SQL, under a filter, on both scan paths."""
+    record = await storage_indexes.get_index(pool, shop["name"])
+    assert record is not None
+    table = record.vectors_table
+    assert await pool.fetchval(f"SELECT count(local_aggregate) FROM {table}") == len(shop["catalog"])
+    found_first = 0
+    for query in shop["queries"]:
+        features = local_features.extract_query_features(query.image)
+        boxes = aggregate.box_aggregates(features, crops.query_boxes(query.image))
+        family = next(c.family for c in shop["catalog"] if c.id == query.product_id)
+        where, params, filtered = compile_where(f"productCollections:{family}")
+        best: dict[str, float] = {}
+        async with pool.acquire() as conn, conn.transaction(readonly=True):
+            for vector in boxes:
+                rows = await search_sql.nearest(
+                    conn, record, vector, where, params, 5, filtered=filtered, column="local_aggregate"
+                )
+                assert all(family in r.doc["productCollections"] for r in rows)
+                for r in rows:
+                    best[r.product_id] = max(best.get(r.product_id, -1.0), r.score)
+        found_first += max(best, key=best.__getitem__) == query.product_id
+    assert found_first >= len(shop["queries"]) // 2, found_first
+    # the HNSW path uses the aggregate's own index
+    sql, values = search_sql.nearest_sql(
+        record, boxes[0], "true", SqlParams(), 10, exact=False, column="local_aggregate"
+    )
+    async with pool.acquire() as conn, conn.transaction(readonly=True):
+        await search_sql.configure_scan(conn, exact=False, ef_search=100)
+        await conn.execute("SET LOCAL enable_seqscan = off")
+        plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + sql, *values))
+    assert f"{table}_local_hnsw" in plan, plan

@@ -15,10 +15,12 @@ VECTOR_TYPES = ("halfvec", "vector")
 
 # Reverse image search tuning knobs: (default, minimum, maximum). Defaults are the
 # re-ranking defaults measured by benchmarks/offline_eval.py.
-REVERSE_SEARCH_KNOBS: dict[str, tuple[int, int, int]] = {
+REVERSE_SEARCH_KNOBS: dict[str, tuple[int | str, int, int]] = {
     "candidatePool": (DEFAULT_PARAMS.pool_size, 10, 1000),
-    "queryCrops": (DEFAULT_PARAMS.n_crops, 1, 8),
+    # "auto": as many crops as the model's measured speed allows (rerank.crops_for_model)
+    "queryCrops": ("auto", 1, 8),
 }
+AUTO_KNOBS = {"queryCrops"}
 
 
 def validate_index_name(name: str) -> str:
@@ -48,9 +50,11 @@ def validate_reverse_search(value: Any, current: dict[str, Any] | None = None) -
             merged["enabled"] = item
         elif key in REVERSE_SEARCH_KNOBS:
             _, low, high = REVERSE_SEARCH_KNOBS[key]
-            if isinstance(item, bool) or not isinstance(item, int) or not low <= item <= high:
+            auto_ok = key in AUTO_KNOBS and item == "auto"
+            if not auto_ok and (isinstance(item, bool) or not isinstance(item, int) or not low <= item <= high):
+                also = ' or "auto"' if key in AUTO_KNOBS else ""
                 raise bad_request(
-                    f"reverseImageSearch.{key} must be an integer from {low} to {high}", "invalid_settings"
+                    f"reverseImageSearch.{key} must be an integer from {low} to {high}{also}", "invalid_settings"
                 )
             merged[key] = item
         else:

@@ -122,7 +122,14 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "enabled": {"type": "boolean", "default": False},
             "candidatePool": {"type": "integer", "minimum": 10, "maximum": 1000},
-            "queryCrops": {"type": "integer", "minimum": 1, "maximum": 8},
+            "queryCrops": {
+                "description": "query crops embedded by the model, the whole photo included; 'auto' (the "
+                "default) embeds as many (up to 4) as fit a 60 ms budget at the model's measured speed",
+                "oneOf": [
+                    {"type": "integer", "minimum": 1, "maximum": 8},
+                    {"type": "string", "enum": ["auto"]},
+                ],
+            },
         },
     },
     "IndexSettings": {

@@ -116,6 +116,39 @@ def _at_most(img: Image.Image, max_side: int | None) -> Image.Image:
     return img.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
 
 
+def query_boxes(image: Image.Image, kinds: Sequence[str] = DEFAULT_ORDER) -> list[Box]:
+    """The whole frame first, then the boxes of `kinds` (source pixels), near-duplicates dropped."""
+    kinds = ["whole", *[k for k in kinds if k != "whole"]]
+    w, h = image.size
+    tol = 0.04 * min(w, h)
+    seen: list[Box] = []
+    for box in crop_boxes(image, kinds):
+        if any(max(abs(a - b) for a, b in zip(box, s, strict=True)) < tol for s in seen):
+            continue  # e.g. a saliency box that is the centre crop again: one is enough
+        seen.append(box)
+    return seen
+
+
+def crop_images(image: Image.Image, boxes: Sequence[Box], max_side: int | None = 512) -> list[Image.Image]:
+    """The crops of `boxes` (source pixels); crops of large photos downscaled to `max_side` (None: never)."""
+    image = image if image.mode == "RGB" else image.convert("RGB")
+    w, h = image.size
+    factor = 1
+    if max_side is not None and max(image.size) >= 4 * max_side:
+        # a large photo: one fast integer box-filter reduction first, keeping >= 2x max_side
+        # so that even a half-frame crop still has max_side pixels
+        factor = max(image.size) // (2 * max_side)
+        image = image.reduce(factor)
+    out = []
+    for box in boxes:
+        if tuple(box) == (0, 0, w, h):
+            out.append(_at_most(image, max_side))
+        else:
+            scaled = tuple(round(v / factor) for v in box)
+            out.append(_at_most(image.crop(scaled), max_side))  # type: ignore[arg-type]
+    return out
+
+
 def query_crops(
     image: Image.Image, max_crops: int, kinds: Sequence[str] = DEFAULT_ORDER, max_side: int | None = 512
 ) -> list[Image.Image]:
@@ -125,19 +158,5 @@ def query_crops(
     """
     if max_crops < 1:
         raise ValueError("max_crops must be at least 1")
-    image = image if image.mode == "RGB" else image.convert("RGB")
-    if max_side is not None and max(image.size) >= 4 * max_side:
-        # a large photo: one fast integer box-filter reduction first, keeping >= 2x max_side
-        # so that even a half-frame crop still has max_side pixels
-        image = image.reduce(max(image.size) // (2 * max_side))
     kinds = ["whole", *[k for k in kinds if k != "whole"]][:max_crops]
-    out: list[Image.Image] = []
-    seen: list[Box] = []
-    w, h = image.size
-    tol = 0.04 * min(w, h)
-    for box in crop_boxes(image, kinds):
-        if any(max(abs(a - b) for a, b in zip(box, s, strict=True)) < tol for s in seen):
-            continue  # e.g. a saliency box that is the centre crop again: one embedding is enough
-        seen.append(box)
-        out.append(_at_most(image if box == (0, 0, w, h) else image.crop(box), max_side))
-    return out
+    return crop_images(image, query_boxes(image, kinds), max_side)

@@ -96,6 +96,11 @@ class Embedder:
         """The loaded model for `spec`; the first load takes seconds and runs in a thread."""
         return await self._run(self._load_pool, self.registry.get, spec)
 
+    async def single_image_ms(self, spec: ModelSpec) -> float:
+        """The model's single-image forward time (measured once, on the inference thread)."""
+        model = await self.load_model(spec)
+        return await self._run(self._infer_pool, model.single_image_ms)
+
     async def decode(self, data: bytes) -> Image.Image:
         """decode_image(data, settings.max_image_pixels) in the CPU pool; raises ImageError."""
         return await self._run(self._cpu_pool, decode_image, data, self._max_pixels)

@@ -23,6 +23,7 @@ import difflib
 import os
 import socket
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -370,6 +371,24 @@ class EmbeddingModel:
         with torch.inference_mode():
             probe = self.module(torch.zeros((1, *self.input_size), device=self.device))
         self._dim = int(probe.reshape(1, -1).shape[1])
+        self._single_image_ms: float | None = None
+
+    def single_image_ms(self) -> float:
+        """Wall time of one single-image forward pass on this machine, measured once (median of 3).
+
+        Reverse image search sizes its crop batch by it: crops are nearly free on a GPU
+        or with a small model, and cost a whole forward pass each with a ViT on 2 cores.
+        """
+        if self._single_image_ms is None:
+            x = torch.zeros((1, *self.input_size))
+            self.embed_tensor(x)
+            times = []
+            for _ in range(3):
+                started = time.perf_counter()
+                self.embed_tensor(x)
+                times.append(time.perf_counter() - started)
+            self._single_image_ms = sorted(times)[1] * 1000.0
+        return self._single_image_ms
 
     @property
     def dim(self) -> int:
