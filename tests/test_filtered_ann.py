@@ -153,3 +153,26 @@ async def test_hnsw_used_by_generic_plan(pool: asyncpg.Pool, ann_index, filter_t
         seventh, generic = await _plan_of_prepared(conn, sql, values, "ann_probe")
     assert f"{record.vectors_table}_hnsw" in seventh, seventh
     assert f"{record.vectors_table}_hnsw" in generic, generic
+
+
+@pytest.mark.parametrize("tag", ["all", "s01"])
+async def test_batched_queries_equal_single_ones(pool: asyncpg.Pool, ann_index, tag: str) -> None:
+    """nearest_many (reverse search's one statement for all crops) returns what nearest returns
+    per query, on the HNSW path (all) and the exact path (0.1%)."""
+    record, vectors = ann_index
+    rng = np.random.default_rng(5)
+    queries = [vectors[rng.integers(0, N)] + 0.05 * rng.normal(size=DIM).astype(np.float32) for _ in range(4)]
+    ks = (5, 10, 20, 10)
+    where, params, filtered = compile_where(None if tag == "all" else f"{tag}:true")
+    async with pool.acquire() as conn, conn.transaction(readonly=True):
+        wanted = [search.VectorQuery(q, "embedding", k) for q, k in zip(queries, ks, strict=True)]
+        batched = await search.nearest_many(conn, record, wanted, where, params, filtered=filtered)
+        single = [
+            await search.nearest(conn, record, q, where, params, k, filtered=filtered)
+            for q, k in zip(queries, ks, strict=True)
+        ]
+    for got, want in zip(batched, single, strict=True):
+        assert len(got) == len(want)
+        assert {pk for pk, _ in got} == {r.product_pk for r in want}
+        by_pk = {r.product_pk: r.score for r in want}
+        assert all(abs(score - by_pk[pk]) < 1e-6 for pk, score in got)

@@ -66,55 +66,43 @@ class ReverseSearchService:
         aggregates = await self.vision.run_cpu(aggregate.box_aggregates, query_features, boxes)
         timer.lap("features")
 
+        queries = [search_sql.VectorQuery(e, "embedding", pool_size) for e in embeddings]
+        if self.params.aggregate_pool:
+            queries += [search_sql.VectorQuery(a, "local_aggregate", self.params.aggregate_pool) for a in aggregates]
         global_scores: dict[int, float] = {}
         aggregate_scores: dict[int, float] = {}
-        rows: dict[int, search_sql.Row] = {}
-        searches = [(e, "embedding", pool_size, global_scores) for e in embeddings]
-        if self.params.aggregate_pool:
-            searches += [(a, "local_aggregate", self.params.aggregate_pool, aggregate_scores) for a in aggregates]
         async with self.pool.acquire() as conn, conn.transaction(readonly=True):
-            for vector, column, k, scores in searches:
-                found = await search_sql.nearest(
-                    conn,
-                    index,
-                    vector,
-                    where_sql,
-                    params,
-                    k,
-                    filtered=filtered,
-                    ef_search=max(k, search_sql.DEFAULT_EF_SEARCH),
-                    column=column,  # type: ignore[arg-type]
-                )
-                for row in found:
-                    rows[row.product_pk] = row
-                    if row.score > scores.get(row.product_pk, -2.0):
-                        scores[row.product_pk] = row.score
+            found = await search_sql.nearest_many(conn, index, queries, where_sql, params, filtered=filtered)
+            for query, neighbours in zip(queries, found, strict=True):
+                scores = global_scores if query.column == "embedding" else aggregate_scores
+                for key, score in neighbours:
+                    scores[key] = max(score, scores.get(key, -2.0))
+            keys = list({**global_scores, **aggregate_scores})
             # a candidate found by one signal is scored by the other too
-            missing = [k for k in rows if k not in global_scores or (len(aggregates) and k not in aggregate_scores)]
+            missing = [k for k in keys if k not in global_scores or (len(aggregates) and k not in aggregate_scores)]
             if missing:
                 vectors = await search_sql.candidate_vectors(conn, index, missing)
                 for key, (embedding, agg) in vectors.items():
                     global_scores.setdefault(key, _best_cosines(embedding, embeddings))
                     if agg is not None and len(aggregates):
                         aggregate_scores.setdefault(key, _best_cosines(agg, aggregates))
-            candidates = [
-                Candidate(key, global_scores.get(key, 0.0), None, aggregate_scores.get(key)) for key in rows
-            ]
+            candidates = [Candidate(k, global_scores.get(k, 0.0), None, aggregate_scores.get(k)) for k in keys]
+            # the final top `limit` always comes from the verified set (unverified priors are lower)
             to_verify = select_for_verification(candidates, self.params)
-            stored = await search_sql.local_features_of(conn, to_verify)  # type: ignore[arg-type]
+            details = await search_sql.candidate_details(conn, index, to_verify)  # type: ignore[arg-type]
         timer.lap("sql")
 
-        with_features = [k for k in to_verify if k in stored]
+        with_features = [k for k in to_verify if k in details and details[k].features is not None]
         verifications = await self.vision.run_cpu(
             local_features.verify_candidates,
             query_features,
-            [local_features.deserialize(stored[k]) for k in with_features],
+            [local_features.deserialize(details[k].features) for k in with_features]  # type: ignore[arg-type],
         )
         verified = dict(zip(with_features, verifications, strict=True))
         candidates = [
             Candidate(c.product_key, c.global_score, verified.get(c.product_key), c.aggregate_score)
             for c in candidates
         ]
-        ranked = combine_scores(candidates, self.params)
+        ranked = [(k, score) for k, score in combine_scores(candidates, self.params) if k in details]
         timer.lap("rerank")
-        return [shape_hit(rows[key].doc, score, request.attributes) for key, score in ranked[: request.limit]]  # type: ignore[index]
+        return [shape_hit(details[k].doc, score, request.attributes) for k, score in ranked[: request.limit]]

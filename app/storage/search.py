@@ -228,6 +228,86 @@ def nearest_sql(
     return sql, local.values
 
 
+@dataclass(frozen=True)
+class VectorQuery:
+    vector: np.ndarray
+    column: VectorColumn
+    k: int
+
+
+async def nearest_many(
+    conn: asyncpg.Connection,
+    index: IndexRecord,
+    queries: list[VectorQuery],
+    where_sql: str,
+    params: SqlParams,
+    *,
+    filtered: bool,
+    ef_search: int = DEFAULT_EF_SEARCH,
+) -> list[list[tuple[int, float]]]:
+    """(product pk, cosine) nearest neighbours per query, under one filter: one scan decision and
+    one statement for all of them (reverse search asks ~6 at once). Caller's transaction."""
+    if not queries:
+        return []
+    k_max = max(q.k for q in queries)
+    exact = await plan_scan(conn, index, where_sql, params, filtered=filtered, ef_search=max(ef_search, k_max))
+    sql, values = nearest_many_sql(index, queries, where_sql, params, exact=exact)
+    out: list[list[tuple[int, float]]] = [[] for _ in queries]
+    for r in await conn.fetch(sql, *values):
+        out[r["q"]].append((int(r["pk"]), float(r["score"])))
+    return out
+
+
+def nearest_many_sql(
+    index: IndexRecord, queries: list[VectorQuery], where_sql: str, params: SqlParams, *, exact: bool
+) -> tuple[str, list[Any]]:
+    """UNION ALL of one nearest-neighbour branch per query (each planned on its own)."""
+    local = SqlParams(list(params.values))
+    index_param = local.add(index.pk)
+    table = index.vectors_table
+    branches = []
+    for number, query in enumerate(queries):
+        if query.column not in _VECTOR_COLUMNS:
+            raise ValueError(f"unknown vector column {query.column!r}")
+        cast = index.vector_cast if query.column == "embedding" else AGGREGATE_CAST
+        vector_param = local.add(query.vector.astype(np.float32), cast)
+        k_param = local.add(query.k)
+        col = f"v.{query.column}"  # one of two fixed names, checked above
+        present = "" if query.column == "embedding" else f" AND {col} IS NOT NULL"
+        # exact: `+ 0` makes the ordering unindexable, so the filtered rows are scanned
+        order = f"({col} <=> {vector_param}) + 0, p.pk" if exact else f"{col} <=> {vector_param}"
+        branches.append(
+            f"(SELECT {int(number)} AS q, v.product_pk AS pk, 1 - ({col} <=> {vector_param}) AS score"
+            f" FROM {table} v JOIN products p ON p.pk = v.product_pk"
+            f" WHERE p.index_pk = {index_param} AND ({where_sql}){present}"
+            f" ORDER BY {order} LIMIT {k_param})"
+        )
+    return "\nUNION ALL\n".join(branches), local.values
+
+
+@dataclass(frozen=True)
+class CandidateDetail:
+    doc: dict[str, Any]
+    features: asyncpg.Record | None  # local_features columns, None when the product has none
+
+
+async def candidate_details(
+    conn: asyncpg.Connection, index: IndexRecord, product_pks: list[int]
+) -> dict[int, CandidateDetail]:
+    """Document and stored local features of these products of `index`."""
+    return {
+        r["product_pk"]: CandidateDetail(json.loads(r["doc"]), r if r["algorithm"] is not None else None)
+        for r in await conn.fetch(
+            "SELECT p.pk AS product_pk, p.product_id, p.doc, f.algorithm, f.keypoint_count, f.keypoints,"
+            " f.descriptors, f.image_width, f.image_height"
+            " FROM products p LEFT JOIN local_features f ON f.product_pk = p.pk"
+            " WHERE p.index_pk = $1 AND p.pk = ANY($2::bigint[])",
+            index.pk,
+            product_pks,
+        )
+    }
+
+
 async def product_embeddings(
     conn: asyncpg.Connection | asyncpg.Pool, index: IndexRecord, product_pks: list[int]
 ) -> dict[int, np.ndarray]:

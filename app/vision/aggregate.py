@@ -53,15 +53,22 @@ class Vocabulary:
     def words(self) -> int:
         return int(self.centroids.shape[0])
 
-    def vlad(self, descriptors: np.ndarray) -> np.ndarray:
+    def assign(self, descriptors: np.ndarray) -> np.ndarray:
+        """Nearest visual word of each unit-norm descriptor."""
+        return np.argmax(descriptors @ self.centroids.T, axis=1)
+
+    def vlad(self, descriptors: np.ndarray, words: np.ndarray | None = None) -> np.ndarray:
         """Raw VLAD (k*128,) of unit-norm descriptors: signed sqrt, per-word L2, global L2."""
         k = self.words
-        v = np.zeros((k, DESCRIPTOR_DIM), np.float32)
-        if len(descriptors):
-            word = np.argmax(descriptors @ self.centroids.T, axis=1)
-            np.add.at(v, word, descriptors - self.centroids[word])
-            v = np.sign(v) * np.sqrt(np.abs(v))
-            v /= np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-9)
+        if len(descriptors) == 0:
+            return np.zeros(k * DESCRIPTOR_DIM, np.float32)
+        words = self.assign(descriptors) if words is None else words
+        onehot = np.zeros((len(descriptors), k), np.float32)
+        onehot[np.arange(len(descriptors)), words] = 1.0
+        # sum of residuals per word = sum of descriptors per word - count * centroid
+        v = onehot.T @ descriptors - onehot.sum(axis=0)[:, None] * self.centroids
+        v = np.sign(v) * np.sqrt(np.abs(v))
+        v /= np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-9)
         flat = v.ravel()
         return flat / max(float(np.linalg.norm(flat)), 1e-9)
 
@@ -98,12 +105,13 @@ def box_aggregates(features: LocalFeatures, boxes: Sequence[Box], min_keypoints:
         return np.zeros((0, AGGREGATE_DIM), np.float32)
     voc = vocabulary()
     desc = dequantised_descriptors(features)
+    words = voc.assign(desc)  # once for all boxes
     x, y = features.keypoints[:, 0], features.keypoints[:, 1]
     vlads = []
     for left, top, right, bottom in boxes:
         inside = (x >= left) & (x < right) & (y >= top) & (y < bottom)
         if int(inside.sum()) >= min_keypoints:
-            vlads.append(voc.vlad(desc[inside]))
+            vlads.append(voc.vlad(desc[inside], words[inside]))
     if not vlads:
         return np.zeros((0, AGGREGATE_DIM), np.float32)
     return voc.project(np.stack(vlads)).astype(np.float32)

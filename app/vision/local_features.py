@@ -392,7 +392,13 @@ def verify_candidates(
     if len(query) < params.min_matches or not candidates:
         return [NO_VERIFICATION] * len(candidates)
     q = dequantised_descriptors(query)
-    matches = _tentative_matches(q, query, candidates, params)
+    # Chunks are padded to their largest candidate: grouping candidates of similar keypoint
+    # counts wastes less of the matrix product (~30% less work at 60 candidates).
+    order = sorted(range(len(candidates)), key=lambda i: len(candidates[i]))
+    sorted_matches = _tentative_matches(q, query, [candidates[i] for i in order], params)
+    matches: list[tuple[np.ndarray, np.ndarray]] = [sorted_matches[0]] * len(candidates)
+    for position, i in enumerate(order):
+        matches[i] = sorted_matches[position]
     q_long = float(max(query.image_width, query.image_height))
     thresh = params.ransac_threshold * q_long
     results: list[Verification] = []
