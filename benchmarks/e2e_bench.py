@@ -326,7 +326,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     bases = generate_queries(catalog, args.queries, args.seed)
     plan = [(c, kind, requests_at(c, args.requests)) for c in args.concurrency for kind in KINDS]
     total = sum(n for _, _, n in plan)
-    warmup = 3
+    warmup = args.warmup
     images = distinct_queries([q.image for q in bases], total + 2 * warmup)
     result: dict[str, Any] = {
         "benchmark": "e2e",
@@ -373,7 +373,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             pids = [proc.pid, *_postgres_pids(Path(tmp) / "data" / "pgdata")]
             idle = HealthProber(port)
             idle.start()
-            time.sleep(1.0)
+            time.sleep(0.6)
             result["health_idle"] = idle.finish()
             levels = []
             cursor = 2 * warmup
@@ -524,6 +524,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--queries", type=int, default=60, help="distinct wild photos the requests cycle through")
     parser.add_argument("--inference-runs", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3, help="unmeasured requests per kind before the first level")
     parser.add_argument("--seed", type=int, default=3)
     parser.add_argument(
         "--database-url", help="an empty PostgreSQL database for the service (default: embedded, in a temp dir)"

@@ -63,7 +63,7 @@ def _start_service(data_dir: Path, port: int, database_url: str | None = None) -
         env=env,
     )
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and proc.poll() is None:  # a service that exited will not start
         try:
             if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
                 return proc
