@@ -57,6 +57,7 @@ from PIL import Image, ImageDraw
 from benchmarks.ingest_bench import KEY, MODELS, _free_port, _start_service
 from benchmarks.load import RawConnection, _cpu_seconds, _postgres_pids
 from benchmarks.quality_bench import _jpeg, _stages
+from benchmarks.suite import _source
 from benchmarks.wild import generate_catalog, generate_queries
 
 KINDS = {"search_by_image": "/search", "reverse_image_search": "/reverse-image-search"}
@@ -335,6 +336,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "base_queries": len(bases),
         "distinct_query_images": len(images),
         "seed": args.seed,
+        "source": _source(Path(__file__).resolve().parents[1]),
         "machine": {
             "cpus": os.cpu_count(),
             "memory_bytes": psutil.virtual_memory().total,
