@@ -38,12 +38,16 @@ _PEEK_BYTES = 8 * 1024
 @dataclass(frozen=True)
 class AdmissionLimits:
     # Measured with benchmarks.load (200 clients, 2 cores): a heavy queue of 64 only added ~4 s of
-    # waiting to every admitted image request; twice the in-flight limit keeps the wait near 1 s.
+    # waiting to every admitted image request. 8 + 40 admits the 32 concurrent image clients of
+    # benchmarks.e2e_bench without shedding (8 + 16 shed 24-78 of 160 requests there), and still
+    # sheds at once under the 200-client overload.
     heavy_in_flight: int = 8
-    heavy_queue: int = 16
+    heavy_queue: int = 40
     light_in_flight: int = 32
     light_queue: int = 256
-    queue_timeout_s: float = 5.0
+    # long enough for a full heavy queue to drain on 2 cores with the default model (~4 reverse
+    # searches/s): 48 requests ahead take ~12 s at worst; beyond it the client is better told 503
+    queue_timeout_s: float = 15.0
     retry_after_s: int = 1
 
 
