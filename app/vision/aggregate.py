@@ -90,15 +90,18 @@ def aggregate_version() -> str:
     return vocabulary().version
 
 
+MIN_KEYPOINTS = 8  # fewer keypoints describe noise, not the image: no aggregate at all
+
+
 def image_aggregate(features: LocalFeatures) -> np.ndarray | None:
-    """The (AGGREGATE_DIM,) vector of all of an image's keypoints; None without keypoints."""
-    if len(features) == 0:
+    """The (AGGREGATE_DIM,) vector of all of an image's keypoints; None with fewer than MIN_KEYPOINTS."""
+    if len(features) < MIN_KEYPOINTS:
         return None
     voc = vocabulary()
     return voc.project(voc.vlad(dequantised_descriptors(features)))[0]
 
 
-def box_aggregates(features: LocalFeatures, boxes: Sequence[Box], min_keypoints: int = 8) -> np.ndarray:
+def box_aggregates(features: LocalFeatures, boxes: Sequence[Box], min_keypoints: int = MIN_KEYPOINTS) -> np.ndarray:
     """One vector per box from the keypoints inside it, (n, AGGREGATE_DIM); boxes with fewer
     than `min_keypoints` keypoints (nothing to describe) are left out."""
     if len(features) == 0:
