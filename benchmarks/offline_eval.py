@@ -5,19 +5,33 @@ Generates a catalog with look-alike distractors and "in the wild" queries
 and compares
 
 - Search by Image: one whole-image embedding, exact cosine kNN, top 10;
-- reverse image search: query crops -> merged candidate pool (top-P per crop) ->
-  local-feature verification (`app.vision.local_features`) -> combined score
-  (`app.domain.rerank`), top 10;
+- reverse image search exactly as `app.domain.reverse` runs it: crop boxes of the
+  query (`crops.query_boxes`); the first `n_crops` embedded; a merged candidate pool
+  of the top `pool_size` products by embedding per embedded crop and the top
+  `aggregate_pool` by local-feature aggregate per box (`app.vision.aggregate`);
+  every candidate scored by both signals; the `verify_top` best by prior verified
+  (`rerank.select_for_verification`, `local_features.verify_candidates`); the final
+  ranking (`rerank.combine_scores`) restricted to the verified set, top 10;
 
-reporting recall@1, recall@10 and MRR@10 for both, a sweep over crops, pool size,
-score weights and keypoint budgets, and per-stage latency on this machine.
+reporting recall@1, recall@10 and MRR@10 for both, one-parameter sweeps around
+`rerank.RerankParams` (aggregate pool and weight, verify weight, verify_top, crops,
+pool size, inlier thresholds) and the query keypoint budget, and per-stage latency
+on this machine.
+
+Every (query, product) pair is verified once per query feature config: verification
+of a candidate does not depend on the rest of the pool (the ratio test is inside each
+candidate; RANSAC is seeded per call), so any pool is then a lookup. Embedding and
+aggregate kNN are exact (numpy, float32), standing in for the HNSW queries on halfvec
+columns.
 
 The global models have RANDOM weights (no downloads here): quality figures are a
-lower bound for what pretrained weights give. Exact kNN in numpy stands in for the
-HNSW query. Run:
+lower bound for what pretrained weights give. Run:
 
-    .venv/bin/python -m benchmarks.offline_eval                 # full run, ~10-15 min on 2 cores
-    .venv/bin/python -m benchmarks.offline_eval --quick         # smoke run, ~2 min
+    .venv/bin/python -m benchmarks.offline_eval                 # full run, ~15 min on 2 cores
+    .venv/bin/python -m benchmarks.offline_eval --quick         # smoke run, < 3 min
+
+On a shared 2-core machine, OPENBLAS_NUM_THREADS=1 (as --threads 1 does for torch) keeps the
+numpy stages (box aggregates, matching) from stalling on busy cores; the JSON records it.
 
 Writes bench-results/offline_eval.json.
 """
@@ -40,6 +54,7 @@ import numpy as np
 import torch
 
 from app.domain import rerank
+from app.vision import aggregate
 from app.vision import crops as crops_mod
 from app.vision import local_features as lf
 from benchmarks.wild import CatalogItem, WildQuery, generate_benchmark
@@ -54,41 +69,45 @@ MODELS: dict[str, dict[str, Any]] = {
     "dinov2_s14@224": {"name": "vit_small_patch14_dinov2", "pretrained": False, "imageSize": 224, "seed": 0},
 }
 
+DEFAULT_QUERY_CONFIG = (lf.QUERY_MAX_KEYPOINTS, lf.QUERY_MAX_SIDE)
+# Query keypoint budget / analysis size: (max_keypoints, max_side); the first is the default.
+QUERY_CONFIGS = [DEFAULT_QUERY_CONFIG, (512, 448), (512, 384)]
+
+# One parameter of rerank.RerankParams at a time, the others at their defaults.
+SWEEPS: dict[str, list[Any]] = {
+    "aggregate_pool": [0, 10, 20, 40],  # 0: embedding retrieval only (aggregates still score)
+    "aggregate_weight": [0.0, 1.0, 2.0, 4.0, 8.0],
+    "verify_weight": [1.0, 2.0, 4.0],
+    "verify_top": [30, 40, 60, 100, 0],  # 0: verify the whole merged pool
+    "n_crops": [1, 2, 3, 4],
+    "pool_size": [20, 40, 60, 100],
+    "min_inliers": [4, 6, 8, 10],
+    "inlier_saturation": [4.0, 8.0, 16.0],
+}
+# ... and two joint grids where the parameters interact.
+GRIDS: dict[str, tuple[str, str]] = {
+    "aggregate_weight x verify_weight": ("aggregate_weight", "verify_weight"),
+    "aggregate_pool x verify_top": ("aggregate_pool", "verify_top"),
+}
+
 
 # --------------------------------------------------------------------------- global model
 
 
 class GlobalModel:
-    """`app.vision.model.EmbeddingModel` when available, else timm directly (same preprocessing idea)."""
+    """`app.vision.model.EmbeddingModel` of a spec (random weights, nothing downloaded)."""
 
     def __init__(self, spec: dict[str, Any]):
+        from app.vision.model import EmbeddingModel, ModelSpec
+
         self.spec = spec
-        try:
-            from app.vision.model import EmbeddingModel, ModelSpec
-
-            self._model: Any = EmbeddingModel.load(ModelSpec.parse(spec), None)
-            self._embed = self._model.embed
-        except ImportError:  # pragma: no cover - only before app.vision.model existed
-            import timm
-            import timm.data
-
-            torch.manual_seed(int(spec.get("seed", 0)))
-            kwargs = {"img_size": spec["imageSize"]} if "vit" in spec["name"] else {}
-            module = timm.create_model(spec["name"], pretrained=False, num_classes=0, **kwargs).eval()
-            size = spec["imageSize"]
-            cfg = timm.data.resolve_data_config({"input_size": (3, size, size), "crop_pct": 1.0}, model=module)
-            tf = timm.data.create_transform(**cfg, is_training=False)
-
-            def embed(images: Sequence[Any]) -> np.ndarray:
-                with torch.inference_mode():
-                    x = torch.stack([tf(im.convert("RGB")) for im in images])
-                    f = torch.nn.functional.normalize(module(x).reshape(len(images), -1).float(), dim=1)
-                return f.numpy()
-
-            self._embed = embed
+        self._model = EmbeddingModel.load(ModelSpec.parse(spec), None)
 
     def embed(self, images: Sequence[Any]) -> np.ndarray:
-        return np.asarray(self._embed(list(images)), np.float32)
+        return np.asarray(self._model.embed(list(images)), np.float32)
+
+    def single_image_ms(self) -> float:
+        return float(self._model.single_image_ms())
 
 
 def embed_many(model: GlobalModel, images: Sequence[Any], batch: int = 32) -> np.ndarray:
@@ -116,20 +135,187 @@ def stage_stats(values_s: Sequence[float]) -> dict[str, float]:
     return {"p50_ms": round(pct(ms, 50), 2), "p95_ms": round(pct(ms, 95), 2), "mean_ms": round(statistics.fmean(ms), 2)}
 
 
-# --------------------------------------------------------------------------- per-model evaluation
+# --------------------------------------------------------------------------- the pipeline, in numpy
 
 
 @dataclass
-class QueryCache:
-    crop_sims: dict[str, np.ndarray]  # crop kind -> (n_catalog,) cosines, for every kind in CROP_KINDS
+class CatalogAggregates:
+    """`aggregate.image_aggregate` of every catalog product's stored features (zero rows where None)."""
+
+    vectors: np.ndarray  # (n_catalog, AGGREGATE_DIM)
+    present: np.ndarray  # (n_catalog,) bool: the product has an aggregate
+
+    @classmethod
+    def of(cls, feats: Sequence[lf.LocalFeatures]) -> CatalogAggregates:
+        vectors = np.zeros((len(feats), aggregate.AGGREGATE_DIM), np.float32)
+        present = np.zeros(len(feats), bool)
+        for i, f in enumerate(feats):
+            a = aggregate.image_aggregate(f)
+            if a is not None:
+                vectors[i], present[i] = a, True
+        return cls(vectors, present)
+
+    def sims(self, box_aggregates: np.ndarray) -> np.ndarray:
+        """(n_boxes, n_catalog) cosines; -inf for products without an aggregate (never retrieved)."""
+        s = box_aggregates @ self.vectors.T
+        s[:, ~self.present] = -np.inf
+        return s
 
 
-def evaluate_model(
-    name: str,
+def top_k(sims: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the `k` best finite scores, best first, ties by index (ORDER BY distance, pk LIMIT k)."""
+    k = min(k, int(np.isfinite(sims).sum()))
+    if k <= 0:
+        return np.zeros(0, np.intp)
+    part = np.argpartition(-sims, k - 1)[:k]
+    return part[np.lexsort((part, -sims[part]))]
+
+
+def candidate_pool(
+    emb_sims: np.ndarray, agg_sims: np.ndarray, has_agg: np.ndarray, params: rerank.RerankParams
+) -> list[rerank.Candidate]:
+    """The merged pool of `app.domain.reverse`, in its order, each candidate scored by both signals.
+
+    emb_sims: (boxes, n_catalog) cosines of each query box's crop embedding (the first
+    `n_crops` are the embedded ones); agg_sims: (boxes with an aggregate, n_catalog) cosines
+    of the box aggregates (`CatalogAggregates.sims`).
+    """
+    emb = emb_sims[: params.n_crops]
+    keys: dict[int, None] = {}
+    for row in emb:
+        keys.update(dict.fromkeys(top_k(row, params.pool_size).tolist()))
+    if params.aggregate_pool:
+        for row in agg_sims:
+            keys.update(dict.fromkeys(top_k(row, params.aggregate_pool).tolist()))
+    g = emb.max(axis=0)
+    a = agg_sims.max(axis=0) if len(agg_sims) else None
+    return [rerank.Candidate(k, float(g[k]), None, float(a[k]) if a is not None and has_agg[k] else None) for k in keys]
+
+
+def rerank_pool(
+    candidates: Sequence[rerank.Candidate],
+    verifications: Sequence[lf.Verification] | None,
+    params: rerank.RerankParams,
+) -> tuple[list[int], list[int]]:
+    """(final ranking, verified keys) as `app.domain.reverse` computes them: the `verify_top` best
+    by prior verified, the final ranking restricted to them. verifications=None: none found
+    (every verification empty) -- the prior alone, over the same set."""
+    to_verify: list[int] = rerank.select_for_verification(candidates, params)  # type: ignore[assignment]
+    found = {k: verifications[k] for k in to_verify} if verifications is not None else {}
+    verified = [replace(c, verification=found.get(c.product_key)) for c in candidates]  # type: ignore[call-overload]
+    chosen = set(to_verify)
+    ranked = [k for k, _ in rerank.combine_scores(verified, params) if k in chosen]
+    return ranked, to_verify  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------- cached per-query inputs
+
+
+@dataclass
+class QueryFeatures:
+    """One query feature config, model-independent: per query its features, box aggregate
+    cosines against the catalog and the verification against every catalog product."""
+
+    config: tuple[int, int]
+    agg_sims: list[np.ndarray]
+    verifications: list[list[lf.Verification]]
+    info: dict[str, Any]
+
+
+def extract_query(image: Any, config: tuple[int, int]) -> lf.LocalFeatures:
+    if config == DEFAULT_QUERY_CONFIG:
+        return lf.extract_query_features(image)
+    return lf.extract_features(image, *config)
+
+
+def verify_all(
+    query_feats: Sequence[lf.LocalFeatures],
+    cat_feats: Sequence[lf.LocalFeatures],
+    vparams: lf.VerifyParams = lf.DEFAULT_VERIFY,
+) -> list[list[lf.Verification]]:
+    """Every (query, catalog product) verification: pools of any model or size are then lookups
+    (homographies dropped, to keep the memory small)."""
+    return [[replace(v, homography=None) for v in lf.verify_candidates(qf, cat_feats, vparams)] for qf in query_feats]
+
+
+def query_features(
+    queries: Sequence[WildQuery],
+    boxes: Sequence[Sequence[crops_mod.Box]],
+    config: tuple[int, int],
+    cat_feats: Sequence[lf.LocalFeatures],
+    cat_agg: CatalogAggregates,
+) -> QueryFeatures:
+    t0 = time.perf_counter()
+    feats = [extract_query(q.image, config) for q in queries]
+    t1 = time.perf_counter()
+    aggs = [aggregate.box_aggregates(f, b) for f, b in zip(feats, boxes, strict=True)]
+    t2 = time.perf_counter()
+    ver = verify_all(feats, cat_feats)
+    t3 = time.perf_counter()
+    counts = [len(f) for f in feats]
+    info = {
+        "extract_ms_per_image": round((t1 - t0) / len(queries) * 1000, 1),
+        "box_aggregates_ms_per_image": round((t2 - t1) / len(queries) * 1000, 1),
+        "verify_ms_per_pair": round((t3 - t2) / (len(queries) * len(cat_feats)) * 1000, 3),
+        "keypoints_p10_p50_p90": [pct(counts, 10), pct(counts, 50), pct(counts, 90)],
+        "boxes_with_aggregate_mean": round(statistics.fmean(len(a) for a in aggs), 2),
+    }
+    return QueryFeatures(config, [cat_agg.sims(a) for a in aggs], ver, info)
+
+
+def evaluate(
+    emb_sims: Sequence[np.ndarray],
+    qf: QueryFeatures,
+    truth: Sequence[int],
+    has_agg: np.ndarray,
+    params: rerank.RerankParams,
+    *,
+    verify: bool = True,
+    ranks_out: list[int | None] | None = None,
+    top1_out: list[int] | None = None,
+) -> dict[str, Any]:
+    """Metrics of reverse search at `params`; also pool recall / mean size and how often the
+    true product is among the verified."""
+    ranks: list[int | None] = []
+    in_pool = in_verified = pool_total = verified_total = 0
+    for qi, t in enumerate(truth):
+        cands = candidate_pool(emb_sims[qi], qf.agg_sims[qi], has_agg, params)
+        ranked, to_verify = rerank_pool(cands, qf.verifications[qi] if verify else None, params)
+        top = ranked[:10]
+        ranks.append(top.index(t) if t in top else None)
+        if top1_out is not None:
+            top1_out.append(top[0])
+        in_pool += any(c.product_key == t for c in cands)
+        in_verified += t in to_verify
+        pool_total += len(cands)
+        verified_total += len(to_verify)
+    if ranks_out is not None:
+        ranks_out.extend(ranks)
+    n = len(truth)
+    return {
+        **rank_metrics(ranks),
+        "pool_recall": round(in_pool / n, 4),
+        "pool_mean": round(pool_total / n, 1),
+        "verified_recall": round(in_verified / n, 4),
+        "verified_mean": round(verified_total / n, 1),
+    }
+
+
+@dataclass
+class ModelRun:
+    info: dict[str, Any]
+    model: GlobalModel
+    cat_emb: np.ndarray
+    emb_sims: list[np.ndarray]  # per query: (boxes, n_catalog) cosines of each box's crop embedding
+
+
+def embed_model(
     spec: dict[str, Any],
-    catalog: list[CatalogItem],
-    queries: list[WildQuery],
-) -> tuple[dict[str, Any], list[QueryCache], GlobalModel, np.ndarray]:
+    catalog: Sequence[CatalogItem],
+    queries: Sequence[WildQuery],
+    boxes: Sequence[Sequence[crops_mod.Box]],
+    truth: Sequence[int],
+) -> ModelRun:
     t0 = time.perf_counter()
     model = GlobalModel(spec)
     load_s = time.perf_counter() - t0
@@ -138,86 +324,60 @@ def evaluate_model(
     t0 = time.perf_counter()
     cat_emb = embed_many(model, images)
     cat_s = time.perf_counter() - t0
-    caches = []
-    kinds = crops_mod.CROP_KINDS
-    for q in queries:
-        # every crop kind, duplicates included, so that any order / subset can be evaluated
-        boxes = crops_mod.crop_boxes(q.image, kinds)
-        emb = model.embed([q.image.crop(b) for b in boxes])
-        caches.append(QueryCache(dict(zip(kinds, emb @ cat_emb.T, strict=True))))
-    ids = [c.id for c in catalog]
-    sbi_ranks: list[int | None] = []
-    for q, c in zip(queries, caches, strict=True):
-        order = np.argsort(-c.crop_sims["whole"], kind="stable")[:10]
-        top = [ids[i] for i in order]
-        sbi_ranks.append(top.index(q.product_id) if q.product_id in top else None)
+    # every box embedded, in one batch per query as the service does: any n_crops is a prefix
+    emb_sims = [model.embed(crops_mod.crop_images(q.image, b)) @ cat_emb.T for q, b in zip(queries, boxes, strict=True)]
+    sbi: list[int | None] = []
+    for sims, t in zip(emb_sims, truth, strict=True):  # boxes[0] is the whole frame
+        top = top_k(sims[0], 10).tolist()
+        sbi.append(top.index(t) if t in top else None)
     info = {
         "spec": spec,
         "dim": int(cat_emb.shape[1]),
         "load_s": round(load_s, 2),
         "catalog_embed_images_per_s": round(len(images) / cat_s, 1),
-        "search_by_image": rank_metrics(sbi_ranks),
+        "single_image_ms_here": round(model.single_image_ms(), 2),
+        "search_by_image": rank_metrics(sbi),
+        "_sbi_ranks": sbi,
     }
-    return info, caches, model, cat_emb
+    return ModelRun(info, model, cat_emb, emb_sims)
 
 
-def pool_from_sims(rows: Sequence[np.ndarray], pool_size: int) -> dict[int, float]:
-    """Union of each crop's top `pool_size` products, each with its best cosine over the crops."""
-    per_crop = []
-    for sims in rows:
-        k = min(pool_size, len(sims))
-        top = np.argpartition(-sims, k - 1)[:k]
-        per_crop.append([(int(i), float(sims[i])) for i in top])
-    return rerank.merge_crop_neighbours(per_crop)  # type: ignore[return-value]
+def _row(model: str, sweep: str, values: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
+    default = all(getattr(rerank.DEFAULT_PARAMS, k, None) == v for k, v in values.items() if k != "query_features")
+    if "query_features" in values:
+        default = default and tuple(values["query_features"]) == DEFAULT_QUERY_CONFIG
+    return {"model": model, "sweep": sweep, **values, "is_default": default, **metrics}
 
 
-def pool_for(cache: QueryCache, kinds: Sequence[str], pool_size: int) -> dict[int, float]:
-    return pool_from_sims([cache.crop_sims[k] for k in kinds], pool_size)
+def run_sweeps(
+    name: str, run: ModelRun, qfs: dict[tuple[int, int], QueryFeatures], truth: Sequence[int], has_agg: np.ndarray
+) -> list[dict[str, Any]]:
+    default = rerank.DEFAULT_PARAMS
+    dq = qfs[DEFAULT_QUERY_CONFIG]
+    rows = []
+    for param, values in SWEEPS.items():
+        for v in values:
+            metrics = evaluate(run.emb_sims, dq, truth, has_agg, replace(default, **{param: v}))
+            rows.append(_row(name, param, {param: v}, metrics))
+    for grid, (p1, p2) in GRIDS.items():
+        for v1, v2 in itertools.product(SWEEPS[p1], SWEEPS[p2]):
+            metrics = evaluate(run.emb_sims, dq, truth, has_agg, replace(default, **{p1: v1, p2: v2}))
+            rows.append(_row(name, grid, {p1: v1, p2: v2}, metrics))
+    for cfg, qf in qfs.items():
+        metrics = evaluate(run.emb_sims, qf, truth, has_agg, default)
+        rows.append(_row(name, "query_features", {"query_features": list(cfg)}, metrics))
+    return rows
 
 
-def reverse_ranks(
-    caches: Sequence[QueryCache],
-    truth: Sequence[int],
-    verifications: Sequence[Sequence[lf.Verification]] | None,
-    params: rerank.RerankParams,
-    top1: list[int] | None = None,
-    order: Sequence[str] = crops_mod.DEFAULT_ORDER,
-) -> tuple[list[int | None], float, float]:
-    """Ranks of the true product after re-ranking; also pool recall and mean merged pool size."""
-    kinds = ["whole", *[k for k in order if k != "whole"]][: params.n_crops]
-    ranks: list[int | None] = []
-    in_pool = 0
-    sizes = 0
-    for qi, (cache, t) in enumerate(zip(caches, truth, strict=True)):
-        pool = pool_for(cache, kinds, params.pool_size)
-        in_pool += t in pool
-        sizes += len(pool)
-        # only the verify_top best by global score are verified (the latency budget)
-        by_global = sorted(pool.items(), key=lambda kv: -kv[1])
-        limit = params.verify_top or len(by_global)
-        cands = [
-            rerank.Candidate(k, g, verifications[qi][k] if verifications is not None and j < limit else None)
-            for j, (k, g) in enumerate(by_global)
-        ]
-        ranked = rerank.combine_scores(cands, params)
-        top = [k for k, _ in ranked[:10]]
-        if top1 is not None:
-            top1.append(int(top[0]))  # type: ignore[arg-type]
-        ranks.append(top.index(t) if t in top else None)
-    return ranks, in_pool / len(caches), sizes / len(caches)
-
-
-def verify_all(
-    query_feats: Sequence[lf.LocalFeatures],
-    cat_feats: Sequence[lf.LocalFeatures],
-    vparams: lf.VerifyParams = lf.DEFAULT_VERIFY,
-) -> list[list[lf.Verification]]:
-    """Every (query, catalog product) verification: pools of any model or size are then lookups.
-
-    Verification of a candidate does not depend on the rest of the pool (the ratio
-    test is inside each candidate), so this is exactly what any pool would compute.
-    """
-    return [lf.verify_candidates(qf, cat_feats, vparams) for qf in query_feats]
+def best_rows(sweep: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Per model and sweep: the default row and the best (recall@1, then MRR@10, then recall@10)."""
+    out: dict[str, Any] = {}
+    for (model, name), group in itertools.groupby(sweep, key=lambda r: (r["model"], r["sweep"])):
+        rows = list(group)
+        best = max(rows, key=lambda r: (r["recall@1"], r["mrr@10"], r["recall@10"]))
+        default = next((r for r in rows if r["is_default"]), None)
+        out.setdefault(model, {})[name] = {"best": best, "default": default}
+    return out
 
 
 # --------------------------------------------------------------------------- latency run
@@ -252,55 +412,59 @@ def latency_run(
     model: GlobalModel,
     cat_emb: np.ndarray,
     cat_rows: Sequence[dict[str, Any]],
+    cat_agg: CatalogAggregates,
     queries: Sequence[WildQuery],
     params: rerank.RerankParams,
-    qcfg: tuple[int, int],
 ) -> dict[str, Any]:
-    """The whole reverse search per query, stage by stage, as the service would run it."""
+    """The whole reverse search per query, stage by stage, as `app.domain.reverse` runs it (crop
+    count chosen by `rerank.crops_for_model` from this model's speed here, as queryCrops "auto";
+    stored features deserialised as from the database; exact kNN in place of the HNSW queries)."""
+    n_crops = rerank.crops_for_model(model.single_image_ms(), params)
     st = _Stages()
     pool_sizes, verified = [], []
     for q in queries:
         st.start()
-        crops = crops_mod.query_crops(q.image, params.n_crops)
-        st.stop("crops")
+        boxes = crops_mod.query_boxes(q.image)
+        crops = crops_mod.crop_images(q.image, boxes[:n_crops])
+        st.stop("boxes+crops")
         emb = model.embed(crops)
         st.stop("embed_crops")
-        pool = pool_from_sims(list(emb @ cat_emb.T), params.pool_size)
-        st.stop("knn_exact (HNSW in the service)")
-        qf = lf.extract_features(q.image, *qcfg)
+        qf = lf.extract_query_features(q.image)
         st.stop("query_features")
-        keys = [k for k, _ in sorted(pool.items(), key=lambda kv: -kv[1])][: params.verify_top or None]
-        feats = [lf.deserialize(cat_rows[k]) for k in keys]
-        st.stop("load_candidate_features")
+        aggs = aggregate.box_aggregates(qf, boxes)
+        st.stop("box_aggregates")
+        cands = candidate_pool(emb @ cat_emb.T, cat_agg.sims(aggs), cat_agg.present, replace(params, n_crops=n_crops))
+        st.stop("knn_exact (HNSW in the service)")
+        keys = rerank.select_for_verification(cands, params)
+        feats = [lf.deserialize(cat_rows[k]) for k in keys]  # type: ignore[index]
+        st.stop("select+load_candidate_features")
         vs = dict(zip(keys, lf.verify_candidates(qf, feats), strict=True))
         st.stop("verify")
-        rerank.combine_scores([rerank.Candidate(k, g, vs.get(k)) for k, g in pool.items()], params)
+        chosen = set(keys)
+        cands = [replace(c, verification=vs.get(c.product_key)) for c in cands]
+        _ = [k for k, _ in rerank.combine_scores(cands, params) if k in chosen][:10]
         st.stop("combine")
-        pool_sizes.append(len(pool))
+        pool_sizes.append(len(cands))
         verified.append(len(keys))
         e = model.embed([q.image])
-        np.argsort(-(e @ cat_emb.T)[0])[:10]
+        top_k((e @ cat_emb.T)[0], 10)
         st.stop("search_by_image_total")
-    reverse = ["crops", "embed_crops", "knn_exact (HNSW in the service)", "query_features"]
-    reverse += ["load_candidate_features", "verify", "combine"]
-    st.add("reverse_total", reverse)
-    st.add("crops+query_features+verify", ["crops", "query_features", "verify"])
+    before = ["boxes+crops", "embed_crops", "query_features", "box_aggregates"]
+    after = ["knn_exact (HNSW in the service)", "select+load_candidate_features", "verify", "combine"]
+    st.add("reverse_total", before + after)
+    # the service extracts query features while the crops are embedded (two threads)
+    for d in (st.wall, st.cpu):
+        d["reverse_total_features_overlapping_embed"] = [
+            t - min(e, f) for t, e, f in zip(d["reverse_total"], d["embed_crops"], d["query_features"], strict=True)
+        ]
     out = st.report()
+    out["n_crops_auto"] = n_crops
     out["pool_after_merge"] = {"p50": pct(pool_sizes, 50), "max": max(pool_sizes)}
     out["verified_per_query"] = {"p50": pct(verified, 50), "max": max(verified)}
     return out
 
 
 # --------------------------------------------------------------------------- main
-
-
-def _feature_configs(quick: bool) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
-    """(catalog configs, query configs) as (max_keypoints, max_side); the first of each is the default."""
-    ccfgs = [(lf.CATALOG_MAX_KEYPOINTS, lf.CATALOG_MAX_SIDE), (128, 384), (256, 512), (384, 384)]
-    qcfgs = [(lf.QUERY_MAX_KEYPOINTS, lf.QUERY_MAX_SIDE), (512, 512), (1024, 640)]
-    if quick:
-        ccfgs, qcfgs = ccfgs[:2], qcfgs[:1]
-    return list(dict.fromkeys(ccfgs)), list(dict.fromkeys(qcfgs))
 
 
 def _error_kind(q: WildQuery, catalog: Sequence[CatalogItem], truth: int, got: int) -> str:
@@ -313,33 +477,72 @@ def _error_kind(q: WildQuery, catalog: Sequence[CatalogItem], truth: int, got: i
     return "unrelated"
 
 
+def _breakdown(
+    queries: Sequence[WildQuery],
+    catalog: Sequence[CatalogItem],
+    truth: Sequence[int],
+    sbi: Sequence[int | None],
+    ranks: Sequence[int | None],
+) -> dict[str, Any]:
+    buckets: dict[str, list[int]] = {}
+    for i, q in enumerate(queries):
+        a = q.params["area_fraction"]
+        buckets.setdefault(f"area {'<0.3' if a < 0.3 else '0.3-0.45' if a < 0.45 else '>=0.45'}", []).append(i)
+        plain = catalog[truth[i]].metadata["pattern"] == "plain"
+        buckets.setdefault("plain (low-texture) product" if plain else "patterned product", []).append(i)
+        buckets.setdefault("occluded" if q.params["occluded_fraction"] > 0.05 else "unoccluded", []).append(i)
+        buckets.setdefault(f"other products in photo: {q.params['other_products']}", []).append(i)
+    return {
+        b: {"n": len(ix), "search_by_image": rank_metrics([sbi[i] for i in ix]),
+            "reverse": rank_metrics([ranks[i] for i in ix])}
+        for b, ix in sorted(buckets.items())
+    }  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--products", type=int, default=600)
     ap.add_argument("--queries", type=int, default=240)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--models", default="efficientnet_b0@96,resnet18@112,vit_tiny@64")
-    ap.add_argument("--latency-model", default="dinov2_s14@224", help="also time the default architecture")
+    ap.add_argument("--models", default=None, help="default: efficientnet_b0@96,resnet18@112,vit_tiny@64")
+    ap.add_argument("--sweep-models", default="vit_tiny@64", help="models the parameter sweeps run for")
+    ap.add_argument("--latency-model", default=None, help="also time this model (default: dinov2_s14@224)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is robust on a shared machine)")
-    ap.add_argument("--quick", action="store_true", help="smaller benchmark and sweep (smoke test)")
+    ap.add_argument("--quick", action="store_true", help="smaller benchmark, one model, two query configs")
     ap.add_argument("--out", type=Path, default=Path("bench-results/offline_eval.json"))
     args = ap.parse_args()
     if args.quick:
-        args.products, args.queries = 200, 60
+        args.products, args.queries = 160, 48
+    if args.models is None:
+        args.models = "vit_tiny@64" if args.quick else "efficientnet_b0@96,resnet18@112,vit_tiny@64"
+    if args.latency_model is None:
+        args.latency_model = "" if args.quick else "dinov2_s14@224"
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
+    default = rerank.DEFAULT_PARAMS
     report: dict[str, Any] = {
-        "label": "random-weight global models: quality is a LOWER BOUND; exact kNN stands in for HNSW",
+        "label": "random-weight global models: quality is a LOWER BOUND; exact float32 kNN stands in for HNSW",
+        "pipeline": "app.domain.reverse: embedding pool per embedded crop + aggregate pool per box, prior-based "
+        "verify_top, final ranking over the verified set",
         "command": "python -m benchmarks.offline_eval "
         + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("quick", "out")),
         "machine": {
             "cpus": os.cpu_count(),
             "torch_threads": args.threads,
+            "blas_thread_env": {k: os.environ.get(k) for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")},
             "load_average_at_start": os.getloadavg(),
             "python": platform.python_version(),
             "torch": torch.__version__,
         },
         "benchmark": {"products": args.products, "queries": args.queries, "seed": args.seed},
+        "defaults": {
+            "rerank": asdict(default),
+            "verify": asdict(lf.DEFAULT_VERIFY),
+            "catalog_features": {"max_keypoints": lf.CATALOG_MAX_KEYPOINTS, "max_side": lf.CATALOG_MAX_SIDE},
+            "query_features": {"max_keypoints": DEFAULT_QUERY_CONFIG[0], "max_side": DEFAULT_QUERY_CONFIG[1]},
+            "crop_order": list(crops_mod.DEFAULT_ORDER),
+            "aggregate_version": aggregate.aggregate_version(),
+        },
     }
     t0 = time.perf_counter()
     catalog, queries = generate_benchmark(args.products, args.queries, args.seed)
@@ -349,43 +552,56 @@ def main() -> None:
     truth = [index[q.product_id] for q in queries]
     print(f"benchmark: {len(catalog)} products, {len(queries)} queries ({report['benchmark']['generate_s']}s)")
 
-    # ---- local features at a few budgets; verification of every (query, product) pair
-    ccfgs, qcfgs = _feature_configs(args.quick)
-    dc, dq = ccfgs[0], qcfgs[0]
-    cat_feats: dict[tuple[int, int], list[lf.LocalFeatures]] = {}
-    query_feats: dict[tuple[int, int], list[lf.LocalFeatures]] = {}
-    feat_info: dict[str, Any] = {}
-    for cfg in ccfgs:
-        t0 = time.perf_counter()
-        cat_feats[cfg] = [lf.extract_features(c.image, *cfg) for c in catalog]
-        counts = [len(f) for f in cat_feats[cfg]]
-        feat_info[f"catalog{cfg}"] = {
-            "ms_per_image": round((time.perf_counter() - t0) / len(catalog) * 1000, 1),
+    # ---- catalog features + aggregates (as stored at ingest), query boxes
+    t0 = time.perf_counter()
+    cat_feats = [lf.extract_catalog_features(c.image) for c in catalog]
+    t1 = time.perf_counter()
+    cat_agg = CatalogAggregates.of(cat_feats)
+    t2 = time.perf_counter()
+    counts = [len(f) for f in cat_feats]
+    boxes = [crops_mod.query_boxes(q.image) for q in queries]
+    t3 = time.perf_counter()
+    feat_info: dict[str, Any] = {
+        "catalog": {
+            "ms_per_image": round((t1 - t0) / len(catalog) * 1000, 1),
+            "aggregate_ms_per_image": round((t2 - t1) / len(catalog) * 1000, 1),
             "keypoints_p10_p50_p90": [pct(counts, 10), pct(counts, 50), pct(counts, 90)],
-            "stored_bytes_p50": pct([len(f) * (8 + lf.DESCRIPTOR_DIM) for f in cat_feats[cfg]], 50),
-        }
+            "with_aggregate": int(cat_agg.present.sum()),
+        },
+        "query_boxes": {
+            "ms_per_image": round((t3 - t2) / len(queries) * 1000, 1),
+            "boxes_mean": round(statistics.fmean(len(b) for b in boxes), 2),
+        },
+    }
+
+    # ---- query features per config: extraction, box aggregates, verification of every pair
+    qcfgs = list(dict.fromkeys(QUERY_CONFIGS[:1] + QUERY_CONFIGS[-1:] if args.quick else QUERY_CONFIGS))
+    qfs: dict[tuple[int, int], QueryFeatures] = {}
     for cfg in qcfgs:
         t0 = time.perf_counter()
-        query_feats[cfg] = [lf.extract_features(q.image, *cfg) for q in queries]
-        counts = [len(f) for f in query_feats[cfg]]
-        feat_info[f"query{cfg}"] = {
-            "ms_per_image": round((time.perf_counter() - t0) / len(queries) * 1000, 1),
-            "keypoints_p10_p50_p90": [pct(counts, 10), pct(counts, 50), pct(counts, 90)],
-        }
+        qfs[cfg] = query_features(queries, boxes, cfg, cat_feats, cat_agg)
+        feat_info[f"query{cfg}"] = qfs[cfg].info
+        print(f"query features {cfg}: {qfs[cfg].info} ({time.perf_counter() - t0:.0f}s)")
     report["local_features"] = feat_info
-    print("local features:", json.dumps(feat_info))
-    ver: dict[tuple[tuple[int, int], tuple[int, int]], list[list[lf.Verification]]] = {}
-    for qc, cc in [(dq, dc)] + [(dq, c) for c in ccfgs[1:]] + [(q, dc) for q in qcfgs[1:]]:
-        t0 = time.perf_counter()
-        ver[(qc, cc)] = verify_all(query_feats[qc], cat_feats[cc])
-        print(f"verified query{qc} x catalog{cc}: {time.perf_counter() - t0:.0f}s")
-    dver = ver[(dq, dc)]
-    # verification alone, pool = whole catalog: what a perfect global model could at best add
+    dq = qfs[DEFAULT_QUERY_CONFIG]
+    dver = dq.verifications
+
+    # verification alone, pool = whole catalog: what a perfect retrieval could at best give
     vonly = []
     for qi, t in enumerate(truth):
         inl = np.array([v.inliers for v in dver[qi]])
         vonly.append(int((inl > inl[t]).sum()) if inl[t] > 0 else None)
     report["verification_only_whole_catalog"] = rank_metrics(vonly)
+    # aggregate retrieval alone (best box per product): how well the model-independent signal ranks
+    agg_ranks = []
+    for qi, t in enumerate(truth):
+        s = dq.agg_sims[qi].max(axis=0) if len(dq.agg_sims[qi]) else np.full(len(catalog), -np.inf)
+        agg_ranks.append(int((s > s[t]).sum()) if np.isfinite(s[t]) else None)
+    report["aggregate_only_whole_catalog"] = {
+        **rank_metrics(agg_ranks),
+        "recall@20": round(sum(r is not None and r < 20 for r in agg_ranks) / len(truth), 4),
+        "recall@40": round(sum(r is not None and r < 40 for r in agg_ranks) / len(truth), 4),
+    }
     # chance verification: colour-weighted inliers of products that are NOT in the photo
     # (other family, not pasted as clutter) -- the evidence for min_inliers
     pair_chance, max_chance, true_eff = [], [], []
@@ -405,105 +621,70 @@ def main() -> None:
         "max_over_catalog_per_query_p50_p90": [pct(max_chance, 50), pct(max_chance, 90)],
         "true_product_p10_p25_p50_p75": [pct(true_eff, 10), pct(true_eff, 25), pct(true_eff, 50), pct(true_eff, 75)],
     }
+    print("aggregate only:", report["aggregate_only_whole_catalog"])
     print("chance inliers:", report["chance_effective_inliers"])
 
-    # ---- per global model
-    default = rerank.DEFAULT_PARAMS
-    crop_counts = [1, 2, 3, 4, 5]
-    pool_sizes = [10, 30, 60, 100, 200] if not args.quick else [30, 60, 100]
-    verify_tops = [50, 100, 150, 0]
-    weights = [0.25, 0.5, 1.0, 2.0, 4.0]
-    min_inliers = [4, 6, 8, 10, 12, 15]
-    saturations = [4.0, 8.0, 16.0, 32.0]
+    # ---- per global model: defaults; sweeps for the sweep models
+    sweep_models = {m for m in args.sweep_models.split(",") if m}
     report["models"] = {}
     sweep: list[dict[str, Any]] = []
-    latency_inputs: dict[str, tuple[GlobalModel, np.ndarray]] = {}
+    latency_inputs: dict[str, ModelRun] = {}
+    has_agg = cat_agg.present
     for name in [m for m in args.models.split(",") if m]:
         t0 = time.perf_counter()
-        info, caches, model, cat_emb = evaluate_model(name, MODELS[name], catalog, queries)
-        latency_inputs[name] = (model, cat_emb)
+        run = embed_model(MODELS[name], catalog, queries, boxes, truth)
+        latency_inputs[name] = run
+        info = run.info
+        sbi = info.pop("_sbi_ranks")
+        ranks: list[int | None] = []
         top1: list[int] = []
-        ranks, in_pool, size = reverse_ranks(caches, truth, dver, default, top1)
-        info["reverse_default"] = {**rank_metrics(ranks), "pool_recall": round(in_pool, 4), "pool_mean": size}
+        info["reverse_default"] = evaluate(run.emb_sims, dq, truth, has_agg, default, ranks_out=ranks, top1_out=top1)
         r1_gain = info["reverse_default"]["recall@1"] - info["search_by_image"]["recall@1"]
         info["reverse_minus_search_by_image_recall@1"] = round(r1_gain, 4)
-        ranks_nv, _, _ = reverse_ranks(caches, truth, None, default)
-        info["crops_pool_without_verification"] = rank_metrics(ranks_nv)
+        info["reverse_without_verification"] = evaluate(run.emb_sims, dq, truth, has_agg, default, verify=False)
+        info["reverse_embedding_pool_only"] = evaluate(
+            run.emb_sims, dq, truth, has_agg, replace(default, aggregate_pool=0)
+        )
+        auto = rerank.crops_for_model(info["single_image_ms_here"], default)
+        info["n_crops_auto_here"] = auto
+        if auto != default.n_crops:
+            info["reverse_auto_crops"] = evaluate(run.emb_sims, dq, truth, has_agg, replace(default, n_crops=auto))
         errors: dict[str, int] = {}
         for qi, got in enumerate(top1):
             kind = _error_kind(queries[qi], catalog, truth[qi], got)
             errors[kind] = errors.get(kind, 0) + 1
         info["reverse_top1_outcomes"] = errors
-        for n_crops, pool, vtop in itertools.product(crop_counts, pool_sizes, verify_tops):
-            p = replace(default, n_crops=n_crops, pool_size=pool, verify_top=vtop)
-            r, ip, sz = reverse_ranks(caches, truth, dver, p)
-            sweep.append(
-                {"model": name, "sweep": "crops_pool", "n_crops": n_crops, "pool_size": pool, "verify_top": vtop,
-                 **rank_metrics(r), "pool_recall": round(ip, 4), "pool_mean": round(sz, 1)}
-            )  # fmt: skip
-        # which crops: every subset that starts with the whole image, at the default pool size
-        others = [k for k in crops_mod.CROP_KINDS if k != "whole"]
-        for n in range(1, len(others) + 1):
-            for subset in itertools.combinations(others, n - 1):
-                p = replace(default, n_crops=n, verify_top=0)
-                r, ip, sz = reverse_ranks(caches, truth, dver, p, order=("whole", *subset))
-                sweep.append(
-                    {"model": name, "sweep": "crop_kinds", "crops": ["whole", *subset], "pool_size": p.pool_size,
-                     **rank_metrics(r), "pool_recall": round(ip, 4), "pool_mean": round(sz, 1)}
-                )  # fmt: skip
-        for w, mi, sat in itertools.product(weights, min_inliers, saturations):
-            p = replace(default, verify_weight=w, min_inliers=mi, inlier_saturation=sat)
-            r, _, _ = reverse_ranks(caches, truth, dver, p)
-            sweep.append(
-                {"model": name, "sweep": "weights", "verify_weight": w, "min_inliers": mi,
-                 "inlier_saturation": sat, **rank_metrics(r)}
-            )  # fmt: skip
-        for (qc, cc), v in ver.items():
-            r, _, _ = reverse_ranks(caches, truth, v, default)
-            sweep.append({"model": name, "sweep": "features", "query": qc, "catalog": cc, **rank_metrics(r)})
-        sbi = []
-        for q, c in zip(queries, caches, strict=True):
-            order = [catalog[i].id for i in np.argsort(-c.crop_sims["whole"], kind="stable")[:10]]
-            sbi.append(order.index(q.product_id) if q.product_id in order else None)
-        buckets: dict[str, list[int]] = {}
-        for i, q in enumerate(queries):
-            a = q.params["area_fraction"]
-            buckets.setdefault(f"area {'<0.3' if a < 0.3 else '0.3-0.45' if a < 0.45 else '>=0.45'}", []).append(i)
-            plain = catalog[truth[i]].metadata["pattern"] == "plain"
-            buckets.setdefault("plain (low-texture) product" if plain else "patterned product", []).append(i)
-            buckets.setdefault("occluded" if q.params["occluded_fraction"] > 0.05 else "unoccluded", []).append(i)
-            buckets.setdefault(f"other products in photo: {q.params['other_products']}", []).append(i)
-        info["breakdown"] = {
-            b: {"n": len(ix), "search_by_image": rank_metrics([sbi[i] for i in ix]),
-                "reverse": rank_metrics([ranks[i] for i in ix])}
-            for b, ix in sorted(buckets.items())
-        }  # fmt: skip
+        info["breakdown"] = _breakdown(queries, catalog, truth, sbi, ranks)
+        if name in sweep_models:
+            t1 = time.perf_counter()
+            sweep += run_sweeps(name, run, qfs, truth, has_agg)
+            info["sweep_s"] = round(time.perf_counter() - t1, 1)
         info["eval_s"] = round(time.perf_counter() - t0, 1)
         report["models"][name] = info
         print(
             f"[{name}] search by image {info['search_by_image']}\n  reverse {info['reverse_default']}\n"
-            f"  crops+pool, no verification {info['crops_pool_without_verification']}\n  top-1: {errors}"
+            f"  without verification {info['reverse_without_verification']}\n"
+            f"  embedding pool only {info['reverse_embedding_pool_only']}\n  top-1: {errors}"
         )
+    report["sweep_note"] = (
+        "one parameter of rerank.RerankParams at a time (others at the defaults), plus two joint grids; "
+        f"sweeps for {sorted(sweep_models)} only. The query_features sweep re-extracts the query features and "
+        "re-verifies every pair per config; its configs are model-independent but evaluated for those models only."
+    )
+    report["sweep_best"] = best_rows(sweep)
     report["sweep"] = sweep
-    report["defaults"] = {
-        "rerank": asdict(default),
-        "verify": asdict(lf.DEFAULT_VERIFY),
-        "catalog_features": {"max_keypoints": dc[0], "max_side": dc[1]},
-        "query_features": {"max_keypoints": dq[0], "max_side": dq[1]},
-        "crop_order": list(crops_mod.DEFAULT_ORDER),
-    }
 
     # ---- latency at the defaults, stored features deserialised as the service would
-    cat_rows = [lf.serialize(f) for f in cat_feats[dc]]
-    n_lat = min(len(queries), 40 if args.quick else 100)
+    cat_rows = [lf.serialize(f) for f in cat_feats]
+    n_lat = min(len(queries), 30 if args.quick else 100)
     report["latency"] = {"queries": n_lat, "load_average_before": os.getloadavg()}
-    lat_models = dict(latency_inputs)
+    lat_models = {k: (r.model, r.cat_emb) for k, r in latency_inputs.items()}
     if args.latency_model and args.latency_model not in lat_models:
         m = GlobalModel(MODELS[args.latency_model])
         lat_models[args.latency_model] = (m, embed_many(m, [c.image for c in catalog]))
     for name, (model, cat_emb) in lat_models.items():
         model.embed([catalog[0].image])
-        report["latency"][name] = latency_run(model, cat_emb, cat_rows, queries[:n_lat], default, dq)
+        report["latency"][name] = latency_run(model, cat_emb, cat_rows, cat_agg, queries[:n_lat], default)
         print(f"latency [{name}]:", json.dumps(report["latency"][name]))
     report["latency"]["load_average_after"] = os.getloadavg()
     report["wall_s"] = round(time.perf_counter() - t_start, 1)
