@@ -30,6 +30,17 @@ VectorColumn = Literal["embedding", "local_aggregate"]
 _VECTOR_COLUMNS = ("embedding", "local_aggregate")
 
 
+def _same_index(index_param: str) -> str:
+    """The index condition of filtered vector searches, deliberately unindexable (`+ 0`).
+
+    Every product in an index matches it, so as an index condition it only adds work: the
+    planner ANDed a bitmap of the whole index (all 100k rows, 4 ms; 40 ms at 1M) onto the
+    filter's GIN bitmap of 3,500. The vector table is per index anyway; this stays as a
+    recheck so a search can never return another index's product.
+    """
+    return f"p.index_pk + 0 = {index_param}"
+
+
 @dataclass(frozen=True)
 class Row:
     product_pk: int
@@ -142,7 +153,7 @@ async def plan_scan(
         cap_param = local.add(EXACT_SCAN_MAX_ROWS + 1)
         limit_param = local.add(EXACT_SCAN_MAX_ROWS)
         exact_sql = (
-            f"(SELECT count(*) FROM (SELECT 1 FROM products p WHERE p.index_pk = {index_param} "
+            f"(SELECT count(*) FROM (SELECT 1 FROM products p WHERE {_same_index(index_param)} "
             f"AND ({where_sql}) LIMIT {cap_param}) AS matching) <= {limit_param}"
         )
     else:
@@ -207,7 +218,7 @@ def nearest_sql(
         sql = f"""
             SELECT p.pk, p.product_id, p.doc, 1 - ({col} <=> {vector_param}) AS score
             FROM products p JOIN {table} v ON v.product_pk = p.pk
-            WHERE p.index_pk = {index_param} AND ({where_sql}){present}
+            WHERE {_same_index(index_param)} AND ({where_sql}){present}
             ORDER BY ({col} <=> {vector_param}) + 0, p.pk
             LIMIT {k_param}
         """
@@ -217,7 +228,7 @@ def nearest_sql(
             WITH candidates AS MATERIALIZED (
                 SELECT v.product_pk, {col} <=> {vector_param} AS distance
                 FROM {table} v JOIN products p ON p.pk = v.product_pk
-                WHERE p.index_pk = {index_param} AND ({where_sql}){present}
+                WHERE {_same_index(index_param)} AND ({where_sql}){present}
                 ORDER BY {col} <=> {vector_param}
                 LIMIT {k_param}
             )
@@ -279,7 +290,7 @@ def nearest_many_sql(
         branches.append(
             f"(SELECT {int(number)} AS q, v.product_pk AS pk, 1 - ({col} <=> {vector_param}) AS score"
             f" FROM {table} v JOIN products p ON p.pk = v.product_pk"
-            f" WHERE p.index_pk = {index_param} AND ({where_sql}){present}"
+            f" WHERE {_same_index(index_param)} AND ({where_sql}){present}"
             f" ORDER BY {order} LIMIT {k_param})"
         )
     return "\nUNION ALL\n".join(branches), local.values
