@@ -176,3 +176,25 @@ async def test_batched_queries_equal_single_ones(pool: asyncpg.Pool, ann_index, 
         assert {pk for pk, _ in got} == {r.product_pk for r in want}
         by_pk = {r.product_pk: r.score for r in want}
         assert all(abs(score - by_pk[pk]) < 1e-6 for pk, score in got)
+
+
+async def test_a_walk_that_comes_back_short_is_redone_exactly(
+    pool: asyncpg.Pool, ann_index, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A wrong estimate sends a rare filter (20 of 20k) down the HNSW path, and a walk capped at
+    50 tuples gives up early: the search must still return the exact filtered top-k."""
+    record, vectors = ann_index
+    monkeypatch.setattr(search, "EXACT_SCAN_MAX_ROWS", 0)
+    monkeypatch.setattr(search, "MAX_SCAN_TUPLES", 50)
+    where, params, filtered = compile_where("s01:true")
+    query = vectors[123]
+    idx = np.flatnonzero(np.arange(N) % SELECTIVITY["s01"] == 0)
+    stored = vectors.astype(np.float16).astype(np.float32)
+    truth = {f"p{i:05d}" for i in idx[np.argsort(-(stored[idx] @ query))][:K]}
+    async with pool.acquire() as conn, conn.transaction(readonly=True):
+        got = await search.nearest(conn, record, query, where, params, K, filtered=filtered)
+        many = await search.nearest_many(
+            conn, record, [search.VectorQuery(query, "embedding", K)], where, params, filtered=filtered
+        )
+    assert len(got) == K and len(set(r.product_id for r in got) & truth) >= K - 1
+    assert {pk for pk, _ in many[0]} == {r.product_pk for r in got}
