@@ -150,6 +150,9 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=256, help="catalog image side in pixels")
     parser.add_argument("--batch", type=int, default=128, help="documents per add-documents call")
     parser.add_argument("--concurrency", type=int, default=2, help="add-documents calls in flight")
+    parser.add_argument(
+        "--image-delay-ms", type=int, default=0, help="a slow image host: wait this long before sending each image"
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
@@ -162,6 +165,7 @@ def main() -> None:
         "image_size": args.image_size,
         "batch": args.batch,
         "concurrency": args.concurrency,
+        "image_delay_ms": args.image_delay_ms,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "note": "random weights: same compute as trained weights",
     }
@@ -171,6 +175,8 @@ def main() -> None:
     raw_before = _raw_throughput(spec, images, 32)
     with tempfile.TemporaryDirectory() as tmp, ImageServer() as server:
         urls = [server.add(f"/img/{i}.jpg", data, "image/jpeg") for i, data in enumerate(images)]
+        for i in range(len(images)):  # each image is one chunk: one delay per image
+            server.routes[f"/img/{i}.jpg"].delay_s = args.image_delay_ms / 1000
         port = _free_port()
         proc = _start_service(Path(tmp) / "data", port)
         try:
@@ -189,7 +195,8 @@ def main() -> None:
         "after_images_per_s": raw_after["images_per_s"],
     }
     results["ratio_api_to_raw"] = round(results["api"]["products_per_s"] / results["raw_model"]["images_per_s"], 3)
-    out = args.out or Path("bench-results") / f"ingest-{args.model}.json"
+    slow = f"-slow{args.image_delay_ms}ms" if args.image_delay_ms else ""
+    out = args.out or Path("bench-results") / f"ingest-{args.model}{slow}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
     plot(results, out.with_suffix(".png"))
