@@ -92,11 +92,12 @@ class ReverseSearchService:
             details = await search_sql.candidate_details(conn, index, to_verify)  # type: ignore[arg-type]
         timer.lap("sql")
 
-        with_features = [k for k in to_verify if k in details and details[k].features is not None]
+        stored = {k: details[k].features for k in to_verify if k in details}
+        with_features = [k for k, row in stored.items() if row is not None]
         verifications = await self.vision.run_cpu(
             local_features.verify_candidates,
             query_features,
-            [local_features.deserialize(details[k].features) for k in with_features]  # type: ignore[arg-type],
+            [local_features.deserialize(stored[k]) for k in with_features],  # type: ignore[arg-type]
         )
         verified = dict(zip(with_features, verifications, strict=True))
         candidates = [
