@@ -373,6 +373,11 @@ class EmbeddingModel:
         self._dim = int(probe.reshape(1, -1).shape[1])
         self._single_image_ms: float | None = None
 
+    @property
+    def measured_single_image_ms(self) -> float | None:
+        """`single_image_ms()` if it was measured already (no work), else None."""
+        return self._single_image_ms
+
     def single_image_ms(self) -> float:
         """Wall time of one single-image forward pass on this machine, measured once (median of 3).
 
@@ -505,6 +510,10 @@ class ModelRegistry:
                 )
                 self._models[key] = model
             return model
+
+    def loaded_model(self, spec: ModelSpec) -> EmbeddingModel | None:
+        """The model for `spec` if it is loaded already (never loads)."""
+        return self._models.get(spec.cache_key)
 
     def loaded(self) -> list[ModelSpec]:
         return [m.spec for m in list(self._models.values())]
