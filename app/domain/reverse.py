@@ -20,7 +20,14 @@ import asyncpg
 import numpy as np
 
 from app.domain.queries import ReverseSearchRequest, shape_hit
-from app.domain.rerank import Candidate, RerankParams, combine_scores, crops_for_model, select_for_verification
+from app.domain.rerank import (
+    Candidate,
+    RerankParams,
+    combine_scores,
+    crops_for_model,
+    merge_crop_neighbours,
+    select_for_verification,
+)
 from app.domain.search import StageTimer, compile_where
 from app.storage import search as search_sql
 from app.storage.indexes import IndexRecord
@@ -28,6 +35,12 @@ from app.vision import aggregate, local_features
 from app.vision.crops import crop_images, query_boxes
 from app.vision.model import ModelSpec
 from app.vision.service import VisionService
+
+
+def _boxes_and_crops(image: Any, n_crops: int) -> tuple[list[Any], list[Any]]:
+    """All crop boxes (for the keypoint aggregates) and the images of the first `n_crops` (to embed)."""
+    boxes = query_boxes(image)
+    return boxes, crop_images(image, boxes[:n_crops])
 
 
 def _best_cosines(vectors: np.ndarray, queries: np.ndarray) -> float:
@@ -56,8 +69,7 @@ class ReverseSearchService:
         loaded = await self.vision.load(request.q)
         n_crops = await self._crop_count(knobs, spec)
         timer.lap("decode")
-        boxes = await self.vision.run_cpu(query_boxes, loaded.image)
-        crops = await self.vision.run_cpu(crop_images, loaded.image, boxes[:n_crops])
+        boxes, crops = await self.vision.run_cpu(_boxes_and_crops, loaded.image, n_crops)
         # Query features are extracted while the crops are embedded (both off the loop).
         features_task = self.vision.run_cpu(local_features.extract_query_features, loaded.image)
         embeddings = await self.vision.embed(spec, crops)
@@ -69,14 +81,11 @@ class ReverseSearchService:
         queries = [search_sql.VectorQuery(e, "embedding", pool_size) for e in embeddings]
         if self.params.aggregate_pool:
             queries += [search_sql.VectorQuery(a, "local_aggregate", self.params.aggregate_pool) for a in aggregates]
-        global_scores: dict[int, float] = {}
-        aggregate_scores: dict[int, float] = {}
         async with self.pool.acquire() as conn, conn.transaction(readonly=True):
             found = await search_sql.nearest_many(conn, index, queries, where_sql, params, filtered=filtered)
-            for query, neighbours in zip(queries, found, strict=True):
-                scores = global_scores if query.column == "embedding" else aggregate_scores
-                for key, score in neighbours:
-                    scores[key] = max(score, scores.get(key, -2.0))
+            # each product keeps its best cosine per signal, over the crops
+            global_scores: dict[int, float] = merge_crop_neighbours(found[: len(embeddings)])  # type: ignore[assignment]
+            aggregate_scores: dict[int, float] = merge_crop_neighbours(found[len(embeddings) :])  # type: ignore[assignment]
             keys = list({**global_scores, **aggregate_scores})
             # a candidate found by one signal is scored by the other too
             missing = [k for k in keys if k not in global_scores or (len(aggregates) and k not in aggregate_scores)]

@@ -42,6 +42,20 @@ def _same_index(index_param: str) -> str:
     return f"p.index_pk + 0 = {index_param}"
 
 
+def _compared_vector(
+    local: SqlParams, index: IndexRecord, column: VectorColumn, vector: np.ndarray
+) -> tuple[str, str, str]:
+    """(column expression, vector parameter, presence condition) for comparing `vector` with `column`."""
+    if column not in _VECTOR_COLUMNS:
+        raise ValueError(f"unknown vector column {column!r}")
+    cast = index.vector_cast if column == "embedding" else AGGREGATE_CAST
+    vector_param = local.add(vector.astype(np.float32), cast)
+    col = f"v.{column}"  # one of two fixed names, checked above
+    # products without a local aggregate are skipped, not ranked last
+    present = "" if column == "embedding" else f" AND {col} IS NOT NULL"
+    return col, vector_param, present
+
+
 @dataclass(frozen=True)
 class Row:
     product_pk: int
@@ -197,16 +211,11 @@ def nearest_sql(
     column: VectorColumn = "embedding",
 ) -> tuple[str, list[Any]]:
     """The nearest-neighbour statement and its values (exposed so tests can EXPLAIN it)."""
-    if column not in _VECTOR_COLUMNS:
-        raise ValueError(f"unknown vector column {column!r}")
     local = SqlParams(list(params.values))
-    cast = index.vector_cast if column == "embedding" else AGGREGATE_CAST
-    vector_param = local.add(embedding.astype(np.float32), cast)
+    col, vector_param, present = _compared_vector(local, index, column, embedding)
     index_param = local.add(index.pk)
     k_param = local.add(k)
     table = index.vectors_table
-    col = f"v.{column}"  # one of two fixed names, checked above
-    present = "" if column == "embedding" else f" AND {col} IS NOT NULL"
     if exact:
         # `+ 0` makes the ordering expression unindexable: an exact scan over the filtered rows.
         sql = f"""
@@ -288,13 +297,8 @@ def nearest_many_sql(
     table = index.vectors_table
     branches = []
     for number, query in enumerate(queries):
-        if query.column not in _VECTOR_COLUMNS:
-            raise ValueError(f"unknown vector column {query.column!r}")
-        cast = index.vector_cast if query.column == "embedding" else AGGREGATE_CAST
-        vector_param = local.add(query.vector.astype(np.float32), cast)
+        col, vector_param, present = _compared_vector(local, index, query.column, query.vector)
         k_param = local.add(query.k)
-        col = f"v.{query.column}"  # one of two fixed names, checked above
-        present = "" if query.column == "embedding" else f" AND {col} IS NOT NULL"
         # exact: `+ 0` makes the ordering unindexable, so the filtered rows are scanned
         order = f"({col} <=> {vector_param}) + 0, p.pk" if exact else f"{col} <=> {vector_param}"
         branches.append(
@@ -355,14 +359,3 @@ async def candidate_vectors(
         )
         for r in rows
     }
-
-
-async def local_features_of(
-    conn: asyncpg.Connection | asyncpg.Pool, product_pks: list[int]
-) -> dict[int, asyncpg.Record]:
-    rows = await conn.fetch(
-        "SELECT product_pk, algorithm, keypoint_count, keypoints, descriptors, image_width, image_height "
-        "FROM local_features WHERE product_pk = ANY($1::bigint[])",
-        product_pks,
-    )
-    return {r["product_pk"]: r for r in rows}
