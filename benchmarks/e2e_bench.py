@@ -37,7 +37,6 @@ import http.client
 import json
 import os
 import platform
-import signal
 import socket
 import subprocess
 import sys
@@ -54,7 +53,7 @@ import numpy as np
 import psutil
 from PIL import Image, ImageDraw
 
-from benchmarks.ingest_bench import KEY, MODELS, _free_port, _start_service
+from benchmarks.ingest_bench import KEY, MODELS, _free_port, _start_service, stop_service
 from benchmarks.load import RawConnection, _cpu_seconds, _postgres_pids
 from benchmarks.quality_bench import _jpeg, _stages
 from benchmarks.suite import _source
@@ -387,11 +386,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 print(_line(level), flush=True)
             result["levels"] = levels
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except Exception:
-                proc.kill()
+            stop_service(proc)
     result["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     # Timed again after the load: on a shared machine either run can be slowed by other work
     # (torch's OpenMP threads suffer badly when a core is taken). The faster one is the

@@ -22,7 +22,6 @@ import asyncio
 import json
 import os
 import random
-import signal
 import socket
 import subprocess
 import sys
@@ -34,6 +33,7 @@ from typing import Any
 import httpx
 from hypothesis import HealthCheck, given, reject, seed, settings
 
+from benchmarks.ingest_bench import stop_service
 from tests.conftest import ADMIN, ADMIN_KEY
 from tests.imageserver import ImageServer
 from tests.test_fuzz_api import STATS, Case, World, cases, check, make_world, run_schemathesis
@@ -146,11 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                     stats = client.get(f"/api/v1/indexes/{index['indexName']}/stats", headers=ADMIN).json()
                     consistent &= stats["numberOfDocuments"] == stats["numberOfVectors"]
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_service(proc)
     by_status: dict[str, int] = {}
     for (_, status), n in STATS.items():
         by_status[str(status)] = by_status.get(str(status), 0) + n

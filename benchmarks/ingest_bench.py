@@ -73,6 +73,16 @@ def _start_service(data_dir: Path, port: int, database_url: str | None = None) -
     raise RuntimeError("service did not start")
 
 
+def stop_service(proc: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
+    """SIGTERM (a graceful shutdown that also stops the embedded PostgreSQL), SIGKILL if it hangs."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def _images(n: int, size: int) -> list[bytes]:
     return [product_image(i, size=size) for i in range(n)]
 
@@ -185,8 +195,7 @@ def main() -> None:
             r.raise_for_status()
             results["api"] = asyncio.run(_ingest(base, urls, args.batch, args.concurrency))
         finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=60)
+            stop_service(proc)
     raw_after = _raw_throughput(spec, images, 32)
     best = max((raw_before, raw_after), key=lambda r: r["images_per_s"])
     results["raw_model"] = {

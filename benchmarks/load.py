@@ -24,7 +24,6 @@ import json
 import os
 import platform
 import random
-import signal
 import socket
 import statistics
 import subprocess
@@ -39,6 +38,7 @@ from typing import Any
 import httpx
 import psutil
 
+from benchmarks.ingest_bench import stop_service
 from tests.helpers import product_image
 
 KEY = "load-admin-key-0123456789"
@@ -470,11 +470,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"seeded {args.products} products; {args.clients} clients for {args.duration:g} s ...", flush=True)
             report = asyncio.run(run_load(target, clients=args.clients, duration_s=args.duration, rss_pids=pids))
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_service(proc)
     report["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
     report["command"] = "python -m benchmarks.load " + " ".join(argv if argv is not None else sys.argv[1:])
     args.out.parent.mkdir(parents=True, exist_ok=True)

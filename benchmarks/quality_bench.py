@@ -20,7 +20,6 @@ import io
 import json
 import os
 import platform
-import signal
 import tempfile
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ from typing import Any
 
 import httpx
 
-from benchmarks.ingest_bench import KEY, MODELS, _free_port, _start_service
+from benchmarks.ingest_bench import KEY, MODELS, _free_port, _start_service, stop_service
 from benchmarks.wild import generate_benchmark
 from tests.imageserver import ImageServer
 
@@ -132,8 +131,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         ranks[name].append(ids.index(query.product_id) if query.product_id in ids else None)
                         samples[name].append({"wall_ms": wall, "stages": _stages(r.headers.get("server-timing", ""))})
         finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=60)
+            stop_service(proc)
     for name in ranks:
         result[name] = {**_quality(ranks[name]), **_latency(samples[name])}
     sbi, rev = result["search_by_image"], result["reverse_image_search"]
