@@ -160,7 +160,7 @@ async def reusable_images(
                     "image_height",
                 )
             }
-            features["aggregate"] = None if r["aggregate"] is None else np.asarray(r["aggregate"], np.float32)
+            features["aggregate"] = _aggregate_value(r["aggregate"])
         found[bytes(r["image_sha256"])] = ReusableImage(
             np.asarray(r["embedding"], dtype=np.float32), features
         )
