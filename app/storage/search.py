@@ -333,16 +333,6 @@ async def candidate_details(
     }
 
 
-async def product_embeddings(
-    conn: asyncpg.Connection | asyncpg.Pool, index: IndexRecord, product_pks: list[int]
-) -> dict[int, np.ndarray]:
-    rows = await conn.fetch(
-        f"SELECT product_pk, embedding::real[] AS e FROM {index.vectors_table} WHERE product_pk = ANY($1::bigint[])",
-        product_pks,
-    )
-    return {r["product_pk"]: np.asarray(r["e"], dtype=np.float32) for r in rows}
-
-
 async def candidate_vectors(
     conn: asyncpg.Connection | asyncpg.Pool, index: IndexRecord, product_pks: list[int]
 ) -> dict[int, tuple[np.ndarray, np.ndarray | None]]:
