@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -18,6 +19,7 @@ from starlette.routing import BaseRoute, Route
 
 from app.auth import AdminKeys, bootstrap_admin_keys
 from app.config import Settings
+from app.domain import inference
 from app.domain.backfill import FeatureBackfill
 from app.domain.ingest import IngestPipeline
 from app.domain.reverse import ReverseSearchService
@@ -80,6 +82,7 @@ async def _serving(app: Starlette, settings: Settings, url: str) -> AsyncIterato
     )
     vision = VisionService(settings)
     backfill = FeatureBackfill(pool, vision)
+    warm_up: asyncio.Task[None] | None = None
     try:
         keys = await bootstrap_admin_keys(pool, settings.api_key)
         app.state.services = Services(
@@ -96,9 +99,16 @@ async def _serving(app: Starlette, settings: Settings, url: str) -> AsyncIterato
         app.state.metrics.services.services = app.state.services  # scrape-time gauges: queue, pool
         if app.state.start_background_work:
             backfill.start()
+            # Load (and, the first time after an upgrade, export) every index's model before
+            # requests need it; requests arriving meanwhile wait for the same load.
+            warm_up = asyncio.create_task(inference.warm_up(pool, vision), name="lookalike-model-warm-up")
         yield
     finally:
         app.state.metrics.services.services = None
+        if warm_up is not None:
+            warm_up.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await warm_up
         await backfill.stop()
         await vision.aclose()
         await pool.close()

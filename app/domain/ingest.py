@@ -12,13 +12,13 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from app.domain import inference
 from app.domain.filters import index_terms
 from app.domain.products import DocumentError, document_id, merge_partial, validate_document
 from app.errors import ImageError
 from app.storage.catalog import CatalogStore
 from app.storage.indexes import IndexRecord
 from app.storage.products import ProductWrite
-from app.vision.model import ModelSpec
 from app.vision.service import LoadedImage, VisionService
 
 
@@ -134,8 +134,8 @@ class IngestPipeline:
             else:
                 to_embed.append(w)
         if to_embed:
-            spec = ModelSpec.parse(index.model)
-            vectors = await self.vision.embed(spec, [w.loaded.image for w in to_embed if w.loaded])
+            images = [w.loaded.image for w in to_embed if w.loaded]
+            vectors = await inference.embed_for_ingest(self.store.pool, self.vision, index, images)
             for w, vector in zip(to_embed, vectors, strict=True):
                 w.embedding = vector
         if want_features:

@@ -19,6 +19,7 @@ from typing import Any
 import asyncpg
 import numpy as np
 
+from app.domain import inference
 from app.domain.queries import ReverseSearchRequest, shape_hit
 from app.domain.rerank import (
     Candidate,
@@ -53,10 +54,10 @@ class ReverseSearchService:
         self.vision = vision
         self.params = params or RerankParams()
 
-    async def _crop_count(self, knobs: dict[str, Any], spec: ModelSpec) -> int:
+    async def _crop_count(self, knobs: dict[str, Any], spec: ModelSpec, precision: str) -> int:
         value = knobs.get("queryCrops", "auto")
         if value == "auto":
-            return crops_for_model(await self.vision.single_image_ms(spec), self.params)
+            return crops_for_model(await self.vision.single_image_ms(spec, precision), self.params)
         return int(value)
 
     async def search(
@@ -67,12 +68,13 @@ class ReverseSearchService:
         spec = ModelSpec.parse(index.model)
         where_sql, params, filtered = compile_where(request.filter)
         loaded = await self.vision.load(request.q)
-        n_crops = await self._crop_count(knobs, spec)
+        precision = inference.precision_of(index, self.vision)
+        n_crops = await self._crop_count(knobs, spec, precision)
         timer.lap("decode")
         boxes, crops = await self.vision.run_cpu(_boxes_and_crops, loaded.image, n_crops)
         # Query features are extracted while the crops are embedded (both off the loop).
         features_task = self.vision.run_cpu(local_features.extract_query_features, loaded.image)
-        embeddings = await self.vision.embed(spec, crops)
+        embeddings = await self.vision.embed(spec, crops, precision)
         timer.lap("embed")
         query_features = await features_task
         aggregates = await self.vision.run_cpu(aggregate.box_aggregates, query_features, boxes)

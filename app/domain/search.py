@@ -8,6 +8,7 @@ from typing import Any
 
 import asyncpg
 
+from app.domain import inference
 from app.domain.filters import FilterError, parse_filter
 from app.domain.queries import SearchRequest, shape_hit
 from app.storage import search as search_sql
@@ -63,7 +64,7 @@ class SearchService:
         loaded = await self.vision.load(request.q)
         timer.lap("decode")
         spec = ModelSpec.parse(index.model)
-        embedding = (await self.vision.embed(spec, [loaded.image]))[0]
+        embedding = (await self.vision.embed(spec, [loaded.image], inference.precision_of(index, self.vision)))[0]
         timer.lap("embed")
         async with self.pool.acquire() as conn, conn.transaction(readonly=True):
             rows = await search_sql.nearest(

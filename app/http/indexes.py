@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from app.auth import bearer_token, can_read, require_admin
-from app.domain import index_admin, index_settings
+from app.domain import index_admin, index_settings, inference
 from app.errors import not_found, unauthorized
 from app.http.common import json_response, read_json
 from app.storage import indexes, products
@@ -135,5 +135,6 @@ async def index_stats(request: Request) -> JSONResponse:
                 "featuresFailed": stats["failed"],
                 "ready": enabled and stats["pending"] == 0,
             },
+            "inference": inference.effective(record, services(request).vision),
         }
     )

@@ -149,6 +149,36 @@ SCHEMAS: dict[str, Any] = {
             "vectorType": {"enum": ["halfvec", "vector"]},
             "dimensions": {"type": "integer", "minimum": 1},
             "reverseImageSearch": _ref("ReverseImageSearchSettings"),
+            "inference": _ref("InferenceSettings"),
+        },
+    },
+    "InferenceSettings": {
+        "type": "object",
+        "description": (
+            "read-only: the inference backend and precision of the index's model; int8 only where the "
+            "quality guard passed on the index's own images (numbers in `guard`)"
+        ),
+        "required": ["precision"],
+        "properties": {
+            "backend": {"enum": ["onnx", "torch"]},
+            "precision": {"enum": ["fp32", "int8"]},
+            "guard": {
+                "type": "object",
+                "required": ["status"],
+                "properties": {
+                    "status": {"enum": ["pending", "passed", "failed", "off"]},
+                    "reason": {"type": "string"},
+                    "sample": {"type": "integer", "minimum": 0},
+                    "cosine": {"type": "number"},
+                    "cosineMin": {"type": "number"},
+                    "overlap": {"type": "number", "minimum": 0, "maximum": 1},
+                    "neighbours": {"type": "integer", "minimum": 0},
+                    "thresholds": {"type": "object"},
+                    "singleImageMs": {"type": "object"},
+                },
+            },
+            "providers": {"type": "array", "items": {"type": "string"}},
+            "graphKey": {"type": "string"},
         },
     },
     "CreateIndexRequest": {
@@ -208,6 +238,7 @@ SCHEMAS: dict[str, Any] = {
                     "ready": {"type": "boolean"},
                 },
             },
+            "inference": _ref("InferenceSettings"),
         },
     },
     "Product": {

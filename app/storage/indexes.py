@@ -152,6 +152,18 @@ async def update_settings(conn: asyncpg.Connection, pk: int, settings: dict[str,
     return _record(row)
 
 
+async def set_inference(conn: asyncpg.Connection, pk: int, inference: dict[str, Any]) -> IndexRecord:
+    """Store the `inference` settings (precision, guard numbers) alone: a concurrent PATCH of other keys is kept."""
+    row = await conn.fetchrow(
+        "UPDATE indexes SET settings = jsonb_set(settings, '{inference}', $2::jsonb), updated_at = now()"
+        f" WHERE pk = $1 RETURNING {_COLUMNS}",
+        pk,
+        json.dumps(inference),
+    )
+    assert row is not None
+    return _record(row)
+
+
 async def delete_index(conn: asyncpg.Connection, record: IndexRecord) -> None:
     """Drop the vector table first (its FK points at products), then the row; products cascade."""
     await conn.execute(f"DROP TABLE IF EXISTS {record.vectors_table}")
