@@ -134,7 +134,7 @@ def _import(args: argparse.Namespace) -> int:
     return 1 if result.failure_count or result.retry_later else 0
 
 
-BENCH_NAMES = ("ann", "e2e", "ingest", "scale", "quality")
+BENCH_NAMES = ("ann", "e2e", "ingest", "scale", "quality", "inference")
 
 
 def _bench_names(text: str) -> list[str]:
@@ -229,8 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser(
         "bench",
         help="run the performance suite (from a source checkout): JSON + PNG per benchmark, summary.json",
-        description="Runs ann, e2e, ingest, scale and quality benchmarks one after the other, each in its own "
-        "process, writing JSON and PNG into --out, then summary.json and a table. --quick: minutes on 2 cores; "
+        description="Runs ann, e2e, ingest, scale, quality and inference benchmarks one after the other, each in "
+        "its own process, writing JSON and PNG into --out, then summary.json and a table. --quick: minutes on 2 cores; "
         "otherwise the published sizes (hours). Exit status 1 if any benchmark failed.",
     )
     bench.add_argument("--quick", action="store_true", help="small sizes (about 5 minutes on 2 cores)")
