@@ -190,3 +190,37 @@ async def test_index_guard_decides_on_first_batch_and_shows_in_stats(api: httpx.
     )
     assert r.status_code == 200, r.text
     assert r.json()["hits"][0]["_id"] == docs[5]["_id"]
+
+
+async def test_backfill_decides_a_guard_left_pending_by_small_batches(api: httpx.AsyncClient, images) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+
+    name = f"inf-bf-{secrets.token_hex(3)}"
+    r = await api.post(f"/api/v1/indexes/{name}", json={"model": TEST_MODEL}, headers=ADMIN)
+    assert r.status_code == 200, r.text
+    catalog = wild.generate_catalog(guard.MIN_SAMPLE, seed=12)
+    docs = [
+        {
+            "_id": item.id,
+            "productTitle": item.id,
+            "price": 1.0,
+            "variantImageUrl": images.add(f"/{name}/{item.id}.jpg", _jpeg(item.image)),
+        }
+        for item in catalog
+    ]
+    for start in range(0, len(docs), 8):  # never a batch big enough for the guard
+        batch = {"documents": docs[start : start + 8]}
+        r = await api.post(f"/api/v1/indexes/{name}/documents", json=batch, headers=ADMIN)
+        assert r.json()["errors"] is False, r.text
+    settings_url = f"/api/v1/indexes/{name}/settings"
+    assert (await api.get(settings_url, headers=ADMIN)).json()["inference"]["guard"]["status"] == "pending"
+    r = await api.patch(settings_url, json={"reverseImageSearch": {"enabled": True}}, headers=ADMIN)
+    assert r.status_code == 200
+    for _ in range(120):  # the background backfill may hold the batch; wait for its commit
+        await api.app.state.services.backfill.drain()  # type: ignore[attr-defined]
+        g = (await api.get(settings_url, headers=ADMIN)).json()["inference"]["guard"]
+        if g["status"] != "pending":
+            break
+        await asyncio.sleep(0.25)
+    assert g["status"] in ("passed", "failed") and g["sample"] == guard.MIN_SAMPLE, g
+    assert (await api.get(settings_url, headers=ADMIN)).json()["reverseImageSearch"]["enabled"] is True

@@ -3,7 +3,9 @@
 The index settings carry `inference`: `{"backend", "precision", "guard"}`. A new index starts
 at fp32 with the guard `pending`; the first ingest batch with at least
 `guard.MIN_SAMPLE` new images runs the guard on them (up to `guard.MAX_SAMPLE`) and stores
-its verdict and numbers; the sample's vectors are stored at the chosen precision. From then
+its verdict and numbers; the sample's vectors are stored at the chosen precision. An index
+ingested in smaller batches gets its verdict from the local-feature backfill (the images
+it decodes anyway, when reverse search is turned on). From then
 on every embedding for that index (ingest, Search by Image, reverse image search) runs at
 the stored precision. `recheck` repeats the guard on given (stored) product images and
 stores the new verdict.
@@ -119,6 +121,23 @@ async def warm_up(pool: asyncpg.Pool, vision: VisionService) -> None:
         except ValueError:
             continue
     await vision.warm_up(specs)
+
+
+async def guard_pending_from_stored(
+    pool: asyncpg.Pool, vision: VisionService, index_pk: int, images: list[Image.Image]
+) -> GuardResult | None:
+    """The guard on stored products' images (the feature backfill's), if the index's is still pending.
+
+    Vectors stored before the verdict stay as they are (fp32): the verdict int8 says they agree.
+    """
+    if not vision.int8_allowed or len(images) < guard.MIN_SAMPLE:
+        return None
+    lock = _guard_locks.setdefault(index_pk, asyncio.Lock())
+    async with lock:
+        index = await indexes.get_index_by_pk(pool, index_pk)
+        if index is None or not _guard_pending(index):
+            return None
+        return await recheck(pool, vision, index, images)
 
 
 async def recheck(

@@ -133,6 +133,11 @@ async def get_index(conn: asyncpg.Connection | asyncpg.Pool, name: str) -> Index
     return _record(row) if row else None
 
 
+async def get_index_by_pk(conn: asyncpg.Connection | asyncpg.Pool, pk: int) -> IndexRecord | None:
+    row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM indexes WHERE pk = $1", pk)
+    return _record(row) if row else None
+
+
 async def list_indexes(conn: asyncpg.Connection | asyncpg.Pool) -> list[tuple[IndexRecord, int]]:
     rows = await conn.fetch(
         f"SELECT {', '.join('i.' + c.strip() for c in _COLUMNS.split(','))},"
