@@ -237,6 +237,7 @@ def test_dockerfile_pulls_model_weights_and_serves() -> None:
 
 def test_static_files_are_packaged() -> None:
     text = (REPO_ROOT / "pyproject.toml").read_text()
-    assert '"static/*"' in text
-    for name in ("index.html", "app.js", "style.css", "docs.html", "docs.js", "docs.css"):
+    assert '"static/*"' in text and '"static/vendor/swagger-ui/*"' in text
+    for name in ("index.html", "app.js", "style.css", "swagger-ui.html", "swagger-ui-init.js",
+                 "vendor/swagger-ui/swagger-ui-bundle.js", "vendor/swagger-ui/swagger-ui.css"):
         assert (Path(REPO_ROOT) / "app" / "static" / name).is_file(), name
