@@ -24,6 +24,7 @@ from app.domain.rerank import (
     Candidate,
     RerankParams,
     combine_scores,
+    counts_as_verified,
     crops_for_model,
     merge_crop_neighbours,
     select_for_verification,
@@ -45,6 +46,14 @@ def _boxes_and_crops(image: Any, n_crops: int) -> tuple[list[Any], list[Any]]:
 
 def _best_cosines(vectors: np.ndarray, queries: np.ndarray) -> float:
     return float(np.max(queries @ (vectors / max(float(np.linalg.norm(vectors)), 1e-9))))
+
+
+def match_of(v: local_features.Verification | None, params: RerankParams) -> dict[str, Any] | None:
+    """`_match` of a hit: where in the query photo (its pixels, as decoded) verification found it."""
+    if v is None or v.box is None or not counts_as_verified(v, params):
+        return None
+    x0, y0, x1, y1 = v.box
+    return {"box": [int(np.floor(x0)), int(np.floor(y0)), int(np.ceil(x1)), int(np.ceil(y1))], "inliers": v.inliers}
 
 
 class ReverseSearchService:
@@ -115,4 +124,11 @@ class ReverseSearchService:
         ]
         ranked = [(k, score) for k, score in combine_scores(candidates, self.params) if k in details]
         timer.lap("rerank")
-        return [shape_hit(details[k].doc, score, request.attributes) for k, score in ranked[: request.limit]]
+        hits = []
+        for key, score in ranked[: request.limit]:
+            hit = shape_hit(details[key].doc, score, request.attributes)
+            match = match_of(verified.get(key), self.params)
+            if match is not None:
+                hit["_match"] = match
+            hits.append(hit)
+        return hits

@@ -342,8 +342,27 @@ SCHEMAS: dict[str, Any] = {
             "price": {"type": "number"},
             "variantImageUrl": {"type": "string"},
             "collections": {"type": "array", "items": {"type": "string"}},
+            "_match": _ref("Match"),
         },
         "additionalProperties": _FIELD_VALUE,
+    },
+    "Match": {
+        "type": "object",
+        "description": "reverse image search only, on hits that geometric verification found: where in the "
+        "query photo (its pixels as sent, after EXIF orientation) the product is, and how many distinct "
+        "keypoints matched",
+        "required": ["box", "inliers"],
+        "properties": {
+            "box": {
+                "type": "array",
+                "items": {"type": "integer", "minimum": 0},
+                "minItems": 4,
+                "maxItems": 4,
+                "description": "[x0, y0, x1, y1], left/top inclusive, right/bottom exclusive",
+            },
+            "inliers": {"type": "integer", "minimum": 1},
+        },
+        "additionalProperties": False,
     },
     "SearchRequest": {
         "type": "object",
