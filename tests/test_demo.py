@@ -28,12 +28,12 @@ def test_cli_parses_demo_options() -> None:
     assert (args.products, args.port, args.offline, args.reset, args.index) == (40, 0, True, True, "demo")
 
 
-def test_builtin_catalog_has_brands_prices_collections() -> None:
-    items = demo._builtin_catalog(8, seed=3)
+def test_sample_catalog_has_brands_prices_collections() -> None:
+    items = demo.sample_catalog(8, seed=3)
     assert len({p.doc["_id"] for p in items}) == 8
     for item in items:
         assert item.doc["brand"] and isinstance(item.doc["price"], float)
-        assert item.doc["productCollections"] and item.image.size == (320, 320)
+        assert item.doc["productCollections"] and item.cutout.mode == "RGBA"
     photo = demo.shopper_photo(items[0], seed=3)
     assert photo.size == (640, 480)
 

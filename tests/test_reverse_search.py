@@ -12,12 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.domain.search import compile_where
+from app.filters import parse_filter
+from app.samples import wild
 from app.storage import indexes as storage_indexes
 from app.storage import search as search_sql
-from app.storage.params import SqlParams
 from app.vision import aggregate, crops, local_features
-from benchmarks import wild
 from tests.conftest import ADMIN
 from tests.helpers import TEST_MODEL, data_url, product_image
 
@@ -290,12 +289,12 @@ async def test_keypoint_aggregates_are_stored_and_retrieve_the_product(shop: dic
         features = local_features.extract_query_features(query.image)
         boxes = aggregate.box_aggregates(features, crops.query_boxes(query.image))
         family = next(c.family for c in shop["catalog"] if c.id == query.product_id)
-        where, params, filtered = compile_where(f"productCollections:{family}")
+        where = parse_filter(f"productCollections:{family}")
         best: dict[str, float] = {}
         async with pool.acquire() as conn, conn.transaction(readonly=True):
             for vector in boxes:
                 rows = await search_sql.nearest(
-                    conn, record, vector, where, params, 5, filtered=filtered, column="local_aggregate"
+                    conn, record, vector, where, 5, column="local_aggregate"
                 )
                 assert all(family in r.doc["productCollections"] for r in rows)
                 for r in rows:
@@ -304,7 +303,7 @@ async def test_keypoint_aggregates_are_stored_and_retrieve_the_product(shop: dic
     assert found_first >= len(shop["queries"]) // 2, found_first
     # the HNSW path uses the aggregate's own index
     sql, values = search_sql.nearest_sql(
-        record, boxes[0], "true", SqlParams(), 10, exact=False, column="local_aggregate"
+        record, boxes[0], None, 10, exact=False, column="local_aggregate"
     )
     async with pool.acquire() as conn, conn.transaction(readonly=True):
         await search_sql.configure_scan(conn, exact=False, ef_search=100)

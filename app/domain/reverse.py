@@ -29,7 +29,7 @@ from app.domain.rerank import (
     merge_crop_neighbours,
     select_for_verification,
 )
-from app.domain.search import StageTimer, compile_where
+from app.domain.search import StageTimer, request_filter
 from app.storage import search as search_sql
 from app.storage.indexes import IndexRecord
 from app.vision import aggregate, local_features
@@ -74,7 +74,7 @@ class ReverseSearchService:
         knobs = index.reverse_search
         pool_size = int(knobs.get("candidatePool", self.params.pool_size))
         spec = ModelSpec.parse(index.model)
-        where_sql, params, filtered = compile_where(request.filter)
+        where = request_filter(request.filter)
         loaded = await self.vision.load(request.q)
         n_crops = await self._crop_count(knobs, spec)
         timer.lap("decode")
@@ -91,7 +91,7 @@ class ReverseSearchService:
         if self.params.aggregate_pool:
             queries += [search_sql.VectorQuery(a, "local_aggregate", self.params.aggregate_pool) for a in aggregates]
         async with self.pool.acquire() as conn, conn.transaction(readonly=True):
-            found = await search_sql.nearest_many(conn, index, queries, where_sql, params, filtered=filtered)
+            found = await search_sql.nearest_many(conn, index, queries, where)
             # each product keeps its best cosine per signal, over the crops
             global_scores: dict[int, float] = merge_crop_neighbours(found[: len(embeddings)])  # type: ignore[assignment]
             aggregate_scores: dict[int, float] = merge_crop_neighbours(found[len(embeddings) :])  # type: ignore[assignment]

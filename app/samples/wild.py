@@ -15,7 +15,7 @@ resampled, and JPEG-recompressed. Every query knows its product id.
 Nothing here is tuned to a particular matcher; the random ranges are meant to look
 like shoppers' phone photos. Run it as a script to write a benchmark to disk:
 
-    .venv/bin/python -m benchmarks.wild --products 500 --queries 200 --out bench-results/tmp/wild
+    .venv/bin/python -m app.samples.wild --products 500 --queries 200 --out bench-results/tmp/wild
 """
 
 from __future__ import annotations
