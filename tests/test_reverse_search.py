@@ -6,7 +6,6 @@ import io
 import secrets
 from collections.abc import Sequence
 
-import cv2
 import httpx
 import numpy as np
 import pytest
@@ -312,15 +311,6 @@ async def test_keypoint_aggregates_are_stored_and_retrieve_the_product(shop: dic
     assert f"{table}_local_hnsw" in plan, plan
 
 
-def _paste_box(item: wild.CatalogItem, params: dict) -> tuple[float, float, float, float]:  # type: ignore[type-arg]
-    """Where the generator pasted the product: the bounds of its warped cut-out's opaque pixels."""
-    H = np.array(params["homography_cutout_to_query"], np.float64)
-    fw, fh = params["frame"]
-    alpha = cv2.warpPerspective(np.asarray(item.cutout)[..., 3], H, (fw, fh), flags=cv2.INTER_LINEAR)
-    ys, xs = np.nonzero(alpha > 127)
-    return float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)
-
-
 def _iou(a: Sequence[float], b: Sequence[float]) -> float:
     ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
     iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
@@ -331,7 +321,6 @@ def _iou(a: Sequence[float], b: Sequence[float]) -> float:
 async def test_match_box_shows_where_the_product_is(api: httpx.AsyncClient, images, shop: dict) -> None:
     """The top hit's `_match.box` overlaps the pasted product (IoU >= 0.5) on >= 90% of the wild
     queries whose top hit is right; every `_match` lies inside the photo."""
-    by_id = {c.id: c for c in shop["catalog"]}
     right, boxed = 0, 0
     for query in wild.generate_queries(shop["catalog"], 16, seed=21):
         url = images.add(f"/{shop['name']}/match/{query.id}.jpg", _jpeg(query.image), "image/jpeg")
@@ -346,7 +335,7 @@ async def test_match_box_shows_where_the_product_is(api: httpx.AsyncClient, imag
             continue
         right += 1
         match = hits[0].get("_match")
-        boxed += match is not None and _iou(match["box"], _paste_box(by_id[query.product_id], query.params)) >= 0.5
+        boxed += match is not None and _iou(match["box"], query.params["paste_box"]) >= 0.5
     assert right >= 10, right
     assert boxed >= 0.9 * right, (boxed, right)
 
@@ -373,3 +362,46 @@ async def test_unverified_hits_carry_no_match(api: httpx.AsyncClient, shop: dict
     r = await _reverse(api, shop, {"q": data_url(out.getvalue(), "image/png")})
     assert r.status_code == 200 and r.json()["hits"]
     assert all("_match" not in h for h in r.json()["hits"])
+
+
+def region_scores(regions: list[dict], products: list[dict], overlap: float) -> tuple[int, int]:  # type: ignore[type-arg]
+    """(products found, false regions): a product is found when it is some region's top hit and that
+    region's box overlaps its paste box by `overlap` IoU; any other region is false."""
+    found: set[str] = set()
+    false = 0
+    for region in regions:
+        top = region["hits"][0]["_id"] if region["hits"] else None
+        truth = next((p for p in products if p["product_id"] == top), None)
+        if truth is not None and top not in found and _iou(region["box"], truth["paste_box"]) >= overlap:
+            found.add(top)
+        else:
+            false += 1
+    return len(found), false
+
+
+async def test_regions_find_several_products(api: httpx.AsyncClient, images, shop: dict) -> None:
+    """Photos of 2-4 catalog products: `regions` finds most of them, each where it is."""
+    found = total = false = 0
+    for query in wild.generate_multi_queries(shop["catalog"], 6, seed=3):
+        url = images.add(f"/{shop['name']}/multi/{query.id}.jpg", _jpeg(query.image), "image/jpeg")
+        r = await _reverse(api, shop, {"q": url, "regions": True, "limit": 3})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        plain = (await _reverse(api, shop, {"q": url, "limit": 3})).json()
+        assert [h["_id"] for h in body["hits"]] == [h["_id"] for h in plain["hits"]]  # hits stay the overall list
+        for region in body["regions"]:
+            assert 1 <= len(region["hits"]) <= 3
+            scores = [h["_score"] for h in region["hits"]]
+            assert scores == sorted(scores, reverse=True)
+        f, x = region_scores(body["regions"], query.params["products"], 0.5)
+        found, false, total = found + f, false + x, total + len(query.product_ids)
+    print(f"regions: {found}/{total} products found, {false} false regions in 6 photos")
+    assert found >= 0.5 * total, (found, total)
+    assert false <= 6, false
+
+
+@pytest.mark.parametrize("value", ["yes", 1, None, [True]])
+async def test_regions_and_explain_must_be_booleans(api: httpx.AsyncClient, images, shop: dict, value) -> None:  # type: ignore[no-untyped-def]
+    for flag in ("regions", "explain"):
+        r = await _reverse(api, shop, {"q": _query_url(images, shop), flag: value})
+        assert r.status_code == 400 and r.json() == {"error": f"{flag} must be a boolean", "code": f"invalid_{flag}"}

@@ -32,7 +32,6 @@ from PIL import Image
 
 from app.domain import regions as regions_mod
 from app.domain.queries import ReverseSearchRequest, shape_hit
-from app.filters import FilterNode
 from app.domain.rerank import (
     Candidate,
     RerankParams,
@@ -44,6 +43,7 @@ from app.domain.rerank import (
     select_for_verification,
 )
 from app.domain.search import StageTimer, request_filter
+from app.filters import FilterNode
 from app.storage import search as search_sql
 from app.storage.indexes import IndexRecord
 from app.vision import aggregate, local_features
@@ -106,23 +106,38 @@ def match_of(
     return match
 
 
-def _residual(features: local_features.LocalFeatures, boxes: list[regions_mod.Box]) -> local_features.LocalFeatures:
-    """The query's keypoints outside every found product's box."""
+def _painted_over(image: Image.Image, boxes: list[regions_mod.Box]) -> Image.Image:
+    """The photo with the found products painted over in its mean colour."""
+    w, h = image.size
+    fill = tuple(int(c) for c in np.asarray(image.reduce(8) if min(w, h) >= 64 else image).reshape(-1, 3).mean(0))
+    masked = image.copy()
+    for x0, y0, x1, y1 in boxes:
+        masked.paste(fill, (int(x0), int(y0), int(np.ceil(x1)), int(np.ceil(y1))))
+    return masked
+
+
+def _residual(image: Image.Image, boxes: list[regions_mod.Box]) -> tuple[Image.Image, local_features.LocalFeatures]:
+    """What is left once the found products are removed: the painted-over photo and its own keypoints
+    (extracted anew, so the query's keypoint budget goes to the rest of the photo), none near a found box."""
+    masked = _painted_over(image, boxes)
+    features = local_features.extract_query_features(masked)
     x, y = features.keypoints[:, 0], features.keypoints[:, 1]
+    margin = 0.02 * max(image.size)  # the painted edges make keypoints of their own
     keep = np.ones(len(features), bool)
     for x0, y0, x1, y1 in boxes:
-        keep &= ~((x >= x0) & (x < x1) & (y >= y0) & (y < y1))
-    return local_features.LocalFeatures(
+        keep &= ~((x >= x0 - margin) & (x < x1 + margin) & (y >= y0 - margin) & (y < y1 + margin))
+    residual = local_features.LocalFeatures(
         features.keypoints[keep],
         features.descriptors[keep],
         features.colours[keep],
         features.image_width,
         features.image_height,
     )
+    return masked, residual
 
 
 def _proposal_boxes(
-    image: Image.Image, residual: local_features.LocalFeatures, found: list[regions_mod.Box], n_crops: int
+    image: Image.Image, masked: Image.Image, residual: local_features.LocalFeatures, n_crops: int
 ) -> tuple[list[Any], list[Any], list[Any]]:
     """Where else a product may be: (boxes to describe by aggregates, boxes to embed, their crops).
 
@@ -131,10 +146,6 @@ def _proposal_boxes(
     """
     w, h = image.size
     clusters = keypoint_cluster_boxes(residual.keypoints, w, h)
-    masked = image.copy()
-    fill = tuple(int(c) for c in np.asarray(image.reduce(8) if min(w, h) >= 64 else image).reshape(-1, 3).mean(0))
-    for x0, y0, x1, y1 in found:
-        masked.paste(fill, (int(x0), int(y0), int(np.ceil(x1)), int(np.ceil(y1))))
     salient = crop_boxes(masked, ("saliency", "peak"))
     embed_boxes = [b for b in [*clusters, *salient] if regions_mod.is_new_place(b, [])][:n_crops]
     describe = [*clusters, *salient, *window_boxes(w, h)]
@@ -322,12 +333,10 @@ class ReverseSearchService:
     async def _residual_pass(self, query: _Query, gathered: Gathered, found: list[regions_mod.Region]) -> bool:
         """Search what is left of the photo once the found products' keypoints are removed; False: nothing to search."""
         p = query.params
-        residual = await self.vision.run_cpu(_residual, gathered.query_features, [r.box for r in found])
+        masked, residual = await self.vision.run_cpu(_residual, query.image, [r.box for r in found])
         if len(residual) < local_features.DEFAULT_VERIFY.min_matches:
             return False
-        describe, _, crops = await self.vision.run_cpu(
-            _proposal_boxes, query.image, residual, [r.box for r in found], query.n_crops
-        )
+        describe, _, crops = await self.vision.run_cpu(_proposal_boxes, query.image, masked, residual, query.n_crops)
         embeddings = await self.vision.embed(query.spec, crops) if crops else np.zeros((0, 1), np.float32)
         aggregates = await self.vision.run_cpu(aggregate.box_aggregates, residual, describe)
         async with self.pool.acquire() as conn, conn.transaction(readonly=True):
