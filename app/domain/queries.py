@@ -70,6 +70,15 @@ class ReverseSearchRequest:
     limit: int
     filter: str | None
     attributes: list[str] | None
+    regions: bool = False  # also find each product in a different part of the photo
+    explain: bool = False  # `_match` also carries the inlier keypoint pairs
+
+
+def _flag(body: dict[str, Any], name: str) -> bool:
+    value = body.get(name, False)
+    if not isinstance(value, bool):
+        raise bad_request(f"{name} must be a boolean", f"invalid_{name}")
+    return value
 
 
 def parse_reverse_search(body: Any) -> ReverseSearchRequest:
@@ -84,6 +93,8 @@ def parse_reverse_search(body: Any) -> ReverseSearchRequest:
         limit=min(max(limit, 1), 10),
         filter=_filter(body),
         attributes=_attributes(body),
+        regions=_flag(body, "regions"),
+        explain=_flag(body, "explain"),
     )
 
 
