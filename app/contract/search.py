@@ -143,6 +143,17 @@ def _clamped_limit(value: Any) -> int:
     return min(max(integral("limit")(value), 1), MAX_REVERSE_LIMIT)
 
 
+def _flag(name: str) -> Any:
+    """A boolean switch; anything else (1, "true") is a 400 naming it."""
+
+    def check(value: Any) -> bool:
+        if not isinstance(value, bool):
+            raise reject(f"invalid_{name}", f"{name} must be a boolean")
+        return value
+
+    return BeforeValidator(check)
+
+
 class ReverseImageSearchRequest(MarqoSearchRequest):
     """POST /reverse-image-search: the seed contract (SPEC.md), exactly."""
 
@@ -163,6 +174,16 @@ class ReverseImageSearchRequest(MarqoSearchRequest):
     ] = 10
     filter: FilterText = None
     attributes: AttributeNames = omittable(alias="attributesToRetrieve")
+    regions: Annotated[
+        bool,
+        _flag("regions"),
+        Field(description="also return `regions`: each product found in a different part of the photo"),
+    ] = False
+    explain: Annotated[
+        bool,
+        _flag("explain"),
+        Field(description="`_match` also carries the matched keypoint pairs (`pairs`, `catalogSize`)"),
+    ] = False
 
 
 # --- responses -----------------------------------------------------------------------------
@@ -184,6 +205,30 @@ FieldValue = Annotated[
 ]
 
 
+Box = Annotated[
+    list[Annotated[int, Field(ge=0)]],
+    Field(min_length=4, max_length=4, description="[x0, y0, x1, y1] in the query photo's pixels (as sent, after EXIF "
+          "orientation); left/top inclusive, right/bottom exclusive"),
+]
+
+
+class Match(ContractResponse):
+    """Reverse image search only, on hits that geometric verification found: where in the query photo the
+    product is, and how many distinct keypoints matched."""
+
+    box: Box
+    inliers: int = Field(ge=1)
+    pairs: list[Annotated[list[float], Field(min_length=4, max_length=4)]] | None = omittable(
+        "with `explain`: the inlier keypoint pairs, [query x, query y, catalog x, catalog y] (query photo pixels; "
+        "pixels of the product's stored image)"
+    )
+    catalogSize: list[int] | None = omittable(
+        "with `explain`: [width, height] of the product image the catalog points refer to",
+        min_length=2,
+        max_length=2,
+    )
+
+
 class Hit(ContractResponse):
     """The default fields (productTitle, variantTitle, price, variantImageUrl, collections) or those in
     attributesToRetrieve, plus `_id` and (when ranked) `_score`."""
@@ -198,6 +243,7 @@ class Hit(ContractResponse):
     price: float | None = omittable()
     variantImageUrl: str | None = omittable()
     collections: list[str] | None = omittable("from productCollections")
+    match: Match | None = omittable("reverse image search: where the product was found", alias="_match")
 
 
 class SearchResponse(ContractResponse):
@@ -208,8 +254,18 @@ class SearchResponse(ContractResponse):
     processingTimeMs: int = Field(ge=0)
 
 
+class Region(ContractResponse):
+    """One part of the photo and the products found there, best-first (`limit` of them)."""
+
+    box: Box
+    hits: list[Hit] = Field(max_length=MAX_REVERSE_LIMIT)
+
+
 class ReverseImageSearchResponse(ContractResponse):
     hits: list[Hit] = Field(max_length=MAX_REVERSE_LIMIT)
+    regions: list[Region] | None = omittable(
+        "with `regions: true`: products found in different parts of the photo, best-first"
+    )
     limit: int = Field(ge=1, le=MAX_REVERSE_LIMIT)
     processingTimeMs: int = Field(ge=0)
 

@@ -58,11 +58,13 @@ async def reverse_image_search(request: Request) -> JSONResponse:
     parsed = ReverseSearchRequest.parse(await read_json(request, required=False))
     timer = StageTimer()
     try:
-        hits = await services(request).reverse.search(record, parsed, timer)
+        result = await services(request).reverse.search(record, parsed, timer)
     except ImageError as exc:
         raise _image_error(exc) from exc
     finally:
         observe_stages(request, "reverse-image-search", timer.stages)
-    return _with_timing(
-        json_response({"hits": hits, "limit": parsed.limit, "processingTimeMs": elapsed_ms(started)}), timer
-    )
+    body: dict[str, object] = {"hits": result.hits}
+    if result.regions is not None:
+        body["regions"] = result.regions
+    body.update(limit=parsed.limit, processingTimeMs=elapsed_ms(started))
+    return _with_timing(json_response(body), timer)

@@ -14,6 +14,8 @@ from typing import Any, Literal
 import asyncpg
 import numpy as np
 
+from app.filters import FilterNode
+from app.storage.filter_sql import compile_filter
 from app.storage.indexes import AGGREGATE_CAST, IndexRecord
 from app.storage.params import SqlParams
 
@@ -29,6 +31,12 @@ MAX_SCAN_TUPLES = 50_000
 # The vector columns of an index's vector table that nearest-neighbour search can compare.
 VectorColumn = Literal["embedding", "local_aggregate"]
 _VECTOR_COLUMNS = ("embedding", "local_aggregate")
+
+
+def _where(node: FilterNode | None) -> tuple[str, SqlParams]:
+    """The filter as a boolean SQL expression over `products p`, and its bind parameters."""
+    params = SqlParams()
+    return compile_filter(node, params, "p"), params
 
 
 def _same_index(index_param: str) -> str:
@@ -79,11 +87,11 @@ def _rows(records: list[asyncpg.Record]) -> list[Row]:
 async def browse(
     conn: asyncpg.Connection | asyncpg.Pool,
     index: IndexRecord,
-    where_sql: str,
-    params: SqlParams,
+    where: FilterNode | None,
     limit: int,
     offset: int,
 ) -> list[Row]:
+    where_sql, params = _where(where)
     index_param = params.add(index.pk)
     limit_param = params.add(limit)
     offset_param = params.add(offset)
@@ -100,11 +108,11 @@ async def text_search(
     conn: asyncpg.Connection | asyncpg.Pool,
     index: IndexRecord,
     query: str,
-    where_sql: str,
-    params: SqlParams,
+    where: FilterNode | None,
     limit: int,
     offset: int,
 ) -> list[Row]:
+    where_sql, params = _where(where)
     query_param = params.add(query)
     index_param = params.add(index.pk)
     limit_param = params.add(limit)
@@ -126,11 +134,9 @@ async def nearest(
     conn: asyncpg.Connection,
     index: IndexRecord,
     embedding: np.ndarray,
-    where_sql: str,
-    params: SqlParams,
+    where: FilterNode | None,
     k: int,
     *,
-    filtered: bool,
     ef_search: int = DEFAULT_EF_SEARCH,
     column: VectorColumn = "embedding",
 ) -> list[Row]:
@@ -140,35 +146,36 @@ async def nearest(
     (products without one are skipped). `score` is cosine similarity (1 - cosine
     distance). Must run inside a transaction: the per-query planner settings are `SET LOCAL`.
     """
-    exact = await plan_scan(conn, index, where_sql, params, filtered=filtered, ef_search=max(ef_search, k))
-    sql, values = nearest_sql(index, embedding, where_sql, params, k, exact=exact, column=column)
+    exact = await plan_scan(conn, index, where, ef_search=max(ef_search, k))
+    sql, values = nearest_sql(index, embedding, where, k, exact=exact, column=column)
     rows = _rows(await conn.fetch(sql, *values))
-    if len(rows) < k and filtered and not exact:
+    if len(rows) < k and where is not None and not exact:
         # the walk gave up (max_scan_tuples) on a filter rarer than estimated: scan exactly
         await configure_scan(conn, exact=True, ef_search=max(ef_search, k))
-        sql, values = nearest_sql(index, embedding, where_sql, params, k, exact=True, column=column)
+        sql, values = nearest_sql(index, embedding, where, k, exact=True, column=column)
         rows = _rows(await conn.fetch(sql, *values))
     return rows
 
 
-async def estimated_matches(conn: asyncpg.Connection, index: IndexRecord, where_sql: str, params: SqlParams) -> float:
+async def estimated_matches(conn: asyncpg.Connection, index: IndexRecord, where: FilterNode | None) -> float:
     """The planner's estimate of the products of `index` matching the filter (no execution)."""
-    local = SqlParams(list(params.values))
-    index_param = local.add(index.pk)
-    plan = await conn.fetchval(
-        f"EXPLAIN (FORMAT JSON) SELECT 1 FROM products p WHERE p.index_pk = {index_param} AND ({where_sql})",
-        *local.values,
-    )
+    sql, values = estimated_matches_sql(index, where)
+    plan = await conn.fetchval(sql, *values)
     return float(json.loads(plan)[0]["Plan"]["Plan Rows"])
+
+
+def estimated_matches_sql(index: IndexRecord, where: FilterNode | None) -> tuple[str, list[Any]]:
+    where_sql, params = _where(where)
+    index_param = params.add(index.pk)
+    sql = f"EXPLAIN (FORMAT JSON) SELECT 1 FROM products p WHERE p.index_pk = {index_param} AND ({where_sql})"
+    return sql, params.values
 
 
 async def plan_scan(
     conn: asyncpg.Connection,
     index: IndexRecord,
-    where_sql: str,
-    params: SqlParams,
+    where: FilterNode | None,
     *,
-    filtered: bool,
     ef_search: int,
 ) -> bool:
     """Choose exact scan or HNSW walk and set the planner for it; returns True for exact.
@@ -182,7 +189,7 @@ async def plan_scan(
     time, never results: an HNSW walk that returns fewer than k rows is redone exactly
     (`nearest`, `nearest_many`).
     """
-    exact = filtered and await estimated_matches(conn, index, where_sql, params) <= EXACT_SCAN_MAX_ROWS
+    exact = where is not None and await estimated_matches(conn, index, where) <= EXACT_SCAN_MAX_ROWS
     await configure_scan(conn, exact=exact, ef_search=ef_search)
     return exact
 
@@ -203,15 +210,14 @@ async def configure_scan(conn: asyncpg.Connection, *, exact: bool, ef_search: in
 def nearest_sql(
     index: IndexRecord,
     embedding: np.ndarray,
-    where_sql: str,
-    params: SqlParams,
+    where: FilterNode | None,
     k: int,
     *,
     exact: bool,
     column: VectorColumn = "embedding",
 ) -> tuple[str, list[Any]]:
     """The nearest-neighbour statement and its values (exposed so tests can EXPLAIN it)."""
-    local = SqlParams(list(params.values))
+    where_sql, local = _where(where)
     col, vector_param, present = _compared_vector(local, index, column, embedding)
     index_param = local.add(index.pk)
     k_param = local.add(k)
@@ -253,10 +259,8 @@ async def nearest_many(
     conn: asyncpg.Connection,
     index: IndexRecord,
     queries: list[VectorQuery],
-    where_sql: str,
-    params: SqlParams,
+    where: FilterNode | None,
     *,
-    filtered: bool,
     ef_search: int = DEFAULT_EF_SEARCH,
 ) -> list[list[tuple[int, float]]]:
     """(product pk, cosine) nearest neighbours per query, under one filter: one scan decision and
@@ -264,12 +268,12 @@ async def nearest_many(
     if not queries:
         return []
     k_max = max(q.k for q in queries)
-    exact = await plan_scan(conn, index, where_sql, params, filtered=filtered, ef_search=max(ef_search, k_max))
-    out = await _fetch_many(conn, index, queries, where_sql, params, exact)
-    if filtered and not exact and any(len(got) < q.k for got, q in zip(out, queries, strict=True)):
+    exact = await plan_scan(conn, index, where, ef_search=max(ef_search, k_max))
+    out = await _fetch_many(conn, index, queries, where, exact)
+    if where is not None and not exact and any(len(got) < q.k for got, q in zip(out, queries, strict=True)):
         # a walk gave up on a filter rarer than estimated: scan exactly (see `nearest`)
         await configure_scan(conn, exact=True, ef_search=max(ef_search, k_max))
-        out = await _fetch_many(conn, index, queries, where_sql, params, True)
+        out = await _fetch_many(conn, index, queries, where, True)
     return out
 
 
@@ -277,11 +281,10 @@ async def _fetch_many(
     conn: asyncpg.Connection,
     index: IndexRecord,
     queries: list[VectorQuery],
-    where_sql: str,
-    params: SqlParams,
+    where: FilterNode | None,
     exact: bool,
 ) -> list[list[tuple[int, float]]]:
-    sql, values = nearest_many_sql(index, queries, where_sql, params, exact=exact)
+    sql, values = nearest_many_sql(index, queries, where, exact=exact)
     out: list[list[tuple[int, float]]] = [[] for _ in queries]
     for r in await conn.fetch(sql, *values):
         out[r["q"]].append((int(r["pk"]), float(r["score"])))
@@ -289,10 +292,10 @@ async def _fetch_many(
 
 
 def nearest_many_sql(
-    index: IndexRecord, queries: list[VectorQuery], where_sql: str, params: SqlParams, *, exact: bool
+    index: IndexRecord, queries: list[VectorQuery], where: FilterNode | None, *, exact: bool
 ) -> tuple[str, list[Any]]:
     """UNION ALL of one nearest-neighbour branch per query (each planned on its own)."""
-    local = SqlParams(list(params.values))
+    where_sql, local = _where(where)
     index_param = local.add(index.pk)
     table = index.vectors_table
     branches = []
