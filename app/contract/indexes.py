@@ -124,7 +124,13 @@ class CreateIndexRequest(ContractRequest):
     empty_is = {}
     unknown_parameter = "unknown index setting {key!r}; known settings: {known}"
 
-    model: ModelSetting = None
+    model: Annotated[
+        Any,
+        WithJsonSchema(
+            {**_MODEL_SCHEMA, "oneOf": [*_MODEL_SCHEMA["oneOf"], {"type": "null"}]},  # type: ignore[dict-item]
+        ),
+        Field(description="absent or null: the default model (DINOv2 ViT-S/14, pretrained)"),
+    ] = None
     vectorType: Annotated[Literal["halfvec", "vector"], BeforeValidator(_vector_type)] = "halfvec"
     reverseImageSearch: ReverseImageSearchSettings = Field(default_factory=ReverseImageSearchSettings)
 
