@@ -161,13 +161,24 @@ class StoredModel(ContractResponse):
     seed: int
 
 
+class StoredReverseSearchSettings(ContractResponse):
+    """The stored `reverseImageSearch` object: the flag and every knob's current value. Open to
+    further keys: knobs written by newer versions or by `lookalike calibrate` are shown as stored."""
+
+    model_config = ConfigDict(extra="allow")
+
+    enabled: bool
+    candidatePool: int | None = omittable(ge=1)
+    queryCrops: int | Literal["auto"] | None = omittable()
+
+
 class IndexSettings(ContractResponse):
     """Indexes created through the API carry all four; rows written by other means may not."""
 
     model: StoredModel | None = omittable()
     vectorType: Literal["halfvec", "vector"] | None = omittable()
     dimensions: int | None = omittable(ge=1)
-    reverseImageSearch: ReverseImageSearchSettings | None = omittable()
+    reverseImageSearch: StoredReverseSearchSettings | None = omittable()
 
 
 class CreateIndexResponse(ContractResponse):
