@@ -1,4 +1,7 @@
-"""The `lookalike` command: serve, migrate, demo, import, bench, models pull."""
+"""The `lookalike` command: serve, migrate, demo, import, models pull.
+
+The benchmark suite is not part of the package: `python -m benchmarks` in a checkout.
+"""
 
 from __future__ import annotations
 
@@ -134,44 +137,6 @@ def _import(args: argparse.Namespace) -> int:
     return 1 if result.failure_count or result.retry_later else 0
 
 
-BENCH_NAMES = ("ann", "e2e", "ingest", "scale", "quality")
-
-
-def _bench_names(text: str) -> list[str]:
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in BENCH_NAMES]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(
-            f"unknown benchmark {', '.join(unknown) or repr(text)}; choose from {','.join(BENCH_NAMES)}"
-        )
-    return names
-
-
-def _checkout_root() -> Path | None:
-    """The source checkout holding `benchmarks/` (not part of the installed package)."""
-    for candidate in (Path(__file__).resolve().parents[1], Path.cwd()):
-        if (candidate / "benchmarks" / "suite.py").is_file():
-            return candidate
-    return None
-
-
-def _bench(args: argparse.Namespace) -> int:
-    root = _checkout_root()
-    if root is None:
-        print(
-            "lookalike bench runs the benchmarks of a source checkout: no benchmarks/ next to the installed "
-            "app package nor in the current directory (run it from the repository)",
-            file=sys.stderr,
-        )
-        return 2
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    from benchmarks import suite
-
-    out = args.out or (Path("bench-results/quick") if args.quick else Path("bench-results"))
-    return suite.run_suite(root, quick=args.quick, only=args.only, out=out, echo=not args.quiet)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lookalike", description="reverse image search for product catalogs"
@@ -225,23 +190,6 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--failures", type=Path, help="failure report (default: FILE.INDEX.failures.csv)")
     imp.add_argument("--quiet", action="store_true", help="no progress bar")
     imp.set_defaults(func=_import)
-
-    bench = sub.add_parser(
-        "bench",
-        help="run the performance suite (from a source checkout): JSON + PNG per benchmark, summary.json",
-        description="Runs ann, e2e, ingest, scale and quality benchmarks one after the other, each in its own "
-        "process, writing JSON and PNG into --out, then summary.json and a table. --quick: minutes on 2 cores; "
-        "otherwise the published sizes (hours). Exit status 1 if any benchmark failed.",
-    )
-    bench.add_argument("--quick", action="store_true", help="small sizes (about 5 minutes on 2 cores)")
-    bench.add_argument(
-        "--only", type=_bench_names, metavar="NAMES", help=f"comma-separated subset of {','.join(BENCH_NAMES)}"
-    )
-    bench.add_argument(
-        "--out", type=Path, help="output directory (default: bench-results/quick with --quick, else bench-results)"
-    )
-    bench.add_argument("--quiet", action="store_true", help="do not echo the benchmarks' output (logs are kept)")
-    bench.set_defaults(func=_bench)
 
     models = sub.add_parser("models", help="model weights")
     models_sub = models.add_subparsers(dest="models_command", required=True)

@@ -1,0 +1,1 @@
+"""The API contract as typed request and response models (filled in by the contract work)."""
