@@ -12,41 +12,29 @@ import sys
 from pathlib import Path
 
 from app.config import Settings
+from app.logs import LOG_FORMATS, choose_format, configure_logging
 
 
 def _serve(args: argparse.Namespace) -> int:
-    logging_options = _uvicorn_logging(args)  # first: importing the app already logs (alembic)
-
     import uvicorn
 
     from app.main import create_app
 
     settings = Settings.from_env()
     app = create_app(settings)
+    # Logging is configured (main); uvicorn's access log is off: it would print raw paths with
+    # query strings, ours logs route templates and request ids (app/http/ops.py).
     uvicorn.run(
         app,
         host=args.host,
         port=args.port,
         log_level=args.log_level,
+        log_config=None,
+        access_log=False,
         timeout_graceful_shutdown=args.graceful_timeout,
         limit_concurrency=args.limit_concurrency,
-        **logging_options,
     )
     return 0
-
-
-def _uvicorn_logging(args: argparse.Namespace) -> dict[str, object]:
-    """JSON lines (default) or plain text; our access log replaces uvicorn's in both.
-
-    uvicorn's access log would print raw paths with query strings; ours logs route templates
-    and request ids (app/http/ops.py).
-    """
-    if args.log_format == "json":
-        from app.http.ops import configure_json_logging
-
-        configure_json_logging(args.log_level)
-        return {"log_config": None, "access_log": False}
-    return {"access_log": False}
 
 
 def _migrate(args: argparse.Namespace) -> int:
@@ -137,6 +125,16 @@ def _import(args: argparse.Namespace) -> int:
     return 1 if result.failure_count or result.retry_later else 0
 
 
+def _log_format_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=None,
+        help="log lines on stderr: text (readable) or json (one object per line); default: "
+        "LOOKALIKE_LOG_FORMAT, else text on a terminal and json otherwise",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lookalike", description="reverse image search for product catalogs"
@@ -149,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--log-level", default="info")
-    serve.add_argument("--log-format", choices=("json", "text"), default="json", help="log lines on stderr")
+    _log_format_option(serve)
     serve.add_argument(
         "--graceful-timeout", type=int, default=30, help="seconds to finish in-flight requests"
     )
@@ -169,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     dem.add_argument("--port", type=int, default=8000, help="0 = any free port")
     dem.add_argument("--offline", action="store_true", help="use the random-weight model without trying pretrained")
     dem.add_argument("--reset", action="store_true", help="drop and recreate the demo index")
+    _log_format_option(dem)
     dem.set_defaults(func=_demo)
 
     imp = sub.add_parser(
@@ -200,8 +199,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    # First: importing the app and migrating already log (alembic, embedded PostgreSQL).
+    try:
+        configured = Settings.from_env().log_format
+    except ValueError as exc:
+        print(f"lookalike: {exc}", file=sys.stderr)
+        return 2
+    fmt = choose_format(getattr(args, "log_format", None), configured, sys.stderr)
+    configure_logging(fmt, getattr(args, "log_level", "info"))
     return int(args.func(args) or 0)
 
 
