@@ -342,8 +342,49 @@ SCHEMAS: dict[str, Any] = {
             "price": {"type": "number"},
             "variantImageUrl": {"type": "string"},
             "collections": {"type": "array", "items": {"type": "string"}},
+            "_match": _ref("Match"),
         },
         "additionalProperties": _FIELD_VALUE,
+    },
+    "Match": {
+        "type": "object",
+        "description": "reverse image search only, on hits that geometric verification found: where in the "
+        "query photo (its pixels as sent, after EXIF orientation) the product is, and how many distinct "
+        "keypoints matched",
+        "required": ["box", "inliers"],
+        "properties": {
+            "box": {
+                "type": "array",
+                "items": {"type": "integer", "minimum": 0},
+                "minItems": 4,
+                "maxItems": 4,
+                "description": "[x0, y0, x1, y1], left/top inclusive, right/bottom exclusive",
+            },
+            "inliers": {"type": "integer", "minimum": 1},
+            "pairs": {
+                "type": "array",
+                "description": "with `explain`: the inlier keypoint pairs, [query x, query y, catalog x, catalog y] "
+                "(query photo pixels; pixels of the product's stored image)",
+                "items": {"type": "array", "items": {"type": "number"}, "minItems": 4, "maxItems": 4},
+            },
+            "catalogSize": {
+                "type": "array",
+                "description": "with `explain`: [width, height] of the product image the catalog points refer to",
+                "items": {"type": "integer"},
+                "minItems": 2,
+                "maxItems": 2,
+            },
+        },
+        "additionalProperties": False,
+    },
+    "Region": {
+        "type": "object",
+        "required": ["box", "hits"],
+        "properties": {
+            "box": {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 4, "maxItems": 4},
+            "hits": {"type": "array", "maxItems": 10, "items": _ref("Hit")},
+        },
+        "additionalProperties": False,
     },
     "SearchRequest": {
         "type": "object",
@@ -382,6 +423,16 @@ SCHEMAS: dict[str, Any] = {
             "limit": {"type": "integer", "default": 10, "description": "clamped to 1-10"},
             "filter": {"type": ["string", "null"]},
             "attributesToRetrieve": {"type": "array", "items": {"type": "string"}},
+            "regions": {
+                "type": "boolean",
+                "default": False,
+                "description": "also return `regions`: each product found in a different part of the photo",
+            },
+            "explain": {
+                "type": "boolean",
+                "default": False,
+                "description": "`_match` also carries the matched keypoint pairs (`pairs`, `catalogSize`)",
+            },
         },
     },
     "ReverseImageSearchResponse": {
@@ -389,6 +440,11 @@ SCHEMAS: dict[str, Any] = {
         "required": ["hits", "limit", "processingTimeMs"],
         "properties": {
             "hits": {"type": "array", "maxItems": 10, "items": _ref("Hit")},
+            "regions": {
+                "type": "array",
+                "description": "with `regions: true`: products found in different parts of the photo, best-first",
+                "items": _ref("Region"),
+            },
             "limit": {"type": "integer", "minimum": 1, "maximum": 10},
             "processingTimeMs": {"type": "integer", "minimum": 0},
         },
