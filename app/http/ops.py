@@ -6,14 +6,11 @@ app built by `create_app` (tests build many) has its own counters.
 
 from __future__ import annotations
 
-import contextvars
-import json
 import logging
 import re
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, Histogram, generate_latest
@@ -24,11 +21,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.domain.health import HealthService
+from app.logs import request_id_var
 
 access_log = logging.getLogger("lookalike.access")
 
-# The id of the request being served, for every log line written while serving it.
-request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("lookalike_request_id", default=None)
 
 # An incoming x-request-id is echoed only when it looks like an id: it ends up in logs, and a
 # caller must not be able to inject newlines, JSON or megabytes into them.
@@ -176,56 +172,6 @@ def _header(scope: Scope, name: bytes) -> str | None:
             except UnicodeDecodeError:
                 return None
     return None
-
-
-# --- logging -------------------------------------------------------------------------------
-
-
-class RequestIdFilter(logging.Filter):
-    """Stamps every record with the id of the request being served (if any)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not hasattr(record, "request_id"):
-            record.request_id = request_id_var.get()
-        return True
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: ts, level, logger, message, request_id, and any `fields` extra."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        request_id = getattr(record, "request_id", None) or request_id_var.get()
-        if request_id:
-            entry["request_id"] = request_id
-        fields = getattr(record, "fields", None)
-        if isinstance(fields, dict):
-            entry.update(fields)
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str, ensure_ascii=False)
-
-
-def configure_json_logging(level: str = "info") -> None:
-    """Route every logger (ours, uvicorn's, asyncpg's) through one JSON-lines handler on stderr."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(JsonFormatter())
-    handler.addFilter(RequestIdFilter())
-    root = logging.getLogger()
-    for existing in list(root.handlers):
-        root.removeHandler(existing)
-    root.addHandler(handler)
-    root.setLevel(level.upper())
-    logging.captureWarnings(True)  # Python warnings become JSON lines too (logger "py.warnings")
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
-        logger = logging.getLogger(name)
-        logger.handlers.clear()
-        logger.propagate = True
 
 
 # --- endpoints -----------------------------------------------------------------------------
