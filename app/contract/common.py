@@ -96,11 +96,17 @@ class ContractModel(BaseModel):
     model_config = ConfigDict(strict=True, populate_by_name=True, frozen=True)
 
 
+def _publish_ignored_keys(schema: dict[str, Any], model: type[Any]) -> None:
+    for key in sorted(getattr(model, "ignored_keys", ())):
+        schema.setdefault("properties", {})[key] = {"description": "accepted and ignored"}
+
+
 class ContractRequest(ContractModel):
     """A request body. Unknown top-level keys are refused with `unknown_parameter`, except the
-    keys a subclass lists in `ignored_keys` (accepted and dropped, as Marqo does)."""
+    keys a subclass lists in `ignored_keys` (accepted whatever their value and dropped, as Marqo
+    does; the schema lists them too)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_publish_ignored_keys)
 
     ignored_keys: ClassVar[frozenset[str]] = frozenset()
     # The message for an unknown top-level key ({key}: the key, {known}: the declared names).
