@@ -94,6 +94,10 @@ MAX_SEARCH_WINDOW = 10_000
 MAX_TEXT_QUERY_CHARS = 4096
 
 
+# How a text `q` is ranked (SPEC "Beyond the seed", `searchMethod`).
+SEARCH_METHODS = ("LEXICAL", "TENSOR", "HYBRID")
+
+
 @dataclass(frozen=True)
 class SearchRequest:
     q: str | None  # None = browse
@@ -102,6 +106,18 @@ class SearchRequest:
     offset: int
     filter: str | None
     attributes: list[str] | None
+    search_method: str | None = None  # one of SEARCH_METHODS; None = the index's default
+
+
+def _search_method(body: dict[str, Any]) -> str | None:
+    value = body.get("searchMethod")
+    if value is None:
+        return None
+    if not isinstance(value, str) or value.strip().upper() not in SEARCH_METHODS:
+        raise bad_request(
+            f"searchMethod must be one of {', '.join(SEARCH_METHODS)}, got {value!r}", "invalid_search_method"
+        )
+    return value.strip().upper()
 
 
 def parse_search(body: Any) -> SearchRequest:
@@ -140,6 +156,7 @@ def parse_search(body: Any) -> SearchRequest:
         offset=offset,
         filter=_filter(body),
         attributes=_attributes(body),
+        search_method=_search_method(body),
     )
 
 

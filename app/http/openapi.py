@@ -101,16 +101,19 @@ SCHEMAS: dict[str, Any] = {
     },
     "ModelSetting": {
         "description": "a timm model name with its pretrained tag, or an explicit spec "
-        "(`pretrained: false` = deterministic random weights, fully offline)",
+        "(`pretrained: false` = deterministic random weights, fully offline); with "
+        '`"library": "open_clip"` an image+text model (`ViT-B-32`, `ViT-B-16-SigLIP`, '
+        "`hf-hub:Marqo/marqo-ecommerce-embeddings-B`, ...) whose text tower ranks products for text queries",
         "oneOf": [
             {"type": "string"},
             {
                 "type": "object",
                 "required": ["name"],
                 "properties": {
+                    "library": {"enum": ["timm", "open_clip"], "default": "timm"},
                     "name": {"type": "string"},
                     "pretrained": {"type": ["boolean", "string"]},
-                    "imageSize": {"type": "integer"},
+                    "imageSize": {"type": "integer", "description": "timm models only"},
                     "seed": {"type": "integer"},
                 },
                 "additionalProperties": False,
@@ -140,8 +143,9 @@ SCHEMAS: dict[str, Any] = {
                 "type": "object",
                 "required": ["name", "pretrained", "seed"],
                 "properties": {
+                    "library": {"enum": ["open_clip"], "description": "absent for timm models"},
                     "name": {"type": "string"},
-                    "pretrained": {"type": "boolean"},
+                    "pretrained": {"type": ["boolean", "string"]},
                     "imageSize": {"type": "integer"},
                     "seed": {"type": "integer"},
                 },
@@ -350,13 +354,20 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "q": {
                 "type": "string",
-                "description": "text (lexical search), an image URL or data URL (Search by Image), "
+                "description": "text (see searchMethod), an image URL or data URL (Search by Image), "
                 "or `*` / absent to browse",
             },
             "limit": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 10},
             "offset": {"type": "integer", "minimum": 0, "default": 0},
             "filter": {"type": ["string", "null"], "description": "filter DSL, e.g. `brand:Nike AND price:[* TO 200]`"},
             "attributesToRetrieve": {"type": "array", "items": {"type": "string"}},
+            "searchMethod": {
+                "enum": ["LEXICAL", "TENSOR", "HYBRID"],
+                "description": "for text `q`: LEXICAL full-text; TENSOR the text embedding against the product "
+                "image embeddings (filtered ANN, as Search by Image); HYBRID both fused by reciprocal rank "
+                "(k = 60). Default HYBRID where the index's model has a text tower (open_clip), else LEXICAL; "
+                "TENSOR/HYBRID on a model without one is a 400 `search_method_unsupported`",
+            },
         },
     },
     "SearchResponse": {
