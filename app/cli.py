@@ -106,6 +106,7 @@ def _demo(args: argparse.Namespace) -> int:
         port=args.port,
         offline=args.offline,
         reset=args.reset,
+        model=args.model,
     )
     try:
         return asyncio.run(demo.run(options))
@@ -221,6 +222,11 @@ def build_parser() -> argparse.ArgumentParser:
     dem.add_argument("--port", type=int, default=8000, help="0 = any free port")
     dem.add_argument("--offline", action="store_true", help="use the random-weight model without trying pretrained")
     dem.add_argument("--reset", action="store_true", help="drop and recreate the demo index")
+    dem.add_argument(
+        "--model",
+        help="the new index's model: a timm name or a JSON model setting, e.g. "
+        '\'{"library": "open_clip", "name": "ViT-B-32", "pretrained": false}\' (text search by the pictures)',
+    )
     dem.set_defaults(func=_demo)
 
     imp = sub.add_parser(
