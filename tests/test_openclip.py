@@ -22,6 +22,7 @@ from app.config import Settings
 from app.vision.embedder import Embedder
 from app.vision.model import ModelRegistry, ModelSpec, ModelUnavailableError, load_model
 from app.vision.openclip import OFFLINE_OPEN_CLIP_DIM, OFFLINE_OPEN_CLIP_MODEL, OpenClipModel, OpenClipSpec
+from tests.helpers import tokenizer_files
 
 # The smallest CLIP and SigLIP configurations open_clip ships (63M and 203M parameters).
 SMALL_CLIP = "ViT-S-32"
@@ -202,23 +203,6 @@ def _config_json(arch: str, **text_overrides: object) -> bytes:
     cfg = open_clip.get_model_config(arch)
     cfg["text_cfg"].update(text_overrides)
     return json.dumps({"model_cfg": cfg, "preprocess_cfg": {"mean": [0.5] * 3, "std": [0.5] * 3}}).encode()
-
-
-def tokenizer_files(directory: Path) -> dict[str, Path]:
-    """A small SentencePiece-style (Unigram) tokenizer in Hugging Face's files, as SigLIP's repo has."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
-
-    tokenizer = Tokenizer(models.Unigram())
-    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
-    specials = ["<pad>", "</s>", "<unk>"]
-    trainer = trainers.UnigramTrainer(vocab_size=60, special_tokens=specials, unk_token="<unk>")
-    tokenizer.train_from_iterator(["red leather shoe", "blue cotton shirt", "green wool hat", "black boot"], trainer)
-    tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    directory.mkdir(parents=True, exist_ok=True)
-    tokenizer.save(str(directory / "tokenizer.json"))
-    config = {"tokenizer_class": "PreTrainedTokenizerFast", "pad_token": "<pad>", "eos_token": "</s>"}
-    (directory / "tokenizer_config.json").write_text(json.dumps(config))
-    return {name: directory / name for name in ("tokenizer.json", "tokenizer_config.json")}
 
 
 def _assert_loaded(model: OpenClipModel, state: dict[str, torch.Tensor]) -> None:
