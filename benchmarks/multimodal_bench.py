@@ -182,7 +182,7 @@ async def _load_text(pool: Any, index_pk: int) -> float:
 
 
 async def run_sql(products: int, queries: int, data_dir: Path | None) -> dict[str, Any]:
-    from app.domain.search import compile_where
+    from app.filters import parse_filter
     from app.storage import db, search
     from benchmarks import synthetic
 
@@ -203,23 +203,21 @@ async def run_sql(products: int, queries: int, data_dir: Path | None) -> dict[st
         for tag in ("sel_100", "sel_10", "sel_1", "sel_0_1"):
             filter_text = None if tag == "sel_100" else f"{tag}:true"
             for _ in range(2):  # warm the buffer cache for this filter
-                where, params, filtered = compile_where(filter_text)
+                where = parse_filter(filter_text)
                 async with pool.acquire() as conn, conn.transaction(readonly=True):
-                    await search.hybrid_search(conn, record, texts[0], qvecs[0], where, params, 10, filtered=filtered)
+                    await search.hybrid_search(conn, record, texts[0], qvecs[0], where, 10)
             latencies, returned, vector_only = [], [], []
             for text, vector in zip(texts, qvecs, strict=True):
-                where, params, filtered = compile_where(filter_text)
+                where = parse_filter(filter_text)
                 started = time.perf_counter()
                 async with pool.acquire() as conn, conn.transaction(readonly=True):
-                    rows = await search.hybrid_search(conn, record, text, vector, where, params, 10, filtered=filtered)
+                    rows = await search.hybrid_search(conn, record, text, vector, where, 10)
                 latencies.append((time.perf_counter() - started) * 1000)
                 returned.append(len(rows))
-                where, params, filtered = compile_where(filter_text)
                 started = time.perf_counter()
                 async with pool.acquire() as conn, conn.transaction(readonly=True):  # TENSOR's statement
-                    await search.nearest(conn, record, vector, where, params, 10, filtered=filtered)
+                    await search.nearest(conn, record, vector, where, 10)
                 vector_only.append((time.perf_counter() - started) * 1000)
-            where, params, _ = compile_where(filter_text)
             lexical_hits = [
                 await pool.fetchval(
                     "SELECT count(*) FROM products p WHERE p.index_pk = $1 AND"
@@ -239,10 +237,10 @@ async def run_sql(products: int, queries: int, data_dir: Path | None) -> dict[st
                     "tensor_nearest": _summary(vector_only),
                 }
             )
-        where, params, filtered = compile_where("sel_10:true")
+        where = parse_filter("sel_10:true")
         async with pool.acquire() as conn, conn.transaction(readonly=True):
-            exact = await search.plan_scan(conn, record, where, params, filtered=filtered, ef_search=100)
-            sql, values = search.hybrid_sql(record, texts[0], qvecs[0], where, params, 10, exact=exact)
+            exact = await search.plan_scan(conn, record, where, ef_search=100)
+            sql, values = search.hybrid_sql(record, texts[0], qvecs[0], where, 10, exact=exact)
             plan = [r[0] for r in await conn.fetch(f"EXPLAIN (ANALYZE, COSTS OFF) {sql}", *values)]
         # the query vector's literal makes the plan unreadable
         plan = [line if len(line) < 300 else line[:120] + " ... " + line[-40:] for line in plan]

@@ -215,15 +215,15 @@ def _rendered_hybrid() -> list[str]:
     """The hybrid statement for `q` + filter `brand:(Nike)` on a 512-d index, both scan variants."""
     from datetime import UTC, datetime
 
-    from app.domain.search import compile_where
+    from app.filters import parse_filter
     from app.storage.indexes import IndexRecord
     from app.storage.search import hybrid_sql
 
     record = IndexRecord(1, "example", "", {}, {}, 512, "halfvec", datetime(2026, 1, 1, tzinfo=UTC))
     out = []
     for exact in (False, True):
-        where, params, _ = compile_where("brand:(Nike)")
-        sql, _ = hybrid_sql(record, "leather boot", np.zeros(512, np.float32), where, params, 10, exact=exact)
+        where = parse_filter("brand:(Nike)")
+        sql, _ = hybrid_sql(record, "leather boot", np.zeros(512, np.float32), where, 10, exact=exact)
         out.append(sql)
     return out
 

@@ -12,9 +12,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from app.domain.filters import index_terms
 from app.domain.products import DocumentError, document_id, merge_partial, validate_document
 from app.errors import ImageError
+from app.filters import index_terms
 from app.storage.catalog import CatalogStore
 from app.storage.indexes import IndexRecord
 from app.storage.products import ProductWrite

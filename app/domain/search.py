@@ -8,13 +8,11 @@ from typing import Any
 
 import asyncpg
 
-from app.domain.filters import FilterError, parse_filter
 from app.domain.queries import SearchRequest, shape_hit
 from app.errors import bad_request
+from app.filters import FilterError, FilterNode, parse_filter
 from app.storage import search as search_sql
-from app.storage.filter_sql import compile_filter
 from app.storage.indexes import IndexRecord
-from app.storage.params import SqlParams
 from app.vision.model import ModelSpec
 from app.vision.service import VisionService
 
@@ -32,14 +30,12 @@ class StageTimer:
         self._last = now
 
 
-def compile_where(filter_text: str | None) -> tuple[str, SqlParams, bool]:
-    """SQL for the filter, its parameters, and whether there is a filter at all."""
+def request_filter(filter_text: str | None) -> FilterNode | None:
+    """The request's filter as an AST (None: no filter); a 400 `invalid_filter` when it does not parse."""
     try:
-        node = parse_filter(filter_text)
+        return parse_filter(filter_text)
     except FilterError as exc:
         raise exc.to_api_error() from exc
-    params = SqlParams()
-    return compile_filter(node, params, "p"), params, node is not None
 
 
 class SearchService:
@@ -50,35 +46,25 @@ class SearchService:
     async def search(
         self, index: IndexRecord, request: SearchRequest, timer: StageTimer
     ) -> list[dict[str, Any]]:
-        where_sql, params, filtered = compile_where(request.filter)
+        where = request_filter(request.filter)
         if request.q is None:
-            rows = await search_sql.browse(self.pool, index, where_sql, params, request.limit, request.offset)
+            rows = await search_sql.browse(self.pool, index, where, request.limit, request.offset)
             timer.lap("sql")
             return [shape_hit(r.doc, None, request.attributes) for r in rows]
         spec = ModelSpec.parse(index.model)
         if not request.is_image:
             method = search_method(request.search_method, spec)
             if method == "LEXICAL":
-                rows = await search_sql.text_search(
-                    self.pool, index, request.q, where_sql, params, request.limit, request.offset
-                )
+                rows = await search_sql.text_search(self.pool, index, request.q, where, request.limit, request.offset)
                 timer.lap("sql")
                 return [shape_hit(r.doc, r.score, request.attributes) for r in rows]
-            return await self._text_by_vector(index, spec, request, method, where_sql, params, filtered, timer)
+            return await self._text_by_vector(index, spec, request, method, where, timer)
         loaded = await self.vision.load(request.q)
         timer.lap("decode")
         embedding = (await self.vision.embed(spec, [loaded.image]))[0]
         timer.lap("embed")
         async with self.pool.acquire() as conn, conn.transaction(readonly=True):
-            rows = await search_sql.nearest(
-                conn,
-                index,
-                embedding,
-                where_sql,
-                params,
-                request.limit + request.offset,
-                filtered=filtered,
-            )
+            rows = await search_sql.nearest(conn, index, embedding, where, request.limit + request.offset)
         timer.lap("sql")
         return [shape_hit(r.doc, r.score, request.attributes) for r in rows[request.offset :]]
 
@@ -88,9 +74,7 @@ class SearchService:
         spec: ModelSpec,
         request: SearchRequest,
         method: str,
-        where_sql: str,
-        params: SqlParams,
-        filtered: bool,
+        where: FilterNode | None,
         timer: StageTimer,
     ) -> list[dict[str, Any]]:
         """TENSOR: the text embedding against the image embeddings, through the filtered ANN path of
@@ -101,11 +85,9 @@ class SearchService:
         window = request.limit + request.offset
         async with self.pool.acquire() as conn, conn.transaction(readonly=True):
             if method == "TENSOR":
-                rows = await search_sql.nearest(conn, index, embedding, where_sql, params, window, filtered=filtered)
+                rows = await search_sql.nearest(conn, index, embedding, where, window)
             else:
-                rows = await search_sql.hybrid_search(
-                    conn, index, request.q, embedding, where_sql, params, window, filtered=filtered
-                )
+                rows = await search_sql.hybrid_search(conn, index, request.q, embedding, where, window)
         timer.lap("sql")
         return [shape_hit(r.doc, r.score, request.attributes) for r in rows[request.offset :]]
 

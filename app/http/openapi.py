@@ -101,19 +101,16 @@ SCHEMAS: dict[str, Any] = {
     },
     "ModelSetting": {
         "description": "a timm model name with its pretrained tag, or an explicit spec "
-        "(`pretrained: false` = deterministic random weights, fully offline); with "
-        '`"library": "open_clip"` an image+text model (`ViT-B-32`, `ViT-B-16-SigLIP`, '
-        "`hf-hub:Marqo/marqo-ecommerce-embeddings-B`, ...) whose text tower ranks products for text queries",
+        "(`pretrained: false` = deterministic random weights, fully offline)",
         "oneOf": [
             {"type": "string"},
             {
                 "type": "object",
                 "required": ["name"],
                 "properties": {
-                    "library": {"enum": ["timm", "open_clip"], "default": "timm"},
                     "name": {"type": "string"},
                     "pretrained": {"type": ["boolean", "string"]},
-                    "imageSize": {"type": "integer", "description": "timm models only"},
+                    "imageSize": {"type": "integer"},
                     "seed": {"type": "integer"},
                 },
                 "additionalProperties": False,
@@ -143,9 +140,8 @@ SCHEMAS: dict[str, Any] = {
                 "type": "object",
                 "required": ["name", "pretrained", "seed"],
                 "properties": {
-                    "library": {"enum": ["open_clip"], "description": "absent for timm models"},
                     "name": {"type": "string"},
-                    "pretrained": {"type": ["boolean", "string"]},
+                    "pretrained": {"type": "boolean"},
                     "imageSize": {"type": "integer"},
                     "seed": {"type": "integer"},
                 },
@@ -346,28 +342,62 @@ SCHEMAS: dict[str, Any] = {
             "price": {"type": "number"},
             "variantImageUrl": {"type": "string"},
             "collections": {"type": "array", "items": {"type": "string"}},
+            "_match": _ref("Match"),
         },
         "additionalProperties": _FIELD_VALUE,
+    },
+    "Match": {
+        "type": "object",
+        "description": "reverse image search only, on hits that geometric verification found: where in the "
+        "query photo (its pixels as sent, after EXIF orientation) the product is, and how many distinct "
+        "keypoints matched",
+        "required": ["box", "inliers"],
+        "properties": {
+            "box": {
+                "type": "array",
+                "items": {"type": "integer", "minimum": 0},
+                "minItems": 4,
+                "maxItems": 4,
+                "description": "[x0, y0, x1, y1], left/top inclusive, right/bottom exclusive",
+            },
+            "inliers": {"type": "integer", "minimum": 1},
+            "pairs": {
+                "type": "array",
+                "description": "with `explain`: the inlier keypoint pairs, [query x, query y, catalog x, catalog y] "
+                "(query photo pixels; pixels of the product's stored image)",
+                "items": {"type": "array", "items": {"type": "number"}, "minItems": 4, "maxItems": 4},
+            },
+            "catalogSize": {
+                "type": "array",
+                "description": "with `explain`: [width, height] of the product image the catalog points refer to",
+                "items": {"type": "integer"},
+                "minItems": 2,
+                "maxItems": 2,
+            },
+        },
+        "additionalProperties": False,
+    },
+    "Region": {
+        "type": "object",
+        "required": ["box", "hits"],
+        "properties": {
+            "box": {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 4, "maxItems": 4},
+            "hits": {"type": "array", "maxItems": 10, "items": _ref("Hit")},
+        },
+        "additionalProperties": False,
     },
     "SearchRequest": {
         "type": "object",
         "properties": {
             "q": {
                 "type": "string",
-                "description": "text (see searchMethod), an image URL or data URL (Search by Image), "
+                "description": "text (lexical search), an image URL or data URL (Search by Image), "
                 "or `*` / absent to browse",
             },
             "limit": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 10},
             "offset": {"type": "integer", "minimum": 0, "default": 0},
             "filter": {"type": ["string", "null"], "description": "filter DSL, e.g. `brand:Nike AND price:[* TO 200]`"},
             "attributesToRetrieve": {"type": "array", "items": {"type": "string"}},
-            "searchMethod": {
-                "enum": ["LEXICAL", "TENSOR", "HYBRID"],
-                "description": "for text `q`: LEXICAL full-text; TENSOR the text embedding against the product "
-                "image embeddings (filtered ANN, as Search by Image); HYBRID both fused by reciprocal rank "
-                "(k = 60). Default HYBRID where the index's model has a text tower (open_clip), else LEXICAL; "
-                "TENSOR/HYBRID on a model without one is a 400 `search_method_unsupported`",
-            },
         },
     },
     "SearchResponse": {
@@ -393,6 +423,16 @@ SCHEMAS: dict[str, Any] = {
             "limit": {"type": "integer", "default": 10, "description": "clamped to 1-10"},
             "filter": {"type": ["string", "null"]},
             "attributesToRetrieve": {"type": "array", "items": {"type": "string"}},
+            "regions": {
+                "type": "boolean",
+                "default": False,
+                "description": "also return `regions`: each product found in a different part of the photo",
+            },
+            "explain": {
+                "type": "boolean",
+                "default": False,
+                "description": "`_match` also carries the matched keypoint pairs (`pairs`, `catalogSize`)",
+            },
         },
     },
     "ReverseImageSearchResponse": {
@@ -400,6 +440,11 @@ SCHEMAS: dict[str, Any] = {
         "required": ["hits", "limit", "processingTimeMs"],
         "properties": {
             "hits": {"type": "array", "maxItems": 10, "items": _ref("Hit")},
+            "regions": {
+                "type": "array",
+                "description": "with `regions: true`: products found in different parts of the photo, best-first",
+                "items": _ref("Region"),
+            },
             "limit": {"type": "integer", "minimum": 1, "maximum": 10},
             "processingTimeMs": {"type": "integer", "minimum": 0},
         },

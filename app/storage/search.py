@@ -15,6 +15,8 @@ from typing import Any, Literal
 import asyncpg
 import numpy as np
 
+from app.filters import FilterNode
+from app.storage.filter_sql import compile_filter
 from app.storage.indexes import AGGREGATE_CAST, IndexRecord
 from app.storage.params import SqlParams
 
@@ -30,6 +32,12 @@ MAX_SCAN_TUPLES = 50_000
 # The vector columns of an index's vector table that nearest-neighbour search can compare.
 VectorColumn = Literal["embedding", "local_aggregate"]
 _VECTOR_COLUMNS = ("embedding", "local_aggregate")
+
+
+def _where(node: FilterNode | None) -> tuple[str, SqlParams]:
+    """The filter as a boolean SQL expression over `products p`, and its bind parameters."""
+    params = SqlParams()
+    return compile_filter(node, params, "p"), params
 
 
 def _same_index(index_param: str) -> str:
@@ -80,11 +88,11 @@ def _rows(records: list[asyncpg.Record]) -> list[Row]:
 async def browse(
     conn: asyncpg.Connection | asyncpg.Pool,
     index: IndexRecord,
-    where_sql: str,
-    params: SqlParams,
+    where: FilterNode | None,
     limit: int,
     offset: int,
 ) -> list[Row]:
+    where_sql, params = _where(where)
     index_param = params.add(index.pk)
     limit_param = params.add(limit)
     offset_param = params.add(offset)
@@ -112,11 +120,11 @@ async def text_search(
     conn: asyncpg.Connection | asyncpg.Pool,
     index: IndexRecord,
     query: str,
-    where_sql: str,
-    params: SqlParams,
+    where: FilterNode | None,
     limit: int,
     offset: int,
 ) -> list[Row]:
+    where_sql, params = _where(where)
     query_param = params.add(query)
     index_param = params.add(index.pk)
     limit_param = params.add(limit)
@@ -136,11 +144,9 @@ async def hybrid_search(
     index: IndexRecord,
     query: str,
     embedding: np.ndarray,
-    where_sql: str,
-    params: SqlParams,
+    where: FilterNode | None,
     k: int,
     *,
-    filtered: bool,
     ef_search: int = DEFAULT_EF_SEARCH,
 ) -> list[Row]:
     """The k best products by reciprocal rank fusion of the lexical and the vector leg, each leg
@@ -150,13 +156,13 @@ async def hybrid_search(
     when an HNSW walk under a filter comes back short, so it always holds `k` products when
     `k` match the filter.
     """
-    exact = await plan_scan(conn, index, where_sql, params, filtered=filtered, ef_search=max(ef_search, k))
-    sql, values = hybrid_sql(index, query, embedding, where_sql, params, k, exact=exact)
+    exact = await plan_scan(conn, index, where, ef_search=max(ef_search, k))
+    sql, values = hybrid_sql(index, query, embedding, where, k, exact=exact)
     records = await conn.fetch(sql, *values)
     vector_rows = records[0]["vector_rows"] if records else 0
-    if vector_rows < k and filtered and not exact:
+    if vector_rows < k and where is not None and not exact:
         await configure_scan(conn, exact=True, ef_search=max(ef_search, k))
-        sql, values = hybrid_sql(index, query, embedding, where_sql, params, k, exact=True)
+        sql, values = hybrid_sql(index, query, embedding, where, k, exact=True)
         records = await conn.fetch(sql, *values)
     return _rows(records)
 
@@ -165,14 +171,13 @@ def hybrid_sql(
     index: IndexRecord,
     query: str,
     embedding: np.ndarray,
-    where_sql: str,
-    params: SqlParams,
+    where: FilterNode | None,
     k: int,
     *,
     exact: bool,
 ) -> tuple[str, list[Any]]:
     """The hybrid statement and its values (sql/hybrid_search.sql is its rendered form)."""
-    local = SqlParams(list(params.values))
+    where_sql, local = _where(where)
     col, vector_param, _ = _compared_vector(local, index, "embedding", embedding)
     query_param = local.add(query)
     index_param = local.add(index.pk)
@@ -220,11 +225,9 @@ async def nearest(
     conn: asyncpg.Connection,
     index: IndexRecord,
     embedding: np.ndarray,
-    where_sql: str,
-    params: SqlParams,
+    where: FilterNode | None,
     k: int,
     *,
-    filtered: bool,
     ef_search: int = DEFAULT_EF_SEARCH,
     column: VectorColumn = "embedding",
 ) -> list[Row]:
@@ -234,35 +237,36 @@ async def nearest(
     (products without one are skipped). `score` is cosine similarity (1 - cosine
     distance). Must run inside a transaction: the per-query planner settings are `SET LOCAL`.
     """
-    exact = await plan_scan(conn, index, where_sql, params, filtered=filtered, ef_search=max(ef_search, k))
-    sql, values = nearest_sql(index, embedding, where_sql, params, k, exact=exact, column=column)
+    exact = await plan_scan(conn, index, where, ef_search=max(ef_search, k))
+    sql, values = nearest_sql(index, embedding, where, k, exact=exact, column=column)
     rows = _rows(await conn.fetch(sql, *values))
-    if len(rows) < k and filtered and not exact:
+    if len(rows) < k and where is not None and not exact:
         # the walk gave up (max_scan_tuples) on a filter rarer than estimated: scan exactly
         await configure_scan(conn, exact=True, ef_search=max(ef_search, k))
-        sql, values = nearest_sql(index, embedding, where_sql, params, k, exact=True, column=column)
+        sql, values = nearest_sql(index, embedding, where, k, exact=True, column=column)
         rows = _rows(await conn.fetch(sql, *values))
     return rows
 
 
-async def estimated_matches(conn: asyncpg.Connection, index: IndexRecord, where_sql: str, params: SqlParams) -> float:
+async def estimated_matches(conn: asyncpg.Connection, index: IndexRecord, where: FilterNode | None) -> float:
     """The planner's estimate of the products of `index` matching the filter (no execution)."""
-    local = SqlParams(list(params.values))
-    index_param = local.add(index.pk)
-    plan = await conn.fetchval(
-        f"EXPLAIN (FORMAT JSON) SELECT 1 FROM products p WHERE p.index_pk = {index_param} AND ({where_sql})",
-        *local.values,
-    )
+    sql, values = estimated_matches_sql(index, where)
+    plan = await conn.fetchval(sql, *values)
     return float(json.loads(plan)[0]["Plan"]["Plan Rows"])
+
+
+def estimated_matches_sql(index: IndexRecord, where: FilterNode | None) -> tuple[str, list[Any]]:
+    where_sql, params = _where(where)
+    index_param = params.add(index.pk)
+    sql = f"EXPLAIN (FORMAT JSON) SELECT 1 FROM products p WHERE p.index_pk = {index_param} AND ({where_sql})"
+    return sql, params.values
 
 
 async def plan_scan(
     conn: asyncpg.Connection,
     index: IndexRecord,
-    where_sql: str,
-    params: SqlParams,
+    where: FilterNode | None,
     *,
-    filtered: bool,
     ef_search: int,
 ) -> bool:
     """Choose exact scan or HNSW walk and set the planner for it; returns True for exact.
@@ -276,7 +280,7 @@ async def plan_scan(
     time, never results: an HNSW walk that returns fewer than k rows is redone exactly
     (`nearest`, `nearest_many`).
     """
-    exact = filtered and await estimated_matches(conn, index, where_sql, params) <= EXACT_SCAN_MAX_ROWS
+    exact = where is not None and await estimated_matches(conn, index, where) <= EXACT_SCAN_MAX_ROWS
     await configure_scan(conn, exact=exact, ef_search=ef_search)
     return exact
 
@@ -297,15 +301,14 @@ async def configure_scan(conn: asyncpg.Connection, *, exact: bool, ef_search: in
 def nearest_sql(
     index: IndexRecord,
     embedding: np.ndarray,
-    where_sql: str,
-    params: SqlParams,
+    where: FilterNode | None,
     k: int,
     *,
     exact: bool,
     column: VectorColumn = "embedding",
 ) -> tuple[str, list[Any]]:
     """The nearest-neighbour statement and its values (exposed so tests can EXPLAIN it)."""
-    local = SqlParams(list(params.values))
+    where_sql, local = _where(where)
     col, vector_param, present = _compared_vector(local, index, column, embedding)
     index_param = local.add(index.pk)
     k_param = local.add(k)
@@ -347,10 +350,8 @@ async def nearest_many(
     conn: asyncpg.Connection,
     index: IndexRecord,
     queries: list[VectorQuery],
-    where_sql: str,
-    params: SqlParams,
+    where: FilterNode | None,
     *,
-    filtered: bool,
     ef_search: int = DEFAULT_EF_SEARCH,
 ) -> list[list[tuple[int, float]]]:
     """(product pk, cosine) nearest neighbours per query, under one filter: one scan decision and
@@ -358,12 +359,12 @@ async def nearest_many(
     if not queries:
         return []
     k_max = max(q.k for q in queries)
-    exact = await plan_scan(conn, index, where_sql, params, filtered=filtered, ef_search=max(ef_search, k_max))
-    out = await _fetch_many(conn, index, queries, where_sql, params, exact)
-    if filtered and not exact and any(len(got) < q.k for got, q in zip(out, queries, strict=True)):
+    exact = await plan_scan(conn, index, where, ef_search=max(ef_search, k_max))
+    out = await _fetch_many(conn, index, queries, where, exact)
+    if where is not None and not exact and any(len(got) < q.k for got, q in zip(out, queries, strict=True)):
         # a walk gave up on a filter rarer than estimated: scan exactly (see `nearest`)
         await configure_scan(conn, exact=True, ef_search=max(ef_search, k_max))
-        out = await _fetch_many(conn, index, queries, where_sql, params, True)
+        out = await _fetch_many(conn, index, queries, where, True)
     return out
 
 
@@ -371,11 +372,10 @@ async def _fetch_many(
     conn: asyncpg.Connection,
     index: IndexRecord,
     queries: list[VectorQuery],
-    where_sql: str,
-    params: SqlParams,
+    where: FilterNode | None,
     exact: bool,
 ) -> list[list[tuple[int, float]]]:
-    sql, values = nearest_many_sql(index, queries, where_sql, params, exact=exact)
+    sql, values = nearest_many_sql(index, queries, where, exact=exact)
     out: list[list[tuple[int, float]]] = [[] for _ in queries]
     for r in await conn.fetch(sql, *values):
         out[r["q"]].append((int(r["pk"]), float(r["score"])))
@@ -383,10 +383,10 @@ async def _fetch_many(
 
 
 def nearest_many_sql(
-    index: IndexRecord, queries: list[VectorQuery], where_sql: str, params: SqlParams, *, exact: bool
+    index: IndexRecord, queries: list[VectorQuery], where: FilterNode | None, *, exact: bool
 ) -> tuple[str, list[Any]]:
     """UNION ALL of one nearest-neighbour branch per query (each planned on its own)."""
-    local = SqlParams(list(params.values))
+    where_sql, local = _where(where)
     index_param = local.add(index.pk)
     table = index.vectors_table
     branches = []
