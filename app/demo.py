@@ -279,6 +279,7 @@ async def run(
         host=options.host,
         port=options.port,
         log_level="warning",
+        log_config=None,  # the command's logging (app.logs) stays in charge
         access_log=False,
         timeout_graceful_shutdown=10,
     )

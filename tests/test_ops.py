@@ -18,7 +18,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.http.ops import JsonFormatter
+from app.logs import JsonFormatter
 from tests.conftest import ADMIN, ADMIN_KEY, REPO_ROOT
 from tests.helpers import TEST_MODEL, data_url, product, product_image
 from tests.imageserver import ImageServer

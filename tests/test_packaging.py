@@ -240,3 +240,12 @@ def test_wheel_installed_outside_the_checkout_migrates_and_serves(fresh_database
             proc.kill()
             proc.wait()
         reader.join(timeout=5)
+
+
+def test_readme_test_command_is_what_ci_runs() -> None:
+    readme = (REPO_ROOT / "README.md").read_text()
+    section = readme[readme.index("Run the tests") :]
+    command = section[section.index("```bash\n") + len("```bash\n") :].split("\n```", 1)[0].strip()
+    ci = (REPO_ROOT / ".ci" / "run").read_text().splitlines()
+    assert command in ci, f"README's test command is not a line of .ci/run:\n{command}"
+    assert "lint-imports" in command.split(" && ")[-2], command  # the import contracts run in CI

@@ -210,37 +210,3 @@ async def test_search_by_image_on_an_open_clip_index(api, shop) -> None:  # type
     settings = (await api.get(f"/api/v1/indexes/{shop['name']}/settings", headers=ADMIN)).json()
     assert settings["model"] == OFFLINE_OPEN_CLIP_MODEL and settings["dimensions"] == 512
 
-
-def _rendered_hybrid() -> list[str]:
-    """The hybrid statement for `q` + filter `brand:(Nike)` on a 512-d index, both scan variants."""
-    from datetime import UTC, datetime
-
-    from app.filters import parse_filter
-    from app.storage.indexes import IndexRecord
-    from app.storage.search import hybrid_sql
-
-    record = IndexRecord(1, "example", "", {}, {}, 512, "halfvec", datetime(2026, 1, 1, tzinfo=UTC))
-    out = []
-    for exact in (False, True):
-        where = parse_filter("brand:(Nike)")
-        sql, _ = hybrid_sql(record, "leather boot", np.zeros(512, np.float32), where, 10, exact=exact)
-        out.append(sql)
-    return out
-
-
-def _normalise(sql: str) -> str:
-    import re
-
-    sql = "\n".join(line for line in sql.splitlines() if not line.strip().startswith("--"))
-    return re.sub(r"\s+", " ", sql).strip().rstrip(";").strip()
-
-
-def test_sql_file_is_the_hybrid_statement() -> None:
-    from pathlib import Path
-
-    text = (Path(__file__).resolve().parents[1] / "sql" / "hybrid_search.sql").read_text()
-    statements = [s for s in _normalise(text).split(";") if s.strip()]
-    assert [_normalise(s) for s in statements] == [_normalise(s) for s in _rendered_hybrid()], (
-        "sql/hybrid_search.sql is stale: regenerate it from app.storage.search.hybrid_sql "
-        "(tests/test_text_search.py::_rendered_hybrid)"
-    )

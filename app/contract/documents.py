@@ -251,13 +251,14 @@ _NOT_A_BATCH = OnMissing("invalid_documents", 'body must be {"documents": [ ... 
 
 
 class AddDocumentsRequest(ContractRequest):
-    """POST /documents. Items are checked one by one (`Product.check_item`) when the batch is processed."""
+    """POST /documents: add or replace products. Each product is checked on its own: a bad one fails
+    alone (its item carries the status and message) and the batch still answers 200."""
 
     documents: list[Any]
 
 
 class UpdateDocumentsRequest(ContractRequest):
-    """PATCH /documents."""
+    """PATCH /documents: partial updates; each is merged onto the stored product and checked whole."""
 
     documents: list[Any]
 

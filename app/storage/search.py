@@ -92,17 +92,24 @@ async def browse(
     limit: int,
     offset: int,
 ) -> list[Row]:
+    sql, values = browse_sql(index, where, limit, offset)
+    return _rows(await conn.fetch(sql, *values))
+
+
+def browse_sql(index: IndexRecord, where: FilterNode | None, limit: int, offset: int) -> tuple[str, list[Any]]:
+    """Products matching the filter in id order (`q` is `*` or absent)."""
     where_sql, params = _where(where)
     index_param = params.add(index.pk)
     limit_param = params.add(limit)
     offset_param = params.add(offset)
-    records = await conn.fetch(
-        f"SELECT p.pk, p.product_id, p.doc, NULL::float8 AS score FROM products p "
-        f"WHERE p.index_pk = {index_param} AND ({where_sql}) "
-        f'ORDER BY p.product_id COLLATE "C" LIMIT {limit_param} OFFSET {offset_param}',
-        *params.values,
-    )
-    return _rows(records)
+    sql = f"""
+        SELECT p.pk, p.product_id, p.doc, NULL::float8 AS score
+        FROM products p
+        WHERE p.index_pk = {index_param} AND ({where_sql})
+        ORDER BY p.product_id COLLATE "C"
+        LIMIT {limit_param} OFFSET {offset_param}
+    """
+    return sql, params.values
 
 
 def lexical_leg_sql(query_param: str, index_param: str, where_sql: str, *, columns: str = "p.pk") -> str:
@@ -124,14 +131,24 @@ async def text_search(
     limit: int,
     offset: int,
 ) -> list[Row]:
+    sql, values = text_search_sql(index, query, where, limit, offset)
+    return _rows(await conn.fetch(sql, *values))
+
+
+def text_search_sql(
+    index: IndexRecord, query: str, where: FilterNode | None, limit: int, offset: int
+) -> tuple[str, list[Any]]:
+    """Full-text search ranked by `ts_rank_cd`, under the filter."""
     where_sql, params = _where(where)
     query_param = params.add(query)
     index_param = params.add(index.pk)
     limit_param = params.add(limit)
     offset_param = params.add(offset)
     leg = lexical_leg_sql(query_param, index_param, where_sql, columns="p.pk, p.product_id, p.doc")
-    records = await conn.fetch(f"{leg} LIMIT {limit_param} OFFSET {offset_param}", *params.values)
-    return _rows(records)
+    sql = f"""{leg.rstrip()}
+        LIMIT {limit_param} OFFSET {offset_param}
+    """
+    return sql, params.values
 
 
 # Reciprocal rank fusion's constant (Cormack et al. 2009; the value Marqo and most engines use):
@@ -256,6 +273,7 @@ async def estimated_matches(conn: asyncpg.Connection, index: IndexRecord, where:
 
 
 def estimated_matches_sql(index: IndexRecord, where: FilterNode | None) -> tuple[str, list[Any]]:
+    """The planner's row estimate for the filter, which chooses exact scan or HNSW walk."""
     where_sql, params = _where(where)
     index_param = params.add(index.pk)
     sql = f"EXPLAIN (FORMAT JSON) SELECT 1 FROM products p WHERE p.index_pk = {index_param} AND ({where_sql})"
@@ -285,17 +303,25 @@ async def plan_scan(
     return exact
 
 
+# Transaction-local planner settings of one nearest-neighbour search ($1 ef_search,
+# $2 max_scan_tuples, $3 enable_sort, $4 hash/merge joins).
+CONFIGURE_SCAN = """
+SELECT set_config('hnsw.ef_search', $1, true),
+       set_config('hnsw.iterative_scan', 'relaxed_order', true),
+       set_config('hnsw.max_scan_tuples', $2, true),
+       set_config('enable_sort', $3, true),
+       set_config('enable_hashjoin', $4, true),
+       set_config('enable_mergejoin', $4, true)
+"""
+
+
+def configure_scan_values(*, exact: bool, ef_search: int) -> list[Any]:
+    return [str(ef_search), str(MAX_SCAN_TUPLES), "on" if exact else "off", "off" if exact else "on"]
+
+
 async def configure_scan(conn: asyncpg.Connection, *, exact: bool, ef_search: int) -> None:
     """The settings `plan_scan` makes, for a decision taken elsewhere (tests, benchmarks)."""
-    await conn.execute(
-        "SELECT set_config('hnsw.ef_search', $1, true), set_config('hnsw.iterative_scan', 'relaxed_order', true),"
-        " set_config('hnsw.max_scan_tuples', $2, true), set_config('enable_sort', $3, true),"
-        " set_config('enable_hashjoin', $4, true), set_config('enable_mergejoin', $4, true)",
-        str(ef_search),
-        str(MAX_SCAN_TUPLES),
-        "on" if exact else "off",
-        "off" if exact else "on",
-    )
+    await conn.execute(CONFIGURE_SCAN, *configure_scan_values(exact=exact, ef_search=ef_search))
 
 
 def nearest_sql(
@@ -396,10 +422,13 @@ def nearest_many_sql(
         # exact: `+ 0` makes the ordering unindexable, so the filtered rows are scanned
         order = f"({col} <=> {vector_param}) + 0, p.pk" if exact else f"{col} <=> {vector_param}"
         branches.append(
-            f"(SELECT {int(number)} AS q, v.product_pk AS pk, 1 - ({col} <=> {vector_param}) AS score"
-            f" FROM {table} v JOIN products p ON p.pk = v.product_pk"
-            f" WHERE {_same_index(index_param)} AND ({where_sql}){present}"
-            f" ORDER BY {order} LIMIT {k_param})"
+            "(\n"
+            f"  SELECT {int(number)} AS q, v.product_pk AS pk, 1 - ({col} <=> {vector_param}) AS score\n"
+            f"  FROM {table} v JOIN products p ON p.pk = v.product_pk\n"
+            f"  WHERE {_same_index(index_param)} AND ({where_sql}){present}\n"
+            f"  ORDER BY {order}\n"
+            f"  LIMIT {k_param}\n"
+            ")"
         )
     return "\nUNION ALL\n".join(branches), local.values
 
@@ -410,20 +439,22 @@ class CandidateDetail:
     features: asyncpg.Record | None  # local_features columns, None when the product has none
 
 
+# Document and stored local features of reverse search's candidates ($1 index pk, $2 product pks).
+CANDIDATE_DETAILS = """
+SELECT p.pk AS product_pk, p.product_id, p.doc, f.algorithm, f.keypoint_count, f.keypoints,
+       f.descriptors, f.image_width, f.image_height
+FROM products p LEFT JOIN local_features f ON f.product_pk = p.pk
+WHERE p.index_pk = $1 AND p.pk = ANY($2::bigint[])
+"""
+
+
 async def candidate_details(
     conn: asyncpg.Connection, index: IndexRecord, product_pks: list[int]
 ) -> dict[int, CandidateDetail]:
     """Document and stored local features of these products of `index`."""
     return {
         r["product_pk"]: CandidateDetail(json.loads(r["doc"]), r if r["algorithm"] is not None else None)
-        for r in await conn.fetch(
-            "SELECT p.pk AS product_pk, p.product_id, p.doc, f.algorithm, f.keypoint_count, f.keypoints,"
-            " f.descriptors, f.image_width, f.image_height"
-            " FROM products p LEFT JOIN local_features f ON f.product_pk = p.pk"
-            " WHERE p.index_pk = $1 AND p.pk = ANY($2::bigint[])",
-            index.pk,
-            product_pks,
-        )
+        for r in await conn.fetch(CANDIDATE_DETAILS, index.pk, product_pks)
     }
 
 
@@ -431,11 +462,7 @@ async def candidate_vectors(
     conn: asyncpg.Connection | asyncpg.Pool, index: IndexRecord, product_pks: list[int]
 ) -> dict[int, tuple[np.ndarray, np.ndarray | None]]:
     """(embedding, local aggregate or None) per product, for scoring candidates found by the other one."""
-    rows = await conn.fetch(
-        f"SELECT product_pk, embedding::real[] AS e, local_aggregate::real[] AS a "
-        f"FROM {index.vectors_table} WHERE product_pk = ANY($1::bigint[])",
-        product_pks,
-    )
+    rows = await conn.fetch(candidate_vectors_sql(index), product_pks)
     return {
         r["product_pk"]: (
             np.asarray(r["e"], dtype=np.float32),
@@ -443,3 +470,12 @@ async def candidate_vectors(
         )
         for r in rows
     }
+
+
+def candidate_vectors_sql(index: IndexRecord) -> str:
+    """Embedding and local aggregate of candidates found by only one signal ($1 product pks)."""
+    return f"""
+        SELECT product_pk, embedding::real[] AS e, local_aggregate::real[] AS a
+        FROM {index.vectors_table}
+        WHERE product_pk = ANY($1::bigint[])
+    """
