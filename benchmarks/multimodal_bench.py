@@ -206,14 +206,19 @@ async def run_sql(products: int, queries: int, data_dir: Path | None) -> dict[st
                 where = parse_filter(filter_text)
                 async with pool.acquire() as conn, conn.transaction(readonly=True):
                     await search.hybrid_search(conn, record, texts[0], qvecs[0], where, 10)
-            latencies, returned, vector_only = [], [], []
+            latencies, returned, vector_only, lexical_only = [], [], [], []
+            by_words: dict[int, list[float]] = {1: [], 2: []}
             for text, vector in zip(texts, qvecs, strict=True):
                 where = parse_filter(filter_text)
                 started = time.perf_counter()
                 async with pool.acquire() as conn, conn.transaction(readonly=True):
                     rows = await search.hybrid_search(conn, record, text, vector, where, 10)
                 latencies.append((time.perf_counter() - started) * 1000)
+                by_words[len(text.split())].append(latencies[-1])
                 returned.append(len(rows))
+                started = time.perf_counter()  # LEXICAL's statement, the same lexical leg alone
+                await search.text_search(pool, record, text, where, 10, 0)
+                lexical_only.append((time.perf_counter() - started) * 1000)
                 started = time.perf_counter()
                 async with pool.acquire() as conn, conn.transaction(readonly=True):  # TENSOR's statement
                     await search.nearest(conn, record, vector, where, 10)
@@ -234,7 +239,10 @@ async def run_sql(products: int, queries: int, data_dir: Path | None) -> dict[st
                     "min_returned": min(returned),
                     "lexical_matches_median": int(statistics.median(lexical_hits)),
                     **_summary(latencies),
+                    "one_word_queries": _summary(by_words[1]),
+                    "two_word_queries": _summary(by_words[2]),
                     "tensor_nearest": _summary(vector_only),
+                    "lexical_text_search": _summary(lexical_only),
                 }
             )
         where = parse_filter("sel_10:true")
@@ -289,8 +297,9 @@ def main() -> None:
         result["hybrid_sql"]["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
         for p in result["hybrid_sql"]["points"]:
             print(
-                f"hybrid SQL {p['selectivity']}: p50 {p['p50_ms']} ms, p95 {p['p95_ms']} ms, "
-                f"min returned {p['min_returned']}"
+                f"hybrid SQL {p['selectivity']}: p50 {p['p50_ms']} ms (1 word {p['one_word_queries']['p50_ms']}, "
+                f"2 words {p['two_word_queries']['p50_ms']}), p95 {p['p95_ms']} ms, min returned {p['min_returned']}; "
+                f"TENSOR {p['tensor_nearest']['p50_ms']} ms, LEXICAL {p['lexical_text_search']['p50_ms']} ms"
             )
     print("load average", " ".join(f"{x:.2f}" for x in os.getloadavg()))
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -292,9 +292,10 @@ async def plan_scan(
     The planner's estimate of matching products decides (EXPLAIN, no execution: an exact
     count costs what the filter's GIN bitmap costs, 10-12 ms for a 10% filter at 100k
     products, five times the ANN query it would choose). On the HNSW path explicit sorts
-    are discouraged so a filter's selectivity estimate cannot trade the graph walk for a
-    full scan + sort; on the exact path hash/merge joins are, so the matching rows' vectors
-    are probed by key instead of scanning the whole vector table. A wrong estimate costs
+    and materialised join inputs are discouraged so a filter's selectivity estimate cannot
+    trade the graph walk for a full scan + sort, nor probing each candidate's product for a
+    scan of every matching product; on both paths hash/merge joins are, so rows are probed
+    by key instead of scanning a whole table. A wrong estimate costs
     time, never results: an HNSW walk that returns fewer than k rows is redone exactly
     (`nearest`, `nearest_many`).
     """
@@ -305,18 +306,25 @@ async def plan_scan(
 
 # Transaction-local planner settings of one nearest-neighbour search ($1 ef_search,
 # $2 max_scan_tuples, $3 enable_sort, $4 hash/merge joins).
+# Both paths probe by key, never hash or merge: the exact path looks up the matching rows' vectors,
+# the HNSW path each walked candidate's product row. On the HNSW path a Materialize of the filtered
+# products is refused too: under a 10% filter at 100k products the planner chose a nested loop
+# over the walk's candidates against a materialised copy of the 10,000 matching rows (32 ms to
+# build, 640k join-filter comparisons: 50-70 ms per query); probing products_pkey instead: 2 ms
+# (benchmarks/multimodal_bench.py, README).
 CONFIGURE_SCAN = """
 SELECT set_config('hnsw.ef_search', $1, true),
        set_config('hnsw.iterative_scan', 'relaxed_order', true),
        set_config('hnsw.max_scan_tuples', $2, true),
        set_config('enable_sort', $3, true),
-       set_config('enable_hashjoin', $4, true),
-       set_config('enable_mergejoin', $4, true)
+       set_config('enable_hashjoin', 'off', true),
+       set_config('enable_mergejoin', 'off', true),
+       set_config('enable_material', $3, true)
 """
 
 
 def configure_scan_values(*, exact: bool, ef_search: int) -> list[Any]:
-    return [str(ef_search), str(MAX_SCAN_TUPLES), "on" if exact else "off", "off" if exact else "on"]
+    return [str(ef_search), str(MAX_SCAN_TUPLES), "on" if exact else "off"]
 
 
 async def configure_scan(conn: asyncpg.Connection, *, exact: bool, ef_search: int) -> None:

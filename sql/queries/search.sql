@@ -43,25 +43,25 @@ EXPLAIN (FORMAT JSON) SELECT 1 FROM products p WHERE p.index_pk = $5 AND (((p.fi
 --   $1 = '100'
 --   $2 = '50000'
 --   $3 = 'off'
---   $4 = 'on'
 SELECT set_config('hnsw.ef_search', $1, true),
        set_config('hnsw.iterative_scan', 'relaxed_order', true),
        set_config('hnsw.max_scan_tuples', $2, true),
        set_config('enable_sort', $3, true),
-       set_config('enable_hashjoin', $4, true),
-       set_config('enable_mergejoin', $4, true);
+       set_config('enable_hashjoin', 'off', true),
+       set_config('enable_mergejoin', 'off', true),
+       set_config('enable_material', $3, true);
 
 -- search.configure_scan (exact)
 --   $1 = '100'
 --   $2 = '50000'
 --   $3 = 'on'
---   $4 = 'off'
 SELECT set_config('hnsw.ef_search', $1, true),
        set_config('hnsw.iterative_scan', 'relaxed_order', true),
        set_config('hnsw.max_scan_tuples', $2, true),
        set_config('enable_sort', $3, true),
-       set_config('enable_hashjoin', $4, true),
-       set_config('enable_mergejoin', $4, true);
+       set_config('enable_hashjoin', 'off', true),
+       set_config('enable_mergejoin', 'off', true),
+       set_config('enable_material', $3, true);
 
 -- search.nearest (hnsw)
 --   $1 = ['brand\x1fs:acme']
