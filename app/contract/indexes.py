@@ -93,16 +93,19 @@ class ReverseImageSearchSettings(ContractModel):
 # names and tags); the contract publishes its shape.
 _MODEL_SCHEMA = {
     "description": "a timm model name with its pretrained tag, or an explicit spec "
-    "(`pretrained: false` = deterministic random weights, fully offline)",
+    "(`pretrained: false` = deterministic random weights, fully offline); with "
+    '`"library": "open_clip"` an image+text model (`ViT-B-32`, `ViT-B-16-SigLIP`, '
+    "`hf-hub:Marqo/marqo-ecommerce-embeddings-B`, ...) whose text tower ranks products for text queries",
     "oneOf": [
         {"type": "string"},
         {
             "type": "object",
             "required": ["name"],
             "properties": {
+                "library": {"enum": ["timm", "open_clip"], "default": "timm"},
                 "name": {"type": "string"},
                 "pretrained": {"type": ["boolean", "string"]},
-                "imageSize": {"type": "integer"},
+                "imageSize": {"type": "integer", "description": "timm models only"},
                 "seed": {"type": "integer"},
             },
             "additionalProperties": False,
@@ -155,6 +158,7 @@ class SettingsPatch(ContractRequest):
 class StoredModel(ContractResponse):
     model_config = ConfigDict(extra="allow")
 
+    library: Literal["open_clip"] | None = omittable("absent for timm models")
     name: str
     pretrained: bool | str
     imageSize: int | None = omittable()

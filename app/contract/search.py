@@ -23,6 +23,7 @@ from app.contract.common import (
     omittable,
     reject,
 )
+from app.contract.multimodal import SearchMethod
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".tiff", ".avif")
 _DATA_URL_RE = re.compile(r"data:image/[A-Za-z0-9.+-]+(?:;[A-Za-z0-9=._+-]+)*;base64,[A-Za-z0-9+/=\s]+", re.I)
@@ -110,7 +111,7 @@ class SearchRequest(MarqoSearchRequest):
         str | None,
         BeforeValidator(_search_q),
         Field(
-            description="text (lexical search), an image URL or data URL (Search by Image), or `*` / absent to "
+            description="text (ranked by searchMethod), an image URL or data URL (Search by Image), or `*` / absent to "
             f"browse; text at most {MAX_TEXT_QUERY_CHARS} characters",
         ),
     ] = None
@@ -120,6 +121,7 @@ class SearchRequest(MarqoSearchRequest):
     ] = 0
     filter: FilterText = None
     attributes: AttributeNames = omittable(alias="attributesToRetrieve")
+    search_method: SearchMethod = Field(default=None, alias="searchMethod")
 
     @model_validator(mode="after")
     def _window(self) -> SearchRequest:
