@@ -43,9 +43,9 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from app.samples.wild import generate_benchmark
 from benchmarks.ingest_bench import KEY, MODELS, _free_port, _start_service, stop_service
 from benchmarks.quality_bench import _jpeg, _latency, _quality, _stages
-from benchmarks.wild import generate_benchmark
 from tests.imageserver import ImageServer
 
 KINDS = (("search_by_image", "/search"), ("reverse_image_search", "/reverse-image-search"))

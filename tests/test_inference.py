@@ -12,14 +12,16 @@ import pytest
 import torch
 
 from app.config import Settings
+from app.samples import wild
 from app.vision import backend, guard
 from app.vision.model import OFFLINE_TEST_MODEL, EmbeddingModel, ModelRegistry, ModelSpec
-from benchmarks import wild
+from app.vision.openclip import OFFLINE_OPEN_CLIP_MODEL
 from tests.conftest import ADMIN
 from tests.helpers import TEST_MODEL
 
 VIT = ModelSpec.parse(OFFLINE_TEST_MODEL)  # vit_tiny_patch16_224 @64, random weights
 CNN = ModelSpec.parse({"name": "resnet18", "pretrained": False, "imageSize": 96, "seed": 0})
+CLIP = ModelSpec.parse(OFFLINE_OPEN_CLIP_MODEL)  # open_clip ViT-B-32 image tower, random weights
 
 
 def _catalog_batch(model: EmbeddingModel, n: int = 32, seed: int = 3) -> torch.Tensor:
@@ -37,7 +39,7 @@ def onnx_registry(graph_dir: Path) -> ModelRegistry:
     return ModelRegistry(None, allow_download=False, backend="onnx", graph_dir=graph_dir)
 
 
-@pytest.mark.parametrize("spec", [VIT, CNN], ids=["vit_tiny@64", "resnet18@96"])
+@pytest.mark.parametrize("spec", [VIT, CNN, CLIP], ids=["vit_tiny@64", "resnet18@96", "open_clip-ViT-B-32"])
 def test_onnx_matches_torch(onnx_registry: ModelRegistry, spec: ModelSpec) -> None:
     model = onnx_registry.get(spec)
     assert model.backend == "onnx" and model.precisions == ("fp32", "int8")

@@ -9,12 +9,11 @@ from typing import Any
 import asyncpg
 
 from app.domain import inference
-from app.domain.filters import FilterError, parse_filter
 from app.domain.queries import SearchRequest, shape_hit
+from app.errors import bad_request
+from app.filters import FilterError, FilterNode, parse_filter
 from app.storage import search as search_sql
-from app.storage.filter_sql import compile_filter
 from app.storage.indexes import IndexRecord
-from app.storage.params import SqlParams
 from app.vision.model import ModelSpec
 from app.vision.service import VisionService
 
@@ -32,14 +31,12 @@ class StageTimer:
         self._last = now
 
 
-def compile_where(filter_text: str | None) -> tuple[str, SqlParams, bool]:
-    """SQL for the filter, its parameters, and whether there is a filter at all."""
+def request_filter(filter_text: str | None) -> FilterNode | None:
+    """The request's filter as an AST (None: no filter); a 400 `invalid_filter` when it does not parse."""
     try:
-        node = parse_filter(filter_text)
+        return parse_filter(filter_text)
     except FilterError as exc:
         raise exc.to_api_error() from exc
-    params = SqlParams()
-    return compile_filter(node, params, "p"), params, node is not None
 
 
 class SearchService:
@@ -50,31 +47,60 @@ class SearchService:
     async def search(
         self, index: IndexRecord, request: SearchRequest, timer: StageTimer
     ) -> list[dict[str, Any]]:
-        where_sql, params, filtered = compile_where(request.filter)
+        where = request_filter(request.filter)
         if request.q is None:
-            rows = await search_sql.browse(self.pool, index, where_sql, params, request.limit, request.offset)
+            rows = await search_sql.browse(self.pool, index, where, request.limit, request.offset)
             timer.lap("sql")
             return [shape_hit(r.doc, None, request.attributes) for r in rows]
+        spec = ModelSpec.parse(index.model)
         if not request.is_image:
-            rows = await search_sql.text_search(
-                self.pool, index, request.q, where_sql, params, request.limit, request.offset
-            )
-            timer.lap("sql")
-            return [shape_hit(r.doc, r.score, request.attributes) for r in rows]
+            method = search_method(request.search_method, spec)
+            if method == "LEXICAL":
+                rows = await search_sql.text_search(self.pool, index, request.q, where, request.limit, request.offset)
+                timer.lap("sql")
+                return [shape_hit(r.doc, r.score, request.attributes) for r in rows]
+            return await self._text_by_vector(index, spec, request, method, where, timer)
         loaded = await self.vision.load(request.q)
         timer.lap("decode")
-        spec = ModelSpec.parse(index.model)
         embedding = (await self.vision.embed(spec, [loaded.image], inference.precision_of(index, self.vision)))[0]
         timer.lap("embed")
         async with self.pool.acquire() as conn, conn.transaction(readonly=True):
-            rows = await search_sql.nearest(
-                conn,
-                index,
-                embedding,
-                where_sql,
-                params,
-                request.limit + request.offset,
-                filtered=filtered,
-            )
+            rows = await search_sql.nearest(conn, index, embedding, where, request.limit + request.offset)
         timer.lap("sql")
         return [shape_hit(r.doc, r.score, request.attributes) for r in rows[request.offset :]]
+
+    async def _text_by_vector(
+        self,
+        index: IndexRecord,
+        spec: ModelSpec,
+        request: SearchRequest,
+        method: str,
+        where: FilterNode | None,
+        timer: StageTimer,
+    ) -> list[dict[str, Any]]:
+        """TENSOR: the text embedding against the image embeddings, through the filtered ANN path of
+        Search by Image. HYBRID: that and the lexical ranking, fused in one statement."""
+        assert request.q is not None
+        embedding = (await self.vision.embed_texts(spec, [request.q]))[0]
+        timer.lap("embed")  # tokenize + text tower (a repeated query: the cache)
+        window = request.limit + request.offset
+        async with self.pool.acquire() as conn, conn.transaction(readonly=True):
+            if method == "TENSOR":
+                rows = await search_sql.nearest(conn, index, embedding, where, window)
+            else:
+                rows = await search_sql.hybrid_search(conn, index, request.q, embedding, where, window)
+        timer.lap("sql")
+        return [shape_hit(r.doc, r.score, request.attributes) for r in rows[request.offset :]]
+
+
+def search_method(requested: str | None, spec: ModelSpec) -> str:
+    """How a text query is ranked: as asked, else HYBRID where the model embeds text, else LEXICAL."""
+    if requested is None:
+        return "HYBRID" if spec.has_text else "LEXICAL"
+    if requested != "LEXICAL" and not spec.has_text:
+        raise bad_request(
+            f"searchMethod {requested} ranks products by a text embedding, but this index's model "
+            f"({spec.timm_name}) has no text tower; use LEXICAL, or an index with an open_clip model",
+            "search_method_unsupported",
+        )
+    return requested

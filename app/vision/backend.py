@@ -15,6 +15,8 @@ also has a drop-in CUDA build (`onnxruntime-gpu`).
   key), input size and the versions of torch, onnx, onnxruntime and timm. Export (seconds)
   happens once, when a model is loaded (index creation or the start-up warm-up), never
   inside a request; a second process finds the files and only loads them.
+- open_clip models: the image tower is exported (`OpenClipModel.export_module`); the text
+  tower stays on torch (text queries are short and cached).
 - Two graphs per model: `fp32` and `int8` (dynamic quantisation of the MatMul/Gemm weights;
   see `quantize_int8`). Which one an index uses is decided by the quality guard
   (`app.domain.inference`), never assumed.
@@ -213,7 +215,9 @@ def export_onnx(module: torch.nn.Module, input_size: tuple[int, ...], path: Path
     """torch.onnx.export with the TorchScript exporter (no onnxscript needed), batch axis dynamic."""
     module = module.eval()
     dummy = torch.zeros((1, *input_size))
-    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+    # Grad enabled while tracing: under no_grad, nn.MultiheadAttention (open_clip's towers) takes
+    # its fused fast path, whose aten op has no ONNX export.
+    with warnings.catch_warnings(), torch.inference_mode(False), torch.enable_grad():
         # The exporter warns about traced Python conditionals in timm's blocks; the traced
         # path is the one inference takes (eval mode, fixed input size).
         warnings.simplefilter("ignore")

@@ -20,6 +20,7 @@ says how to provide them; random weights are never substituted silently.
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 import socket
 import threading
@@ -28,7 +29,7 @@ import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import timm
@@ -38,6 +39,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from app.vision.backend import GraphCache, GraphFiles, OnnxRunner, Runner, cuda_provider_available
+
+log = logging.getLogger("lookalike.models")
 
 DEFAULT_ARCH = "vit_small_patch14_dinov2"
 DEFAULT_TAG = "lvd142m"
@@ -96,6 +99,9 @@ class ModelSpec:
     image_size: int | None = None
     seed: int = 0
 
+    library: ClassVar[str] = "timm"
+    has_text: ClassVar[bool] = False  # timm models embed images only
+
     @property
     def tag(self) -> str | None:
         return self.pretrained if isinstance(self.pretrained, str) else None
@@ -132,7 +138,10 @@ class ModelSpec:
             return DEFAULT_MODEL
         if isinstance(value, str):
             return cls._build(value, True, None, 0)
+        if isinstance(value, Mapping) and value.get("library", "timm") != "timm":
+            return _parse_other_library(value)
         if isinstance(value, Mapping):
+            value = {k: v for k, v in value.items() if k != "library"}
             unknown = sorted(str(k) for k in value if k not in _SPEC_KEYS)
             if unknown:
                 raise ValueError(f"unknown model setting {', '.join(unknown)}; allowed: {', '.join(_SPEC_KEYS)}")
@@ -191,6 +200,16 @@ class ModelSpec:
 
 
 DEFAULT_MODEL = ModelSpec(DEFAULT_ARCH, DEFAULT_TAG, DEFAULT_IMAGE_SIZE, 0)
+LIBRARIES = ("timm", "open_clip")
+
+
+def _parse_other_library(value: Mapping[str, Any]) -> ModelSpec:
+    library = value.get("library")
+    if library == "open_clip":
+        from app.vision import openclip
+
+        return openclip.parse_spec(value)
+    raise ValueError(f'model "library" must be one of {", ".join(LIBRARIES)}, got {library!r}')
 
 
 # -- weights -------------------------------------------------------------------
@@ -356,6 +375,8 @@ class EmbeddingModel:
     `app.vision.embedder.Embedder`), never on the event loop.
     """
 
+    has_text = False  # no text tower: `embed_texts` exists on models that have one
+
     def __init__(self, spec: ModelSpec, module: torch.nn.Module, device: str = "cpu") -> None:
         self.spec = spec
         self.device = torch.device(device)
@@ -373,12 +394,19 @@ class EmbeddingModel:
         with torch.inference_mode():
             probe = self.module(torch.zeros((1, *self.input_size), device=self.device))
         self._dim = int(probe.reshape(1, -1).shape[1])
+        self._init_backend_state()
+
+    def _init_backend_state(self) -> None:
         self._single_image_ms: dict[str, float] = {}
         # The ONNX Runtime sessions by precision ("fp32", "int8") when the onnx backend runs
         # this model (`attach_graphs`); empty: plain torch.
         self._runners: dict[str, Runner] = {}
         self.graphs: GraphFiles | None = None
         self.providers: list[str] = []
+
+    def export_module(self) -> torch.nn.Module:
+        """The module mapping preprocessed images to features, as exported to ONNX."""
+        return self.module
 
     @property
     def backend(self) -> str:
@@ -516,6 +544,23 @@ class EmbeddingModel:
         return self.embed_tensor(self.preprocess(images), precision)
 
 
+def load_model(
+    spec: ModelSpec,
+    weights_path: Path | None = None,
+    *,
+    device: str = "cpu",
+    cache_dir: Path | None = None,
+    allow_download: bool = True,
+) -> EmbeddingModel:
+    """Load `spec` with its library's loader (timm here, open_clip in app.vision.openclip)."""
+    loader = EmbeddingModel.load
+    if spec.library == "open_clip":
+        from app.vision.openclip import OpenClipModel
+
+        loader = OpenClipModel.load
+    return loader(spec, weights_path, device=device, cache_dir=cache_dir, allow_download=allow_download)
+
+
 class ModelRegistry:
     """Loads each model once per process and hands out the shared instance; thread-safe.
 
@@ -565,7 +610,7 @@ class ModelRegistry:
         with lock:
             model = self._models.get(key)
             if model is None:
-                model = EmbeddingModel.load(
+                model = load_model(
                     spec,
                     self.weights_path,
                     device=self._device,
@@ -579,9 +624,14 @@ class ModelRegistry:
 
     def _attach_graphs(self, model: EmbeddingModel) -> None:
         assert self.graph_cache is not None
-        graphs = self.graph_cache.ensure(model.spec.cache_key, model.module, model.input_size)
-        threads = self._threads if self._threads > 0 else torch.get_num_threads()
-        model.attach_graphs(graphs, threads, use_cuda=cuda_provider_available())
+        try:
+            graphs = self.graph_cache.ensure(model.spec.cache_key, model.export_module(), model.input_size)
+            threads = self._threads if self._threads > 0 else torch.get_num_threads()
+            model.attach_graphs(graphs, threads, use_cuda=cuda_provider_available())
+        except Exception as exc:  # an architecture the exporter or ONNX Runtime cannot take still runs, on torch
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            log.warning("model %s could not be exported to ONNX (%s: %s); it runs on torch", model.name,
+                        type(exc).__name__, first)  # fmt: skip
 
     def loaded_model(self, spec: ModelSpec) -> EmbeddingModel | None:
         """The model for `spec` if it is loaded already (never loads)."""

@@ -70,6 +70,10 @@ class VisionService:
     async def embed(self, spec: ModelSpec, images: list[Image.Image], precision: str = "fp32") -> np.ndarray:
         return await self.embedder.embed(spec, images, precision)
 
+    async def embed_texts(self, spec: ModelSpec, texts: list[str]) -> np.ndarray:
+        """Text-tower embeddings (models with `has_text`), in the space of the image embeddings."""
+        return await self.embedder.embed_texts(spec, texts)
+
     async def single_image_ms(self, spec: ModelSpec, precision: str = "fp32") -> float:
         return await self.embedder.single_image_ms(spec, precision)
 
