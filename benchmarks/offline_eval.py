@@ -95,19 +95,24 @@ GRIDS: dict[str, tuple[str, str]] = {
 
 
 class GlobalModel:
-    """`app.vision.model.EmbeddingModel` of a spec (random weights, nothing downloaded)."""
+    """`app.vision.model.EmbeddingModel` of a spec (random weights, nothing downloaded).
 
-    def __init__(self, spec: dict[str, Any]):
+    By default plain torch; `model` and `precision` run a given (e.g. the service's ONNX
+    Runtime) model at that precision instead, to compare with a service index that uses it.
+    """
+
+    def __init__(self, spec: dict[str, Any], model: Any = None, precision: str = "fp32"):
         from app.vision.model import EmbeddingModel, ModelSpec
 
         self.spec = spec
-        self._model = EmbeddingModel.load(ModelSpec.parse(spec), None)
+        self.precision = precision
+        self._model = model if model is not None else EmbeddingModel.load(ModelSpec.parse(spec), None)
 
     def embed(self, images: Sequence[Any]) -> np.ndarray:
-        return np.asarray(self._model.embed(list(images)), np.float32)
+        return np.asarray(self._model.embed(list(images), self.precision), np.float32)
 
     def single_image_ms(self) -> float:
-        return float(self._model.single_image_ms())
+        return float(self._model.single_image_ms(self.precision))
 
 
 def embed_many(model: GlobalModel, images: Sequence[Any], batch: int = 32) -> np.ndarray:

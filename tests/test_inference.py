@@ -51,9 +51,12 @@ def test_onnx_matches_torch(onnx_registry: ModelRegistry, spec: ModelSpec) -> No
     assert np.allclose(np.linalg.norm(fp32, axis=1), 1.0, atol=1e-5)
     assert float(np.sum(reference * fp32, axis=1).min()) >= 0.999
     assert guard.top_k_overlap(reference, fp32, 10) >= 0.99
-    # Batch size does not change a graph's answer (the batch axis is dynamic).
+    # Batch size does not change a graph's answer (the batch axis is dynamic); int8 is exactly
+    # batch-independent (run per image: dynamic quantisation would scale per batch).
     single = np.concatenate([model.embed_tensor(batch[i : i + 1]) for i in range(4)])
     assert float(np.sum(single * fp32[:4], axis=1).min()) >= 0.9999
+    int8_single = np.concatenate([model.embed_tensor(batch[i : i + 1], "int8") for i in range(4)])
+    assert np.array_equal(int8_single, model.embed_tensor(batch, "int8")[:4])
     # int8: the guard's own numbers against the thresholds it applies.
     result = guard.check(model, batch)
     assert result.sample == 32 and result.neighbours == 10

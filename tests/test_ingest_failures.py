@@ -24,11 +24,11 @@ def embed_fault(api: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch) -> dict
     real = vision.embed
     calls = {"batches": 0, "nan_side": 78}
 
-    async def embed(spec: Any, images: list[Any]) -> np.ndarray:
+    async def embed(spec: Any, images: list[Any], precision: str = "fp32") -> np.ndarray:
         calls["batches"] += 1
         if any(image.width == POISON_SIDE for image in images):
             raise RuntimeError("injected model failure")
-        vectors = await real(spec, images)
+        vectors = await real(spec, images, precision)
         for row, image in enumerate(images):
             if image.width == calls["nan_side"]:
                 vectors[row] = np.nan

@@ -20,6 +20,7 @@ from app.samples import wild
 from app.vision import aggregate, crops
 from app.vision import local_features as lf
 from app.vision.decode import decode_image
+from app.vision.model import ModelSpec
 from benchmarks import offline_eval as oe
 from tests.conftest import ADMIN
 from tests.helpers import TEST_MODEL, product
@@ -115,7 +116,10 @@ async def test_offline_pipeline_gives_the_service_hits(api: httpx.AsyncClient, i
     cat_images = [decode_image(b, 10**8) for b in cat_bytes]
     cat_feats = [lf.extract_catalog_features(im) for im in cat_images]
     cat_agg = oe.CatalogAggregates.of(cat_feats)
-    model = oe.GlobalModel(TEST_MODEL)
+    # the service's model at the index's precision (its int8 guard decided on the batch above)
+    precision = (await api.get(f"/api/v1/indexes/{name}/settings", headers=ADMIN)).json()["inference"]["precision"]
+    service_model = api.app.state.services.vision.registry.get(ModelSpec.parse(TEST_MODEL))  # type: ignore[attr-defined]
+    model = oe.GlobalModel(TEST_MODEL, service_model, precision)
     cat_emb = oe.embed_many(model, cat_images)
     params = replace(rerank.DEFAULT_PARAMS, pool_size=pool_size, n_crops=4)
 

@@ -1,12 +1,13 @@
 """Inference backends: plain torch, or the model exported to ONNX and run by ONNX Runtime.
 
-Why ONNX Runtime (measured on this 2-core AVX-512/VNNI machine, DINOv2 ViT-S/14 @224,
-random weights, see benchmarks/inference_bench.py): its fp32 graph runs a batch-1 pass in
-well under torch's time, and the dynamically quantised int8 graph
-(`onnxruntime.quantization.quantize_dynamic`, no calibration data needed) in a fraction of
-it. OpenVINO's fp32 was in the same range as ORT's fp32, but it runs ORT's int8 graph
-slowly, its own int8 path needs calibration data (NNCF), and its wheel is twice the size; ORT
-also has a drop-in CUDA build (`onnxruntime-gpu`).
+Why ONNX Runtime (measured on the shared 2-core AVX-512/VNNI development machine, DINOv2
+ViT-S/14 @224, random weights; `benchmarks/inference_bench.py` repeats the torch/ORT part):
+its fp32 graph ran a batch-1 pass in 0.4-0.9x torch's time, and the dynamically quantised
+int8 graph (`onnxruntime.quantization.quantize_dynamic`, no calibration data needed) in
+0.2-0.4x. OpenVINO 2026.4's fp32 was as fast as ORT's on a quieter moment (20-56 ms) but
+three to seven times slower under load (198-564 vs 74-139 ms batch 1, interleaved), ran ORT's
+int8 graph slowly, needs calibration data (NNCF) for its own int8, and its wheel is 180 MB
+against ORT's 78 MB; ORT also has a drop-in CUDA build (`onnxruntime-gpu`).
 
 - `LOOKALIKE_INFERENCE_BACKEND`: `auto` (ONNX Runtime when it is installed, else torch),
   `torch` or `onnx` (required: fail if it is missing).
@@ -25,7 +26,8 @@ also has a drop-in CUDA build (`onnxruntime-gpu`).
   embedder's single inference thread, so two passes never fight over the cores. Idle pool
   threads do not spin (`allow_spinning=0`): on a shared, busy 2-core machine spinning
   threads steal the cores the pass needs (see `app/__init__.py` for the same finding with
-  libgomp); measured by benchmarks/inference_bench.py.
+  libgomp). Measured at load 4-8, ViT-S/14 fp32 batch 1: 93-124 ms without spinning, 226-336
+  ms with it; one intra-op thread: 181-272 ms.
 - GPU: where the installed onnxruntime offers `CUDAExecutionProvider` (the `onnxruntime-gpu`
   wheel), sessions run on it, fp32 only (dynamic int8 ops have no fast CUDA kernels); the
   torch backend uses CUDA when torch sees a GPU. Neither is ever required.
@@ -260,12 +262,20 @@ def quantize_int8(source: Path, target: Path) -> None:
 class OnnxRunner:
     """One ONNX Runtime session: (n, 3, H, W) float32 -> (n, dim) float32 features (not normalised).
 
+    `per_row`: one image per run. The int8 graph needs it: dynamic quantisation picks one
+    activation scale per tensor, i.e. per batch, so an image's int8 embedding would depend on
+    its batch-mates (a stored vector on its ingest batch, a query on concurrent queries; seen as
+    0.004 score differences between the service and an offline run over the same images). For
+    ViT-S/14 the row loop cost nothing measurable (batch-1 int8 65-95 ms, i.e. 10-15 images/s,
+    against 6-9 images/s at batch 16).
+
     Thread-safe (ORT sessions allow concurrent `run`); the embedder calls it from one thread.
     """
 
-    def __init__(self, path: Path, threads: int, *, use_cuda: bool = False) -> None:
+    def __init__(self, path: Path, threads: int, *, use_cuda: bool = False, per_row: bool = False) -> None:
         import onnxruntime as ort
 
+        self.per_row = per_row
         options = ort.SessionOptions()
         options.intra_op_num_threads = max(1, threads)
         options.inter_op_num_threads = 1
@@ -279,7 +289,13 @@ class OnnxRunner:
         self._input = self.session.get_inputs()[0].name
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        (features,) = self.session.run(None, {self._input: np.ascontiguousarray(batch, dtype=np.float32)})
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        if self.per_row and batch.shape[0] > 1:
+            return np.concatenate([self._run(batch[i : i + 1]) for i in range(batch.shape[0])])
+        return self._run(batch)
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        (features,) = self.session.run(None, {self._input: batch})
         return np.asarray(features, dtype=np.float32)
 
 

@@ -422,7 +422,7 @@ class EmbeddingModel:
         """Run this model's passes on ONNX Runtime sessions over the exported graphs from now on."""
         runners: dict[str, Runner] = {"fp32": OnnxRunner(graphs.path("fp32"), threads, use_cuda=use_cuda)}
         if not use_cuda:  # dynamic int8 ops have no fast CUDA kernels: fp32 only on a GPU
-            runners["int8"] = OnnxRunner(graphs.path("int8"), threads)
+            runners["int8"] = OnnxRunner(graphs.path("int8"), threads, per_row=True)  # batch-independent
         self.providers = runners["fp32"].providers  # type: ignore[attr-defined]
         self.graphs = graphs
         self._runners = runners
