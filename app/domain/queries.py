@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from app.contract.storefront import CollapseField, Facets, SortBy, parse_collapse
 from app.errors import bad_request
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".tiff", ".avif")
@@ -102,6 +103,9 @@ class SearchRequest:
     offset: int
     filter: str | None
     attributes: list[str] | None
+    facets: Facets | None = None
+    sort_by: SortBy | None = None
+    collapse: CollapseField | None = None
 
 
 def parse_search(body: Any) -> SearchRequest:
@@ -140,6 +144,9 @@ def parse_search(body: Any) -> SearchRequest:
         offset=offset,
         filter=_filter(body),
         attributes=_attributes(body),
+        facets=None if body.get("facets") is None else Facets.parse(body["facets"]),
+        sort_by=None if body.get("sortBy") is None else SortBy.parse(body["sortBy"]),
+        collapse=parse_collapse(body.get("collapseFields")),
     )
 
 

@@ -8,9 +8,11 @@ from typing import Any
 
 import asyncpg
 
-from app.domain.filters import FilterError, parse_filter
+from app.domain.filters import FilterError, FilterNode, parse_filter
 from app.domain.queries import SearchRequest, shape_hit
+from app.domain.storefront import StorefrontPlan, build_plan, query_words
 from app.storage import search as search_sql
+from app.storage import storefront as storefront_sql
 from app.storage.filter_sql import compile_filter
 from app.storage.indexes import IndexRecord
 from app.storage.params import SqlParams
@@ -31,14 +33,36 @@ class StageTimer:
         self._last = now
 
 
-def compile_where(filter_text: str | None) -> tuple[str, SqlParams, bool]:
-    """SQL for the filter, its parameters, and whether there is a filter at all."""
+def parse_filter_text(filter_text: str | None) -> FilterNode | None:
+    """The filter's AST (None: no filter), or the SPEC 400 saying what is wrong and where."""
     try:
-        node = parse_filter(filter_text)
+        return parse_filter(filter_text)
     except FilterError as exc:
         raise exc.to_api_error() from exc
+
+
+def compile_where(filter_text: str | None) -> tuple[str, SqlParams, bool]:
+    """SQL for the filter, its parameters, and whether there is a filter at all."""
+    node = parse_filter_text(filter_text)
     params = SqlParams()
     return compile_filter(node, params, "p"), params, node is not None
+
+
+@dataclass(frozen=True)
+class SearchOutcome:
+    hits: list[dict[str, Any]]
+    facets: dict[str, Any] | None  # None: no facets asked for
+
+
+def plan_for(request: SearchRequest, filter_node: FilterNode | None) -> StorefrontPlan:
+    return build_plan(
+        filter_node=filter_node,
+        facets=request.facets,
+        sort=request.sort_by,
+        collapse=request.collapse,
+        limit=request.limit,
+        offset=request.offset,
+    )
 
 
 class SearchService:
@@ -46,25 +70,26 @@ class SearchService:
         self.pool = pool
         self.vision = vision
 
-    async def search(
-        self, index: IndexRecord, request: SearchRequest, timer: StageTimer
-    ) -> list[dict[str, Any]]:
-        where_sql, params, filtered = compile_where(request.filter)
-        if request.q is None:
-            rows = await search_sql.browse(self.pool, index, where_sql, params, request.limit, request.offset)
-            timer.lap("sql")
-            return [shape_hit(r.doc, None, request.attributes) for r in rows]
-        if not request.is_image:
-            rows = await search_sql.text_search(
-                self.pool, index, request.q, where_sql, params, request.limit, request.offset
+    async def search(self, index: IndexRecord, request: SearchRequest, timer: StageTimer) -> SearchOutcome:
+        filter_node = parse_filter_text(request.filter)
+        plan = plan_for(request, filter_node)
+        facets = None if request.facets is None else {}
+        if request.q is None or not request.is_image:
+            source: storefront_sql.Source = "browse" if request.q is None else "text"
+            result = await storefront_sql.storefront_query(
+                self.pool, index, plan, source, words=query_words(request.q or "")
             )
             timer.lap("sql")
-            return [shape_hit(r.doc, r.score, request.attributes) for r in rows]
+            hits = [shape_hit(r.doc, r.score, request.attributes) for r in result.rows]
+            return SearchOutcome(hits, result.facets if facets is not None else None)
         loaded = await self.vision.load(request.q)
         timer.lap("decode")
         spec = ModelSpec.parse(index.model)
         embedding = (await self.vision.embed(spec, [loaded.image]))[0]
         timer.lap("embed")
+        reorder = bool(plan.sort) or plan.collapse is not None
+        params = SqlParams()
+        where_sql = compile_filter(filter_node, params, "p")
         async with self.pool.acquire() as conn, conn.transaction(readonly=True):
             rows = await search_sql.nearest(
                 conn,
@@ -72,8 +97,20 @@ class SearchService:
                 embedding,
                 where_sql,
                 params,
-                request.limit + request.offset,
-                filtered=filtered,
+                plan.sort_depth if reorder else request.limit + request.offset,
+                filtered=filter_node is not None,
             )
+        if reorder:
+            # sortBy / collapse over the top candidates, in SQL like the rest
+            candidates = ([r.product_pk for r in rows], [r.score for r in rows])
+            result = await storefront_sql.storefront_query(
+                self.pool, index, plan, "candidates", candidates=candidates
+            )
+            hits = [shape_hit(r.doc, r.score, request.attributes) for r in result.rows]
+        else:
+            hits = [shape_hit(r.doc, r.score, request.attributes) for r in rows[request.offset :]]
+        if facets is not None:
+            # Search by Image ranks every product the filter matches: facets count them all.
+            facets = (await storefront_sql.storefront_query(self.pool, index, plan, "browse", hits=False)).facets
         timer.lap("sql")
-        return [shape_hit(r.doc, r.score, request.attributes) for r in rows[request.offset :]]
+        return SearchOutcome(hits, facets)

@@ -31,23 +31,21 @@ async def search(request: Request) -> JSONResponse:
     parsed = parse_search(await read_json(request, required=False))
     timer = StageTimer()
     try:
-        hits = await services(request).search.search(record, parsed, timer)
+        outcome = await services(request).search.search(record, parsed, timer)
     except ImageError as exc:
         raise _image_error(exc) from exc
     finally:
         observe_stages(request, "search", timer.stages)
-    return _with_timing(
-        json_response(
-            {
-                "hits": hits,
-                "limit": parsed.limit,
-                "offset": parsed.offset,
-                "query": parsed.q if parsed.q is not None else "*",
-                "processingTimeMs": elapsed_ms(started),
-            }
-        ),
-        timer,
-    )
+    body = {
+        "hits": outcome.hits,
+        "limit": parsed.limit,
+        "offset": parsed.offset,
+        "query": parsed.q if parsed.q is not None else "*",
+        "processingTimeMs": elapsed_ms(started),
+    }
+    if outcome.facets is not None:
+        body["facets"] = outcome.facets
+    return _with_timing(json_response(body), timer)
 
 
 async def reverse_image_search(request: Request) -> JSONResponse:

@@ -51,11 +51,18 @@ products = sa.Table(
         "search_tsv",
         TSVECTOR,
         sa.Computed(
-            "setweight(to_tsvector('english', coalesce(product_title, '')), 'A') || "
-            "setweight(to_tsvector('english', coalesce(variant_title, '')), 'B') || "
-            "setweight(to_tsvector('english', coalesce(description, '')), 'C')",
+            # `lookalike_text`: english stemming with unaccent (migration 0005).
+            "setweight(to_tsvector('lookalike_text'::regconfig, coalesce(product_title, '')), 'A') || "
+            "setweight(to_tsvector('lookalike_text'::regconfig, coalesce(variant_title, '')), 'B') || "
+            "setweight(to_tsvector('lookalike_text'::regconfig, coalesce(description, '')), 'C')",
             persisted=True,
         ),
+    ),
+    # Folded (unaccent + lower) product and variant title, trigram-indexed for misspellings and prefixes.
+    sa.Column(
+        "search_title",
+        sa.Text,
+        sa.Computed("lookalike_fold(product_title || coalesce(' ' || variant_title, ''))", persisted=True),
     ),
     # Local-feature state for reverse image search: NULL = not wanted (flag off).
     sa.Column("features_status", sa.Text),
@@ -77,6 +84,12 @@ sa.Index(
 )
 sa.Index("products_index_price_idx", products.c.index_pk, products.c.price)
 sa.Index("products_search_tsv_idx", products.c.search_tsv, postgresql_using="gin")
+sa.Index(
+    "products_search_title_trgm_idx",
+    products.c.search_title,
+    postgresql_using="gin",
+    postgresql_ops={"search_title": "gin_trgm_ops"},
+)
 sa.Index(
     "products_features_pending_idx",
     products.c.index_pk,

@@ -1,4 +1,4 @@
-"""Search SQL: browse, full-text and filtered nearest neighbours, each one statement with the filter.
+"""Search SQL: filtered nearest neighbours, one statement with the filter (browse and text: storage.storefront).
 
 Filtered ANN never under-returns: a very selective filter is answered by an exact
 scan over the matching rows (exact and fast there); otherwise the HNSW index is
@@ -74,52 +74,6 @@ def _rows(records: list[asyncpg.Record]) -> list[Row]:
         )
         for r in records
     ]
-
-
-async def browse(
-    conn: asyncpg.Connection | asyncpg.Pool,
-    index: IndexRecord,
-    where_sql: str,
-    params: SqlParams,
-    limit: int,
-    offset: int,
-) -> list[Row]:
-    index_param = params.add(index.pk)
-    limit_param = params.add(limit)
-    offset_param = params.add(offset)
-    records = await conn.fetch(
-        f"SELECT p.pk, p.product_id, p.doc, NULL::float8 AS score FROM products p "
-        f"WHERE p.index_pk = {index_param} AND ({where_sql}) "
-        f'ORDER BY p.product_id COLLATE "C" LIMIT {limit_param} OFFSET {offset_param}',
-        *params.values,
-    )
-    return _rows(records)
-
-
-async def text_search(
-    conn: asyncpg.Connection | asyncpg.Pool,
-    index: IndexRecord,
-    query: str,
-    where_sql: str,
-    params: SqlParams,
-    limit: int,
-    offset: int,
-) -> list[Row]:
-    query_param = params.add(query)
-    index_param = params.add(index.pk)
-    limit_param = params.add(limit)
-    offset_param = params.add(offset)
-    records = await conn.fetch(
-        f"""
-        SELECT p.pk, p.product_id, p.doc, ts_rank_cd(p.search_tsv, q.query) AS score
-        FROM products p, websearch_to_tsquery('english', {query_param}) AS q(query)
-        WHERE p.index_pk = {index_param} AND p.search_tsv @@ q.query AND ({where_sql})
-        ORDER BY score DESC, p.product_id COLLATE "C"
-        LIMIT {limit_param} OFFSET {offset_param}
-        """,
-        *params.values,
-    )
-    return _rows(records)
 
 
 async def nearest(

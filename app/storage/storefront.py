@@ -1,0 +1,327 @@
+"""Storefront SQL: browse and ranked text search with facets, sortBy and collapse, one statement.
+
+`storefront_sql` builds one statement per request (the shapes are in sql/storefront.sql):
+
+    WITH m AS MATERIALIZED (every product the query matches under the filter, or under any
+                            facet's filter variant: one boolean flag column per variant),
+         h  (the hits' set: m under the request's filter),
+         c  (collapse: DISTINCT ON the collapse key, the group's first by its order),
+         top(relevance + sortBy: the best `sort_depth` candidates by score),
+         page (ORDER BY the final order, LIMIT/OFFSET),
+         f0, f1, ... (one aggregate per facet over m under its filter variant)
+    SELECT the page's rows UNION ALL one JSON row per facet
+
+Facets are aggregates over every match, never over the page: `GROUP BY` the stored values
+(an array field: each element once per product), `count(*) FILTER (WHERE ...)` per
+number range, min/max/avg/sum/count for number stats. With collapse, value and range
+counts count groups (`count(DISTINCT group)`: selecting that value yields that many hits)
+and number stats use each group's representative.
+
+Text matching (migration 0005): OR-semantics over the query's words on the weighted
+`search_tsv` (the last word as a prefix), or any word of four or more letters similar to a
+word of the folded title (pg_trgm `<%`, GIN-indexed). The score is `ts_rank_cd` (title A,
+variant title B, description C; length-normalised) + the mean word similarity of those
+words to the title + a tenth of the whole query's similarity to the title, so equal scores
+mean equal matches.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import asyncpg
+
+from app.domain.filters import ID_FIELD
+from app.domain.storefront import FacetPlan, SortKey, StorefrontPlan
+from app.storage.filter_sql import compile_filter, storable
+from app.storage.indexes import IndexRecord
+from app.storage.params import SqlParams
+
+TEXT_CONFIG = "lookalike_text"  # the text search configuration of migration 0005
+# Words shorter than this do not take part in trigram matching: a two- or three-letter word
+# shares its few trigrams with too many titles (the prefix query covers unfinished words).
+MIN_FUZZY_WORD = 4
+# ts_rank_cd weights for D, C, B, A: description (C) 0.4, variant title (B) 0.7, title (A) 1.0.
+RANK_WEIGHTS = "{0.1, 0.4, 0.7, 1.0}"
+
+Source = Literal["browse", "text", "candidates"]
+
+
+@dataclass(frozen=True)
+class StorefrontRow:
+    product_pk: int
+    product_id: str
+    doc: dict[str, Any]
+    score: float | None
+
+
+@dataclass(frozen=True)
+class StorefrontResult:
+    rows: list[StorefrontRow]
+    facets: dict[str, Any]  # facet key -> {value: {"count": n}} or number stats
+
+
+def _column(params: SqlParams, field: str, alias: str = "") -> str:
+    """A product field as a SQL value: typed columns for _id and price, else the stored JSON value."""
+    a = f"{alias}." if alias else ""
+    if field == ID_FIELD:
+        return f'{a}product_id COLLATE "C"'
+    if field == "price":
+        return f"{a}price"
+    # JSON null is as missing as an absent key.
+    return f"NULLIF({a}doc -> {params.add(field, 'text')}, 'null'::jsonb)"
+
+
+def _order(params: SqlParams, keys: tuple[SortKey, ...]) -> list[str]:
+    out = []
+    for key in keys:
+        direction = "DESC" if key.descending else "ASC"
+        nulls = "FIRST" if key.missing_first else "LAST"
+        out.append(f"{_column(params, key.field)} {direction} NULLS {nulls}")
+    return out
+
+
+def _number(params: SqlParams, field: str, alias: str) -> str:
+    if field == "price":
+        return f"{alias}.price"
+    value = f"({alias}.doc -> {params.add(field, 'text')})"
+    # Only JSON numbers a double can hold (as the filter's ranges): anything else is no value.
+    return (
+        f"(CASE WHEN jsonb_typeof({value}) = 'number' AND abs({value}::numeric) < 1e308"
+        f" THEN {value}::float8 END)"
+    )
+
+
+class _Builder:
+    def __init__(self, index: IndexRecord, plan: StorefrontPlan, source: Source):
+        self.index = index
+        self.plan = plan
+        self.source = source
+        self.params = SqlParams()
+        self.ctes: list[str] = []
+        self.relevance = source != "browse"
+        self.collapsed = plan.collapse is not None
+        self.variants = len(plan.filters)
+
+    # -- pieces
+
+    def flag(self, variant: int) -> str:
+        return "TRUE" if self.variants == 1 else f"f{int(variant)}"
+
+    def default_order(self) -> list[str]:
+        if self.relevance:
+            return ["score DESC", 'product_id COLLATE "C"']
+        return ['product_id COLLATE "C"']
+
+    def final_order(self) -> list[str]:
+        return _order(self.params, self.plan.sort) + self.default_order()
+
+    def group_order(self) -> list[str]:
+        collapse = self.plan.collapse
+        assert collapse is not None
+        if collapse.sort:
+            return _order(self.params, collapse.sort) + self.default_order()
+        if self.relevance:
+            return self.default_order()
+        return self.final_order()
+
+    def text_parts(self, words: tuple[str, ...]) -> tuple[str, str]:
+        """(match condition, score expression) of a text query's words."""
+        p = self.params
+        usable = [w for w in words if storable(w)]
+        if not usable:
+            return "FALSE", "0::float8"
+        cfg = f"'{TEXT_CONFIG}'::regconfig"
+        parts = [f"plainto_tsquery({cfg}, {p.add(w, 'text')})" for w in usable[:-1]]
+        # The last word may be unfinished: a prefix query (a word is letters and digits only,
+        # so `word:*` is always valid tsquery syntax).
+        parts.append(f"to_tsquery({cfg}, {p.add(usable[-1] + ':*', 'text')})")
+        tsquery = "(" + " || ".join(parts) + ")"
+        fuzzy = [f"lookalike_fold({p.add(w, 'text')})" for w in usable if len(w) >= MIN_FUZZY_WORD]
+        match = [f"p.search_tsv @@ {tsquery}"] + [f"{w} <% p.search_title" for w in fuzzy]
+        whole = f"lookalike_fold({p.add(' '.join(usable), 'text')})"
+        score = f"ts_rank_cd('{RANK_WEIGHTS}', p.search_tsv, {tsquery}, 1)"
+        if fuzzy:
+            score += (
+                " + (" + " + ".join(f"word_similarity({w}, p.search_title)" for w in fuzzy) + f") / {len(fuzzy)}"
+            )
+        score += f" + 0.1 * similarity({whole}, p.search_title)"
+        return "(" + " OR ".join(match) + ")", f"({score})::float8"
+
+    # -- the statement
+
+    def build(
+        self,
+        *,
+        words: tuple[str, ...] = (),
+        candidates: tuple[list[int], list[float]] | None = None,
+        hits: bool = True,
+    ) -> tuple[str, list[Any]]:
+        p = self.params
+        index_param = p.add(self.index.pk)
+        flags = [compile_filter(node, p, "p") for node in self.plan.filters]
+        where = flags[0] if self.variants == 1 else "(" + " OR ".join(flags) + ")"
+        flag_columns = "" if self.variants == 1 else "".join(f", {f} AS f{i}" for i, f in enumerate(flags))
+        group_columns = ""
+        if self.collapsed:
+            assert self.plan.collapse is not None
+            key = _column(p, self.plan.collapse.field, "p")
+            # Products without the collapse field are groups of their own.
+            group_columns = f", {key} AS gv, CASE WHEN {key} IS NULL THEN p.pk END AS gn"
+        if self.source == "text":
+            match, score = self.text_parts(words)
+            source_sql = f"FROM products p WHERE p.index_pk = {index_param} AND {match} AND {where}"
+        elif self.source == "candidates":
+            assert candidates is not None
+            pks, scores = candidates
+            score = "c.score"
+            source_sql = (
+                f"FROM unnest({p.add(pks, 'bigint[]')}, {p.add(scores, 'float8[]')}) AS c(pk, score)"
+                f" JOIN products p ON p.pk = c.pk WHERE p.index_pk = {index_param} AND {where}"
+            )
+        else:
+            score = "NULL::float8"
+            source_sql = f"FROM products p WHERE p.index_pk = {index_param} AND {where}"
+        self.ctes.append(
+            f"m AS MATERIALIZED (SELECT p.pk, p.product_id, p.doc, p.price, {score} AS score"
+            f"{flag_columns}{group_columns} {source_sql})"
+        )
+        hits_set = "m" if self.variants == 1 else "(SELECT * FROM m WHERE f0)"
+        if self.collapsed:
+            order = ", ".join(self.group_order())
+            self.ctes.append(f"c AS (SELECT DISTINCT ON (gv, gn) * FROM {hits_set} h ORDER BY gv, gn, {order})")
+            hits_set = "c"
+        selects = []
+        if hits:
+            final = ", ".join(self.final_order())
+            if self.relevance and self.plan.sort:
+                depth = p.add(self.plan.sort_depth)
+                self.ctes.append(
+                    f"top AS (SELECT * FROM {hits_set} t ORDER BY {', '.join(self.default_order())} LIMIT {depth})"
+                )
+                hits_set = "top"
+            self.ctes.append(
+                f"page AS (SELECT * FROM {hits_set} s ORDER BY {final}"
+                f" LIMIT {p.add(self.plan.limit)} OFFSET {p.add(self.plan.offset)})"
+            )
+            selects.append(
+                f"SELECT 0 AS kind, row_number() OVER (ORDER BY {final}) AS ord, pk, product_id, doc::text AS doc,"
+                " score, NULL::text AS payload FROM page"
+            )
+        for number, facet in enumerate(self.plan.facets):
+            self.ctes.append(f"f{number} AS ({self.facet_sql(facet)})")
+            selects.append(
+                f"SELECT 1, {number}, NULL::bigint, NULL::text, NULL::text, NULL::float8, payload::text FROM f{number}"
+            )
+        if not selects:
+            selects.append("SELECT 0, 0, NULL::bigint, NULL::text, NULL::text, NULL::float8, NULL::text WHERE FALSE")
+        sql = "WITH " + ",\n".join(self.ctes) + "\n" + "\nUNION ALL\n".join(selects)
+        return sql, p.values
+
+    def count(self) -> str:
+        return "count(DISTINCT (x.gv, x.gn))" if self.collapsed else "count(*)"
+
+    def facet_sql(self, facet: FacetPlan) -> str:
+        p = self.params
+        flag = "TRUE" if self.variants == 1 else f"x.f{int(facet.variant)}"
+        direction = "ASC" if facet.ascending else "DESC"
+        if facet.kind in ("string", "array"):
+            field = p.add(facet.field, "text")
+            if facet.kind == "string":
+                rows = f"SELECT x.doc ->> {field} AS v, {self.count()} AS n FROM m x WHERE {flag}"
+                rows += f" AND jsonb_typeof(x.doc -> {field}) = 'string' GROUP BY 1"
+            else:
+                rows = (
+                    f"SELECT e.v, {self.count()} AS n FROM m x CROSS JOIN LATERAL (SELECT DISTINCT v FROM"
+                    f" jsonb_array_elements_text(CASE WHEN jsonb_typeof(x.doc -> {field}) = 'array'"
+                    f" THEN x.doc -> {field} END) AS a(v)) e WHERE {flag} GROUP BY 1"
+                )
+            order = f'n {direction}, v COLLATE "C"'
+            return (
+                f"SELECT json_agg(json_build_array(v, n) ORDER BY {order}) AS payload FROM"
+                f" (SELECT v, n FROM ({rows}) r ORDER BY {order} LIMIT {p.add(facet.max_results)}) t"
+            )
+        if facet.ranges is not None:
+            value = _number(p, facet.field, "x")
+            counts = []
+            for bucket in facet.ranges:
+                conditions = [f"{value} IS NOT NULL"]
+                if bucket.low is not None:
+                    conditions.append(f"{value} >= {p.add(bucket.low, 'float8')}")
+                if bucket.high is not None:
+                    conditions.append(f"{value} < {p.add(bucket.high, 'float8')}")
+                counts.append(
+                    f"json_build_array({p.add(bucket.name, 'text')}, {self.count()} FILTER"
+                    f" (WHERE {' AND '.join(conditions)}))"
+                )
+            return f"SELECT json_build_array({', '.join(counts)}) AS payload FROM m x WHERE {flag}"
+        # number stats: over each group's representative when collapsing
+        source = "m x"
+        if self.collapsed:
+            if facet.variant == 0:
+                source = "c x"
+            else:
+                source = (
+                    f"(SELECT DISTINCT ON (gv, gn) * FROM m WHERE f{int(facet.variant)}"
+                    f" ORDER BY gv, gn, {', '.join(self.group_order())}) x"
+                )
+            flag = "TRUE"
+        value = _number(p, facet.field, "x")
+        return (
+            f"SELECT json_build_object('min', min(v), 'max', max(v), 'avg', avg(v), 'sum', sum(v),"
+            f" 'count', count(v)) AS payload FROM (SELECT {value} AS v FROM {source} WHERE {flag}) s"
+        )
+
+
+def storefront_sql(
+    index: IndexRecord,
+    plan: StorefrontPlan,
+    source: Source,
+    *,
+    words: tuple[str, ...] = (),
+    candidates: tuple[list[int], list[float]] | None = None,
+    hits: bool = True,
+) -> tuple[str, list[Any]]:
+    """The statement and its values (exposed so tests and benchmarks can EXPLAIN it)."""
+    return _Builder(index, plan, source).build(words=words, candidates=candidates, hits=hits)
+
+
+def _facet_value(facet: FacetPlan, payload: Any) -> Any:
+    if facet.kind == "number" and facet.ranges is None:
+        return payload
+    return {str(value): {"count": int(n)} for value, n in (payload or [])}
+
+
+async def storefront_query(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    index: IndexRecord,
+    plan: StorefrontPlan,
+    source: Source,
+    *,
+    words: tuple[str, ...] = (),
+    candidates: tuple[list[int], list[float]] | None = None,
+    hits: bool = True,
+) -> StorefrontResult:
+    sql, values = storefront_sql(index, plan, source, words=words, candidates=candidates, hits=hits)
+    records = await conn.fetch(sql, *values)
+    rows: list[tuple[int, StorefrontRow]] = []
+    facets: dict[str, Any] = {}
+    for r in records:
+        if r["kind"] == 0:
+            rows.append(
+                (
+                    r["ord"],
+                    StorefrontRow(
+                        r["pk"], r["product_id"], json.loads(r["doc"]), None if r["score"] is None else r["score"]
+                    ),
+                )
+            )
+        else:
+            facet = plan.facets[r["ord"]]
+            facets[facet.key] = _facet_value(facet, json.loads(r["payload"]) if r["payload"] else None)
+    for facet in plan.facets:  # in the order asked
+        facets[facet.key] = facets.pop(facet.key, {})
+    rows.sort(key=lambda item: item[0])
+    return StorefrontResult([row for _, row in rows], facets)
