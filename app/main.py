@@ -23,7 +23,7 @@ from app.domain.ingest import IngestPipeline
 from app.domain.reverse import ReverseSearchService
 from app.domain.search import SearchService
 from app.errors import ApiError, unavailable
-from app.http import documents, indexes, openapi, ops, search, ui
+from app.http import documents, indexes, openapi, ops, search, storefront, ui
 from app.http.admission import Admission, AdmissionLimits, AdmissionMiddleware
 from app.storage import db, migrate
 from app.storage.catalog import CatalogStore
@@ -172,6 +172,9 @@ def routes() -> list[BaseRoute]:
         Route(base + "/get-documents", documents.get_documents, methods=["POST"]),
         Route(base + "/search", search.search, methods=["POST"]),
         Route(base + "/reverse-image-search", search.reverse_image_search, methods=["POST"]),
+        Route(base + "/collections", storefront.collections_post, methods=["POST"]),
+        Route(base + "/collections", storefront.collections_get, methods=["GET"]),
+        Route(base + "/recommendations/similar", storefront.similar, methods=["POST"]),
         Route("/health", ops.health, methods=["GET"]),
         Route("/metrics", ops.metrics_endpoint, methods=["GET"]),
         Route("/openapi.json", openapi.openapi_endpoint, methods=["GET"]),

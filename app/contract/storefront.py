@@ -281,8 +281,8 @@ class CollectionsRequest(StorefrontModel):
     offset: int = 0
     filter: str | None = None
     attributes: list[str] | None = Field(None, alias="attributesToRetrieve")
-    facets: dict[str, Any] | None = None
-    sort_by: dict[str, Any] | None = Field(None, alias="sortBy")
+    facets: Facets | None = None
+    sort_by: SortBy | None = Field(None, alias="sortBy")
 
     @model_validator(mode="before")
     @classmethod
@@ -310,18 +310,7 @@ class CollectionsRequest(StorefrontModel):
             not isinstance(attributes, list) or not all(isinstance(a, str) for a in attributes)
         ):
             raise reject("invalid_attributes", "attributesToRetrieve must be an array of strings")
-        for key, model in (("facets", Facets), ("sortBy", SortBy)):
-            if data.get(key) is not None:
-                model.parse(data[key])  # the parameter's own code and message
         return data
-
-    @property
-    def parsed_facets(self) -> Facets | None:
-        return None if self.facets is None else Facets.parse(self.facets)
-
-    @property
-    def parsed_sort(self) -> SortBy | None:
-        return None if self.sort_by is None else SortBy.parse(self.sort_by)
 
 
 class SimilarRequest(StorefrontModel):

@@ -7,10 +7,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
+import numpy as np
 
-from app.domain.filters import FilterError, FilterNode, parse_filter
+from app.contract.storefront import CollectionsRequest, SimilarRequest
+from app.domain.filters import ID_FIELD, And, FilterError, FilterNode, In, Not, Term, parse_filter
 from app.domain.queries import SearchRequest, shape_hit
 from app.domain.storefront import StorefrontPlan, build_plan, query_words
+from app.errors import not_found
 from app.storage import search as search_sql
 from app.storage import storefront as storefront_sql
 from app.storage.filter_sql import compile_filter
@@ -114,3 +117,45 @@ class SearchService:
             facets = (await storefront_sql.storefront_query(self.pool, index, plan, "browse", hits=False)).facets
         timer.lap("sql")
         return SearchOutcome(hits, facets)
+
+    async def collection(self, index: IndexRecord, request: CollectionsRequest, timer: StageTimer) -> SearchOutcome:
+        """The products whose productCollections hold the collection, answered like a /search browse."""
+        user_filter = parse_filter_text(request.filter)
+        in_collection = Term("productCollections", request.collection_name)
+        filter_node: FilterNode = in_collection if user_filter is None else And((in_collection, user_filter))
+        plan = build_plan(
+            filter_node=filter_node,
+            facets=request.facets,
+            sort=request.sort_by,
+            collapse=None,
+            limit=request.limit,
+            offset=request.offset,
+        )
+        result = await storefront_sql.storefront_query(self.pool, index, plan, "browse")
+        timer.lap("sql")
+        hits = [shape_hit(r.doc, None, request.attributes) for r in result.rows]
+        return SearchOutcome(hits, result.facets if request.facets is not None else None)
+
+    async def similar(self, index: IndexRecord, request: SimilarRequest, timer: StageTimer) -> list[dict[str, Any]]:
+        """Products nearest to the mean of the given products' stored embeddings, the given ones excluded."""
+        ids = list(dict.fromkeys(request.document_ids))
+        vectors = await search_sql.stored_embeddings(self.pool, index, [i for i in ids if "\x00" not in i])
+        missing = [i for i in ids if i not in vectors]
+        if missing:
+            names = ", ".join(map(repr, missing))
+            raise not_found(f"documents not found (or not embedded): {names}", "document_not_found")
+        unit = [v / (np.linalg.norm(v) or 1.0) for v in vectors.values()]
+        query = np.mean(unit, axis=0)
+        query = query / (np.linalg.norm(query) or 1.0)
+        user_filter = parse_filter_text(request.filter)
+        exclude: FilterNode = Not(In(ID_FIELD, tuple(ids)))
+        filter_node = exclude if user_filter is None else And((exclude, user_filter))
+        params = SqlParams()
+        where_sql = compile_filter(filter_node, params, "p")
+        timer.lap("vectors")
+        async with self.pool.acquire() as conn, conn.transaction(readonly=True):
+            rows = await search_sql.nearest(
+                conn, index, query, where_sql, params, request.limit, filtered=user_filter is not None
+            )
+        timer.lap("sql")
+        return [shape_hit(r.doc, r.score, request.attributes) for r in rows]

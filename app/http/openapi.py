@@ -357,6 +357,48 @@ SCHEMAS: dict[str, Any] = {
             "offset": {"type": "integer", "minimum": 0, "default": 0},
             "filter": {"type": ["string", "null"], "description": "filter DSL, e.g. `brand:Nike AND price:[* TO 200]`"},
             "attributesToRetrieve": {"type": "array", "items": {"type": "string"}},
+            "facets": _ref("Facets"),
+            "sortBy": _ref("SortBy"),
+            "collapseFields": {"type": "array", "minItems": 1, "maxItems": 1, "items": _ref("CollapseField")},
+            "userId": {"type": "string", "description": "accepted and ignored"},
+            "sessionId": {"type": "string", "description": "accepted and ignored"},
+            "profileId": {"type": "string", "description": "accepted and ignored"},
+        },
+    },
+    "FacetResults": {
+        "type": "object",
+        "description": "per facet field: value (or range name) -> {count}, or number stats",
+        "additionalProperties": {
+            "anyOf": [
+                {
+                    "type": "object",
+                    "additionalProperties": {
+                        "type": "object",
+                        "required": ["count"],
+                        "properties": {"count": {"type": "integer", "minimum": 0}},
+                    },
+                },
+                {
+                    "type": "object",
+                    "required": ["min", "max", "avg", "sum", "count"],
+                    "properties": {
+                        "min": {"type": ["number", "null"]},
+                        "max": {"type": ["number", "null"]},
+                        "avg": {"type": ["number", "null"]},
+                        "sum": {"type": ["number", "null"]},
+                        "count": {"type": "integer", "minimum": 0},
+                    },
+                },
+            ]
+        },
+    },
+    "SimilarResponse": {
+        "type": "object",
+        "required": ["hits", "limit", "processingTimeMs"],
+        "properties": {
+            "hits": {"type": "array", "maxItems": 100, "items": _ref("Hit")},
+            "limit": {"type": "integer", "minimum": 1, "maximum": 100},
+            "processingTimeMs": {"type": "integer", "minimum": 0},
         },
     },
     "SearchResponse": {
@@ -368,6 +410,7 @@ SCHEMAS: dict[str, Any] = {
             "offset": {"type": "integer"},
             "query": {"type": "string"},
             "processingTimeMs": {"type": "integer", "minimum": 0},
+            "facets": _ref("FacetResults"),
         },
     },
     "ReverseImageSearchRequest": {
@@ -422,6 +465,21 @@ SCHEMAS: dict[str, Any] = {
 }
 
 _BASE = "/api/v1/indexes/{index_name}"
+
+
+def _storefront_schemas() -> dict[str, Any]:
+    """The storefront request models' JSON Schemas, generated from their pydantic models."""
+    from app.contract.storefront import CollapseField, CollectionsRequest, SimilarRequest
+
+    out: dict[str, Any] = {}
+    for model in (CollectionsRequest, SimilarRequest, CollapseField):
+        schema = model.model_json_schema(by_alias=True, ref_template="#/components/schemas/{model}")
+        out.update(schema.pop("$defs", {}))
+        out[model.__name__] = schema
+    return out
+
+
+SCHEMAS.update(_storefront_schemas())
 
 
 def _paths() -> dict[str, Any]:
@@ -578,6 +636,50 @@ def _paths() -> dict[str, Any]:
                     _ref("ReverseImageSearchRequest"),
                     example={"q": "https://example.com/photo.jpg", "limit": 5, "filter": "brand:Nike"},
                 ),
+            ),
+        },
+        _BASE + "/collections": {
+            "parameters": [_INDEX_PARAM],
+            "post": _op(
+                "Browse a collection: the products whose productCollections hold collectionName",
+                "search",
+                _json(_ref("SearchResponse"), "like /search browse (ordered by _id unless sortBy)"),
+                {"400": "invalid body, filter, facets or sortBy", "401": "missing or wrong x-marqo-index-id",
+                 "404": unknown_index},
+                security=_READ,
+                body=_body(_ref("CollectionsRequest"), example={"collectionName": "shoes", "limit": 20}),
+            ),
+            "get": {
+                **_op(
+                    "Browse a collection (GET: the body as base64 JSON in ?body=)",
+                    "search",
+                    _json(_ref("SearchResponse"), "like POST /collections"),
+                    {"400": "body missing or not base64 JSON; invalid parameters",
+                     "401": "missing or wrong x-marqo-index-id", "404": unknown_index},
+                    security=_READ,
+                ),
+                "parameters": [
+                    {
+                        "name": "body",
+                        "in": "query",
+                        "required": True,
+                        "description": "base64 (standard or URL-safe) of the POST /collections JSON body",
+                        "schema": {"type": "string"},
+                    }
+                ],
+            },
+        },
+        _BASE + "/recommendations/similar": {
+            "parameters": [_INDEX_PARAM],
+            "post": _op(
+                "Products that look like the given ones (their stored vectors; no inference)",
+                "search",
+                _json(_ref("SimilarResponse"), "best first by cosine similarity; the given ids excluded"),
+                {"400": "invalid documentIds, limit, filter or attributes",
+                 "401": "missing or wrong x-marqo-index-id",
+                 "404": "unknown index, or a given document not found / not embedded"},
+                security=_READ,
+                body=_body(_ref("SimilarRequest"), example={"documentIds": ["sku-1"], "limit": 10}),
             ),
         },
         "/health": {

@@ -15,7 +15,7 @@ from app.http.indexes import load_readable_index, services
 from app.http.ops import observe_stages
 
 
-def _with_timing(response: JSONResponse, timer: StageTimer) -> JSONResponse:
+def with_timing(response: JSONResponse, timer: StageTimer) -> JSONResponse:
     """Per-stage milliseconds as a standard Server-Timing header (browsers' devtools show it)."""
     response.headers["server-timing"] = ", ".join(f"{name};dur={ms:.1f}" for name, ms in timer.stages.items())
     return response
@@ -45,7 +45,7 @@ async def search(request: Request) -> JSONResponse:
     }
     if outcome.facets is not None:
         body["facets"] = outcome.facets
-    return _with_timing(json_response(body), timer)
+    return with_timing(json_response(body), timer)
 
 
 async def reverse_image_search(request: Request) -> JSONResponse:
@@ -61,6 +61,6 @@ async def reverse_image_search(request: Request) -> JSONResponse:
         raise _image_error(exc) from exc
     finally:
         observe_stages(request, "reverse-image-search", timer.stages)
-    return _with_timing(
+    return with_timing(
         json_response({"hits": hits, "limit": parsed.limit, "processingTimeMs": elapsed_ms(started)}), timer
     )

@@ -303,3 +303,17 @@ async def candidate_vectors(
         )
         for r in rows
     }
+
+
+async def stored_embeddings(
+    conn: asyncpg.Connection | asyncpg.Pool, index: IndexRecord, product_ids: list[str]
+) -> dict[str, np.ndarray]:
+    """The stored model embedding of each of these products of `index` that has one, by product id."""
+    rows = await conn.fetch(
+        f"SELECT p.product_id, v.embedding::real[] AS e FROM products p "
+        f"JOIN {index.vectors_table} v ON v.product_pk = p.pk "
+        f"WHERE p.index_pk = $1 AND p.product_id = ANY($2::text[])",
+        index.pk,
+        product_ids,
+    )
+    return {r["product_id"]: np.asarray(r["e"], dtype=np.float32) for r in rows}
