@@ -25,6 +25,7 @@ from app.domain.search import SearchService
 from app.errors import ApiError, unavailable
 from app.http import documents, indexes, openapi, ops, search, storefront, ui
 from app.http.admission import Admission, AdmissionLimits, AdmissionMiddleware
+from app.http.cors import PathCORSMiddleware
 from app.storage import db, migrate
 from app.storage.catalog import CatalogStore
 from app.vision.service import VisionService
@@ -191,13 +192,18 @@ def create_app(
 ) -> Starlette:
     metrics = ops.Metrics()
     gates = Admission(admission)
+    settings = settings or Settings.from_env()
     app = Starlette(
         routes=routes(),
         lifespan=lifespan,
         # Request ids, access log and latency histograms; inside the server-error middleware, so an
         # unhandled exception is still counted (as 500) before that middleware renders it.
         # Admission control inside it: shed requests (503 + Retry-After) are logged and counted too.
+        # CORS outermost, so that every answer (401, 429, 503 too) carries its headers to the browser.
         middleware=[
+            Middleware(
+                PathCORSMiddleware, read_origins=settings.cors_origins, admin_origins=settings.admin_cors_origins
+            ),
             Middleware(ops.RequestContextMiddleware, metrics=metrics),
             Middleware(AdmissionMiddleware, admission=gates),
         ],
@@ -213,7 +219,7 @@ def create_app(
             Exception: handle_unexpected,
         },
     )
-    app.state.settings = settings or Settings.from_env()
+    app.state.settings = settings
     app.state.metrics = metrics
     app.state.admission = gates
     app.state.run_migrations = run_migrations
