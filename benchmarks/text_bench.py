@@ -112,7 +112,8 @@ def catalog(n: int, seed: int = 5) -> list[dict[str, Any]]:
     rng = random.Random(seed)
     brands: list[str] = []
     while len(brands) < max(1, n // 6):
-        word = "".join(rng.choice(SYLLABLES) for _ in range(rng.choice((2, 3)))).capitalize()
+        # 2-4 syllables: 14^2 + 14^3 + 14^4 (41,356) names, enough for 6 products each at 240k
+        word = "".join(rng.choice(SYLLABLES) for _ in range(rng.choice((2, 3, 4)))).capitalize()
         if word not in brands:
             brands.append(word)
     docs = []

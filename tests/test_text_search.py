@@ -90,11 +90,11 @@ async def test_scores_are_informative(pool: asyncpg.Pool, text_catalog) -> None:
     assert scores["w2"] > scores["w7"] > scores["w6"]
     # equal matches tie, different matches do not
     plain = dict(await _search(pool, record, "hiking boots"))
-    assert plain["w2"] == plain["w8"]  # the same text
-    assert plain["w2"] != plain["w3"]  # a longer variant title: a little less of it matches
+    assert plain["w2"] == plain["w8"] == plain["w3"]  # the same words at the same places
+    assert plain["w2"] > plain["w7"]  # not the title
     values = [s for _, s in hits]
     assert values == sorted(values, reverse=True)
-    distinct_docs = {"w2", "w4", "w6", "w7"}
+    distinct_docs = {"w2", "w6", "w7"}
     assert len({scores[i] for i in distinct_docs}) == len(distinct_docs)
 
 
