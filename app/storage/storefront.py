@@ -63,35 +63,46 @@ class StorefrontResult:
     facets: dict[str, Any]  # facet key -> {value: {"count": n}} or number stats
 
 
-def _column(params: SqlParams, field: str, alias: str = "") -> str:
-    """A product field as a SQL value: typed columns for _id and price, else the stored JSON value."""
-    a = f"{alias}." if alias else ""
+def _value(params: SqlParams, field: str) -> str:
+    """A product field of row `p` as a sortable SQL value: typed columns for _id and price, else
+    the stored JSON value (JSON null is as missing as an absent key)."""
     if field == ID_FIELD:
-        return f'{a}product_id COLLATE "C"'
+        return 'p.product_id COLLATE "C"'
     if field == "price":
-        return f"{a}price"
-    # JSON null is as missing as an absent key.
-    return f"NULLIF({a}doc -> {params.add(field, 'text')}, 'null'::jsonb)"
+        return "p.price"
+    return f"NULLIF(p.doc -> {params.add(field, 'text')}, 'null'::jsonb)"
 
 
-def _order(params: SqlParams, keys: tuple[SortKey, ...]) -> list[str]:
-    out = []
-    for key in keys:
-        direction = "DESC" if key.descending else "ASC"
-        nulls = "FIRST" if key.missing_first else "LAST"
-        out.append(f"{_column(params, key.field)} {direction} NULLS {nulls}")
-    return out
-
-
-def _number(params: SqlParams, field: str, alias: str) -> str:
+def _group_key(params: SqlParams, field: str) -> str:
+    """The collapse key of row `p` as text (sorted and compared bytewise): the canonical JSON
+    text of the value, or `#<pk>` for a product without it (a group of its own)."""
+    if field == ID_FIELD:
+        return "p.product_id"
     if field == "price":
-        return f"{alias}.price"
-    value = f"({alias}.doc -> {params.add(field, 'text')})"
+        return "p.price::text"
+    value = f"NULLIF(p.doc -> {params.add(field, 'text')}, 'null'::jsonb)"
+    return f"coalesce({value}::text, '#' || p.pk)"
+
+
+def _number(params: SqlParams, field: str) -> str:
+    if field == "price":
+        return "p.price"
+    value = f"(p.doc -> {params.add(field, 'text')})"
     # Only JSON numbers a double can hold (as the filter's ranges): anything else is no value.
     return (
         f"(CASE WHEN jsonb_typeof({value}) = 'number' AND abs({value}::numeric) < 1e308"
         f" THEN {value}::float8 END)"
     )
+
+
+def _facet_column(params: SqlParams, facet: FacetPlan) -> str:
+    """The facet's value column of row `p`: text (string), a JSON array (array), float8 (number)."""
+    if facet.kind == "number":
+        return _number(params, facet.field)
+    field = params.add(facet.field, "text")
+    kind = "string" if facet.kind == "string" else "array"
+    extract = "->>" if facet.kind == "string" else "->"
+    return f"(CASE WHEN jsonb_typeof(p.doc -> {field}) = '{kind}' THEN p.doc {extract} {field} END)"
 
 
 class _Builder:
@@ -104,11 +115,30 @@ class _Builder:
         self.relevance = source != "browse"
         self.collapsed = plan.collapse is not None
         self.variants = len(plan.filters)
+        # m's extracted columns: sort keys (request's, collapse's) and facet values
+        self.columns: list[str] = []
+        self.sort_columns = [self.column(_value(self.params, k.field)) for k in plan.sort]
+        self.group_sort_columns = (
+            [self.column(_value(self.params, k.field)) for k in plan.collapse.sort] if plan.collapse else []
+        )
+        self.facet_columns = [self.column(_facet_column(self.params, f)) for f in plan.facets]
+
+    def column(self, expression: str) -> str:
+        name = f"c{len(self.columns)}"
+        self.columns.append(f"{expression} AS {name}")
+        return name
 
     # -- pieces
 
     def flag(self, variant: int) -> str:
         return "TRUE" if self.variants == 1 else f"f{int(variant)}"
+
+    @staticmethod
+    def ordered(columns: list[str], keys: tuple[SortKey, ...]) -> list[str]:
+        return [
+            f"{c} {'DESC' if k.descending else 'ASC'} NULLS {'FIRST' if k.missing_first else 'LAST'}"
+            for c, k in zip(columns, keys, strict=True)
+        ]
 
     def default_order(self) -> list[str]:
         if self.relevance:
@@ -116,13 +146,13 @@ class _Builder:
         return ['product_id COLLATE "C"']
 
     def final_order(self) -> list[str]:
-        return _order(self.params, self.plan.sort) + self.default_order()
+        return self.ordered(self.sort_columns, self.plan.sort) + self.default_order()
 
     def group_order(self) -> list[str]:
         collapse = self.plan.collapse
         assert collapse is not None
         if collapse.sort:
-            return _order(self.params, collapse.sort) + self.default_order()
+            return self.ordered(self.group_sort_columns, collapse.sort) + self.default_order()
         if self.relevance:
             return self.default_order()
         return self.final_order()
@@ -184,9 +214,7 @@ class _Builder:
         group_columns = ""
         if self.collapsed:
             assert self.plan.collapse is not None
-            key = _column(p, self.plan.collapse.field, "p")
-            # Products without the collapse field are groups of their own.
-            group_columns = f", {key} AS gv, CASE WHEN {key} IS NULL THEN p.pk END AS gn"
+            group_columns = f", {_group_key(p, self.plan.collapse.field)} COLLATE \"C\" AS g"
         if self.source == "text":
             candidates_sql, score = self.text_parts(words, index_param)
             source_sql = (
@@ -204,14 +232,16 @@ class _Builder:
         else:
             score = "NULL::float8"
             source_sql = f"FROM products p WHERE p.index_pk = {index_param} AND {where}"
+        extracted = "".join(", " + c for c in self.columns)
+        # m carries the extracted values, not the documents: only the page's are fetched.
         self.ctes.append(
-            f"m AS MATERIALIZED (SELECT p.pk, p.product_id, p.doc, p.price, {score} AS score"
-            f"{flag_columns}{group_columns} {source_sql})"
+            f"m AS MATERIALIZED (SELECT p.pk, p.product_id, p.price, {score} AS score"
+            f"{flag_columns}{group_columns}{extracted} {source_sql})"
         )
         hits_set = "m" if self.variants == 1 else "(SELECT * FROM m WHERE f0)"
         if self.collapsed:
             order = ", ".join(self.group_order())
-            self.ctes.append(f"c AS (SELECT DISTINCT ON (gv, gn) * FROM {hits_set} h ORDER BY gv, gn, {order})")
+            self.ctes.append(f"c AS (SELECT DISTINCT ON (g) * FROM {hits_set} h ORDER BY g, {order})")
             hits_set = "c"
         selects = []
         if hits:
@@ -223,15 +253,16 @@ class _Builder:
                 )
                 hits_set = "top"
             self.ctes.append(
-                f"page AS (SELECT * FROM {hits_set} s ORDER BY {final}"
-                f" LIMIT {p.add(self.plan.limit)} OFFSET {p.add(self.plan.offset)})"
+                f"page AS (SELECT *, row_number() OVER (ORDER BY {final}) AS ord FROM"
+                f" (SELECT * FROM {hits_set} s ORDER BY {final}"
+                f" LIMIT {p.add(self.plan.limit)} OFFSET {p.add(self.plan.offset)}) q)"
             )
             selects.append(
-                f"SELECT 0 AS kind, row_number() OVER (ORDER BY {final}) AS ord, pk, product_id, doc::text AS doc,"
-                " score, NULL::text AS payload FROM page"
+                "SELECT 0 AS kind, s.ord, s.pk, s.product_id, d.doc::text AS doc, s.score, NULL::text AS payload"
+                " FROM page s JOIN products d ON d.pk = s.pk"
             )
         for number, facet in enumerate(self.plan.facets):
-            self.ctes.append(f"f{number} AS ({self.facet_sql(facet)})")
+            self.ctes.append(f"f{number} AS ({self.facet_sql(facet, number)})")
             selects.append(
                 f"SELECT 1, {number}, NULL::bigint, NULL::text, NULL::text, NULL::float8, payload::text FROM f{number}"
             )
@@ -240,31 +271,28 @@ class _Builder:
         sql = "WITH " + ",\n".join(self.ctes) + "\n" + "\nUNION ALL\n".join(selects)
         return sql, p.values
 
-    def count(self) -> str:
-        return "count(DISTINCT (x.gv, x.gn))" if self.collapsed else "count(*)"
-
-    def facet_sql(self, facet: FacetPlan) -> str:
+    def facet_sql(self, facet: FacetPlan, number: int) -> str:
         p = self.params
         flag = "TRUE" if self.variants == 1 else f"x.f{int(facet.variant)}"
         direction = "ASC" if facet.ascending else "DESC"
+        value = f"x.{self.facet_columns[number]}"
         if facet.kind in ("string", "array"):
-            field = p.add(facet.field, "text")
             if facet.kind == "string":
-                rows = f"SELECT x.doc ->> {field} AS v, {self.count()} AS n FROM m x WHERE {flag}"
-                rows += f" AND jsonb_typeof(x.doc -> {field}) = 'string' GROUP BY 1"
+                pairs = f"SELECT {value} AS v{', x.g' if self.collapsed else ', x.pk'} FROM m x WHERE {flag}"
             else:
-                rows = (
-                    f"SELECT e.v, {self.count()} AS n FROM m x CROSS JOIN LATERAL (SELECT DISTINCT v FROM"
-                    f" jsonb_array_elements_text(CASE WHEN jsonb_typeof(x.doc -> {field}) = 'array'"
-                    f" THEN x.doc -> {field} END) AS a(v)) e WHERE {flag} GROUP BY 1"
+                pairs = (
+                    f"SELECT a.v{', x.g' if self.collapsed else ', x.pk'} FROM m x"
+                    f" CROSS JOIN LATERAL jsonb_array_elements_text({value}) AS a(v) WHERE {flag}"
                 )
+            # (value, product) or (value, group) pairs once each, then counted: an array
+            # counts an element once per product, a collapsed group once per value.
+            rows = f"SELECT v, count(*) AS n FROM (SELECT DISTINCT * FROM ({pairs}) q WHERE v IS NOT NULL) d GROUP BY v"
             order = f'n {direction}, v COLLATE "C"'
             return (
                 f"SELECT json_agg(json_build_array(v, n) ORDER BY {order}) AS payload FROM"
                 f" (SELECT v, n FROM ({rows}) r ORDER BY {order} LIMIT {p.add(facet.max_results)}) t"
             )
         if facet.ranges is not None:
-            value = _number(p, facet.field, "x")
             counts = []
             for bucket in facet.ranges:
                 conditions = [f"{value} IS NOT NULL"]
@@ -272,26 +300,24 @@ class _Builder:
                     conditions.append(f"{value} >= {p.add(bucket.low, 'float8')}")
                 if bucket.high is not None:
                     conditions.append(f"{value} < {p.add(bucket.high, 'float8')}")
+                unit = "count(DISTINCT x.g)" if self.collapsed else "count(*)"
                 counts.append(
-                    f"json_build_array({p.add(bucket.name, 'text')}, {self.count()} FILTER"
-                    f" (WHERE {' AND '.join(conditions)}))"
+                    f"json_build_array({p.add(bucket.name, 'text')}, {unit} FILTER (WHERE {' AND '.join(conditions)}))"
                 )
             return f"SELECT json_build_array({', '.join(counts)}) AS payload FROM m x WHERE {flag}"
         # number stats: over each group's representative when collapsing
-        source = "m x"
+        source = f"m x WHERE {flag}"
         if self.collapsed:
             if facet.variant == 0:
                 source = "c x"
             else:
                 source = (
-                    f"(SELECT DISTINCT ON (gv, gn) * FROM m WHERE f{int(facet.variant)}"
-                    f" ORDER BY gv, gn, {', '.join(self.group_order())}) x"
+                    f"(SELECT DISTINCT ON (g) * FROM m WHERE f{int(facet.variant)}"
+                    f" ORDER BY g, {', '.join(self.group_order())}) x"
                 )
-            flag = "TRUE"
-        value = _number(p, facet.field, "x")
         return (
             f"SELECT json_build_object('min', min(v), 'max', max(v), 'avg', avg(v), 'sum', sum(v),"
-            f" 'count', count(v)) AS payload FROM (SELECT {value} AS v FROM {source} WHERE {flag}) s"
+            f" 'count', count(v)) AS payload FROM (SELECT {value} AS v FROM {source}) s"
         )
 
 
