@@ -167,10 +167,6 @@ async def create_pool(url: str, *, min_size: int, max_size: int, statement_timeo
         # asyncpg prepares and caches every statement; a generic plan cannot see filter values
         # and picks poor index combinations (measured 0.3 ms -> 12 ms), so plan per execution.
         "plan_cache_mode": "force_custom_plan",
-        # Text search's misspelling leg (storage.storefront, `word <% search_title`): one edit in
-        # a six-letter word leaves ~0.57 of its trigrams; the default 0.6 missed 1 in 5 of the
-        # labelled misspellings (benchmarks/text_bench.py), 0.4 finds them.
-        "pg_trgm.word_similarity_threshold": "0.4",
     }
     pool = await asyncpg.create_pool(
         url,

@@ -58,12 +58,7 @@ products = sa.Table(
             persisted=True,
         ),
     ),
-    # Folded (unaccent + lower) product and variant title, trigram-indexed for misspellings and prefixes.
-    sa.Column(
-        "search_title",
-        sa.Text,
-        sa.Computed("lookalike_fold(product_title || coalesce(' ' || variant_title, ''))", persisted=True),
-    ),
+
     # Local-feature state for reverse image search: NULL = not wanted (flag off).
     sa.Column("features_status", sa.Text),
     sa.Column("features_error", sa.Text),
@@ -84,11 +79,17 @@ sa.Index(
 )
 sa.Index("products_index_price_idx", products.c.index_pk, products.c.price)
 sa.Index("products_search_tsv_idx", products.c.search_tsv, postgresql_using="gin")
+
+# The folded words of an index's product and variant titles (trigger `products_title_words`,
+# migration 0005): what a misspelt query word is corrected to, through a trigram index.
+search_words = sa.Table(
+    "search_words",
+    metadata,
+    sa.Column("index_pk", sa.BigInteger, sa.ForeignKey("indexes.pk", ondelete="CASCADE"), primary_key=True),
+    sa.Column("word", sa.Text, primary_key=True),
+)
 sa.Index(
-    "products_search_title_trgm_idx",
-    products.c.search_title,
-    postgresql_using="gin",
-    postgresql_ops={"search_title": "gin_trgm_ops"},
+    "search_words_word_trgm_idx", search_words.c.word, postgresql_using="gin", postgresql_ops={"word": "gin_trgm_ops"}
 )
 sa.Index(
     "products_features_pending_idx",

@@ -18,11 +18,11 @@ counts count groups (`count(DISTINCT group)`: selecting that value yields that m
 and number stats use each group's representative.
 
 Text matching (migration 0005): OR-semantics over the query's words on the weighted
-`search_tsv` (the last word as a prefix), plus, for a word of four or more letters that no
-product has (a misspelling), the titles holding a similar word (pg_trgm `<%`,
-GIN-indexed). The score is `ts_rank_cd` (title A, variant title B, description C;
-length-normalised) plus each misspelt word's trigram similarity to the title: equal scores mean
-equal matches (the same words in the same fields at the same positions).
+`search_tsv` (the last word as a prefix), a word of four or more letters that no product
+has (a misspelling) replaced by the most similar words of the catalog's titles
+(`search_words`, pg_trgm). The score is `ts_rank_cd` (title A, variant title B,
+description C; length-normalised): equal scores mean equal matches (the same words in
+the same fields at the same positions).
 """
 
 from __future__ import annotations
@@ -40,9 +40,12 @@ from app.storage.indexes import IndexRecord
 from app.storage.params import SqlParams
 
 TEXT_CONFIG = "lookalike_text"  # the text search configuration of migration 0005
-# Words shorter than this do not take part in trigram matching: a two- or three-letter word
-# shares its few trigrams with too many titles (the prefix query covers unfinished words).
+# Words shorter than this are not corrected: a two- or three-letter word shares its few
+# trigrams with too many words (the prefix query covers unfinished words). search_words
+# holds words of at least this length (migration 0005).
 MIN_FUZZY_WORD = 4
+# A misspelt word searches for this many of the most similar catalog words.
+CORRECTIONS = 3
 # ts_rank_cd weights for D, C, B, A: description (C) 0.4, variant title (B) 0.7, title (A) 1.0.
 RANK_WEIGHTS = "{0.1, 0.4, 0.7, 1.0}"
 
@@ -89,10 +92,7 @@ def _number(params: SqlParams, field: str) -> str:
         return "p.price"
     value = f"(p.doc -> {params.add(field, 'text')})"
     # Only JSON numbers a double can hold (as the filter's ranges): anything else is no value.
-    return (
-        f"(CASE WHEN jsonb_typeof({value}) = 'number' AND abs({value}::numeric) < 1e308"
-        f" THEN {value}::float8 END)"
-    )
+    return f"(CASE WHEN jsonb_typeof({value}) = 'number' AND abs({value}::numeric) < 1e308 THEN {value}::float8 END)"
 
 
 def _facet_column(params: SqlParams, facet: FacetPlan) -> str:
@@ -157,45 +157,42 @@ class _Builder:
             return self.default_order()
         return self.final_order()
 
-    def text_parts(self, words: tuple[str, ...], index_param: str) -> tuple[str, str]:
-        """(candidate rows, score expression) of a text query's words.
+    def text_parts(self, words: tuple[str, ...], index_param: str) -> str:
+        """The text query's tsquery expression (a CTE's value, one InitPlan for all its uses).
 
-        Candidates: the lexical matches (any word; the last one as a prefix) UNION, for each
-        word of MIN_FUZZY_WORD or more letters that no product of the index has as a lexeme,
-        the titles with a similar word (pg_trgm `<%`). A word the catalog knows is not
-        treated as a misspelling, so its trigram branch is skipped (a one-time filter on an
-        InitPlan): trigram matching costs ~10 us a row, the GIN lookup of a lexeme ~0.1 ms.
+        OR of the words (the last one a prefix), plus, for each word of MIN_FUZZY_WORD or more
+        letters that no product of the index has (a misspelling), its CORRECTIONS most
+        similar catalog title words (`search_words`, pg_trgm `%`, similarity order). The
+        correction lookup runs only for unknown words (a one-time filter); everything else
+        is the weighted tsvector's GIN index: no trigram comparison with every title.
         """
         p = self.params
         usable = [w for w in words if storable(w)]
         if not usable:
-            return "SELECT NULL::bigint AS pk WHERE FALSE", "0::float8"
+            return "''::tsquery"
         cfg = f"'{TEXT_CONFIG}'::regconfig"
-        parts = [f"plainto_tsquery({cfg}, {p.add(w, 'text')})" for w in usable[:-1]]
-        # The last word may be unfinished: a prefix query (a word is letters and digits only,
-        # so `word:*` is always valid tsquery syntax).
-        parts.append(f"to_tsquery({cfg}, {p.add(usable[-1] + ':*', 'text')})")
-        tsquery = "(" + " || ".join(parts) + ")"
-        branches = [f"SELECT p.pk FROM products p WHERE p.index_pk = {index_param} AND p.search_tsv @@ {tsquery}"]
-        score = f"ts_rank_cd('{RANK_WEIGHTS}', p.search_tsv, {tsquery}, 1)"
-        for word in dict.fromkeys(w for w in usable if len(w) >= MIN_FUZZY_WORD):
-            w = p.add(word, "text")
-            unknown = (
-                f"(NOT EXISTS (SELECT 1 FROM products k WHERE k.index_pk = {index_param}"
-                f" AND k.search_tsv @@ plainto_tsquery({cfg}, {w})))"
+        parts = []
+        for position, word in enumerate(usable):
+            last = position == len(usable) - 1
+            # The last word may be unfinished: a prefix query (a word is letters and digits
+            # only, so `word:*` is always valid tsquery syntax).
+            own = (
+                f"to_tsquery({cfg}, {p.add(word + ':*', 'text')})"
+                if last
+                else f"plainto_tsquery({cfg}, {p.add(word, 'text')})"
             )
-            folded = f"lookalike_fold({w})"
-            branches.append(
-                f"SELECT p.pk FROM products p WHERE {unknown} AND p.index_pk = {index_param}"
-                f" AND {folded} <% p.search_title"
+            parts.append(own)
+            if len(word) < MIN_FUZZY_WORD:
+                continue
+            folded = f"lookalike_fold({p.add(word, 'text')})"
+            parts.append(
+                f"(SELECT websearch_to_tsquery({cfg}, coalesce(string_agg(c.word, ' or '), '')) FROM"
+                f" (SELECT s.word FROM search_words s WHERE NOT EXISTS (SELECT 1 FROM products k"
+                f" WHERE k.index_pk = {index_param} AND k.search_tsv @@ {own})"
+                f" AND s.index_pk = {index_param} AND s.word % {folded}"
+                f" ORDER BY similarity(s.word, {folded}) DESC, s.word LIMIT {CORRECTIONS}) c)"
             )
-            # word_similarity: how well the word matches somewhere in the title; a tenth of
-            # similarity (relative to the whole title) ranks the title with less besides first.
-            score += (
-                f" + CASE WHEN {unknown} THEN word_similarity({folded}, p.search_title)"
-                f" + 0.1 * similarity({folded}, p.search_title) ELSE 0 END"
-            )
-        return "\nUNION\n".join(branches), f"({score})::float8"
+        return "(" + " || ".join(parts) + ")"
 
     # -- the statement
 
@@ -214,13 +211,12 @@ class _Builder:
         group_columns = ""
         if self.collapsed:
             assert self.plan.collapse is not None
-            group_columns = f", {_group_key(p, self.plan.collapse.field)} COLLATE \"C\" AS g"
+            group_columns = f', {_group_key(p, self.plan.collapse.field)} COLLATE "C" AS g'
         if self.source == "text":
-            candidates_sql, score = self.text_parts(words, index_param)
-            source_sql = (
-                f"FROM ({candidates_sql}) AS t JOIN products p ON p.pk = t.pk"
-                f" WHERE p.index_pk = {index_param} AND {where}"
-            )
+            self.ctes.append(f"tq AS MATERIALIZED (SELECT {self.text_parts(words, index_param)} AS q)")
+            tsquery = "(SELECT q FROM tq)"
+            score = f"ts_rank_cd('{RANK_WEIGHTS}', p.search_tsv, {tsquery}, 1)::float8"
+            source_sql = f"FROM products p WHERE p.index_pk = {index_param} AND p.search_tsv @@ {tsquery} AND {where}"
         elif self.source == "candidates":
             assert candidates is not None
             pks, scores = candidates

@@ -6,12 +6,15 @@ Text search ranks (SPEC "Beyond the seed", DESIGN "Storefront queries in SQL"):
   Chosen over `simple` + unaccent on the labelled query set (benchmarks/text_bench.py):
   stemming lets `boot` find `boots` and `running` find `run`, with no loss elsewhere.
 - `search_tsv` is rebuilt with it: product title weight A, variant title B, description C.
-- `search_title`: the product and variant title folded (`lookalike_fold`: unaccent +
-  lower case), with a trigram GIN index for misspellings and unfinished words
-  (`wireles headphnes`, `hiking bo`) through pg_trgm's word similarity.
+- `search_words`: the words of every product and variant title of an index, folded
+  (`lookalike_fold`: unaccent + lower case), kept by a trigger on `products`, with a
+  trigram GIN index. A query word the catalog does not know (`wireles`) is corrected to
+  the most similar catalog words (`wireless`) through pg_trgm, and those are searched in
+  `search_tsv` like any other word: misspellings cost one lookup in a small table, not a
+  trigram comparison with every title (measured 1.1 s at 20k products that way).
 
 `pg_trgm` and `unaccent` ship with PostgreSQL's contrib (the embedded server and the
-pgvector image both have them). Adding the generated columns rewrites `products` once.
+pgvector image both have them). Rebuilding the generated column rewrites `products` once.
 
 Revision ID: 0005
 Revises: 0004
@@ -35,7 +38,8 @@ TSV_EXPRESSION = (
     "setweight(to_tsvector('lookalike_text'::regconfig, coalesce(variant_title, '')), 'B') || "
     "setweight(to_tsvector('lookalike_text'::regconfig, coalesce(description, '')), 'C')"
 )
-TITLE_EXPRESSION = "lookalike_fold(product_title || coalesce(' ' || variant_title, ''))"
+# Words shorter than this are not corrected (storage.storefront.MIN_FUZZY_WORD): not stored.
+MIN_WORD = 4
 
 _OLD_TSV_EXPRESSION = (
     "setweight(to_tsvector('english', coalesce(product_title, '')), 'A') || "
@@ -66,18 +70,55 @@ def upgrade() -> None:
     )
     op.execute("DROP INDEX IF EXISTS products_search_tsv_idx")
     op.execute("ALTER TABLE products DROP COLUMN search_tsv")
-    op.execute(
-        f"ALTER TABLE products ADD COLUMN search_tsv tsvector GENERATED ALWAYS AS ({TSV_EXPRESSION}) STORED,"
-        f" ADD COLUMN search_title text GENERATED ALWAYS AS ({TITLE_EXPRESSION}) STORED"
-    )
+    op.execute(f"ALTER TABLE products ADD COLUMN search_tsv tsvector GENERATED ALWAYS AS ({TSV_EXPRESSION}) STORED")
     op.execute("CREATE INDEX products_search_tsv_idx ON products USING gin (search_tsv)")
-    op.execute("CREATE INDEX products_search_title_trgm_idx ON products USING gin (search_title gin_trgm_ops)")
+    op.execute(
+        """
+        CREATE TABLE search_words (
+          index_pk bigint NOT NULL REFERENCES indexes(pk) ON DELETE CASCADE,
+          word text NOT NULL,
+          PRIMARY KEY (index_pk, word)
+        )
+        """
+    )
+    op.execute("CREATE INDEX search_words_word_trgm_idx ON search_words USING gin (word gin_trgm_ops)")
+    # Words only ever get added: a word no product has any more matches nothing when searched.
+    op.execute(
+        f"""
+        CREATE FUNCTION lookalike_title_words() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+          INSERT INTO search_words (index_pk, word)
+          SELECT DISTINCT NEW.index_pk, w
+          FROM regexp_split_to_table(
+                 lookalike_fold(NEW.product_title || coalesce(' ' || NEW.variant_title, '')), '[^[:alnum:]]+') AS w
+          WHERE length(w) >= {MIN_WORD}
+          ON CONFLICT DO NOTHING;
+          RETURN NULL;
+        END $$
+        """
+    )
+    op.execute(
+        "CREATE TRIGGER products_title_words AFTER INSERT OR UPDATE OF product_title, variant_title ON products"
+        " FOR EACH ROW EXECUTE FUNCTION lookalike_title_words()"
+    )
+    op.execute(
+        f"""
+        INSERT INTO search_words (index_pk, word)
+        SELECT DISTINCT p.index_pk, w
+        FROM products p, regexp_split_to_table(
+               lookalike_fold(p.product_title || coalesce(' ' || p.variant_title, '')), '[^[:alnum:]]+') AS w
+        WHERE length(w) >= {MIN_WORD}
+        ON CONFLICT DO NOTHING
+        """
+    )
 
 
 def downgrade() -> None:
-    op.execute("DROP INDEX IF EXISTS products_search_title_trgm_idx")
+    op.execute("DROP TRIGGER products_title_words ON products")
+    op.execute("DROP FUNCTION lookalike_title_words()")
+    op.execute("DROP TABLE search_words")
     op.execute("DROP INDEX IF EXISTS products_search_tsv_idx")
-    op.execute("ALTER TABLE products DROP COLUMN search_title, DROP COLUMN search_tsv")
+    op.execute("ALTER TABLE products DROP COLUMN search_tsv")
     op.execute(
         f"ALTER TABLE products ADD COLUMN search_tsv tsvector GENERATED ALWAYS AS ({_OLD_TSV_EXPRESSION}) STORED"
     )
