@@ -83,6 +83,9 @@ def _group_key(params: SqlParams, field: str) -> str:
         return "p.product_id"
     if field == "price":
         return "p.price::text"
+    if field == "parentProductId":
+        # A core string field (validated at ingest), mirrored by a typed column: no JSON decoding.
+        return "coalesce('s' || p.parent_product_id, '#' || p.pk)"
     value = f"NULLIF(p.doc -> {params.add(field, 'text')}, 'null'::jsonb)"
     return f"coalesce({value}::text, '#' || p.pk)"
 
@@ -96,9 +99,12 @@ def _number(params: SqlParams, field: str) -> str:
 
 
 def _facet_column(params: SqlParams, facet: FacetPlan) -> str:
-    """The facet's value column of row `p`: text (string), a JSON array (array), float8 (number)."""
+    """The facet's value column of row `p`: text (string), a JSON array or text[] (array), float8."""
     if facet.kind == "number":
         return _number(params, facet.field)
+    if facet.kind == "array" and facet.field == "productCollections":
+        # The typed column mirrors the document's string array: unnest() instead of JSON.
+        return "p.product_collections"
     field = params.add(facet.field, "text")
     kind = "string" if facet.kind == "string" else "array"
     extract = "->>" if facet.kind == "string" else "->"
@@ -273,16 +279,26 @@ class _Builder:
         direction = "ASC" if facet.ascending else "DESC"
         value = f"x.{self.facet_columns[number]}"
         if facet.kind in ("string", "array"):
-            if facet.kind == "string":
-                pairs = f"SELECT {value} AS v{', x.g' if self.collapsed else ', x.pk'} FROM m x WHERE {flag}"
+            unit = ", x.g" if self.collapsed else ", x.pk"
+            if facet.kind == "string" and not self.collapsed:
+                # one value per product: count the rows directly
+                rows = f"SELECT {value} AS v, count(*) AS n FROM m x WHERE {flag} AND {value} IS NOT NULL GROUP BY 1"
             else:
-                pairs = (
-                    f"SELECT a.v{', x.g' if self.collapsed else ', x.pk'} FROM m x"
-                    f" CROSS JOIN LATERAL jsonb_array_elements_text({value}) AS a(v) WHERE {flag}"
+                if facet.kind == "string":
+                    pairs = f"SELECT {value} AS v{unit} FROM m x WHERE {flag}"
+                else:
+                    elements = (
+                        f"unnest({value})"
+                        if facet.field == "productCollections"
+                        else f"jsonb_array_elements_text({value})"
+                    )
+                    pairs = f"SELECT a.v{unit} FROM m x CROSS JOIN LATERAL {elements} AS a(v) WHERE {flag}"
+                # (value, product) or (value, group) pairs once each, then counted: an array
+                # counts an element once per product, a collapsed group once per value.
+                rows = (
+                    f"SELECT v, count(*) AS n FROM (SELECT DISTINCT * FROM ({pairs}) q WHERE v IS NOT NULL) d"
+                    " GROUP BY v"
                 )
-            # (value, product) or (value, group) pairs once each, then counted: an array
-            # counts an element once per product, a collapsed group once per value.
-            rows = f"SELECT v, count(*) AS n FROM (SELECT DISTINCT * FROM ({pairs}) q WHERE v IS NOT NULL) d GROUP BY v"
             order = f'n {direction}, v COLLATE "C"'
             return (
                 f"SELECT json_agg(json_build_array(v, n) ORDER BY {order}) AS payload FROM"
