@@ -1,7 +1,7 @@
 """Offline evaluation of reverse image search vs Search by Image (no database, no HTTP).
 
 Generates a catalog with look-alike distractors and "in the wild" queries
-(`benchmarks.wild`), embeds catalog images and query crops with a global model,
+(`app.samples.wild`), embeds catalog images and query crops with a global model,
 and compares
 
 - Search by Image: one whole-image embedding, exact cosine kNN, top 10;
@@ -54,10 +54,10 @@ import numpy as np
 import torch
 
 from app.domain import rerank
+from app.samples.wild import CatalogItem, WildQuery, generate_benchmark
 from app.vision import aggregate
 from app.vision import crops as crops_mod
 from app.vision import local_features as lf
-from benchmarks.wild import CatalogItem, WildQuery, generate_benchmark
 
 MODELS: dict[str, dict[str, Any]] = {
     # the project's offline test model (app.vision.model.OFFLINE_TEST_MODEL)

@@ -4,7 +4,7 @@
     python -m benchmarks.quality_bench --model default-arch --products 200 --queries 60   # latency, default arch
 
 Generates a catalog with look-alike distractors and in-the-wild query photos
-(`benchmarks.wild`), serves them from a loopback image server, runs `lookalike serve`
+(`app.samples.wild`), serves them from a loopback image server, runs `lookalike serve`
 on embedded PostgreSQL in a temp dir, ingests the catalog with reverse search on, and
 sends every query to `/search` (Search by Image) and `/reverse-image-search`. Reports
 recall@1, recall@10 and MRR@10 for both, latency p50/p95 per endpoint and per stage
@@ -27,8 +27,8 @@ from typing import Any
 
 import httpx
 
+from app.samples.wild import generate_benchmark
 from benchmarks.ingest_bench import KEY, MODELS, _free_port, _start_service, stop_service
-from benchmarks.wild import generate_benchmark
 from tests.imageserver import ImageServer
 
 

@@ -28,8 +28,8 @@ from typing import Any
 import asyncpg
 
 from app.contract.storefront import CollapseField, Facets, SortBy
-from app.domain.filters import index_terms, parse_filter
 from app.domain.storefront import build_plan, query_words
+from app.filters import index_terms, parse_filter
 from app.storage import db, indexes
 from app.storage.indexes import IndexRecord
 from app.storage.storefront import Source, storefront_query, storefront_sql

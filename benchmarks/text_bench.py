@@ -29,8 +29,8 @@ from typing import Any
 
 import asyncpg
 
-from app.domain.filters import index_terms
 from app.domain.storefront import build_plan, query_words
+from app.filters import index_terms
 from app.storage import db, indexes
 from app.storage.indexes import IndexRecord
 from app.storage.storefront import storefront_query

@@ -14,9 +14,9 @@ import asyncpg
 import pytest
 
 from app.contract.storefront import CollapseField, Facets, SortBy
-from app.domain.filters import parse_filter
 from app.domain.storefront import build_plan
 from app.errors import ApiError
+from app.filters import parse_filter
 from app.storage import indexes
 from app.storage.indexes import IndexRecord
 from app.storage.storefront import storefront_query

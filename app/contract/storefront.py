@@ -21,10 +21,11 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
 
+from app.contract.common import reject
 from app.errors import ApiError, bad_request
 
+# `reject`'s error types carry this prefix (app.contract.common maps them to the SPEC body).
 _OWN = "lookalike."
 
 MAX_FACET_FIELDS = 32
@@ -38,11 +39,6 @@ MAX_SIMILAR_IDS = 10
 MAX_SIMILAR_LIMIT = 100
 MAX_SEARCH_LIMIT = 1000
 MAX_SEARCH_WINDOW = 10_000
-
-
-def reject(code: str, message: str) -> PydanticCustomError:
-    """A validation error whose SPEC `code` and exact `message` reach the client unchanged."""
-    return PydanticCustomError(_OWN + code, "{message}", {"message": message})
 
 
 def _describe(exc: ValidationError, where: str) -> tuple[str | None, str]:
@@ -255,13 +251,38 @@ class CollapseField(StorefrontModel):
     sort_by: SortBy | None = Field(None, alias="sortBy")
 
 
-def parse_collapse(value: Any) -> CollapseField | None:
-    """`collapseFields`: a list of exactly one field (None when absent)."""
-    if value is None:
-        return None
-    if not isinstance(value, list) or len(value) != 1:
-        raise bad_request("collapseFields must be a list of exactly one field", "invalid_collapse")
-    return CollapseField.parse(value[0])
+def collapse_list(value: Any) -> Any:
+    """`collapseFields` must be a list of exactly one field (its item is validated as CollapseField)."""
+    if value is not None and (not isinstance(value, list) or len(value) != 1):
+        raise reject("invalid_collapse", "collapseFields must be a list of exactly one field")
+    return value
+
+
+# --------------------------------------------------------------------------- responses
+
+
+class ValueCount(BaseModel):
+    model_config = ConfigDict(strict=True, frozen=True)
+
+    count: int = Field(ge=0)
+
+
+class NumberStats(BaseModel):
+    """A number facet without ranges (null min/max/avg/sum when no product has a number there)."""
+
+    model_config = ConfigDict(strict=True, frozen=True)
+
+    min: float | None
+    max: float | None
+    avg: float | None
+    sum: float | None
+    count: int = Field(ge=0)
+
+
+FacetResult = Annotated[
+    dict[str, ValueCount] | NumberStats,
+    Field(description="value (or range name) -> {count}, or number stats"),
+]
 
 
 # ------------------------------------------------------------------ endpoints' bodies
@@ -375,6 +396,6 @@ __all__ = [
     "SimilarRequest",
     "SortBy",
     "SortField",
+    "collapse_list",
     "parse_body",
-    "parse_collapse",
 ]

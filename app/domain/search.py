@@ -10,15 +10,13 @@ import asyncpg
 import numpy as np
 
 from app.contract.storefront import CollectionsRequest, SimilarRequest
-from app.domain.filters import ID_FIELD, And, FilterError, FilterNode, In, Not, Term, parse_filter
 from app.domain.queries import SearchRequest, shape_hit
 from app.domain.storefront import StorefrontPlan, build_plan, query_words
 from app.errors import not_found
+from app.filters import ID_FIELD, And, FilterError, FilterNode, In, Not, Term, parse_filter
 from app.storage import search as search_sql
 from app.storage import storefront as storefront_sql
-from app.storage.filter_sql import compile_filter
 from app.storage.indexes import IndexRecord
-from app.storage.params import SqlParams
 from app.vision.model import ModelSpec
 from app.vision.service import VisionService
 
@@ -36,19 +34,12 @@ class StageTimer:
         self._last = now
 
 
-def parse_filter_text(filter_text: str | None) -> FilterNode | None:
-    """The filter's AST (None: no filter), or the SPEC 400 saying what is wrong and where."""
+def request_filter(filter_text: str | None) -> FilterNode | None:
+    """The request's filter as an AST (None: no filter); a 400 `invalid_filter` when it does not parse."""
     try:
         return parse_filter(filter_text)
     except FilterError as exc:
         raise exc.to_api_error() from exc
-
-
-def compile_where(filter_text: str | None) -> tuple[str, SqlParams, bool]:
-    """SQL for the filter, its parameters, and whether there is a filter at all."""
-    node = parse_filter_text(filter_text)
-    params = SqlParams()
-    return compile_filter(node, params, "p"), params, node is not None
 
 
 @dataclass(frozen=True)
@@ -74,7 +65,7 @@ class SearchService:
         self.vision = vision
 
     async def search(self, index: IndexRecord, request: SearchRequest, timer: StageTimer) -> SearchOutcome:
-        filter_node = parse_filter_text(request.filter)
+        filter_node = request_filter(request.filter)
         plan = plan_for(request, filter_node)
         facets = None if request.facets is None else {}
         if request.q is None or not request.is_image:
@@ -91,17 +82,9 @@ class SearchService:
         embedding = (await self.vision.embed(spec, [loaded.image]))[0]
         timer.lap("embed")
         reorder = bool(plan.sort) or plan.collapse is not None
-        params = SqlParams()
-        where_sql = compile_filter(filter_node, params, "p")
         async with self.pool.acquire() as conn, conn.transaction(readonly=True):
             rows = await search_sql.nearest(
-                conn,
-                index,
-                embedding,
-                where_sql,
-                params,
-                plan.sort_depth if reorder else request.limit + request.offset,
-                filtered=filter_node is not None,
+                conn, index, embedding, filter_node, plan.sort_depth if reorder else request.limit + request.offset
             )
         if reorder:
             # sortBy / collapse over the top candidates, in SQL like the rest
@@ -120,7 +103,7 @@ class SearchService:
 
     async def collection(self, index: IndexRecord, request: CollectionsRequest, timer: StageTimer) -> SearchOutcome:
         """The products whose productCollections hold the collection, answered like a /search browse."""
-        user_filter = parse_filter_text(request.filter)
+        user_filter = request_filter(request.filter)
         in_collection = Term("productCollections", request.collection_name)
         filter_node: FilterNode = in_collection if user_filter is None else And((in_collection, user_filter))
         plan = build_plan(
@@ -147,15 +130,11 @@ class SearchService:
         unit = [v / (np.linalg.norm(v) or 1.0) for v in vectors.values()]
         query = np.mean(unit, axis=0)
         query = query / (np.linalg.norm(query) or 1.0)
-        user_filter = parse_filter_text(request.filter)
+        user_filter = request_filter(request.filter)
         exclude: FilterNode = Not(In(ID_FIELD, tuple(ids)))
         filter_node = exclude if user_filter is None else And((exclude, user_filter))
-        params = SqlParams()
-        where_sql = compile_filter(filter_node, params, "p")
         timer.lap("vectors")
         async with self.pool.acquire() as conn, conn.transaction(readonly=True):
-            rows = await search_sql.nearest(
-                conn, index, query, where_sql, params, request.limit, filtered=user_filter is not None
-            )
+            rows = await search_sql.nearest(conn, index, query, filter_node, request.limit)
         timer.lap("sql")
         return [shape_hit(r.doc, r.score, request.attributes) for r in rows]

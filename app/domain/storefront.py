@@ -1,18 +1,19 @@
 """Storefront decisions (pure): what facets, sortBy and collapseFields ask of the database.
 
-The request's contract models (app.contract.storefront) become a `StorefrontPlan` that
-`storage.storefront` turns into one SQL statement: which filter variants the facets count
-under (`excludeTerms`), the sort keys, the collapse key, how deep relevance candidates go.
+The request's contract models (app.contract.storefront) become a `StorefrontPlan` (declared
+beside the SQL it parameterises, in storage.storefront): which filter variants the facets
+count under (`excludeTerms`), the sort keys, the collapse key, how deep relevance
+candidates go.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 from app.contract.storefront import CollapseField, Facets, SortBy
-from app.domain.filters import FIELD_ALIASES, And, FilterError, FilterNode, Not, Or, parse_filter
 from app.errors import bad_request
+from app.filters import FIELD_ALIASES, And, FilterError, FilterNode, Not, Or, parse_filter
+from app.storage.storefront import CollapsePlan, FacetPlan, RangeBucket, SortKey, StorefrontPlan
 
 # Words of a text query beyond this many are ignored (each word is one tsquery and one
 # trigram condition; no shopper types 33 words, and the limit bounds the statement).
@@ -24,52 +25,6 @@ _WORD_RE = re.compile(r"[^\W_]+")
 def query_words(q: str) -> tuple[str, ...]:
     """The words of a text query, in order, at most MAX_QUERY_WORDS."""
     return tuple(_WORD_RE.findall(q))[:MAX_QUERY_WORDS]
-
-
-@dataclass(frozen=True)
-class SortKey:
-    field: str  # stored name (aliases resolved)
-    descending: bool
-    missing_first: bool
-
-
-@dataclass(frozen=True)
-class RangeBucket:
-    name: str
-    low: float | None  # inclusive
-    high: float | None  # exclusive
-
-
-@dataclass(frozen=True)
-class FacetPlan:
-    key: str  # the name the client used (the response key)
-    field: str  # the stored name
-    kind: str  # "string" | "array" | "number"
-    ranges: tuple[RangeBucket, ...] | None  # number facets: buckets, or None for stats
-    max_results: int
-    ascending: bool
-    variant: int  # index into StorefrontPlan.filters: the filter this facet counts under
-
-
-@dataclass(frozen=True)
-class CollapsePlan:
-    field: str
-    sort: tuple[SortKey, ...]  # empty: the best score (browse: the request's order)
-
-
-@dataclass(frozen=True)
-class StorefrontPlan:
-    filters: tuple[FilterNode | None, ...]  # [0] the request's filter; others: facets' variants
-    facets: tuple[FacetPlan, ...]
-    sort: tuple[SortKey, ...]
-    collapse: CollapsePlan | None
-    limit: int
-    offset: int
-    sort_depth: int  # relevance queries with sortBy: how many top candidates are sorted
-
-    @property
-    def filtered(self) -> bool:
-        return self.filters[0] is not None
 
 
 def _stored(name: str) -> str:

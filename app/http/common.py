@@ -91,9 +91,3 @@ def json_response(payload: Any, status: int = 200) -> JSONResponse:
 
 def elapsed_ms(started: float) -> int:
     return int(round((time.perf_counter() - started) * 1000))
-
-
-def require_object(body: Any) -> dict[str, Any]:
-    if not isinstance(body, dict):
-        raise bad_request("request body must be a JSON object")
-    return body

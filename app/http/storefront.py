@@ -13,13 +13,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from app.contract.storefront import CollectionsRequest, SimilarRequest, parse_body
+from app.domain.index_admin import IndexRecord
 from app.domain.search import SearchOutcome, StageTimer
 from app.errors import bad_request
 from app.http.common import elapsed_ms, json_response, read_json
 from app.http.indexes import load_readable_index, services
 from app.http.ops import observe_stages
 from app.http.search import with_timing
-from app.storage.indexes import IndexRecord
 
 # A GET URL carries the body base64-encoded; browsers and proxies cap URLs near 8-64 kB.
 MAX_GET_BODY_CHARS = 64 * 1024

@@ -21,6 +21,7 @@
     { field: "price", label: "Price", type: "number", ranges: PRICE_RANGES },
   ];
   const selected = { brand: new Set(), productCollections: new Set(), price: new Set() };
+  let answered = 0; // completed searches (#shop-status data-answered), for scripts and tests
 
   // Filter DSL text for a value: backslash-escape everything the parser treats as syntax.
   function escapeValue(text) {
@@ -170,6 +171,7 @@
       $("shop-status").textContent =
         hits.length + (hits.length === 1 ? " hit" : " hits") + " · processing time " + payload.processingTimeMs + " ms";
       $("shop-status").dataset.filter = body.filter || "";
+      $("shop-status").dataset.answered = String(++answered);
     } catch (e) {
       $("shop-status").textContent = "";
       errorBox.textContent = "could not reach the server: " + e.message;

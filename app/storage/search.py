@@ -14,6 +14,8 @@ from typing import Any, Literal
 import asyncpg
 import numpy as np
 
+from app.filters import FilterNode
+from app.storage.filter_sql import compile_filter
 from app.storage.indexes import AGGREGATE_CAST, IndexRecord
 from app.storage.params import SqlParams
 
@@ -29,6 +31,12 @@ MAX_SCAN_TUPLES = 50_000
 # The vector columns of an index's vector table that nearest-neighbour search can compare.
 VectorColumn = Literal["embedding", "local_aggregate"]
 _VECTOR_COLUMNS = ("embedding", "local_aggregate")
+
+
+def _where(node: FilterNode | None) -> tuple[str, SqlParams]:
+    """The filter as a boolean SQL expression over `products p`, and its bind parameters."""
+    params = SqlParams()
+    return compile_filter(node, params, "p"), params
 
 
 def _same_index(index_param: str) -> str:
@@ -80,11 +88,9 @@ async def nearest(
     conn: asyncpg.Connection,
     index: IndexRecord,
     embedding: np.ndarray,
-    where_sql: str,
-    params: SqlParams,
+    where: FilterNode | None,
     k: int,
     *,
-    filtered: bool,
     ef_search: int = DEFAULT_EF_SEARCH,
     column: VectorColumn = "embedding",
 ) -> list[Row]:
@@ -94,35 +100,37 @@ async def nearest(
     (products without one are skipped). `score` is cosine similarity (1 - cosine
     distance). Must run inside a transaction: the per-query planner settings are `SET LOCAL`.
     """
-    exact = await plan_scan(conn, index, where_sql, params, filtered=filtered, ef_search=max(ef_search, k))
-    sql, values = nearest_sql(index, embedding, where_sql, params, k, exact=exact, column=column)
+    exact = await plan_scan(conn, index, where, ef_search=max(ef_search, k))
+    sql, values = nearest_sql(index, embedding, where, k, exact=exact, column=column)
     rows = _rows(await conn.fetch(sql, *values))
-    if len(rows) < k and filtered and not exact:
+    if len(rows) < k and where is not None and not exact:
         # the walk gave up (max_scan_tuples) on a filter rarer than estimated: scan exactly
         await configure_scan(conn, exact=True, ef_search=max(ef_search, k))
-        sql, values = nearest_sql(index, embedding, where_sql, params, k, exact=True, column=column)
+        sql, values = nearest_sql(index, embedding, where, k, exact=True, column=column)
         rows = _rows(await conn.fetch(sql, *values))
     return rows
 
 
-async def estimated_matches(conn: asyncpg.Connection, index: IndexRecord, where_sql: str, params: SqlParams) -> float:
+async def estimated_matches(conn: asyncpg.Connection, index: IndexRecord, where: FilterNode | None) -> float:
     """The planner's estimate of the products of `index` matching the filter (no execution)."""
-    local = SqlParams(list(params.values))
-    index_param = local.add(index.pk)
-    plan = await conn.fetchval(
-        f"EXPLAIN (FORMAT JSON) SELECT 1 FROM products p WHERE p.index_pk = {index_param} AND ({where_sql})",
-        *local.values,
-    )
+    sql, values = estimated_matches_sql(index, where)
+    plan = await conn.fetchval(sql, *values)
     return float(json.loads(plan)[0]["Plan"]["Plan Rows"])
+
+
+def estimated_matches_sql(index: IndexRecord, where: FilterNode | None) -> tuple[str, list[Any]]:
+    """The planner's row estimate for the filter, which chooses exact scan or HNSW walk."""
+    where_sql, params = _where(where)
+    index_param = params.add(index.pk)
+    sql = f"EXPLAIN (FORMAT JSON) SELECT 1 FROM products p WHERE p.index_pk = {index_param} AND ({where_sql})"
+    return sql, params.values
 
 
 async def plan_scan(
     conn: asyncpg.Connection,
     index: IndexRecord,
-    where_sql: str,
-    params: SqlParams,
+    where: FilterNode | None,
     *,
-    filtered: bool,
     ef_search: int,
 ) -> bool:
     """Choose exact scan or HNSW walk and set the planner for it; returns True for exact.
@@ -136,36 +144,43 @@ async def plan_scan(
     time, never results: an HNSW walk that returns fewer than k rows is redone exactly
     (`nearest`, `nearest_many`).
     """
-    exact = filtered and await estimated_matches(conn, index, where_sql, params) <= EXACT_SCAN_MAX_ROWS
+    exact = where is not None and await estimated_matches(conn, index, where) <= EXACT_SCAN_MAX_ROWS
     await configure_scan(conn, exact=exact, ef_search=ef_search)
     return exact
 
 
+# Transaction-local planner settings of one nearest-neighbour search ($1 ef_search,
+# $2 max_scan_tuples, $3 enable_sort, $4 hash/merge joins).
+CONFIGURE_SCAN = """
+SELECT set_config('hnsw.ef_search', $1, true),
+       set_config('hnsw.iterative_scan', 'relaxed_order', true),
+       set_config('hnsw.max_scan_tuples', $2, true),
+       set_config('enable_sort', $3, true),
+       set_config('enable_hashjoin', $4, true),
+       set_config('enable_mergejoin', $4, true)
+"""
+
+
+def configure_scan_values(*, exact: bool, ef_search: int) -> list[Any]:
+    return [str(ef_search), str(MAX_SCAN_TUPLES), "on" if exact else "off", "off" if exact else "on"]
+
+
 async def configure_scan(conn: asyncpg.Connection, *, exact: bool, ef_search: int) -> None:
     """The settings `plan_scan` makes, for a decision taken elsewhere (tests, benchmarks)."""
-    await conn.execute(
-        "SELECT set_config('hnsw.ef_search', $1, true), set_config('hnsw.iterative_scan', 'relaxed_order', true),"
-        " set_config('hnsw.max_scan_tuples', $2, true), set_config('enable_sort', $3, true),"
-        " set_config('enable_hashjoin', $4, true), set_config('enable_mergejoin', $4, true)",
-        str(ef_search),
-        str(MAX_SCAN_TUPLES),
-        "on" if exact else "off",
-        "off" if exact else "on",
-    )
+    await conn.execute(CONFIGURE_SCAN, *configure_scan_values(exact=exact, ef_search=ef_search))
 
 
 def nearest_sql(
     index: IndexRecord,
     embedding: np.ndarray,
-    where_sql: str,
-    params: SqlParams,
+    where: FilterNode | None,
     k: int,
     *,
     exact: bool,
     column: VectorColumn = "embedding",
 ) -> tuple[str, list[Any]]:
     """The nearest-neighbour statement and its values (exposed so tests can EXPLAIN it)."""
-    local = SqlParams(list(params.values))
+    where_sql, local = _where(where)
     col, vector_param, present = _compared_vector(local, index, column, embedding)
     index_param = local.add(index.pk)
     k_param = local.add(k)
@@ -207,10 +222,8 @@ async def nearest_many(
     conn: asyncpg.Connection,
     index: IndexRecord,
     queries: list[VectorQuery],
-    where_sql: str,
-    params: SqlParams,
+    where: FilterNode | None,
     *,
-    filtered: bool,
     ef_search: int = DEFAULT_EF_SEARCH,
 ) -> list[list[tuple[int, float]]]:
     """(product pk, cosine) nearest neighbours per query, under one filter: one scan decision and
@@ -218,12 +231,12 @@ async def nearest_many(
     if not queries:
         return []
     k_max = max(q.k for q in queries)
-    exact = await plan_scan(conn, index, where_sql, params, filtered=filtered, ef_search=max(ef_search, k_max))
-    out = await _fetch_many(conn, index, queries, where_sql, params, exact)
-    if filtered and not exact and any(len(got) < q.k for got, q in zip(out, queries, strict=True)):
+    exact = await plan_scan(conn, index, where, ef_search=max(ef_search, k_max))
+    out = await _fetch_many(conn, index, queries, where, exact)
+    if where is not None and not exact and any(len(got) < q.k for got, q in zip(out, queries, strict=True)):
         # a walk gave up on a filter rarer than estimated: scan exactly (see `nearest`)
         await configure_scan(conn, exact=True, ef_search=max(ef_search, k_max))
-        out = await _fetch_many(conn, index, queries, where_sql, params, True)
+        out = await _fetch_many(conn, index, queries, where, True)
     return out
 
 
@@ -231,11 +244,10 @@ async def _fetch_many(
     conn: asyncpg.Connection,
     index: IndexRecord,
     queries: list[VectorQuery],
-    where_sql: str,
-    params: SqlParams,
+    where: FilterNode | None,
     exact: bool,
 ) -> list[list[tuple[int, float]]]:
-    sql, values = nearest_many_sql(index, queries, where_sql, params, exact=exact)
+    sql, values = nearest_many_sql(index, queries, where, exact=exact)
     out: list[list[tuple[int, float]]] = [[] for _ in queries]
     for r in await conn.fetch(sql, *values):
         out[r["q"]].append((int(r["pk"]), float(r["score"])))
@@ -243,10 +255,10 @@ async def _fetch_many(
 
 
 def nearest_many_sql(
-    index: IndexRecord, queries: list[VectorQuery], where_sql: str, params: SqlParams, *, exact: bool
+    index: IndexRecord, queries: list[VectorQuery], where: FilterNode | None, *, exact: bool
 ) -> tuple[str, list[Any]]:
     """UNION ALL of one nearest-neighbour branch per query (each planned on its own)."""
-    local = SqlParams(list(params.values))
+    where_sql, local = _where(where)
     index_param = local.add(index.pk)
     table = index.vectors_table
     branches = []
@@ -256,10 +268,13 @@ def nearest_many_sql(
         # exact: `+ 0` makes the ordering unindexable, so the filtered rows are scanned
         order = f"({col} <=> {vector_param}) + 0, p.pk" if exact else f"{col} <=> {vector_param}"
         branches.append(
-            f"(SELECT {int(number)} AS q, v.product_pk AS pk, 1 - ({col} <=> {vector_param}) AS score"
-            f" FROM {table} v JOIN products p ON p.pk = v.product_pk"
-            f" WHERE {_same_index(index_param)} AND ({where_sql}){present}"
-            f" ORDER BY {order} LIMIT {k_param})"
+            "(\n"
+            f"  SELECT {int(number)} AS q, v.product_pk AS pk, 1 - ({col} <=> {vector_param}) AS score\n"
+            f"  FROM {table} v JOIN products p ON p.pk = v.product_pk\n"
+            f"  WHERE {_same_index(index_param)} AND ({where_sql}){present}\n"
+            f"  ORDER BY {order}\n"
+            f"  LIMIT {k_param}\n"
+            ")"
         )
     return "\nUNION ALL\n".join(branches), local.values
 
@@ -270,20 +285,22 @@ class CandidateDetail:
     features: asyncpg.Record | None  # local_features columns, None when the product has none
 
 
+# Document and stored local features of reverse search's candidates ($1 index pk, $2 product pks).
+CANDIDATE_DETAILS = """
+SELECT p.pk AS product_pk, p.product_id, p.doc, f.algorithm, f.keypoint_count, f.keypoints,
+       f.descriptors, f.image_width, f.image_height
+FROM products p LEFT JOIN local_features f ON f.product_pk = p.pk
+WHERE p.index_pk = $1 AND p.pk = ANY($2::bigint[])
+"""
+
+
 async def candidate_details(
     conn: asyncpg.Connection, index: IndexRecord, product_pks: list[int]
 ) -> dict[int, CandidateDetail]:
     """Document and stored local features of these products of `index`."""
     return {
         r["product_pk"]: CandidateDetail(json.loads(r["doc"]), r if r["algorithm"] is not None else None)
-        for r in await conn.fetch(
-            "SELECT p.pk AS product_pk, p.product_id, p.doc, f.algorithm, f.keypoint_count, f.keypoints,"
-            " f.descriptors, f.image_width, f.image_height"
-            " FROM products p LEFT JOIN local_features f ON f.product_pk = p.pk"
-            " WHERE p.index_pk = $1 AND p.pk = ANY($2::bigint[])",
-            index.pk,
-            product_pks,
-        )
+        for r in await conn.fetch(CANDIDATE_DETAILS, index.pk, product_pks)
     }
 
 
@@ -291,11 +308,7 @@ async def candidate_vectors(
     conn: asyncpg.Connection | asyncpg.Pool, index: IndexRecord, product_pks: list[int]
 ) -> dict[int, tuple[np.ndarray, np.ndarray | None]]:
     """(embedding, local aggregate or None) per product, for scoring candidates found by the other one."""
-    rows = await conn.fetch(
-        f"SELECT product_pk, embedding::real[] AS e, local_aggregate::real[] AS a "
-        f"FROM {index.vectors_table} WHERE product_pk = ANY($1::bigint[])",
-        product_pks,
-    )
+    rows = await conn.fetch(candidate_vectors_sql(index), product_pks)
     return {
         r["product_pk"]: (
             np.asarray(r["e"], dtype=np.float32),
@@ -305,15 +318,27 @@ async def candidate_vectors(
     }
 
 
+def candidate_vectors_sql(index: IndexRecord) -> str:
+    """Embedding and local aggregate of candidates found by only one signal ($1 product pks)."""
+    return f"""
+        SELECT product_pk, embedding::real[] AS e, local_aggregate::real[] AS a
+        FROM {index.vectors_table}
+        WHERE product_pk = ANY($1::bigint[])
+    """
+
+
 async def stored_embeddings(
     conn: asyncpg.Connection | asyncpg.Pool, index: IndexRecord, product_ids: list[str]
 ) -> dict[str, np.ndarray]:
     """The stored model embedding of each of these products of `index` that has one, by product id."""
-    rows = await conn.fetch(
-        f"SELECT p.product_id, v.embedding::real[] AS e FROM products p "
-        f"JOIN {index.vectors_table} v ON v.product_pk = p.pk "
-        f"WHERE p.index_pk = $1 AND p.product_id = ANY($2::text[])",
-        index.pk,
-        product_ids,
-    )
+    rows = await conn.fetch(stored_embeddings_sql(index), index.pk, product_ids)
     return {r["product_id"]: np.asarray(r["e"], dtype=np.float32) for r in rows}
+
+
+def stored_embeddings_sql(index: IndexRecord) -> str:
+    """Embeddings of products by id ($1 index pk, $2 product ids): recommendations' query vectors."""
+    return f"""
+        SELECT p.product_id, v.embedding::real[] AS e
+        FROM products p JOIN {index.vectors_table} v ON v.product_pk = p.pk
+        WHERE p.index_pk = $1 AND p.product_id = ANY($2::text[])
+    """

@@ -33,8 +33,7 @@ from typing import Any, Literal
 
 import asyncpg
 
-from app.domain.filters import ID_FIELD
-from app.domain.storefront import FacetPlan, SortKey, StorefrontPlan
+from app.filters import ID_FIELD, FilterNode
 from app.storage.filter_sql import compile_filter, storable
 from app.storage.indexes import IndexRecord
 from app.storage.params import SqlParams
@@ -50,6 +49,57 @@ CORRECTIONS = 3
 RANK_WEIGHTS = "{0.1, 0.4, 0.7, 1.0}"
 
 Source = Literal["browse", "text", "candidates"]
+
+
+# --- what a request asks of the statement (app.domain.storefront builds it) ----------------
+
+
+@dataclass(frozen=True)
+class SortKey:
+    field: str  # stored name (aliases resolved)
+    descending: bool
+    missing_first: bool
+
+
+@dataclass(frozen=True)
+class RangeBucket:
+    name: str
+    low: float | None  # inclusive
+    high: float | None  # exclusive
+
+
+@dataclass(frozen=True)
+class FacetPlan:
+    key: str  # the name the client used (the response key)
+    field: str  # the stored name
+    kind: str  # "string" | "array" | "number"
+    ranges: tuple[RangeBucket, ...] | None  # number facets: buckets, or None for stats
+    max_results: int
+    ascending: bool
+    variant: int  # index into StorefrontPlan.filters: the filter this facet counts under
+
+
+@dataclass(frozen=True)
+class CollapsePlan:
+    field: str
+    sort: tuple[SortKey, ...]  # empty: the best score (browse: the request's order)
+
+
+@dataclass(frozen=True)
+class StorefrontPlan:
+    filters: tuple[FilterNode | None, ...]  # [0] the request's filter; others: facets' variants
+    facets: tuple[FacetPlan, ...]
+    sort: tuple[SortKey, ...]
+    collapse: CollapsePlan | None
+    limit: int
+    offset: int
+    sort_depth: int  # relevance queries with sortBy: how many top candidates are sorted
+
+    @property
+    def filtered(self) -> bool:
+        return self.filters[0] is not None
+
+
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ resampled, and JPEG-recompressed. Every query knows its product id.
 Nothing here is tuned to a particular matcher; the random ranges are meant to look
 like shoppers' phone photos. Run it as a script to write a benchmark to disk:
 
-    .venv/bin/python -m benchmarks.wild --products 500 --queries 200 --out bench-results/tmp/wild
+    .venv/bin/python -m app.samples.wild --products 500 --queries 200 --out bench-results/tmp/wild
 """
 
 from __future__ import annotations
@@ -765,6 +765,13 @@ def _paste_warped(frame: np.ndarray, cutout: np.ndarray, H: np.ndarray) -> np.nd
     return alpha
 
 
+def _alpha_box(alpha: np.ndarray) -> list[int]:
+    ys, xs = np.nonzero(alpha > 0.5)
+    if not len(xs):
+        return [0, 0, 0, 0]
+    return [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1]
+
+
 def _downsampled(cutout: Image.Image, target_long: float) -> np.ndarray:
     # resize first (area filter) so the warp is not aliasing a 480 px cut-out into 60 px
     f = min(1.0, max(target_long, 8) * 1.25 / max(cutout.size))
@@ -773,6 +780,57 @@ def _downsampled(cutout: Image.Image, target_long: float) -> np.ndarray:
         size = (max(2, int(cutout.width * f)), max(2, int(cutout.height * f)))
         arr = cv2.resize(arr, size, interpolation=cv2.INTER_AREA)
     return arr
+
+
+def _camera(frame: np.ndarray, rng: np.random.Generator) -> tuple[Image.Image, int, float, bool]:
+    """The phone camera: white balance, exposure, blur, shake, noise, resampling, JPEG.
+
+    Returns the decoded JPEG, its quality, the Gaussian blur sigma and whether it was resampled.
+    """
+    fh, fw = frame.shape[:2]
+    # camera: white balance, exposure, contrast, gamma, vignetting/illumination gradient
+    gains = rng.uniform(0.8, 1.2, 3) * rng.uniform(0.7, 1.2)
+    contrast = rng.uniform(0.75, 1.15)
+    mean = float(frame.mean()) * gains
+    frame = cv2.convertScaleAbs(
+        frame * (gains * contrast).astype(np.float32) + (mean * (1 - contrast)).astype(np.float32)
+    )
+    # gamma through a lookup table: cheaper than a per-pixel power
+    lut = np.clip(255.0 * (np.arange(256) / 255.0) ** rng.uniform(0.8, 1.25), 0, 255).astype(np.uint8)
+    frame = cv2.LUT(frame, lut).astype(np.float32)
+    xx = np.arange(fw, dtype=np.float32)[None, :] / fw - 0.5
+    yy = np.arange(fh, dtype=np.float32)[:, None] / fh - 0.5
+    gdir = rng.uniform(-1, 1, 2).astype(np.float32)
+    illum = 1.0 + 0.25 * (xx * gdir[0] + yy * gdir[1])
+    vign = 1.0 - np.float32(0.6 * rng.random()) * (xx * xx + yy * yy)
+    frame *= (illum * vign)[..., None]
+    blur = 0.0
+    if rng.random() < 0.6:
+        blur = float(rng.uniform(0.4, 1.8))
+        frame = cv2.GaussianBlur(frame, (0, 0), blur)
+    if rng.random() < 0.15:  # hand shake
+        n = int(rng.integers(3, 9))
+        kern = np.zeros((n, n), np.float32)
+        kern[n // 2, :] = 1.0 / n
+        M = cv2.getRotationMatrix2D((n / 2 - 0.5, n / 2 - 0.5), float(rng.uniform(0, 180)), 1.0)
+        kern = cv2.warpAffine(kern, M, (n, n))
+        frame = cv2.filter2D(frame, -1, kern / max(1e-6, kern.sum()))
+    frame += rng.standard_normal(frame.shape, dtype=np.float32) * np.float32(rng.uniform(1, 6))
+    img = Image.fromarray(np.clip(frame, 0, 255).astype(np.uint8))
+    resampled = False
+    if rng.random() < 0.2:  # a low-resolution camera or a forwarded, downscaled photo
+        f = float(rng.uniform(0.45, 0.8))
+        img = img.resize((int(fw * f), int(fh * f)), Image.Resampling.BILINEAR).resize(
+            (fw, fh), Image.Resampling.BILINEAR
+        )
+        resampled = True
+    quality = int(rng.integers(35, 91))
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=quality)
+    buf.seek(0)
+    out = Image.open(buf)
+    out.load()
+    return out, quality, blur, resampled
 
 
 def make_wild_query(
@@ -827,6 +885,7 @@ def make_wild_query(
             g = g[::-1]
         prod[..., :3] = np.clip(prod[..., :3] * g[None, :, None], 0, 255)
     alpha = _paste_warped(frame, prod.astype(np.uint8), Hm @ S)
+    paste_box = _alpha_box(alpha)
 
     # partial occlusion: a hand/finger-ish blob or an object in front of the product
     occluded = 0.0
@@ -847,48 +906,7 @@ def make_wild_query(
             frame = frame * (1 - om) + colour.astype(np.float32) * om
             occluded = float((om[..., 0] * alpha).sum() / max(1.0, alpha.sum()))
 
-    # camera: white balance, exposure, contrast, gamma, vignetting/illumination gradient
-    gains = rng.uniform(0.8, 1.2, 3) * rng.uniform(0.7, 1.2)
-    contrast = rng.uniform(0.75, 1.15)
-    mean = float(frame.mean()) * gains
-    frame = cv2.convertScaleAbs(
-        frame * (gains * contrast).astype(np.float32) + (mean * (1 - contrast)).astype(np.float32)
-    )
-    # gamma through a lookup table: cheaper than a per-pixel power
-    lut = np.clip(255.0 * (np.arange(256) / 255.0) ** rng.uniform(0.8, 1.25), 0, 255).astype(np.uint8)
-    frame = cv2.LUT(frame, lut).astype(np.float32)
-    xx = np.arange(fw, dtype=np.float32)[None, :] / fw - 0.5
-    yy = np.arange(fh, dtype=np.float32)[:, None] / fh - 0.5
-    gdir = rng.uniform(-1, 1, 2).astype(np.float32)
-    illum = 1.0 + 0.25 * (xx * gdir[0] + yy * gdir[1])
-    vign = 1.0 - np.float32(0.6 * rng.random()) * (xx * xx + yy * yy)
-    frame *= (illum * vign)[..., None]
-    blur = 0.0
-    if rng.random() < 0.6:
-        blur = float(rng.uniform(0.4, 1.8))
-        frame = cv2.GaussianBlur(frame, (0, 0), blur)
-    if rng.random() < 0.15:  # hand shake
-        n = int(rng.integers(3, 9))
-        kern = np.zeros((n, n), np.float32)
-        kern[n // 2, :] = 1.0 / n
-        M = cv2.getRotationMatrix2D((n / 2 - 0.5, n / 2 - 0.5), float(rng.uniform(0, 180)), 1.0)
-        kern = cv2.warpAffine(kern, M, (n, n))
-        frame = cv2.filter2D(frame, -1, kern / max(1e-6, kern.sum()))
-    frame += rng.standard_normal(frame.shape, dtype=np.float32) * np.float32(rng.uniform(1, 6))
-    img = Image.fromarray(np.clip(frame, 0, 255).astype(np.uint8))
-    resampled = False
-    if rng.random() < 0.2:  # a low-resolution camera or a forwarded, downscaled photo
-        f = float(rng.uniform(0.45, 0.8))
-        img = img.resize((int(fw * f), int(fh * f)), Image.Resampling.BILINEAR).resize(
-            (fw, fh), Image.Resampling.BILINEAR
-        )
-        resampled = True
-    quality = int(rng.integers(35, 91))
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=quality)
-    buf.seek(0)
-    out = Image.open(buf)
-    out.load()
+    out, quality, blur, resampled = _camera(frame, rng)
     params = {
         "frame": [fw, fh],
         "area_fraction": round(area_frac, 3),
@@ -902,8 +920,99 @@ def make_wild_query(
         "other_product_ids": other_ids,
         # cut-out pixel -> query pixel; the cut-out sits centred in the catalog photo (scaled)
         "homography_cutout_to_query": (Hm / Hm[2, 2]).round(6).tolist(),
+        # where the product was pasted: bounds [x0, y0, x1, y1) of its opaque pixels (before occlusion)
+        "paste_box": paste_box,
     }
     return out.convert("RGB"), params
+
+
+# Layouts of a photo of several products: cells (x0, y0, x1, y1) as fractions of the frame.
+_LAYOUTS: dict[int, tuple[tuple[tuple[float, float, float, float], ...], ...]] = {
+    2: (((0, 0, 0.5, 1), (0.5, 0, 1, 1)), ((0, 0, 1, 0.5), (0, 0.5, 1, 1))),
+    3: (
+        ((0, 0, 1 / 3, 1), (1 / 3, 0, 2 / 3, 1), (2 / 3, 0, 1, 1)),
+        ((0, 0, 0.5, 0.5), (0.5, 0, 1, 0.5), (0.25, 0.5, 0.75, 1)),
+    ),
+    4: (((0, 0, 0.5, 0.5), (0.5, 0, 1, 0.5), (0, 0.5, 0.5, 1), (0.5, 0.5, 1, 1)),),
+}
+
+
+def make_multi_query(
+    items: Sequence[CatalogItem], rng: np.random.Generator, others: Sequence[CatalogItem] = ()
+) -> tuple[Image.Image, dict[str, Any]]:
+    """A photo of 2-4 products side by side (a shelf, a desk, an outfit) on clutter.
+
+    Each product fills 35-75% of its own cell of the frame (its rotated bounding box),
+    rotated up to 25 degrees, with perspective; then the same camera as `make_wild_query`.
+    `params["products"]` lists each product's id and paste box.
+    """
+    fw, fh = [(800, 600), (960, 720), (720, 720), (640, 800)][int(rng.integers(0, 4))]
+    frame_img = Image.fromarray(_background(fh, fw, rng).clip(0, 255).astype(np.uint8))
+    _random_clutter(frame_img, rng, int(rng.integers(4, 14)))
+    frame = np.asarray(frame_img, np.float32).copy()
+    layouts = _LAYOUTS[len(items)]
+    cells = layouts[int(rng.integers(len(layouts)))]
+    products = []
+    for item, (u0, v0, u1, v1) in zip(items, cells, strict=True):
+        cw, ch = item.cutout.size
+        cell_w, cell_h = (u1 - u0) * fw, (v1 - v0) * fh
+        fill = float(rng.uniform(0.35, 0.75))
+        angle = float(rng.uniform(-25, 25))
+        a = math.radians(angle)
+        rot_w = abs(cw * math.cos(a)) + abs(ch * math.sin(a))
+        rot_h = abs(cw * math.sin(a)) + abs(ch * math.cos(a))
+        scale = math.sqrt(fill * cell_w * cell_h / (rot_w * rot_h))
+        scale = min(scale, 0.92 * cell_w / rot_w, 0.92 * cell_h / rot_h)
+        mx, my = (cell_w - rot_w * scale) / 2, (cell_h - rot_h * scale) / 2
+        cx = (u0 + u1) / 2 * fw + float(rng.uniform(-1, 1)) * mx
+        cy = (v0 + v1) / 2 * fh + float(rng.uniform(-1, 1)) * my
+        H = _perspective_homography(cw, ch, scale, angle, float(rng.uniform(0.0, 0.08)), (cx, cy), rng)
+        small = _downsampled(item.cutout, scale * max(cw, ch))
+        S = np.diag([cw / small.shape[1], ch / small.shape[0], 1.0])
+        alpha = _paste_warped(frame, small, H @ S)
+        products.append({"product_id": item.id, "paste_box": _alpha_box(alpha), "area_fraction": round(fill, 3)})
+    if rng.random() < 0.3:  # shallow depth of field: the whole shelf a little soft
+        frame = cv2.GaussianBlur(frame, (0, 0), float(rng.uniform(0.5, 1.2)))
+    out, quality, blur, resampled = _camera(frame, rng)
+    params = {
+        "frame": [fw, fh],
+        "products": products,
+        "blur_sigma": round(blur, 2),
+        "jpeg_quality": quality,
+        "resampled": resampled,
+    }
+    return out.convert("RGB"), params
+
+
+@dataclass
+class MultiQuery:
+    id: str
+    product_ids: list[str]
+    image: Image.Image
+    params: dict[str, Any]
+
+
+def generate_multi_queries(catalog: Sequence[CatalogItem], n_queries: int, seed: int = 0) -> list[MultiQuery]:
+    """Photos of 2-4 catalog products each (from different look-alike families), on clutter."""
+    rng = np.random.default_rng([seed, 0x3A17])
+    out = []
+    for qi in range(n_queries):
+        qrng = np.random.default_rng([seed, qi, 0x3A])
+        n = int(rng.integers(2, 5))
+        chosen: list[CatalogItem] = []
+        families: set[str] = set()
+        for pi in rng.permutation(len(catalog)):
+            item = catalog[int(pi)]
+            if item.family not in families:
+                chosen.append(item)
+                families.add(item.family)
+            if len(chosen) == n:
+                break
+        if len(chosen) < 2:
+            raise ValueError("a multi-product photo needs products of at least two look-alike families")
+        img, params = make_multi_query(chosen, qrng, catalog)
+        out.append(MultiQuery(f"m{qi:05d}", [c.id for c in chosen], img, params))
+    return out
 
 
 def generate_queries(catalog: Sequence[CatalogItem], n_queries: int, seed: int = 0) -> list[WildQuery]:
