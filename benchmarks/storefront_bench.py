@@ -59,14 +59,14 @@ def catalog(n: int, seed: int = 13) -> list[dict[str, Any]]:
     return docs
 
 
-async def load(conn: asyncpg.Connection, docs: list[dict[str, Any]]) -> IndexRecord:
+async def load(conn: asyncpg.Connection, docs: list[dict[str, Any]], name: str = "storefront-bench") -> IndexRecord:
     async with conn.transaction():
-        existing = await indexes.get_index(conn, "storefront-bench")
+        existing = await indexes.get_index(conn, name)
         if existing is not None:
             await indexes.delete_index(conn, existing)
         record = await indexes.create_index(
             conn,
-            name="storefront-bench",
+            name=name,
             index_id=secrets.token_hex(16),
             settings={},
             model={},
@@ -108,6 +108,7 @@ async def load(conn: asyncpg.Connection, docs: list[dict[str, Any]]) -> IndexRec
             ],
         )
     await conn.execute("VACUUM (ANALYZE) products")
+    await conn.execute("ANALYZE search_words")
     return record
 
 

@@ -268,9 +268,7 @@ async def test_sort_by_is_exact_over_the_whole_filtered_set(pool, catalog, field
 async def test_collapse_returns_one_hit_per_group_with_the_groups_own_sort(pool, catalog) -> None:
     record, docs = catalog
     collapse = {"name": "parentProductId", "sortBy": {"fields": [{"fieldName": "price", "order": "desc"}]}}
-    result = await run(
-        pool, record, None, collapse=collapse, sortBy={"fields": [{"fieldName": "price"}]}, limit=1000
-    )
+    result = await run(pool, record, None, collapse=collapse, sortBy={"fields": [{"fieldName": "price"}]}, limit=1000)
     groups: dict[Any, list[dict[str, Any]]] = {}
     for d in docs:
         groups.setdefault(_group(d, "parentProductId"), []).append(d)
@@ -291,3 +289,62 @@ def test_exclude_terms_misuse() -> None:
             )
         assert caught.value.status == 400 and caught.value.code == "invalid_facets"
         assert fragment in caught.value.message
+
+
+# --- the plans at catalog scale (DESIGN "Storefront queries in SQL") -------------------------
+
+SCALE_PRODUCTS = 100_000
+
+
+@pytest.fixture(scope="module")
+async def scale_catalog(pool: asyncpg.Pool) -> AsyncIterator[IndexRecord]:
+    from benchmarks import storefront_bench
+
+    async with pool.acquire() as conn:
+        record = await storefront_bench.load(
+            conn, storefront_bench.catalog(SCALE_PRODUCTS), f"sf-scale-{secrets.token_hex(3)}"
+        )
+    yield record
+    async with pool.acquire() as conn, conn.transaction():
+        await indexes.delete_index(conn, record)
+
+
+async def _explain(pool: asyncpg.Pool, record: IndexRecord, source: str, words: tuple[str, ...], **request: Any) -> str:
+    from app.storage.storefront import storefront_sql
+
+    plan = build_plan(
+        filter_node=parse_filter(request.get("filter")),
+        facets=Facets.parse(request["facets"]) if "facets" in request else None,
+        sort=SortBy.parse(request["sortBy"]) if "sortBy" in request else None,
+        collapse=CollapseField.parse(request["collapse"]) if "collapse" in request else None,
+        limit=20,
+        offset=0,
+    )
+    sql, values = storefront_sql(record, plan, source, words=words)  # type: ignore[arg-type]
+    async with pool.acquire() as conn:
+        return "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + sql, *values))
+
+
+async def test_storefront_plans_use_the_indexes_at_100k(pool, scale_catalog) -> None:
+    record = scale_catalog
+    facets = {"fields": {"brand": {"type": "string"}, "productCollections": {"type": "array"}}}
+    # browse under a selective filter: the filter-terms GIN index, never a scan of all products
+    plan = await _explain(
+        pool,
+        record,
+        "browse",
+        (),
+        filter="brand:Brand07 AND colour:red",
+        facets=facets,
+        sortBy={"fields": [{"fieldName": "price"}]},
+        collapse={"name": "parentProductId"},
+    )
+    assert "products_filter_terms_idx" in plan and "Seq Scan on products" not in plan, plan
+    # text: the weighted tsvector's GIN index for the words
+    plan = await _explain(pool, record, "text", ("leather", "boots"), facets=facets)
+    assert "products_search_tsv_idx" in plan and "Seq Scan on products" not in plan, plan
+    # a misspelt word: corrected through the title words' trigram index (a one-time filter skips it
+    # for words the catalog knows)
+    plan = await _explain(pool, record, "text", ("wireles", "headphnes"))
+    assert "search_words_word_trgm_idx" in plan and "One-Time Filter" in plan, plan
+    assert "Seq Scan on products" not in plan, plan

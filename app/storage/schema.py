@@ -86,7 +86,7 @@ search_words = sa.Table(
     "search_words",
     metadata,
     sa.Column("index_pk", sa.BigInteger, sa.ForeignKey("indexes.pk", ondelete="CASCADE"), primary_key=True),
-    sa.Column("word", sa.Text, primary_key=True),
+    sa.Column("word", sa.Text(collation="C"), primary_key=True),  # byte order: prefix lookups are range scans
 )
 sa.Index(
     "search_words_word_trgm_idx", search_words.c.word, postgresql_using="gin", postgresql_ops={"word": "gin_trgm_ops"}

@@ -217,10 +217,11 @@ class _Builder:
         """The text query's tsquery expression (a CTE's value, one InitPlan for all its uses).
 
         OR of the words (the last one a prefix), plus, for each word of MIN_FUZZY_WORD or more
-        letters that no product of the index has (a misspelling), its CORRECTIONS most
-        similar catalog title words (`search_words`, pg_trgm `%`, similarity order). The
-        correction lookup runs only for unknown words (a one-time filter); everything else
-        is the weighted tsvector's GIN index: no trigram comparison with every title.
+        letters that is no title word of the index (the last: starts none; a misspelling),
+        its CORRECTIONS most similar title words (`search_words`, pg_trgm `%`, similarity
+        order). Knowing a word is a primary-key lookup; the trigram lookup runs only for
+        unknown words (a one-time filter); the rest is the weighted tsvector's GIN index: no
+        trigram comparison with every title.
         """
         p = self.params
         usable = [w for w in words if storable(w)]
@@ -241,10 +242,15 @@ class _Builder:
             if len(word) < MIN_FUZZY_WORD:
                 continue
             folded = f"lookalike_fold({p.add(word, 'text')})"
+            # Known: a title word of the index equal to it (the last word: starting with it),
+            # a primary-key lookup in search_words (byte-ordered, so a prefix is a range).
+            known = f"k.word = {folded}"
+            if last:
+                known = f"k.word >= {folded} AND k.word < {folded} || chr(1114111)"
             parts.append(
                 f"(SELECT websearch_to_tsquery({cfg}, coalesce(string_agg(c.word, ' or '), '')) FROM"
-                f" (SELECT s.word FROM search_words s WHERE NOT EXISTS (SELECT 1 FROM products k"
-                f" WHERE k.index_pk = {index_param} AND k.search_tsv @@ {own})"
+                f" (SELECT s.word FROM search_words s WHERE NOT EXISTS (SELECT 1 FROM search_words k"
+                f" WHERE k.index_pk = {index_param} AND {known})"
                 f" AND s.index_pk = {index_param} AND s.word % {folded}"
                 f" ORDER BY similarity(s.word, {folded}) DESC, s.word LIMIT {CORRECTIONS}) c)"
             )

@@ -76,7 +76,7 @@ def upgrade() -> None:
         """
         CREATE TABLE search_words (
           index_pk bigint NOT NULL REFERENCES indexes(pk) ON DELETE CASCADE,
-          word text NOT NULL,
+          word text COLLATE "C" NOT NULL,  -- byte order: prefix lookups are btree range scans
           PRIMARY KEY (index_pk, word)
         )
         """
