@@ -193,6 +193,7 @@ async def test_similar_from_stored_vectors(api: httpx.AsyncClient, shop) -> None
         ("/search", {"sortBy": {"fields": [{"fieldName": "price", "missing": "middle"}]}}, "invalid_sort", "missing"),
         ("/search", {"collapseFields": [{"name": "a"}, {"name": "b"}]}, "invalid_collapse", "exactly one"),
         ("/search", {"collapseFields": {"name": "a"}}, "invalid_collapse", "exactly one"),
+        ("/search", {"facetz": {"fields": {}}}, "unknown_parameter", "facetz"),
         ("/collections", {}, "invalid_collection", "collectionName"),
         ("/collections", {"collectionName": "x", "facetz": {}}, "unknown_parameter", "facetz"),
         ("/collections", {"collectionName": "x", "limit": 0}, "invalid_limit", "limit"),
