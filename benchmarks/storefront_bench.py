@@ -188,6 +188,31 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             ("text 'vintage bo' (prefix) + 3 facets + sortBy + collapse", "text", "vintage bo", None, True),
             ("text 'leather boots' + 10% filter + 3 facets + sortBy", "text", "leather boots", "sel_10:true", False),
         ]
+        # Load-independent yardsticks, measured in the same run: the bare scans the statements
+        # cannot avoid (the 10% filter's rows; one text query's lexical matches), counted only.
+        baselines = {}
+        async with pool.acquire() as conn:
+            for name, sql in (
+                (
+                    "count(*) under the 10% filter",
+                    "SELECT count(*) FROM products p WHERE p.index_pk = $1"
+                    " AND p.filter_terms && ARRAY[E'sel_10\\x1fb:true']",
+                ),
+                (
+                    "count(*) of 'leather | boot:*' matches",
+                    "SELECT count(*) FROM products p WHERE p.index_pk = $1"
+                    " AND p.search_tsv @@ to_tsquery('lookalike_text', 'leather | boot:*')",
+                ),
+            ):
+                for _ in range(3):
+                    await conn.fetchval(sql, record.pk)
+                times = []
+                for _ in range(args.runs):
+                    t = time.perf_counter()
+                    rows = await conn.fetchval(sql, record.pk)
+                    times.append((time.perf_counter() - t) * 1000)
+                baselines[name] = {"rows": rows, "p50_ms": round(statistics.median(times), 2)}
+                print(f"baseline {name}: {rows} rows, p50 {baselines[name]['p50_ms']} ms", flush=True)
         results = []
         for name, source, q, filter_text, collapse in queries:
             results.append(
@@ -202,6 +227,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "load_s": round(load_s, 1),
         "loadavg": Path("/proc/loadavg").read_text().split()[:3],  # noqa: ASYNC240
         "cpus": os.cpu_count(),
+        "baselines": baselines,
         "queries": results,
     }
 
