@@ -23,12 +23,16 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
 from app.config import Settings
 from app.samples import wild
+
+if TYPE_CHECKING:  # app.main builds the whole service; the demo imports it only when it runs
+    from app.main import Services
+    from app.storage.indexes import IndexRecord
 
 _IMAGE_SIDE = 256  # catalog images as data URLs: small enough that hits stay readable
 _PHOTO_SIDE = 480  # the shopper's photo: its base64 must fit in one shell argument (128 KiB)
@@ -105,7 +109,7 @@ def shopper_photo(product: SampleProduct, seed: int) -> Image.Image:
 # --- index set-up (in process: the operator's own machine; no admin key needed) -----------------
 
 
-async def _choose_model(svc: Any, offline: bool) -> tuple[dict[str, Any] | str | None, str]:
+async def _choose_model(svc: Services, offline: bool) -> tuple[dict[str, Any] | str | None, str]:
     from app.vision.model import OFFLINE_TEST_MODEL, ModelSpec, ModelUnavailableError
 
     if not offline:
@@ -122,7 +126,7 @@ async def _choose_model(svc: Any, offline: bool) -> tuple[dict[str, Any] | str |
     )
 
 
-async def _create_index(svc: Any, name: str, model: dict[str, Any] | str | None) -> Any:
+async def _create_index(svc: Services, name: str, model: dict[str, Any] | str | None) -> IndexRecord:
     # The same path as POST /api/v1/indexes/{name}, minus the HTTP admin check: the demo runs
     # on the operator's machine, which may not know the generated admin key any more.
     from app.domain import index_admin
@@ -131,7 +135,7 @@ async def _create_index(svc: Any, name: str, model: dict[str, Any] | str | None)
     return await index_admin.create_index(svc.pool, svc.vision, name, body)
 
 
-async def prepare(svc: Any, options: DemoOptions, data_dir: Path, say: Callable[[str], None]) -> DemoInfo:
+async def prepare(svc: Services, options: DemoOptions, data_dir: Path, say: Callable[[str], None]) -> DemoInfo:
     """Create (or reuse) the demo index, load the sample catalog, write the shopper's photo."""
     from app.domain import index_settings
     from app.storage import indexes
