@@ -19,8 +19,6 @@ from pydantic import BeforeValidator, ConfigDict, Field, SkipValidation, Validat
 from app.contract.common import ContractModel, ContractRequest, ContractResponse, OnMissing, omittable, reject
 from app.contract.search import FieldValue
 
-CORE_STRING_FIELDS = ("productTitle", "variantTitle", "description", "parentProductId", "variantImageUrl")
-REQUIRED_FIELDS = ("_id", "productTitle", "variantImageUrl", "price")
 MAX_ID_LENGTH = 512
 MAX_FIELD_NAME_LENGTH = 256
 MAX_STRING_LENGTH = 100_000
@@ -204,6 +202,8 @@ class Product(ContractModel):
 
 
 def normalise(raw: Any) -> dict[str, Any]:
+    """Field names and values checked one by one (NUL, sizes, null, nesting); `collections` folded
+    into `productCollections`. Typed fields are checked by the model after this."""
     if not isinstance(raw, dict):
         raise DocumentError("each document must be a JSON object")
     if len(raw) > MAX_FIELDS:
@@ -251,13 +251,14 @@ _NOT_A_BATCH = OnMissing("invalid_documents", 'body must be {"documents": [ ... 
 
 
 class AddDocumentsRequest(ContractRequest):
-    """POST /documents. Items are checked one by one (`Product.check_item`) when the batch is processed."""
+    """POST /documents: add or replace products. Each product is checked on its own: a bad one fails
+    alone (its item carries the status and message) and the batch still answers 200."""
 
     documents: list[Any]
 
 
 class UpdateDocumentsRequest(ContractRequest):
-    """PATCH /documents."""
+    """PATCH /documents: partial updates; each is merged onto the stored product and checked whole."""
 
     documents: list[Any]
 

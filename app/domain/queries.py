@@ -4,45 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.contract.search import (
-    IMAGE_EXTENSIONS,
-    MAX_SEARCH_LIMIT,
-    MAX_SEARCH_WINDOW,
-    MAX_TEXT_QUERY_CHARS,
-    Q_ERROR,
-    ReverseSearchRequest,
-    SearchRequest,
-    is_data_url,
-    is_image_query,
-    is_image_url,
-)
+# The requests are declared (and validated) in the contract; the services take them as they are.
+from app.contract.search import ReverseSearchRequest, SearchRequest
 
-__all__ = [
-    "DEFAULT_HIT_FIELDS",
-    "IMAGE_EXTENSIONS",
-    "MAX_SEARCH_LIMIT",
-    "MAX_SEARCH_WINDOW",
-    "MAX_TEXT_QUERY_CHARS",
-    "Q_ERROR",
-    "ReverseSearchRequest",
-    "SearchRequest",
-    "is_data_url",
-    "is_image_query",
-    "is_image_url",
-    "parse_reverse_search",
-    "parse_search",
-    "shape_hit",
-]
+__all__ = ["DEFAULT_HIT_FIELDS", "ReverseSearchRequest", "SearchRequest", "shape_hit"]
 
 DEFAULT_HIT_FIELDS = ("productTitle", "variantTitle", "price", "variantImageUrl", "collections")
-
-
-def parse_reverse_search(body: Any) -> ReverseSearchRequest:
-    return ReverseSearchRequest.parse(body)
-
-
-def parse_search(body: Any) -> SearchRequest:
-    return SearchRequest.parse(body)
 
 
 def shape_hit(doc: dict[str, Any], score: float | None, attributes: list[str] | None) -> dict[str, Any]:

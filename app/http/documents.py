@@ -8,10 +8,16 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from app.contract.documents import DeleteDocumentsRequest, documents_request, get_documents_request
-from app.http.common import elapsed_ms, json_response, read_json
+from app.contract.documents import (
+    DeleteDetails,
+    DeleteDocumentsRequest,
+    DeleteDocumentsResponse,
+    DeleteItem,
+    documents_request,
+    get_documents_request,
+)
+from app.http.common import elapsed_ms, json_response, model_response, read_json
 from app.http.indexes import admin, load_index, load_readable_index, services
-from app.storage import products
 
 
 def _batch_response(items: list[Any], started: float) -> JSONResponse:
@@ -48,7 +54,7 @@ async def get_documents(request: Request) -> JSONResponse:
     record = await load_readable_index(request)
     svc = services(request)
     ids = get_documents_request(svc.settings.max_get_documents).parse(await read_json(request)).documentIds
-    found = await products.get_documents(svc.pool, record, [i for i in ids if "\x00" not in i])
+    found = await svc.documents.get(record, ids)
     results = [
         {**found[i], "_found": True}
         if i in found
@@ -63,13 +69,12 @@ async def delete_documents(request: Request) -> JSONResponse:
     record = await load_index(request)
     svc = services(request)
     ids = DeleteDocumentsRequest.parse(await read_json(request)).ids
-    deleted = await products.delete_documents(svc.pool, record, [i for i in ids if "\x00" not in i])
+    deleted = await svc.documents.delete(record, ids)
     items = [
-        {"_id": i, "result": "deleted", "status": 200}
+        DeleteItem(id=i, result="deleted", status=200)
         if i in deleted
-        else {"_id": i, "result": "not_found", "status": 404}
+        else DeleteItem(id=i, result="not_found", status=404)
         for i in ids
     ]
-    return json_response(
-        {"details": {"deletedDocuments": len(deleted), "receivedDocumentIds": len(ids)}, "items": items}
-    )
+    details = DeleteDetails(deletedDocuments=len(deleted), receivedDocumentIds=len(ids))
+    return model_response(DeleteDocumentsResponse(details=details, items=items))

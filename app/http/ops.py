@@ -20,6 +20,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.contract.ops import Health, HealthUnavailable, ModelsStatus, PoolStatus
+from app.domain.health import HealthService
+from app.http.common import model_response
 from app.logs import request_id_var
 
 access_log = logging.getLogger("lookalike.access")
@@ -33,34 +36,31 @@ _HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 
 _STAGE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
-class _ServiceCollector(Collector):
+class _RuntimeCollector(Collector):
     """Gauges read at scrape time from the running services: embedding queue, pool, models."""
 
     def __init__(self) -> None:
-        self.services: Any = None  # set by the lifespan once the pool and models exist
+        self.health: HealthService | None = None  # set by the lifespan once the pool and models exist
 
     def collect(self) -> Iterator[Any]:
-        svc = self.services
-        if svc is None:
+        if self.health is None:
             return
-        embedder = svc.vision.embedder
+        now = self.health.snapshot()
         yield GaugeMetricFamily(
             "lookalike_embed_queue_depth",
             "Images accepted for embedding and not yet embedded (queued or in a forward pass)",
-            value=embedder.queue_depth,
+            value=now.embed_queue_depth,
         )
-        yield CounterMetricFamily(
-            "lookalike_embed_batches", "Model forward passes run", value=embedder.batches_run
-        )
+        yield CounterMetricFamily("lookalike_embed_batches", "Model forward passes run", value=now.embed_batches_run)
         yield GaugeMetricFamily(
-            "lookalike_models_loaded", "Models loaded in this process", value=len(svc.vision.registry.loaded())
+            "lookalike_models_loaded", "Models loaded in this process", value=len(now.models_loaded)
         )
-        pool = svc.pool
-        size, idle = pool.get_size(), pool.get_idle_size()
-        yield GaugeMetricFamily("lookalike_db_pool_size", "Open database connections", value=size)
-        yield GaugeMetricFamily("lookalike_db_pool_idle", "Idle database connections", value=idle)
-        yield GaugeMetricFamily("lookalike_db_pool_in_use", "Database connections in use", value=size - idle)
-        yield GaugeMetricFamily("lookalike_db_pool_max", "Pool maximum size", value=pool.get_max_size())
+        yield GaugeMetricFamily("lookalike_db_pool_size", "Open database connections", value=now.pool_size)
+        yield GaugeMetricFamily("lookalike_db_pool_idle", "Idle database connections", value=now.pool_idle)
+        yield GaugeMetricFamily(
+            "lookalike_db_pool_in_use", "Database connections in use", value=now.pool_size - now.pool_idle
+        )
+        yield GaugeMetricFamily("lookalike_db_pool_max", "Pool maximum size", value=now.pool_max)
 
 
 class Metrics:
@@ -85,8 +85,8 @@ class Metrics:
             buckets=_STAGE_BUCKETS,
             registry=self.registry,
         )
-        self.services = _ServiceCollector()
-        self.registry.register(self.services)
+        self.runtime = _RuntimeCollector()
+        self.registry.register(self.runtime)
 
     def observe_stages(self, endpoint: str, stages: dict[str, float]) -> None:
         for stage, ms in stages.items():
@@ -186,35 +186,18 @@ async def metrics_endpoint(request: Request) -> Response:
 
 async def health(request: Request) -> JSONResponse:
     """Liveness and readiness: the database answers; which models are loaded; queue and pool."""
-    svc = request.app.state.services
-    embedder = svc.vision.embedder
-    models = {
-        "loaded": [spec.name for spec in svc.vision.registry.loaded()],
-        "embedQueueDepth": embedder.queue_depth,
-    }
-    pool = {"size": svc.pool.get_size(), "idle": svc.pool.get_idle_size(), "max": svc.pool.get_max_size()}
-    try:
-        async with svc.pool.acquire(timeout=2) as conn:
-            await conn.fetchval("SELECT 1")
-    except Exception:
-        return JSONResponse(
-            {
-                "error": "database unavailable, retry shortly",
-                "code": "service_unavailable",
-                "status": "unavailable",
-                "database": "down",
-                "models": models,
-                "pool": pool,
-            },
-            status_code=503,
-            headers={"Retry-After": "2"},
+    health: HealthService = request.app.state.services.health
+    now = health.snapshot()
+    models = ModelsStatus(loaded=now.models_loaded, embedQueueDepth=now.embed_queue_depth)
+    pool = PoolStatus(size=now.pool_size, idle=now.pool_idle, max=now.pool_max)
+    if not await health.database_answers():
+        down = HealthUnavailable(
+            error="database unavailable, retry shortly",
+            code="service_unavailable",
+            status="unavailable",
+            database="down",
+            models=models,
+            pool=pool,
         )
-    return JSONResponse(
-        {
-            "status": "ok",
-            "database": "ok",
-            "modelsLoaded": models["loaded"],
-            "models": models,
-            "pool": pool,
-        }
-    )
+        return model_response(down, 503, {"Retry-After": "2"})
+    return model_response(Health(status="ok", database="ok", models=models, pool=pool))
