@@ -58,7 +58,6 @@ SCORING_KNOBS = {
     "verifyTop": "verify_top",
     "minInliers": "min_inliers",
     "inlierSaturation": "inlier_saturation",
-    "aggregatePool": "aggregate_pool",
 }
 
 
