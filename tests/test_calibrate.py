@@ -20,7 +20,7 @@ from app.domain import calibrate as cal
 from app.domain import rerank
 from app.samples import wild
 from tests.conftest import ADMIN, REPO_ROOT
-from tests.helpers import TEST_MODEL
+from tests.helpers import TEST_MODEL, product
 
 
 class _V:
@@ -71,7 +71,7 @@ async def test_calibrate_command_reports_and_applies(api: httpx.AsyncClient, ima
     )
     assert r.status_code == 200, r.text
     docs = [
-        {"_id": c.id, "price": 1.0, "variantImageUrl": images.add(f"/{name}/{c.id}.jpg", _jpeg(c.image))}
+        product(c.id, images.add(f"/{name}/{c.id}.jpg", _jpeg(c.image)))
         for c in wild.generate_catalog(20, seed=8)
     ]
     r = await api.post(f"/api/v1/indexes/{name}/documents", json={"documents": docs}, headers=ADMIN)
