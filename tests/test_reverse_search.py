@@ -411,3 +411,19 @@ async def test_regions_and_explain_must_be_booleans(api: httpx.AsyncClient, imag
     for flag in ("regions", "explain"):
         r = await _reverse(api, shop, {"q": _query_url(images, shop), flag: value})
         assert r.status_code == 400 and r.json() == {"error": f"{flag} must be a boolean", "code": f"invalid_{flag}"}
+
+
+async def test_explain_returns_the_inlier_pairs(api: httpx.AsyncClient, images, shop: dict) -> None:
+    url = _query_url(images, shop)
+    plain = (await _reverse(api, shop, {"q": url})).json()["hits"]
+    explained = (await _reverse(api, shop, {"q": url, "explain": True})).json()["hits"]
+    assert [h["_id"] for h in explained] == [h["_id"] for h in plain]
+    verified = [h for h in explained if "_match" in h]
+    assert verified and all("pairs" not in h.get("_match", {}) for h in plain)
+    for hit in verified:
+        match = hit["_match"]
+        x0, y0, x1, y1 = match["box"]
+        cw, ch = match["catalogSize"]
+        assert len(match["pairs"]) >= match["inliers"]  # distinct locations <= inlier pairs
+        for qx, qy, cx, cy in match["pairs"]:
+            assert x0 - 2 <= qx <= x1 + 2 and y0 - 2 <= qy <= y1 + 2 and 0 <= cx <= cw and 0 <= cy <= ch

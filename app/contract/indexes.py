@@ -127,7 +127,13 @@ class CreateIndexRequest(ContractRequest):
     empty_is = {}
     unknown_parameter = "unknown index setting {key!r}; known settings: {known}"
 
-    model: ModelSetting = None
+    model: Annotated[
+        Any,
+        WithJsonSchema(
+            {**_MODEL_SCHEMA, "oneOf": [*_MODEL_SCHEMA["oneOf"], {"type": "null"}]},  # type: ignore[dict-item]
+        ),
+        Field(description="absent or null: the default model (DINOv2 ViT-S/14, pretrained)"),
+    ] = None
     vectorType: Annotated[Literal["halfvec", "vector"], BeforeValidator(_vector_type)] = "halfvec"
     reverseImageSearch: ReverseImageSearchSettings = Field(default_factory=ReverseImageSearchSettings)
 
@@ -159,13 +165,24 @@ class StoredModel(ContractResponse):
     seed: int
 
 
+class StoredReverseSearchSettings(ContractResponse):
+    """The stored `reverseImageSearch` object: the flag and every knob's current value. Open to
+    further keys: knobs written by newer versions or by `lookalike calibrate` are shown as stored."""
+
+    model_config = ConfigDict(extra="allow")
+
+    enabled: bool
+    candidatePool: int | None = omittable(ge=1)
+    queryCrops: int | Literal["auto"] | None = omittable()
+
+
 class IndexSettings(ContractResponse):
     """Indexes created through the API carry all four; rows written by other means may not."""
 
     model: StoredModel | None = omittable()
     vectorType: Literal["halfvec", "vector"] | None = omittable()
     dimensions: int | None = omittable(ge=1)
-    reverseImageSearch: ReverseImageSearchSettings | None = omittable()
+    reverseImageSearch: StoredReverseSearchSettings | None = omittable()
 
 
 class CreateIndexResponse(ContractResponse):

@@ -63,11 +63,10 @@ def is_image_query(q: str) -> bool:
 
 
 class MarqoSearchRequest(ContractRequest):
-    """Keys Marqo clients send that lookalike accepts and ignores (Marqo falls back to defaults too)."""
+    """A search request a Marqo client may send: its personalisation keys are accepted and ignored
+    (Marqo falls back to its default configuration without them too)."""
 
-    user_id: str | None = omittable("accepted and ignored", alias="userId")
-    session_id: str | None = omittable("accepted and ignored", alias="sessionId")
-    profile_id: str | None = omittable("accepted and ignored", alias="profileId")
+    ignored_keys = frozenset({"userId", "sessionId", "profileId"})
 
 
 def _search_q(value: Any) -> str | None:
