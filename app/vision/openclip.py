@@ -397,6 +397,15 @@ def _model_cfg(spec: OpenClipSpec, files: _Files) -> dict[str, Any]:
     return dict(_open_clip().get_model_config(spec.name) or {})
 
 
+class _ImageTower(torch.nn.Module):
+    def __init__(self, module: torch.nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module.encode_image(x)
+
+
 class OpenClipModel(EmbeddingModel):
     """A loaded open_clip model: `embed` images (image tower), `embed_texts` text (text tower).
 
@@ -426,7 +435,7 @@ class OpenClipModel(EmbeddingModel):
         with torch.inference_mode():
             probe = self.module.encode_image(torch.zeros((1, *self.input_size), device=self.device))
         self._dim = int(probe.reshape(1, -1).shape[1])
-        self._single_image_ms = None
+        self._init_backend_state()
 
     has_text = True
 
@@ -468,8 +477,12 @@ class OpenClipModel(EmbeddingModel):
         )
         return cls(spec, module, tokenizer, device)
 
-    def embed_tensor(self, batch: torch.Tensor) -> np.ndarray:
-        """Preprocessed images (n, 3, H, W) -> float32 (n, dim), rows L2-normalised (image tower)."""
+    def export_module(self) -> torch.nn.Module:
+        """The image tower (what the ONNX backend exports; the text tower runs on torch)."""
+        return _ImageTower(self.module)
+
+    def torch_embed_tensor(self, batch: torch.Tensor) -> np.ndarray:
+        """Preprocessed images (n, 3, H, W) -> float32 (n, dim), rows L2-normalised (image tower, torch)."""
         if batch.shape[0] == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
         with torch.inference_mode():
