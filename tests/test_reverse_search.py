@@ -16,10 +16,14 @@ from app.samples import wild
 from app.storage import indexes as storage_indexes
 from app.storage import search as search_sql
 from app.vision import aggregate, crops, local_features
+from app.vision.openclip import OFFLINE_OPEN_CLIP_MODEL
 from tests.conftest import ADMIN
 from tests.helpers import TEST_MODEL, data_url, product_image
 
 Q_ERROR = "q must be an image URL or base64 data URI"
+
+# The same contract on an image-only timm index and on an open_clip (image + text) index.
+MODELS = {"timm": TEST_MODEL, "open_clip": OFFLINE_OPEN_CLIP_MODEL}
 
 
 def _jpeg(image) -> bytes:  # type: ignore[no-untyped-def]
@@ -28,12 +32,13 @@ def _jpeg(image) -> bytes:  # type: ignore[no-untyped-def]
     return out.getvalue()
 
 
-@pytest.fixture(scope="module")
-async def shop(api: httpx.AsyncClient, images) -> dict:  # type: ignore[no-untyped-def]
+@pytest.fixture(scope="module", params=list(MODELS))
+async def shop(api: httpx.AsyncClient, images, request: pytest.FixtureRequest) -> dict:  # type: ignore[no-untyped-def]
     """A small catalog with look-alike families, reverse search on, plus wild queries."""
     name = f"rev-{secrets.token_hex(3)}"
+    model = MODELS[request.param]
     r = await api.post(
-        f"/api/v1/indexes/{name}", json={"model": TEST_MODEL, "reverseImageSearch": {"enabled": True}}, headers=ADMIN
+        f"/api/v1/indexes/{name}", json={"model": model, "reverseImageSearch": {"enabled": True}}, headers=ADMIN
     )
     assert r.status_code == 200, r.text
     catalog = wild.generate_catalog(24, seed=5)
@@ -221,9 +226,10 @@ async def test_unfetchable_images_say_why(api: httpx.AsyncClient, images, shop: 
     assert r.status_code == 400 and "private" in r.json()["error"]
 
 
-async def test_backfill_when_flag_turned_on(api: httpx.AsyncClient, images, pool) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("model", list(MODELS))
+async def test_backfill_when_flag_turned_on(api: httpx.AsyncClient, images, pool, model: str) -> None:  # type: ignore[no-untyped-def]
     name = f"rev-late-{secrets.token_hex(3)}"
-    created = (await api.post(f"/api/v1/indexes/{name}", json={"model": TEST_MODEL}, headers=ADMIN)).json()
+    created = (await api.post(f"/api/v1/indexes/{name}", json={"model": MODELS[model]}, headers=ADMIN)).json()
     docs = [
         {"_id": f"p{i}", "productTitle": f"P{i}", "price": 1, "variantImageUrl": data_url(product_image(100 + i))}
         for i in range(6)
@@ -405,3 +411,19 @@ async def test_regions_and_explain_must_be_booleans(api: httpx.AsyncClient, imag
     for flag in ("regions", "explain"):
         r = await _reverse(api, shop, {"q": _query_url(images, shop), flag: value})
         assert r.status_code == 400 and r.json() == {"error": f"{flag} must be a boolean", "code": f"invalid_{flag}"}
+
+
+async def test_explain_returns_the_inlier_pairs(api: httpx.AsyncClient, images, shop: dict) -> None:
+    url = _query_url(images, shop)
+    plain = (await _reverse(api, shop, {"q": url})).json()["hits"]
+    explained = (await _reverse(api, shop, {"q": url, "explain": True})).json()["hits"]
+    assert [h["_id"] for h in explained] == [h["_id"] for h in plain]
+    verified = [h for h in explained if "_match" in h]
+    assert verified and all("pairs" not in h.get("_match", {}) for h in plain)
+    for hit in verified:
+        match = hit["_match"]
+        x0, y0, x1, y1 = match["box"]
+        cw, ch = match["catalogSize"]
+        assert len(match["pairs"]) >= match["inliers"]  # distinct locations <= inlier pairs
+        for qx, qy, cx, cy in match["pairs"]:
+            assert x0 - 2 <= qx <= x1 + 2 and y0 - 2 <= qy <= y1 + 2 and 0 <= cx <= cw and 0 <= cy <= ch

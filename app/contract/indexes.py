@@ -21,7 +21,36 @@ REVERSE_SEARCH_KNOB_RANGES: dict[str, tuple[int, int, bool]] = {
     "queryCrops": (1, 8, True),
 }
 
+# Re-ranking knobs (`lookalike calibrate --apply` stores them): name -> (minimum, maximum, integer).
+# Absent: the service's defaults (domain.rerank.RerankParams).
+SCORING_KNOB_RANGES: dict[str, tuple[float, float, bool]] = {
+    "aggregateWeight": (0.0, 32.0, False),
+    "verifyWeight": (0.0, 32.0, False),
+    "verifyTop": (0, 1000, True),
+    "minInliers": (0, 100, True),
+    "inlierSaturation": (0.5, 100.0, False),
+}
+
 _SETTINGS = "invalid_settings"
+
+
+def _scoring_knob(name: str) -> BeforeValidator:
+    low, high, integer = SCORING_KNOB_RANGES[name]
+
+    def check(value: Any) -> int | float:
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not number or not low <= value <= high or (integer and not float(value).is_integer()):
+            kind = "an integer" if integer else "a number"
+            raise reject(_SETTINGS, f"reverseImageSearch.{name} must be {kind} from {low:g} to {high:g}")
+        return int(value) if integer else float(value)
+
+    return BeforeValidator(check)
+
+
+def _scoring_field(name: str, description: str) -> Any:
+    low, high, integer = SCORING_KNOB_RANGES[name]
+    schema = {"type": "integer" if integer else "number", "minimum": low, "maximum": high, "description": description}
+    return Annotated[int if integer else float, _scoring_knob(name), WithJsonSchema(schema)]
 
 
 def _knob(name: str) -> BeforeValidator:
@@ -70,13 +99,28 @@ class ReverseImageSearchSettings(ContractModel):
             }
         ),
     ] = omittable()
+    aggregateWeight: _scoring_field(  # type: ignore[valid-type]
+        "aggregateWeight", "prior = embedding cosine + aggregateWeight x keypoint-aggregate cosine"
+    ) = omittable()
+    verifyWeight: _scoring_field(  # type: ignore[valid-type]
+        "verifyWeight", "the largest bonus geometric verification adds to the prior"
+    ) = omittable()
+    verifyTop: _scoring_field(  # type: ignore[valid-type]
+        "verifyTop", "candidates (best by prior) verified per query; 0 = all"
+    ) = omittable()
+    minInliers: _scoring_field(  # type: ignore[valid-type]
+        "minInliers", "distinct inliers below which verification adds nothing"
+    ) = omittable()
+    inlierSaturation: _scoring_field(  # type: ignore[valid-type]
+        "inlierSaturation", "inliers over minInliers at which the bonus reaches 63% of verifyWeight"
+    ) = omittable()
 
     @model_validator(mode="before")
     @classmethod
     def _an_object_of_known_knobs(cls, value: Any) -> Any:
         if not isinstance(value, dict):
             raise reject(_SETTINGS, 'reverseImageSearch must be an object, e.g. {"enabled": true}')
-        known = ["enabled", *REVERSE_SEARCH_KNOB_RANGES]
+        known = ["enabled", *REVERSE_SEARCH_KNOB_RANGES, *SCORING_KNOB_RANGES]
         for key in value:
             if key not in known:
                 raise reject(
@@ -93,16 +137,19 @@ class ReverseImageSearchSettings(ContractModel):
 # names and tags); the contract publishes its shape.
 _MODEL_SCHEMA = {
     "description": "a timm model name with its pretrained tag, or an explicit spec "
-    "(`pretrained: false` = deterministic random weights, fully offline)",
+    "(`pretrained: false` = deterministic random weights, fully offline); with "
+    '`"library": "open_clip"` an image+text model (`ViT-B-32`, `ViT-B-16-SigLIP`, '
+    "`hf-hub:Marqo/marqo-ecommerce-embeddings-B`, ...) whose text tower ranks products for text queries",
     "oneOf": [
         {"type": "string"},
         {
             "type": "object",
             "required": ["name"],
             "properties": {
+                "library": {"enum": ["timm", "open_clip"], "default": "timm"},
                 "name": {"type": "string"},
                 "pretrained": {"type": ["boolean", "string"]},
-                "imageSize": {"type": "integer"},
+                "imageSize": {"type": "integer", "description": "timm models only"},
                 "seed": {"type": "integer"},
             },
             "additionalProperties": False,
@@ -124,7 +171,13 @@ class CreateIndexRequest(ContractRequest):
     empty_is = {}
     unknown_parameter = "unknown index setting {key!r}; known settings: {known}"
 
-    model: ModelSetting = None
+    model: Annotated[
+        Any,
+        WithJsonSchema(
+            {**_MODEL_SCHEMA, "oneOf": [*_MODEL_SCHEMA["oneOf"], {"type": "null"}]},  # type: ignore[dict-item]
+        ),
+        Field(description="absent or null: the default model (DINOv2 ViT-S/14, pretrained)"),
+    ] = None
     vectorType: Annotated[Literal["halfvec", "vector"], BeforeValidator(_vector_type)] = "halfvec"
     reverseImageSearch: ReverseImageSearchSettings = Field(default_factory=ReverseImageSearchSettings)
 
@@ -149,10 +202,50 @@ class SettingsPatch(ContractRequest):
 class StoredModel(ContractResponse):
     model_config = ConfigDict(extra="allow")
 
+    library: Literal["open_clip"] | None = omittable("absent for timm models")
     name: str
     pretrained: bool | str
     imageSize: int | None = omittable()
     seed: int
+
+
+class StoredReverseSearchSettings(ContractResponse):
+    """The stored `reverseImageSearch` object: the flag and every knob's current value. Open to
+    further keys: knobs written by newer versions or by `lookalike calibrate` are shown as stored."""
+
+    model_config = ConfigDict(extra="allow")
+
+    enabled: bool
+    candidatePool: int | None = omittable(ge=1)
+    queryCrops: int | Literal["auto"] | None = omittable()
+
+
+class InferenceGuard(ContractResponse):
+    """The int8 quality guard's verdict on the index's own images, with its numbers."""
+
+    model_config = ConfigDict(extra="allow")
+
+    status: Literal["pending", "passed", "failed", "off"]
+    reason: str | None = omittable()
+    sample: int | None = omittable(ge=0)
+    cosine: float | None = omittable("mean cosine(fp32, int8) over the sample")
+    cosineMin: float | None = omittable()
+    overlap: float | None = omittable("mean share of top-k neighbours kept by int8", ge=0, le=1)
+    neighbours: int | None = omittable(ge=0)
+    thresholds: dict[str, float] | None = omittable()
+    singleImageMs: dict[str, float] | None = omittable()
+
+
+class InferenceSettings(ContractResponse):
+    """Read-only: the backend and precision the index's model runs at (int8 only where the guard passed)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    backend: Literal["onnx", "torch"] | None = omittable()
+    precision: Literal["fp32", "int8"]
+    guard: InferenceGuard | None = omittable()
+    providers: list[str] | None = omittable("ONNX Runtime execution providers, or torch:<device>")
+    graphKey: str | None = omittable("the exported graph's cache key")
 
 
 class IndexSettings(ContractResponse):
@@ -161,7 +254,8 @@ class IndexSettings(ContractResponse):
     model: StoredModel | None = omittable()
     vectorType: Literal["halfvec", "vector"] | None = omittable()
     dimensions: int | None = omittable(ge=1)
-    reverseImageSearch: ReverseImageSearchSettings | None = omittable()
+    reverseImageSearch: StoredReverseSearchSettings | None = omittable()
+    inference: InferenceSettings | None = omittable()
 
 
 class CreateIndexResponse(ContractResponse):
@@ -200,3 +294,4 @@ class IndexStats(ContractResponse):
     numberOfVectors: int = Field(ge=0)
     vectorBytes: int = Field(ge=0)
     reverseImageSearch: ReverseImageSearchStats
+    inference: InferenceSettings | None = omittable()

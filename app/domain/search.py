@@ -10,9 +10,10 @@ import asyncpg
 import numpy as np
 
 from app.contract.storefront import CollectionsRequest, SimilarRequest
+from app.domain import inference
 from app.domain.queries import SearchRequest, shape_hit
 from app.domain.storefront import StorefrontPlan, build_plan, query_words
-from app.errors import not_found
+from app.errors import bad_request, not_found
 from app.filters import ID_FIELD, And, FilterError, FilterNode, In, Not, Term, parse_filter
 from app.storage import search as search_sql
 from app.storage import storefront as storefront_sql
@@ -68,7 +69,9 @@ class SearchService:
         filter_node = request_filter(request.filter)
         plan = plan_for(request, filter_node)
         facets = None if request.facets is None else {}
-        if request.q is None or not request.is_image:
+        spec = ModelSpec.parse(index.model)
+        method = None if request.q is None or request.is_image else search_method(request.search_method, spec)
+        if request.q is None or method == "LEXICAL":
             source: storefront_sql.Source = "browse" if request.q is None else "text"
             result = await storefront_sql.storefront_query(
                 self.pool, index, plan, source, words=query_words(request.q or "")
@@ -76,27 +79,46 @@ class SearchService:
             timer.lap("sql")
             hits = [shape_hit(r.doc, r.score, request.attributes) for r in result.rows]
             return SearchOutcome(hits, result.facets if facets is not None else None)
+        reorder = bool(plan.sort) or plan.collapse is not None
+        window = plan.sort_depth if reorder else request.limit + request.offset
+        if method is not None:  # TENSOR or HYBRID: ranked by the text embedding (and the words)
+            assert request.q is not None
+            embedding = (await self.vision.embed_texts(spec, [request.q]))[0]
+            timer.lap("embed")  # tokenize + text tower (a repeated query: the cache)
+            async with self.pool.acquire() as conn, conn.transaction(readonly=True):
+                if method == "TENSOR":
+                    rows = await search_sql.nearest(conn, index, embedding, filter_node, window)
+                else:
+                    rows = await search_sql.hybrid_search(conn, index, request.q, embedding, filter_node, window)
+            return await self._finish(index, request, plan, rows, facets, timer)
+        assert request.q is not None
         loaded = await self.vision.load(request.q)
         timer.lap("decode")
-        spec = ModelSpec.parse(index.model)
-        embedding = (await self.vision.embed(spec, [loaded.image]))[0]
+        embedding = (await self.vision.embed(spec, [loaded.image], inference.precision_of(index, self.vision)))[0]
         timer.lap("embed")
-        reorder = bool(plan.sort) or plan.collapse is not None
         async with self.pool.acquire() as conn, conn.transaction(readonly=True):
-            rows = await search_sql.nearest(
-                conn, index, embedding, filter_node, plan.sort_depth if reorder else request.limit + request.offset
-            )
-        if reorder:
-            # sortBy / collapse over the top candidates, in SQL like the rest
+            rows = await search_sql.nearest(conn, index, embedding, filter_node, window)
+        return await self._finish(index, request, plan, rows, facets, timer)
+
+    async def _finish(
+        self,
+        index: IndexRecord,
+        request: SearchRequest,
+        plan: StorefrontPlan,
+        rows: list[search_sql.Row],
+        facets: dict[str, Any] | None,
+        timer: StageTimer,
+    ) -> SearchOutcome:
+        """A vector-ranked query's page: sortBy / collapse over its top candidates, and facets over
+        every product the filter matches (a vector ranking matches them all), in SQL like the rest."""
+        timer.lap("sql")
+        if plan.sort or plan.collapse is not None:
             candidates = ([r.product_pk for r in rows], [r.score for r in rows])
-            result = await storefront_sql.storefront_query(
-                self.pool, index, plan, "candidates", candidates=candidates
-            )
+            result = await storefront_sql.storefront_query(self.pool, index, plan, "candidates", candidates=candidates)
             hits = [shape_hit(r.doc, r.score, request.attributes) for r in result.rows]
         else:
             hits = [shape_hit(r.doc, r.score, request.attributes) for r in rows[request.offset :]]
         if facets is not None:
-            # Search by Image ranks every product the filter matches: facets count them all.
             facets = (await storefront_sql.storefront_query(self.pool, index, plan, "browse", hits=False)).facets
         timer.lap("sql")
         return SearchOutcome(hits, facets)
@@ -138,3 +160,16 @@ class SearchService:
             rows = await search_sql.nearest(conn, index, query, filter_node, request.limit)
         timer.lap("sql")
         return [shape_hit(r.doc, r.score, request.attributes) for r in rows]
+
+
+def search_method(requested: str | None, spec: ModelSpec) -> str:
+    """How a text query is ranked: as asked, else HYBRID where the model embeds text, else LEXICAL."""
+    if requested is None:
+        return "HYBRID" if spec.has_text else "LEXICAL"
+    if requested != "LEXICAL" and not spec.has_text:
+        raise bad_request(
+            f"searchMethod {requested} ranks products by a text embedding, but this index's model "
+            f"({spec.timm_name}) has no text tower; use LEXICAL, or an index with an open_clip model",
+            "search_method_unsupported",
+        )
+    return requested

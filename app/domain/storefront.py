@@ -8,23 +8,10 @@ candidates go.
 
 from __future__ import annotations
 
-import re
-
 from app.contract.storefront import CollapseField, Facets, SortBy
 from app.errors import bad_request
 from app.filters import FIELD_ALIASES, And, FilterError, FilterNode, Not, Or, parse_filter
-from app.storage.storefront import CollapsePlan, FacetPlan, RangeBucket, SortKey, StorefrontPlan
-
-# Words of a text query beyond this many are ignored (each word is one tsquery and one
-# trigram condition; no shopper types 33 words, and the limit bounds the statement).
-MAX_QUERY_WORDS = 32
-# Letters and digits in any script; everything else separates words (tsquery syntax included).
-_WORD_RE = re.compile(r"[^\W_]+")
-
-
-def query_words(q: str) -> tuple[str, ...]:
-    """The words of a text query, in order, at most MAX_QUERY_WORDS."""
-    return tuple(_WORD_RE.findall(q))[:MAX_QUERY_WORDS]
+from app.storage.storefront import CollapsePlan, FacetPlan, RangeBucket, SortKey, StorefrontPlan, query_words
 
 
 def _stored(name: str) -> str:
@@ -139,3 +126,6 @@ def build_plan(
         offset=offset,
         sort_depth=sort_depth(sort, limit, offset),
     )
+
+
+__all__ = ["build_plan", "query_words", "sort_depth", "sort_keys", "without_terms"]

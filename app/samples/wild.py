@@ -640,8 +640,22 @@ def _metadata(pid: str, d: Design, rng: np.random.Generator) -> dict[str, Any]:
     }
 
 
-def generate_catalog(n_products: int, seed: int = 0) -> list[CatalogItem]:
-    """`n_products` products in look-alike families (1-4 members: colourway, pattern, logo variants)."""
+FLAT_STYLES = ("single_colour", "logo", "graphic")
+
+
+def sample_flat_design(rng: np.random.Generator) -> tuple[str, Design]:
+    """A low-texture product: a single-colour object, a logo on a plain body, or a printed
+    graphic (a band with a logo and text) with large plain areas around it."""
+    style = str(rng.choice(FLAT_STYLES))
+    d = sample_design(rng)
+    label_style = {"single_colour": 0, "logo": 2, "graphic": 1}[style]
+    return style, replace(d, pattern="solid", label_style=label_style)
+
+
+def generate_catalog(n_products: int, seed: int = 0, low_texture: int = 0) -> list[CatalogItem]:
+    """`n_products` products in look-alike families (1-4 members: colourway, pattern, logo variants),
+    then `low_texture` flat products (`sample_flat_design`, families of 1-2 colourways) whose
+    metadata says `"texture": "flat"`; the first `n_products` do not depend on `low_texture`."""
     rng = np.random.default_rng([seed, 0xCA7])
     designs: list[tuple[str, Design]] = []
     fam = 0
@@ -657,12 +671,28 @@ def generate_catalog(n_products: int, seed: int = 0) -> list[CatalogItem]:
             # a logo variant needs a visible logo: products without a label get another variant
             how = str(rng.choice(["colour", "colour", "pattern", "logo" if base.label_style else "pattern"]))
             designs.append((fid, make_variant(base, how, rng)))
+    flat: dict[int, str] = {}
+    hrng = np.random.default_rng([seed, 0xF1A7])
+    while len(flat) < low_texture:
+        style, base = sample_flat_design(hrng)
+        fid = f"f{fam:05d}"
+        fam += 1
+        for k in range(int(hrng.choice([1, 2, 2]))):
+            if len(flat) >= low_texture:
+                break
+            flat[len(designs)] = style
+            designs.append((fid, base if k == 0 else make_variant(base, "colour", hrng)))
     items = []
     for i, (fid, d) in enumerate(designs):
         prng = np.random.default_rng([seed, i, 0xBEEF])  # per item: independent of generation order
         cutout = render_product(d)
         pid = f"p{i:05d}"
-        items.append(CatalogItem(pid, _catalog_photo(cutout, prng), _metadata(pid, d, prng), fid, cutout))
+        photo = _catalog_photo(cutout, prng)  # before the metadata: both draw from prng
+        meta = _metadata(pid, d, prng)
+        meta["texture"] = "flat" if i in flat else ("plain" if d.pattern == "solid" else "textured")
+        if i in flat:
+            meta["flatStyle"] = flat[i]
+        items.append(CatalogItem(pid, photo, meta, fid, cutout))
     return items
 
 
@@ -782,10 +812,26 @@ def _downsampled(cutout: Image.Image, target_long: float) -> np.ndarray:
     return arr
 
 
-def _camera(frame: np.ndarray, rng: np.random.Generator) -> tuple[Image.Image, int, float, bool]:
+def _soften(frame: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, str]:
+    """A soft photo: strong motion blur (a moving hand, 9-21 px) or defocus (sigma 2.5-4.5)."""
+    if rng.random() < 0.6:
+        n = int(rng.integers(9, 22))
+        kern = np.zeros((n, n), np.float32)
+        kern[n // 2, :] = 1.0
+        M = cv2.getRotationMatrix2D((n / 2 - 0.5, n / 2 - 0.5), float(rng.uniform(0, 180)), 1.0)
+        kern = cv2.warpAffine(kern, M, (n, n))
+        return cv2.filter2D(frame, -1, kern / max(1e-6, float(kern.sum()))), f"motion{n}"
+    sigma = float(rng.uniform(2.5, 4.5))
+    return cv2.GaussianBlur(frame, (0, 0), sigma), f"defocus{sigma:.1f}"
+
+
+def _camera(
+    frame: np.ndarray, rng: np.random.Generator, soft: np.random.Generator | None = None
+) -> tuple[Image.Image, int, float, bool]:
     """The phone camera: white balance, exposure, blur, shake, noise, resampling, JPEG.
 
-    Returns the decoded JPEG, its quality, the Gaussian blur sigma and whether it was resampled.
+    With `soft` (its own random stream), the photo is also strongly motion-blurred or out of
+    focus. Returns the decoded JPEG, its quality, the Gaussian blur sigma and whether it was resampled.
     """
     fh, fw = frame.shape[:2]
     # camera: white balance, exposure, contrast, gamma, vignetting/illumination gradient
@@ -815,6 +861,8 @@ def _camera(frame: np.ndarray, rng: np.random.Generator) -> tuple[Image.Image, i
         M = cv2.getRotationMatrix2D((n / 2 - 0.5, n / 2 - 0.5), float(rng.uniform(0, 180)), 1.0)
         kern = cv2.warpAffine(kern, M, (n, n))
         frame = cv2.filter2D(frame, -1, kern / max(1e-6, kern.sum()))
+    if soft is not None:
+        frame, _ = _soften(frame, soft)
     frame += rng.standard_normal(frame.shape, dtype=np.float32) * np.float32(rng.uniform(1, 6))
     img = Image.fromarray(np.clip(frame, 0, 255).astype(np.uint8))
     resampled = False
@@ -834,9 +882,13 @@ def _camera(frame: np.ndarray, rng: np.random.Generator) -> tuple[Image.Image, i
 
 
 def make_wild_query(
-    item: CatalogItem, rng: np.random.Generator, others: Sequence[CatalogItem] = ()
+    item: CatalogItem,
+    rng: np.random.Generator,
+    others: Sequence[CatalogItem] = (),
+    soft: np.random.Generator | None = None,
 ) -> tuple[Image.Image, dict[str, Any]]:
-    """A phone-photo-like picture of `item` in clutter, and the parameters used."""
+    """A phone-photo-like picture of `item` in clutter, and the parameters used; with `soft`
+    (a random stream of its own) a motion-blurred or out-of-focus one."""
     fw, fh = [(640, 480), (480, 640), (800, 600), (600, 800), (720, 720)][int(rng.integers(0, 5))]
     frame_img = Image.fromarray(_background(fh, fw, rng).clip(0, 255).astype(np.uint8))
     _random_clutter(frame_img, rng, int(rng.integers(4, 16)))
@@ -906,9 +958,10 @@ def make_wild_query(
             frame = frame * (1 - om) + colour.astype(np.float32) * om
             occluded = float((om[..., 0] * alpha).sum() / max(1.0, alpha.sum()))
 
-    out, quality, blur, resampled = _camera(frame, rng)
+    out, quality, blur, resampled = _camera(frame, rng, soft)
     params = {
         "frame": [fw, fh],
+        "soft": soft is not None,
         "area_fraction": round(area_frac, 3),
         "angle": round(angle, 1),
         "perspective": round(persp, 3),
@@ -1015,7 +1068,11 @@ def generate_multi_queries(catalog: Sequence[CatalogItem], n_queries: int, seed:
     return out
 
 
-def generate_queries(catalog: Sequence[CatalogItem], n_queries: int, seed: int = 0) -> list[WildQuery]:
+def generate_queries(
+    catalog: Sequence[CatalogItem], n_queries: int, seed: int = 0, soft: float = 0.0
+) -> list[WildQuery]:
+    """Wild photos of `n_queries` catalog products; a `soft` fraction of them motion-blurred or out
+    of focus (`params["soft"]`). With `soft` 0 the photos do not depend on it."""
     rng = np.random.default_rng([seed, 0x9E7])
     n = len(catalog)
     picks = rng.permutation(n)[:n_queries] if n_queries <= n else rng.integers(0, n, n_queries)
@@ -1023,17 +1080,70 @@ def generate_queries(catalog: Sequence[CatalogItem], n_queries: int, seed: int =
     for qi, pi in enumerate(picks):
         qrng = np.random.default_rng([seed, qi, 0x51])
         item = catalog[int(pi)]
-        img, params = make_wild_query(item, qrng, catalog)
+        srng = np.random.default_rng([seed, qi, 0x50F7])
+        img, params = make_wild_query(item, qrng, catalog, srng if soft and srng.random() < soft else None)
         out.append(WildQuery(f"q{qi:05d}", item.id, img, params))
     return out
 
 
+def cutout_from_photo(photo: Image.Image) -> Image.Image:
+    """The product alone (RGBA) from a catalog photo: pixels unlike the border colour, cropped.
+
+    Catalog photos show the product on a plain or near-plain background; a photo without one
+    (the product fills the frame) is used whole.
+    """
+    rgb = np.asarray(photo.convert("RGB"))
+    h, w = rgb.shape[:2]
+    border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]]).astype(np.int16)
+    background = np.median(border, axis=0)
+    spread = float(np.abs(border - background).max(axis=1).mean())
+    mask = (np.abs(rgb.astype(np.int16) - background).max(axis=2) > max(18.0, 3 * spread)).astype(np.uint8)
+    mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, np.ones((7, 7), np.uint8))
+    ys, xs = np.nonzero(mask)
+    if len(xs) < 0.05 * h * w:
+        return photo.convert("RGBA")
+    box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+    rgba = np.dstack([rgb, cv2.GaussianBlur(mask * 255, (0, 0), 1.0)])
+    return Image.fromarray(rgba.astype(np.uint8), "RGBA").crop(box)
+
+
+CATEGORIES = ("textured", "low_texture", "blurred", "small_in_frame", "lookalike_distractors")
+
+
+def query_categories(query: WildQuery, catalog: Sequence[CatalogItem]) -> list[str]:
+    """The benchmark categories a query belongs to (they overlap, except textured vs low_texture):
+
+    textured: a patterned product in a sharp photo; low_texture: a flat or plain product;
+    blurred: a soft photo; small_in_frame: under 25% of the frame; lookalike_distractors: the
+    product has look-alikes in the catalog."""
+    item = next(c for c in catalog if c.id == query.product_id)
+    texture = item.metadata.get("texture", "plain" if item.metadata.get("pattern") == "plain" else "textured")
+    out = []
+    if texture == "textured" and not query.params.get("soft"):
+        out.append("textured")
+    if texture in ("flat", "plain"):
+        out.append("low_texture")
+    if query.params.get("soft"):
+        out.append("blurred")
+    if query.params["area_fraction"] < 0.25:
+        out.append("small_in_frame")
+    if sum(1 for c in catalog if c.family == item.family) > 1:
+        out.append("lookalike_distractors")
+    return out
+
+
 def generate_benchmark(
-    n_products: int, n_queries: int, seed: int = 0, out_dir: Path | None = None
+    n_products: int,
+    n_queries: int,
+    seed: int = 0,
+    out_dir: Path | None = None,
+    low_texture: int = 0,
+    soft: float = 0.0,
 ) -> tuple[list[CatalogItem], list[WildQuery]]:
-    """Catalog + queries; with `out_dir`, also PNG/JPEG files and catalog.jsonl / queries.jsonl."""
-    catalog = generate_catalog(n_products, seed)
-    queries = generate_queries(catalog, n_queries, seed)
+    """Catalog (+ `low_texture` flat products) + queries (a `soft` fraction blurred); with `out_dir`,
+    also PNG/JPEG files and catalog.jsonl / queries.jsonl."""
+    catalog = generate_catalog(n_products, seed, low_texture)
+    queries = generate_queries(catalog, n_queries, seed, soft)
     if out_dir is not None:
         out_dir = Path(out_dir)
         (out_dir / "catalog").mkdir(parents=True, exist_ok=True)

@@ -28,6 +28,7 @@ the same fields at the same positions).
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -49,6 +50,17 @@ CORRECTIONS = 3
 RANK_WEIGHTS = "{0.1, 0.4, 0.7, 1.0}"
 
 Source = Literal["browse", "text", "candidates"]
+
+# Words of a text query beyond this many are ignored (each word is one tsquery and possibly
+# one correction lookup; no shopper types 33 words, and the limit bounds the statement).
+MAX_QUERY_WORDS = 32
+# Letters and digits in any script; everything else separates words (tsquery syntax included).
+_WORD_RE = re.compile(r"[^\W_]+")
+
+
+def query_words(q: str) -> tuple[str, ...]:
+    """The words of a text query, in order, at most MAX_QUERY_WORDS."""
+    return tuple(_WORD_RE.findall(q))[:MAX_QUERY_WORDS]
 
 
 # --- what a request asks of the statement (app.domain.storefront builds it) ----------------
@@ -161,6 +173,50 @@ def _facet_column(params: SqlParams, facet: FacetPlan) -> str:
     return f"(CASE WHEN jsonb_typeof(p.doc -> {field}) = '{kind}' THEN p.doc {extract} {field} END)"
 
 
+def tsquery_sql(p: SqlParams, words: tuple[str, ...], index_param: str) -> str:
+    """The text query's tsquery expression (a CTE's value, one InitPlan for all its uses).
+
+    OR of the words (the last one a prefix), plus, for each word of MIN_FUZZY_WORD or more
+    letters that is no title word of the index (the last: starts none; a misspelling),
+    its CORRECTIONS most similar title words (`search_words`, pg_trgm `%`, similarity
+    order). Knowing a word is a primary-key lookup; the trigram lookup runs only for
+    unknown words (a one-time filter); the rest is the weighted tsvector's GIN index: no
+    trigram comparison with every title.
+    """
+    usable = [w for w in words if storable(w)]
+    if not usable:
+        return "''::tsquery"
+    cfg = f"'{TEXT_CONFIG}'::regconfig"
+    parts = []
+    for position, word in enumerate(usable):
+        last = position == len(usable) - 1
+        # The last word may be unfinished: a prefix query (a word is letters and digits
+        # only, so `word:*` is always valid tsquery syntax).
+        own = (
+            f"to_tsquery({cfg}, {p.add(word + ':*', 'text')})"
+            if last
+            else f"plainto_tsquery({cfg}, {p.add(word, 'text')})"
+        )
+        parts.append(own)
+        if len(word) < MIN_FUZZY_WORD:
+            continue
+        folded = f"lookalike_fold({p.add(word, 'text')})"
+        # Known: a title word of the index equal to it (the last word: starting with it),
+        # a primary-key lookup in search_words (byte-ordered, so a prefix is a range).
+        known = f"k.word = {folded}"
+        if last:
+            known = f"k.word >= {folded} AND k.word < {folded} || chr(1114111)"
+        parts.append(
+            f"(SELECT websearch_to_tsquery({cfg}, coalesce(string_agg(c.word, ' or '), '')) FROM"
+            f" (SELECT s.word FROM search_words s WHERE NOT EXISTS (SELECT 1 FROM search_words k"
+            f" WHERE k.index_pk = {index_param} AND {known})"
+            f" AND s.index_pk = {index_param} AND s.word % {folded}"
+            f" ORDER BY similarity(s.word, {folded}) DESC, s.word LIMIT {CORRECTIONS}) c)"
+        )
+    return "(" + " || ".join(parts) + ")"
+
+
+
 class _Builder:
     def __init__(self, index: IndexRecord, plan: StorefrontPlan, source: Source):
         self.index = index
@@ -213,49 +269,6 @@ class _Builder:
             return self.default_order()
         return self.final_order()
 
-    def text_parts(self, words: tuple[str, ...], index_param: str) -> str:
-        """The text query's tsquery expression (a CTE's value, one InitPlan for all its uses).
-
-        OR of the words (the last one a prefix), plus, for each word of MIN_FUZZY_WORD or more
-        letters that is no title word of the index (the last: starts none; a misspelling),
-        its CORRECTIONS most similar title words (`search_words`, pg_trgm `%`, similarity
-        order). Knowing a word is a primary-key lookup; the trigram lookup runs only for
-        unknown words (a one-time filter); the rest is the weighted tsvector's GIN index: no
-        trigram comparison with every title.
-        """
-        p = self.params
-        usable = [w for w in words if storable(w)]
-        if not usable:
-            return "''::tsquery"
-        cfg = f"'{TEXT_CONFIG}'::regconfig"
-        parts = []
-        for position, word in enumerate(usable):
-            last = position == len(usable) - 1
-            # The last word may be unfinished: a prefix query (a word is letters and digits
-            # only, so `word:*` is always valid tsquery syntax).
-            own = (
-                f"to_tsquery({cfg}, {p.add(word + ':*', 'text')})"
-                if last
-                else f"plainto_tsquery({cfg}, {p.add(word, 'text')})"
-            )
-            parts.append(own)
-            if len(word) < MIN_FUZZY_WORD:
-                continue
-            folded = f"lookalike_fold({p.add(word, 'text')})"
-            # Known: a title word of the index equal to it (the last word: starting with it),
-            # a primary-key lookup in search_words (byte-ordered, so a prefix is a range).
-            known = f"k.word = {folded}"
-            if last:
-                known = f"k.word >= {folded} AND k.word < {folded} || chr(1114111)"
-            parts.append(
-                f"(SELECT websearch_to_tsquery({cfg}, coalesce(string_agg(c.word, ' or '), '')) FROM"
-                f" (SELECT s.word FROM search_words s WHERE NOT EXISTS (SELECT 1 FROM search_words k"
-                f" WHERE k.index_pk = {index_param} AND {known})"
-                f" AND s.index_pk = {index_param} AND s.word % {folded}"
-                f" ORDER BY similarity(s.word, {folded}) DESC, s.word LIMIT {CORRECTIONS}) c)"
-            )
-        return "(" + " || ".join(parts) + ")"
-
     # -- the statement
 
     def build(
@@ -275,7 +288,7 @@ class _Builder:
             assert self.plan.collapse is not None
             group_columns = f', {_group_key(p, self.plan.collapse.field)} COLLATE "C" AS g'
         if self.source == "text":
-            self.ctes.append(f"tq AS MATERIALIZED (SELECT {self.text_parts(words, index_param)} AS q)")
+            self.ctes.append(f"tq AS MATERIALIZED (SELECT {tsquery_sql(p, words, index_param)} AS q)")
             tsquery = "(SELECT q FROM tq)"
             score = f"ts_rank_cd('{RANK_WEIGHTS}', p.search_tsv, {tsquery}, 1)::float8"
             source_sql = f"FROM products p WHERE p.index_pk = {index_param} AND p.search_tsv @@ {tsquery} AND {where}"
