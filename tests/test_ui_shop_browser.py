@@ -76,7 +76,7 @@ def test_text_search_facets_sort_and_collapse(browser: Any, live_server: LiveSer
     page.goto(f"{live_server.url}/ui#index={INDEX}&indexId={catalog}")
 
     # 1. A misspelt text query finds the headphones first.
-    page.fill("#text-q", "wireles headphnes")
+    page.fill("#shop-q", "wireles headphnes")
     page.click("#shop-btn")
     _wait_for(page, "0")
     ids = _ids(page)
@@ -84,7 +84,7 @@ def test_text_search_facets_sort_and_collapse(browser: Any, live_server: LiveSer
     assert _counts(page, "brand") == {"Acme": 2, "Bolt": 2} or sum(_counts(page, "brand").values()) >= 4
 
     # 2. Browse everything, pick Acme: the brand facet still offers Bolt (excludeTerms).
-    page.fill("#text-q", "")
+    page.fill("#shop-q", "")
     before = _status(page)
     page.click("#shop-btn")
     _wait_for(page, before)

@@ -53,7 +53,7 @@
   function shopRequest() {
     const terms = FACETS.map((f) => [f, selectionTerm(f)]).filter(([, t]) => t);
     const body = { limit: parseInt($("shop-limit").value, 10) || 24 };
-    const q = $("text-q").value.trim();
+    const q = $("shop-q").value.trim();
     if (q) body.q = q;
     if (terms.length) body.filter = terms.map(([, t]) => (terms.length > 1 ? "(" + t + ")" : t)).join(" AND ");
     const fields = {};
