@@ -56,17 +56,34 @@ def _migrate(args: argparse.Namespace) -> int:
 
 
 def _models_pull(args: argparse.Namespace) -> int:
-    from app.vision.model import EmbeddingModel, ModelSpec, ModelUnavailableError
+    from app.vision.model import ModelSpec, ModelUnavailableError, load_model
 
     settings = Settings.from_env()
-    spec = ModelSpec.parse(args.model)
     try:
-        model = EmbeddingModel.load(spec, settings.model_weights)
+        spec = ModelSpec.parse(_model_argument(args.model))
+    except ValueError as exc:
+        print(f"model: {exc}", file=sys.stderr)
+        return 2
+    try:
+        model = load_model(spec, settings.model_weights)
     except ModelUnavailableError as exc:
         print(str(exc), file=sys.stderr)
         return 1
-    print(f"{spec.name}: ready ({model.dim}-d embeddings)")
+    text = ", text tower" if model.has_text else ""
+    print(f"{spec.timm_name}: ready ({model.dim}-d embeddings{text})")
     return 0
+
+
+def _model_argument(raw: str | None) -> object:
+    """A model given on the command line: a timm name, or a JSON `model` setting (open_clip models)."""
+    if raw is not None and raw.lstrip().startswith("{"):
+        import json
+
+        try:
+            return json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"not valid JSON: {exc}") from exc
+    return raw
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -80,6 +97,7 @@ def _demo(args: argparse.Namespace) -> int:
         port=args.port,
         offline=args.offline,
         reset=args.reset,
+        model=args.model,
     )
     try:
         return asyncio.run(demo.run(options))
@@ -232,6 +250,11 @@ def build_parser() -> argparse.ArgumentParser:
     dem.add_argument("--port", type=int, default=8000, help="0 = any free port")
     dem.add_argument("--offline", action="store_true", help="use the random-weight model without trying pretrained")
     dem.add_argument("--reset", action="store_true", help="drop and recreate the demo index")
+    dem.add_argument(
+        "--model",
+        help="the new index's model: a timm name or a JSON model setting, e.g. "
+        '\'{"library": "open_clip", "name": "ViT-B-32", "pretrained": false}\' (text search by the pictures)',
+    )
     _log_format_option(dem)
     dem.set_defaults(func=_demo)
 
@@ -275,7 +298,13 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="model weights")
     models_sub = models.add_subparsers(dest="models_command", required=True)
     pull = models_sub.add_parser("pull", help="download weights into the cache (for image builds)")
-    pull.add_argument("model", nargs="?", default=None, help="timm name with tag; default: the default model")
+    pull.add_argument(
+        "model",
+        nargs="?",
+        default=None,
+        help="timm name with tag, or a JSON model setting such as "
+        '\'{"library": "open_clip", "name": "hf-hub:Marqo/marqo-ecommerce-embeddings-B"}\'; default: the default model',
+    )
     pull.set_defaults(func=_models_pull)
     return parser
 

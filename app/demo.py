@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
 import random
 import shlex
 import sys
@@ -42,6 +43,7 @@ class DemoOptions:
     host: str = "127.0.0.1"
     port: int = 8000
     offline: bool = False  # skip trying pretrained weights
+    model: str | None = None  # a timm name or a JSON model setting (e.g. an open_clip model); None = the default
     reset: bool = False  # drop and recreate the demo index
 
 
@@ -105,9 +107,39 @@ def shopper_photo(product: SampleProduct, seed: int) -> Image.Image:
 # --- index set-up (in process: the operator's own machine; no admin key needed) -----------------
 
 
-async def _choose_model(svc: Any, offline: bool) -> tuple[dict[str, Any] | str | None, str]:
+def parse_model_option(raw: str) -> dict[str, Any] | str:
+    """`--model`: a timm name, or a JSON model setting such as an open_clip model."""
+    if raw.lstrip().startswith("{"):
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise SystemExit(f"--model: not valid JSON: {exc}") from exc
+        if not isinstance(value, dict):
+            raise SystemExit("--model: a JSON model setting must be an object")
+        return value
+    return raw
+
+
+async def _chosen_model(svc: Any, raw: str) -> tuple[dict[str, Any] | str, str]:
+    from app.vision.model import ModelSpec, ModelUnavailableError
+
+    model = parse_model_option(raw)
+    try:
+        spec = ModelSpec.parse(model)
+        await svc.vision.load_model(spec)
+    except (ValueError, ModelUnavailableError) as exc:
+        raise SystemExit(f"--model: {exc}") from exc
+    note = spec.timm_name if spec.is_pretrained else f"{spec.name} with random weights (similarity is a lower bound)"
+    return model, note + (" — text search ranks by the pictures too" if spec.has_text else "")
+
+
+async def _choose_model(
+    svc: Any, offline: bool, model: str | None = None
+) -> tuple[dict[str, Any] | str | None, str]:
     from app.vision.model import OFFLINE_TEST_MODEL, ModelSpec, ModelUnavailableError
 
+    if model is not None:
+        return await _chosen_model(svc, model)
     if not offline:
         try:
             spec = ModelSpec.parse(None)
@@ -150,7 +182,7 @@ async def prepare(svc: Any, options: DemoOptions, data_dir: Path, say: Callable[
     say(f"generating {options.products} sample products …")
     catalog = await asyncio.to_thread(sample_catalog, options.products, options.seed)
     if record is None:
-        model, model_note = await _choose_model(svc, options.offline)
+        model, model_note = await _choose_model(svc, options.offline, options.model)
         record = await _create_index(svc, options.index, model)
     else:
         model_note = f"{record.model.get('name')} (existing index)"

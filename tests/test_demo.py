@@ -117,3 +117,26 @@ async def test_demo_never_overwrites_an_index_without_reverse_search(api: httpx.
         await demo.prepare(services, demo.DemoOptions(index="demo-taken", products=2), tmp_path, print)
     assert (await api.get(base, headers=ADMIN)).status_code == 200
     await api.delete(base, headers=ADMIN)
+
+
+async def test_model_option_takes_an_open_clip_setting(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from app.config import Settings
+    from app.vision.openclip import OFFLINE_OPEN_CLIP_MODEL
+    from app.vision.service import VisionService
+
+    raw = json.dumps(OFFLINE_OPEN_CLIP_MODEL)
+    args = build_parser().parse_args(["demo", "--model", raw])
+    assert args.model == raw
+    vision = VisionService(Settings(data_dir=tmp_path))
+    try:
+        svc = SimpleNamespace(vision=vision)
+        model, note = await demo._choose_model(svc, offline=False, model=raw)
+        assert model == OFFLINE_OPEN_CLIP_MODEL
+        assert "random weights" in note and "text search" in note
+        for bad in ('{"library": "open_clip", "name": "ViT-B-99"}', "[1]", "{oops"):
+            with pytest.raises(SystemExit, match="--model"):
+                await demo._choose_model(svc, offline=False, model=bad)
+    finally:
+        await vision.aclose()

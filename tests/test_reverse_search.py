@@ -16,10 +16,14 @@ from app.samples import wild
 from app.storage import indexes as storage_indexes
 from app.storage import search as search_sql
 from app.vision import aggregate, crops, local_features
+from app.vision.openclip import OFFLINE_OPEN_CLIP_MODEL
 from tests.conftest import ADMIN
 from tests.helpers import TEST_MODEL, data_url, product_image
 
 Q_ERROR = "q must be an image URL or base64 data URI"
+
+# The same contract on an image-only timm index and on an open_clip (image + text) index.
+MODELS = {"timm": TEST_MODEL, "open_clip": OFFLINE_OPEN_CLIP_MODEL}
 
 
 def _jpeg(image) -> bytes:  # type: ignore[no-untyped-def]
@@ -28,12 +32,13 @@ def _jpeg(image) -> bytes:  # type: ignore[no-untyped-def]
     return out.getvalue()
 
 
-@pytest.fixture(scope="module")
-async def shop(api: httpx.AsyncClient, images) -> dict:  # type: ignore[no-untyped-def]
+@pytest.fixture(scope="module", params=list(MODELS))
+async def shop(api: httpx.AsyncClient, images, request: pytest.FixtureRequest) -> dict:  # type: ignore[no-untyped-def]
     """A small catalog with look-alike families, reverse search on, plus wild queries."""
     name = f"rev-{secrets.token_hex(3)}"
+    model = MODELS[request.param]
     r = await api.post(
-        f"/api/v1/indexes/{name}", json={"model": TEST_MODEL, "reverseImageSearch": {"enabled": True}}, headers=ADMIN
+        f"/api/v1/indexes/{name}", json={"model": model, "reverseImageSearch": {"enabled": True}}, headers=ADMIN
     )
     assert r.status_code == 200, r.text
     catalog = wild.generate_catalog(24, seed=5)
@@ -221,9 +226,10 @@ async def test_unfetchable_images_say_why(api: httpx.AsyncClient, images, shop: 
     assert r.status_code == 400 and "private" in r.json()["error"]
 
 
-async def test_backfill_when_flag_turned_on(api: httpx.AsyncClient, images, pool) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("model", list(MODELS))
+async def test_backfill_when_flag_turned_on(api: httpx.AsyncClient, images, pool, model: str) -> None:  # type: ignore[no-untyped-def]
     name = f"rev-late-{secrets.token_hex(3)}"
-    created = (await api.post(f"/api/v1/indexes/{name}", json={"model": TEST_MODEL}, headers=ADMIN)).json()
+    created = (await api.post(f"/api/v1/indexes/{name}", json={"model": MODELS[model]}, headers=ADMIN)).json()
     docs = [
         {"_id": f"p{i}", "productTitle": f"P{i}", "price": 1, "variantImageUrl": data_url(product_image(100 + i))}
         for i in range(6)

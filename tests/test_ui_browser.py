@@ -158,6 +158,13 @@ def test_docs_page_renders_every_operation(browser: Any, live_server: LiveServer
     schemas = openapi_document()["components"]["schemas"]
     assert page.locator("section.models .json-schema-2020-12__title").count() == len(schemas)  # every schema listed too
     assert "HealthUnavailable" in page.locator("section.models").inner_text()
+    # "Try it out" works under the page's CSP (connect-src 'self'): GET /health from the page.
+    health = "#operations-operations-get_health"
+    page.click(f"{health} .opblock-summary")
+    page.click(f"{health} .try-out__btn")
+    page.click(f"{health} .execute")
+    status = page.wait_for_selector(f"{health} .live-responses-table tbody .response-col_status")
+    assert status is not None and status.text_content().strip().startswith("200")
     assert elsewhere == [], elsewhere
     assert problems == [], problems
     page.close()

@@ -37,7 +37,9 @@ class OnMissing:
 
 
 def first_error(model: type[BaseModel], exc: ValidationError) -> ApiError:
-    """The SPEC error for the first problem pydantic found (fields are checked in declaration order)."""
+    """The SPEC error for a failed validation: the first of our own checks that failed (fields are
+    checked in declaration order; these carry the SPEC messages), else the first unknown key,
+    else pydantic's first complaint, prefixed with where it is."""
     errors = exc.errors(include_url=False)
     own = [e for e in errors if e["type"].startswith(_OWN)]
     unknown = [e for e in errors if e["type"] == "extra_forbidden"]
@@ -96,22 +98,28 @@ class ContractModel(BaseModel):
     model_config = ConfigDict(strict=True, populate_by_name=True, frozen=True)
 
 
+def _publish_ignored_keys(schema: dict[str, Any], model: type[Any]) -> None:
+    for key in sorted(getattr(model, "ignored_keys", ())):
+        schema.setdefault("properties", {})[key] = {"description": "accepted and ignored"}
+
+
 class ContractRequest(ContractModel):
     """A request body. Unknown top-level keys are refused with `unknown_parameter`, except the
-    keys a subclass lists in `ignored_keys` (accepted and dropped, as Marqo does)."""
+    keys a subclass lists in `ignored_keys` (accepted whatever their value and dropped, as Marqo
+    does; the schema lists them too)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_publish_ignored_keys)
 
     ignored_keys: ClassVar[frozenset[str]] = frozenset()
     # The message for an unknown top-level key ({key}: the key, {known}: the declared names).
     unknown_parameter: ClassVar[str] = "unknown parameter {key!r}; known parameters: {known}"
-    # The error for a body that is not a JSON object (None = no body at all, when `empty_is` is None).
+    # The error for a body that is not a JSON object (or no body at all, when `empty_is` is None).
     not_an_object: ClassVar[tuple[str, str]] = ("request body must be a JSON object", "invalid_request")
     # What an absent body (or JSON null) means: None = refuse it as `not_an_object`, else this object.
     empty_is: ClassVar[dict[str, Any] | None] = None
 
     @classmethod
-    def parse(cls, body: Any, **context: Any) -> Self:
+    def parse(cls, body: Any) -> Self:
         """The validated request, or the SPEC 400 for the first thing wrong with `body`."""
         if body is None and cls.empty_is is not None:
             body = dict(cls.empty_is)
@@ -121,7 +129,7 @@ class ContractRequest(ContractModel):
         if cls.ignored_keys:
             body = {k: v for k, v in body.items() if k not in cls.ignored_keys}
         try:
-            return cls.model_validate(body, context=context or None)
+            return cls.model_validate(body)
         except ValidationError as exc:
             raise first_error(cls, exc) from None
 

@@ -19,8 +19,6 @@ from pydantic import BeforeValidator, ConfigDict, Field, SkipValidation, Validat
 from app.contract.common import ContractModel, ContractRequest, ContractResponse, OnMissing, omittable, reject
 from app.contract.search import FieldValue
 
-CORE_STRING_FIELDS = ("productTitle", "variantTitle", "description", "parentProductId", "variantImageUrl")
-REQUIRED_FIELDS = ("_id", "productTitle", "variantImageUrl", "price")
 MAX_ID_LENGTH = 512
 MAX_FIELD_NAME_LENGTH = 256
 MAX_STRING_LENGTH = 100_000
@@ -204,6 +202,8 @@ class Product(ContractModel):
 
 
 def normalise(raw: Any) -> dict[str, Any]:
+    """Field names and values checked one by one (NUL, sizes, null, nesting); `collections` folded
+    into `productCollections`. Typed fields are checked by the model after this."""
     if not isinstance(raw, dict):
         raise DocumentError("each document must be a JSON object")
     if len(raw) > MAX_FIELDS:

@@ -137,16 +137,19 @@ class ReverseImageSearchSettings(ContractModel):
 # names and tags); the contract publishes its shape.
 _MODEL_SCHEMA = {
     "description": "a timm model name with its pretrained tag, or an explicit spec "
-    "(`pretrained: false` = deterministic random weights, fully offline)",
+    "(`pretrained: false` = deterministic random weights, fully offline); with "
+    '`"library": "open_clip"` an image+text model (`ViT-B-32`, `ViT-B-16-SigLIP`, '
+    "`hf-hub:Marqo/marqo-ecommerce-embeddings-B`, ...) whose text tower ranks products for text queries",
     "oneOf": [
         {"type": "string"},
         {
             "type": "object",
             "required": ["name"],
             "properties": {
+                "library": {"enum": ["timm", "open_clip"], "default": "timm"},
                 "name": {"type": "string"},
                 "pretrained": {"type": ["boolean", "string"]},
-                "imageSize": {"type": "integer"},
+                "imageSize": {"type": "integer", "description": "timm models only"},
                 "seed": {"type": "integer"},
             },
             "additionalProperties": False,
@@ -168,7 +171,13 @@ class CreateIndexRequest(ContractRequest):
     empty_is = {}
     unknown_parameter = "unknown index setting {key!r}; known settings: {known}"
 
-    model: ModelSetting = None
+    model: Annotated[
+        Any,
+        WithJsonSchema(
+            {**_MODEL_SCHEMA, "oneOf": [*_MODEL_SCHEMA["oneOf"], {"type": "null"}]},  # type: ignore[dict-item]
+        ),
+        Field(description="absent or null: the default model (DINOv2 ViT-S/14, pretrained)"),
+    ] = None
     vectorType: Annotated[Literal["halfvec", "vector"], BeforeValidator(_vector_type)] = "halfvec"
     reverseImageSearch: ReverseImageSearchSettings = Field(default_factory=ReverseImageSearchSettings)
 
@@ -193,10 +202,22 @@ class SettingsPatch(ContractRequest):
 class StoredModel(ContractResponse):
     model_config = ConfigDict(extra="allow")
 
+    library: Literal["open_clip"] | None = omittable("absent for timm models")
     name: str
     pretrained: bool | str
     imageSize: int | None = omittable()
     seed: int
+
+
+class StoredReverseSearchSettings(ContractResponse):
+    """The stored `reverseImageSearch` object: the flag and every knob's current value. Open to
+    further keys: knobs written by newer versions or by `lookalike calibrate` are shown as stored."""
+
+    model_config = ConfigDict(extra="allow")
+
+    enabled: bool
+    candidatePool: int | None = omittable(ge=1)
+    queryCrops: int | Literal["auto"] | None = omittable()
 
 
 class IndexSettings(ContractResponse):
@@ -205,7 +226,7 @@ class IndexSettings(ContractResponse):
     model: StoredModel | None = omittable()
     vectorType: Literal["halfvec", "vector"] | None = omittable()
     dimensions: int | None = omittable(ge=1)
-    reverseImageSearch: ReverseImageSearchSettings | None = omittable()
+    reverseImageSearch: StoredReverseSearchSettings | None = omittable()
 
 
 class CreateIndexResponse(ContractResponse):

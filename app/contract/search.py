@@ -23,6 +23,7 @@ from app.contract.common import (
     omittable,
     reject,
 )
+from app.contract.multimodal import SearchMethod
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".tiff", ".avif")
 _DATA_URL_RE = re.compile(r"data:image/[A-Za-z0-9.+-]+(?:;[A-Za-z0-9=._+-]+)*;base64,[A-Za-z0-9+/=\s]+", re.I)
@@ -62,11 +63,10 @@ def is_image_query(q: str) -> bool:
 
 
 class MarqoSearchRequest(ContractRequest):
-    """Keys Marqo clients send that lookalike accepts and ignores (Marqo falls back to defaults too)."""
+    """A search request a Marqo client may send: its personalisation keys are accepted and ignored
+    (Marqo falls back to its default configuration without them too)."""
 
-    user_id: str | None = omittable("accepted and ignored", alias="userId")
-    session_id: str | None = omittable("accepted and ignored", alias="sessionId")
-    profile_id: str | None = omittable("accepted and ignored", alias="profileId")
+    ignored_keys = frozenset({"userId", "sessionId", "profileId"})
 
 
 def _search_q(value: Any) -> str | None:
@@ -111,7 +111,7 @@ class SearchRequest(MarqoSearchRequest):
         str | None,
         BeforeValidator(_search_q),
         Field(
-            description="text (lexical search), an image URL or data URL (Search by Image), or `*` / absent to "
+            description="text (ranked by searchMethod), an image URL or data URL (Search by Image), or `*` / absent to "
             f"browse; text at most {MAX_TEXT_QUERY_CHARS} characters",
         ),
     ] = None
@@ -121,6 +121,7 @@ class SearchRequest(MarqoSearchRequest):
     ] = 0
     filter: FilterText = None
     attributes: AttributeNames = omittable(alias="attributesToRetrieve")
+    search_method: SearchMethod = Field(default=None, alias="searchMethod")
 
     @model_validator(mode="after")
     def _window(self) -> SearchRequest:

@@ -9,6 +9,7 @@ from typing import Any
 import asyncpg
 
 from app.domain.queries import SearchRequest, shape_hit
+from app.errors import bad_request
 from app.filters import FilterError, FilterNode, parse_filter
 from app.storage import search as search_sql
 from app.storage.indexes import IndexRecord
@@ -50,18 +51,55 @@ class SearchService:
             rows = await search_sql.browse(self.pool, index, where, request.limit, request.offset)
             timer.lap("sql")
             return [shape_hit(r.doc, None, request.attributes) for r in rows]
+        spec = ModelSpec.parse(index.model)
         if not request.is_image:
-            rows = await search_sql.text_search(
-                self.pool, index, request.q, where, request.limit, request.offset
-            )
-            timer.lap("sql")
-            return [shape_hit(r.doc, r.score, request.attributes) for r in rows]
+            method = search_method(request.search_method, spec)
+            if method == "LEXICAL":
+                rows = await search_sql.text_search(self.pool, index, request.q, where, request.limit, request.offset)
+                timer.lap("sql")
+                return [shape_hit(r.doc, r.score, request.attributes) for r in rows]
+            return await self._text_by_vector(index, spec, request, method, where, timer)
         loaded = await self.vision.load(request.q)
         timer.lap("decode")
-        spec = ModelSpec.parse(index.model)
         embedding = (await self.vision.embed(spec, [loaded.image]))[0]
         timer.lap("embed")
         async with self.pool.acquire() as conn, conn.transaction(readonly=True):
             rows = await search_sql.nearest(conn, index, embedding, where, request.limit + request.offset)
         timer.lap("sql")
         return [shape_hit(r.doc, r.score, request.attributes) for r in rows[request.offset :]]
+
+    async def _text_by_vector(
+        self,
+        index: IndexRecord,
+        spec: ModelSpec,
+        request: SearchRequest,
+        method: str,
+        where: FilterNode | None,
+        timer: StageTimer,
+    ) -> list[dict[str, Any]]:
+        """TENSOR: the text embedding against the image embeddings, through the filtered ANN path of
+        Search by Image. HYBRID: that and the lexical ranking, fused in one statement."""
+        assert request.q is not None
+        embedding = (await self.vision.embed_texts(spec, [request.q]))[0]
+        timer.lap("embed")  # tokenize + text tower (a repeated query: the cache)
+        window = request.limit + request.offset
+        async with self.pool.acquire() as conn, conn.transaction(readonly=True):
+            if method == "TENSOR":
+                rows = await search_sql.nearest(conn, index, embedding, where, window)
+            else:
+                rows = await search_sql.hybrid_search(conn, index, request.q, embedding, where, window)
+        timer.lap("sql")
+        return [shape_hit(r.doc, r.score, request.attributes) for r in rows[request.offset :]]
+
+
+def search_method(requested: str | None, spec: ModelSpec) -> str:
+    """How a text query is ranked: as asked, else HYBRID where the model embeds text, else LEXICAL."""
+    if requested is None:
+        return "HYBRID" if spec.has_text else "LEXICAL"
+    if requested != "LEXICAL" and not spec.has_text:
+        raise bad_request(
+            f"searchMethod {requested} ranks products by a text embedding, but this index's model "
+            f"({spec.timm_name}) has no text tower; use LEXICAL, or an index with an open_clip model",
+            "search_method_unsupported",
+        )
+    return requested

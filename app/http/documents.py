@@ -8,8 +8,15 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from app.contract.documents import DeleteDocumentsRequest, documents_request, get_documents_request
-from app.http.common import elapsed_ms, json_response, read_json
+from app.contract.documents import (
+    DeleteDetails,
+    DeleteDocumentsRequest,
+    DeleteDocumentsResponse,
+    DeleteItem,
+    documents_request,
+    get_documents_request,
+)
+from app.http.common import elapsed_ms, json_response, model_response, read_json
 from app.http.indexes import admin, load_index, load_readable_index, services
 
 
@@ -64,11 +71,10 @@ async def delete_documents(request: Request) -> JSONResponse:
     ids = DeleteDocumentsRequest.parse(await read_json(request)).ids
     deleted = await svc.documents.delete(record, ids)
     items = [
-        {"_id": i, "result": "deleted", "status": 200}
+        DeleteItem(id=i, result="deleted", status=200)
         if i in deleted
-        else {"_id": i, "result": "not_found", "status": 404}
+        else DeleteItem(id=i, result="not_found", status=404)
         for i in ids
     ]
-    return json_response(
-        {"details": {"deletedDocuments": len(deleted), "receivedDocumentIds": len(ids)}, "items": items}
-    )
+    details = DeleteDetails(deletedDocuments=len(deleted), receivedDocumentIds=len(ids))
+    return model_response(DeleteDocumentsResponse(details=details, items=items))

@@ -8,9 +8,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from app.auth import bearer_token, can_read, require_admin
+from app.contract.indexes import DeleteIndexResponse, IndexStats, ReverseImageSearchStats
 from app.domain.index_admin import IndexRecord
 from app.errors import not_found, unauthorized
-from app.http.common import json_response, read_json
+from app.http.common import json_response, model_response, read_json
 
 if TYPE_CHECKING:
     from app.main import Services
@@ -96,7 +97,7 @@ async def delete_index(request: Request) -> JSONResponse:
     admin(request)
     record = await load_index(request)
     await services(request).indexes.delete(record)
-    return json_response({"acknowledged": True, "indexName": record.name})
+    return model_response(DeleteIndexResponse(acknowledged=True, indexName=record.name))
 
 
 async def index_stats(request: Request) -> JSONResponse:
@@ -104,17 +105,17 @@ async def index_stats(request: Request) -> JSONResponse:
     record = await load_index(request)
     stats = await services(request).indexes.statistics(record)
     enabled = record.reverse_search_enabled
-    return json_response(
-        {
-            "numberOfDocuments": stats.products,
-            "numberOfVectors": stats.vectors,
-            "vectorBytes": stats.vector_bytes,
-            "reverseImageSearch": {
-                "enabled": enabled,
-                "featuresReady": stats.features_ready,
-                "featuresPending": stats.features_pending,
-                "featuresFailed": stats.features_failed,
-                "ready": enabled and stats.features_pending == 0,
-            },
-        }
+    return model_response(
+        IndexStats(
+            numberOfDocuments=stats.products,
+            numberOfVectors=stats.vectors,
+            vectorBytes=stats.vector_bytes,
+            reverseImageSearch=ReverseImageSearchStats(
+                enabled=enabled,
+                featuresReady=stats.features_ready,
+                featuresPending=stats.features_pending,
+                featuresFailed=stats.features_failed,
+                ready=enabled and stats.features_pending == 0,
+            ),
+        )
     )

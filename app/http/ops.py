@@ -20,7 +20,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.contract.ops import Health, HealthUnavailable, ModelsStatus, PoolStatus
 from app.domain.health import HealthService
+from app.http.common import model_response
 from app.logs import request_id_var
 
 access_log = logging.getLogger("lookalike.access")
@@ -186,19 +188,16 @@ async def health(request: Request) -> JSONResponse:
     """Liveness and readiness: the database answers; which models are loaded; queue and pool."""
     health: HealthService = request.app.state.services.health
     now = health.snapshot()
-    models = {"loaded": now.models_loaded, "embedQueueDepth": now.embed_queue_depth}
-    pool = {"size": now.pool_size, "idle": now.pool_idle, "max": now.pool_max}
+    models = ModelsStatus(loaded=now.models_loaded, embedQueueDepth=now.embed_queue_depth)
+    pool = PoolStatus(size=now.pool_size, idle=now.pool_idle, max=now.pool_max)
     if not await health.database_answers():
-        return JSONResponse(
-            {
-                "error": "database unavailable, retry shortly",
-                "code": "service_unavailable",
-                "status": "unavailable",
-                "database": "down",
-                "models": models,
-                "pool": pool,
-            },
-            status_code=503,
-            headers={"Retry-After": "2"},
+        down = HealthUnavailable(
+            error="database unavailable, retry shortly",
+            code="service_unavailable",
+            status="unavailable",
+            database="down",
+            models=models,
+            pool=pool,
         )
-    return JSONResponse({"status": "ok", "database": "ok", "models": models, "pool": pool})
+        return model_response(down, 503, {"Retry-After": "2"})
+    return model_response(Health(status="ok", database="ok", models=models, pool=pool))

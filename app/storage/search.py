@@ -8,6 +8,7 @@ walked with pgvector's iterative scan until `limit` rows pass the filter.
 from __future__ import annotations
 
 import json
+import textwrap
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -111,6 +112,17 @@ def browse_sql(index: IndexRecord, where: FilterNode | None, limit: int, offset:
     return sql, params.values
 
 
+def lexical_leg_sql(query_param: str, index_param: str, where_sql: str, *, columns: str = "p.pk") -> str:
+    """The lexical ranking: `columns` plus `score` of the products matching the text and the filter,
+    best first (ORDER BY, no LIMIT). Text search and the lexical leg of hybrid search both use it."""
+    return f"""
+        SELECT {columns}, ts_rank_cd(p.search_tsv, q.query) AS score
+        FROM products p, websearch_to_tsquery('english', {query_param}) AS q(query)
+        WHERE p.index_pk = {index_param} AND p.search_tsv @@ q.query AND ({where_sql})
+        ORDER BY score DESC, p.product_id COLLATE "C"
+    """
+
+
 async def text_search(
     conn: asyncpg.Connection | asyncpg.Pool,
     index: IndexRecord,
@@ -132,14 +144,98 @@ def text_search_sql(
     index_param = params.add(index.pk)
     limit_param = params.add(limit)
     offset_param = params.add(offset)
-    sql = f"""
-        SELECT p.pk, p.product_id, p.doc, ts_rank_cd(p.search_tsv, q.query) AS score
-        FROM products p, websearch_to_tsquery('english', {query_param}) AS q(query)
-        WHERE p.index_pk = {index_param} AND p.search_tsv @@ q.query AND ({where_sql})
-        ORDER BY score DESC, p.product_id COLLATE "C"
+    leg = lexical_leg_sql(query_param, index_param, where_sql, columns="p.pk, p.product_id, p.doc")
+    sql = f"""{leg.rstrip()}
         LIMIT {limit_param} OFFSET {offset_param}
     """
     return sql, params.values
+
+
+# Reciprocal rank fusion's constant (Cormack et al. 2009; the value Marqo and most engines use):
+# a product's hybrid score is the sum over the legs that found it of 1 / (RRF_K + its rank there).
+RRF_K = 60
+
+
+async def hybrid_search(
+    conn: asyncpg.Connection,
+    index: IndexRecord,
+    query: str,
+    embedding: np.ndarray,
+    where: FilterNode | None,
+    k: int,
+    *,
+    ef_search: int = DEFAULT_EF_SEARCH,
+) -> list[Row]:
+    """The k best products by reciprocal rank fusion of the lexical and the vector leg, each leg
+    `k` deep under the filter, in one statement (caller's transaction, as `nearest`).
+
+    The vector leg takes the same exact-or-HNSW decision as `nearest`, and is redone exactly
+    when an HNSW walk under a filter comes back short, so it always holds `k` products when
+    `k` match the filter.
+    """
+    exact = await plan_scan(conn, index, where, ef_search=max(ef_search, k))
+    sql, values = hybrid_sql(index, query, embedding, where, k, exact=exact)
+    records = await conn.fetch(sql, *values)
+    vector_rows = records[0]["vector_rows"] if records else 0
+    if vector_rows < k and where is not None and not exact:
+        await configure_scan(conn, exact=True, ef_search=max(ef_search, k))
+        sql, values = hybrid_sql(index, query, embedding, where, k, exact=True)
+        records = await conn.fetch(sql, *values)
+    return _rows(records)
+
+
+def hybrid_sql(
+    index: IndexRecord,
+    query: str,
+    embedding: np.ndarray,
+    where: FilterNode | None,
+    k: int,
+    *,
+    exact: bool,
+) -> tuple[str, list[Any]]:
+    """The hybrid statement and its values (sql/hybrid_search.sql is its rendered form)."""
+    where_sql, local = _where(where)
+    col, vector_param, _ = _compared_vector(local, index, "embedding", embedding)
+    query_param = local.add(query)
+    index_param = local.add(index.pk)
+    k_param = local.add(k)
+    rrf_param = local.add(RRF_K)
+    table = index.vectors_table
+    lexical = textwrap.indent(
+        textwrap.dedent(lexical_leg_sql(query_param, index_param, where_sql, columns="p.pk, p.product_id")).strip(),
+        " " * 16,
+    )
+    # exact: `+ 0` makes the ordering unindexable, so the filtered rows are scanned (see nearest_sql)
+    vector_order = f"({col} <=> {vector_param}) + 0, p.pk" if exact else f"{col} <=> {vector_param}"
+    sql = f"""
+        WITH lexical AS MATERIALIZED (
+            SELECT l.pk, row_number() OVER (ORDER BY l.score DESC, l.product_id COLLATE "C") AS rank
+            FROM (
+{lexical}
+                LIMIT {k_param}
+            ) l
+        ),
+        vector AS MATERIALIZED (
+            SELECT c.product_pk AS pk, row_number() OVER (ORDER BY c.distance, c.product_pk) AS rank
+            FROM (
+                SELECT v.product_pk, {col} <=> {vector_param} AS distance
+                FROM {table} v JOIN products p ON p.pk = v.product_pk
+                WHERE {_same_index(index_param)} AND ({where_sql})
+                ORDER BY {vector_order}
+                LIMIT {k_param}
+            ) c
+        ),
+        fused AS (
+            SELECT legs.pk, sum(1.0 / ({rrf_param}::int + legs.rank)) AS score
+            FROM (SELECT pk, rank FROM lexical UNION ALL SELECT pk, rank FROM vector) legs
+            GROUP BY legs.pk
+        )
+        SELECT p.pk, p.product_id, p.doc, f.score::float8 AS score, (SELECT count(*) FROM vector) AS vector_rows
+        FROM fused f JOIN products p ON p.pk = f.pk
+        ORDER BY f.score DESC, p.product_id COLLATE "C"
+        LIMIT {k_param}
+    """
+    return sql, local.values
 
 
 async def nearest(
@@ -196,9 +292,10 @@ async def plan_scan(
     The planner's estimate of matching products decides (EXPLAIN, no execution: an exact
     count costs what the filter's GIN bitmap costs, 10-12 ms for a 10% filter at 100k
     products, five times the ANN query it would choose). On the HNSW path explicit sorts
-    are discouraged so a filter's selectivity estimate cannot trade the graph walk for a
-    full scan + sort; on the exact path hash/merge joins are, so the matching rows' vectors
-    are probed by key instead of scanning the whole vector table. A wrong estimate costs
+    and materialised join inputs are discouraged so a filter's selectivity estimate cannot
+    trade the graph walk for a full scan + sort, nor probing each candidate's product for a
+    scan of every matching product; on both paths hash/merge joins are, so rows are probed
+    by key instead of scanning a whole table. A wrong estimate costs
     time, never results: an HNSW walk that returns fewer than k rows is redone exactly
     (`nearest`, `nearest_many`).
     """
@@ -209,18 +306,25 @@ async def plan_scan(
 
 # Transaction-local planner settings of one nearest-neighbour search ($1 ef_search,
 # $2 max_scan_tuples, $3 enable_sort, $4 hash/merge joins).
+# Both paths probe by key, never hash or merge: the exact path looks up the matching rows' vectors,
+# the HNSW path each walked candidate's product row. On the HNSW path a Materialize of the filtered
+# products is refused too: under a 10% filter at 100k products the planner chose a nested loop
+# over the walk's candidates against a materialised copy of the 10,000 matching rows (32 ms to
+# build, 640k join-filter comparisons: 50-70 ms per query); probing products_pkey instead: 2 ms
+# (benchmarks/multimodal_bench.py, README).
 CONFIGURE_SCAN = """
 SELECT set_config('hnsw.ef_search', $1, true),
        set_config('hnsw.iterative_scan', 'relaxed_order', true),
        set_config('hnsw.max_scan_tuples', $2, true),
        set_config('enable_sort', $3, true),
-       set_config('enable_hashjoin', $4, true),
-       set_config('enable_mergejoin', $4, true)
+       set_config('enable_hashjoin', 'off', true),
+       set_config('enable_mergejoin', 'off', true),
+       set_config('enable_material', $3, true)
 """
 
 
 def configure_scan_values(*, exact: bool, ef_search: int) -> list[Any]:
-    return [str(ef_search), str(MAX_SCAN_TUPLES), "on" if exact else "off", "off" if exact else "on"]
+    return [str(ef_search), str(MAX_SCAN_TUPLES), "on" if exact else "off"]
 
 
 async def configure_scan(conn: asyncpg.Connection, *, exact: bool, ef_search: int) -> None:

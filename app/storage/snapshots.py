@@ -78,6 +78,9 @@ STATEMENTS: dict[str, Callable[[IndexRecord], Statement]] = {
     "search.nearest (hnsw)": lambda ix: search.nearest_sql(ix, _vector(ix), SAMPLE_FILTER, 10, exact=False),
     "search.nearest (exact)": lambda ix: search.nearest_sql(ix, _vector(ix), SAMPLE_FILTER, 10, exact=True),
     "search.nearest (hnsw, no filter)": lambda ix: search.nearest_sql(ix, _vector(ix), None, 10, exact=False),
+    # hybrid text search (searchMethod HYBRID): lexical + vector legs fused by reciprocal rank
+    "search.hybrid (hnsw)": lambda ix: search.hybrid_sql(ix, "red shoe", _vector(ix), SAMPLE_FILTER, 10, exact=False),
+    "search.hybrid (exact)": lambda ix: search.hybrid_sql(ix, "red shoe", _vector(ix), SAMPLE_FILTER, 10, exact=True),
     "search.nearest_many (hnsw)": lambda ix: search.nearest_many_sql(ix, _crops(ix), SAMPLE_FILTER, exact=False),
     "search.nearest_many (exact)": lambda ix: search.nearest_many_sql(ix, _crops(ix), SAMPLE_FILTER, exact=True),
     "search.candidate_vectors": lambda ix: (search.candidate_vectors_sql(ix), [[11, 12]]),

@@ -43,25 +43,25 @@ EXPLAIN (FORMAT JSON) SELECT 1 FROM products p WHERE p.index_pk = $5 AND (((p.fi
 --   $1 = '100'
 --   $2 = '50000'
 --   $3 = 'off'
---   $4 = 'on'
 SELECT set_config('hnsw.ef_search', $1, true),
        set_config('hnsw.iterative_scan', 'relaxed_order', true),
        set_config('hnsw.max_scan_tuples', $2, true),
        set_config('enable_sort', $3, true),
-       set_config('enable_hashjoin', $4, true),
-       set_config('enable_mergejoin', $4, true);
+       set_config('enable_hashjoin', 'off', true),
+       set_config('enable_mergejoin', 'off', true),
+       set_config('enable_material', $3, true);
 
 -- search.configure_scan (exact)
 --   $1 = '100'
 --   $2 = '50000'
 --   $3 = 'on'
---   $4 = 'off'
 SELECT set_config('hnsw.ef_search', $1, true),
        set_config('hnsw.iterative_scan', 'relaxed_order', true),
        set_config('hnsw.max_scan_tuples', $2, true),
        set_config('enable_sort', $3, true),
-       set_config('enable_hashjoin', $4, true),
-       set_config('enable_mergejoin', $4, true);
+       set_config('enable_hashjoin', 'off', true),
+       set_config('enable_mergejoin', 'off', true),
+       set_config('enable_material', $3, true);
 
 -- search.nearest (hnsw)
 --   $1 = ['brand\x1fs:acme']
@@ -110,6 +110,86 @@ WITH candidates AS MATERIALIZED (
 SELECT p.pk, p.product_id, p.doc, 1 - c.distance AS score
 FROM candidates c JOIN products p ON p.pk = c.product_pk
 ORDER BY c.distance, p.pk;
+
+-- search.hybrid (hnsw)
+--   $1 = ['brand\x1fs:acme']
+--   $2 = 10.0
+--   $3 = 50.0
+--   $4 = ['productCollections\x1fs:sale']
+--   $5 = <vector of 384 floats>
+--   $6 = 'red shoe'
+--   $7 = 1
+--   $8 = 10
+--   $9 = 60
+WITH lexical AS MATERIALIZED (
+    SELECT l.pk, row_number() OVER (ORDER BY l.score DESC, l.product_id COLLATE "C") AS rank
+    FROM (
+        SELECT p.pk, p.product_id, ts_rank_cd(p.search_tsv, q.query) AS score
+        FROM products p, websearch_to_tsquery('english', $6) AS q(query)
+        WHERE p.index_pk = $7 AND p.search_tsv @@ q.query AND (((p.filter_terms && $1::text[]) AND (p.price BETWEEN $2::float8 AND $3::float8) AND (NOT (p.filter_terms && $4::text[]))))
+        ORDER BY score DESC, p.product_id COLLATE "C"
+        LIMIT $8
+    ) l
+),
+vector AS MATERIALIZED (
+    SELECT c.product_pk AS pk, row_number() OVER (ORDER BY c.distance, c.product_pk) AS rank
+    FROM (
+        SELECT v.product_pk, v.embedding <=> $5::halfvec(384) AS distance
+        FROM vectors_1 v JOIN products p ON p.pk = v.product_pk
+        WHERE p.index_pk + 0 = $7 AND (((p.filter_terms && $1::text[]) AND (p.price BETWEEN $2::float8 AND $3::float8) AND (NOT (p.filter_terms && $4::text[]))))
+        ORDER BY v.embedding <=> $5::halfvec(384)
+        LIMIT $8
+    ) c
+),
+fused AS (
+    SELECT legs.pk, sum(1.0 / ($9::int + legs.rank)) AS score
+    FROM (SELECT pk, rank FROM lexical UNION ALL SELECT pk, rank FROM vector) legs
+    GROUP BY legs.pk
+)
+SELECT p.pk, p.product_id, p.doc, f.score::float8 AS score, (SELECT count(*) FROM vector) AS vector_rows
+FROM fused f JOIN products p ON p.pk = f.pk
+ORDER BY f.score DESC, p.product_id COLLATE "C"
+LIMIT $8;
+
+-- search.hybrid (exact)
+--   $1 = ['brand\x1fs:acme']
+--   $2 = 10.0
+--   $3 = 50.0
+--   $4 = ['productCollections\x1fs:sale']
+--   $5 = <vector of 384 floats>
+--   $6 = 'red shoe'
+--   $7 = 1
+--   $8 = 10
+--   $9 = 60
+WITH lexical AS MATERIALIZED (
+    SELECT l.pk, row_number() OVER (ORDER BY l.score DESC, l.product_id COLLATE "C") AS rank
+    FROM (
+        SELECT p.pk, p.product_id, ts_rank_cd(p.search_tsv, q.query) AS score
+        FROM products p, websearch_to_tsquery('english', $6) AS q(query)
+        WHERE p.index_pk = $7 AND p.search_tsv @@ q.query AND (((p.filter_terms && $1::text[]) AND (p.price BETWEEN $2::float8 AND $3::float8) AND (NOT (p.filter_terms && $4::text[]))))
+        ORDER BY score DESC, p.product_id COLLATE "C"
+        LIMIT $8
+    ) l
+),
+vector AS MATERIALIZED (
+    SELECT c.product_pk AS pk, row_number() OVER (ORDER BY c.distance, c.product_pk) AS rank
+    FROM (
+        SELECT v.product_pk, v.embedding <=> $5::halfvec(384) AS distance
+        FROM vectors_1 v JOIN products p ON p.pk = v.product_pk
+        WHERE p.index_pk + 0 = $7 AND (((p.filter_terms && $1::text[]) AND (p.price BETWEEN $2::float8 AND $3::float8) AND (NOT (p.filter_terms && $4::text[]))))
+        ORDER BY (v.embedding <=> $5::halfvec(384)) + 0, p.pk
+        LIMIT $8
+    ) c
+),
+fused AS (
+    SELECT legs.pk, sum(1.0 / ($9::int + legs.rank)) AS score
+    FROM (SELECT pk, rank FROM lexical UNION ALL SELECT pk, rank FROM vector) legs
+    GROUP BY legs.pk
+)
+SELECT p.pk, p.product_id, p.doc, f.score::float8 AS score, (SELECT count(*) FROM vector) AS vector_rows
+FROM fused f JOIN products p ON p.pk = f.pk
+ORDER BY f.score DESC, p.product_id COLLATE "C"
+LIMIT $8;
 
 -- search.nearest_many (hnsw)
 --   $1 = ['brand\x1fs:acme']
