@@ -220,6 +220,34 @@ class StoredReverseSearchSettings(ContractResponse):
     queryCrops: int | Literal["auto"] | None = omittable()
 
 
+class InferenceGuard(ContractResponse):
+    """The int8 quality guard's verdict on the index's own images, with its numbers."""
+
+    model_config = ConfigDict(extra="allow")
+
+    status: Literal["pending", "passed", "failed", "off"]
+    reason: str | None = omittable()
+    sample: int | None = omittable(ge=0)
+    cosine: float | None = omittable("mean cosine(fp32, int8) over the sample")
+    cosineMin: float | None = omittable()
+    overlap: float | None = omittable("mean share of top-k neighbours kept by int8", ge=0, le=1)
+    neighbours: int | None = omittable(ge=0)
+    thresholds: dict[str, float] | None = omittable()
+    singleImageMs: dict[str, float] | None = omittable()
+
+
+class InferenceSettings(ContractResponse):
+    """Read-only: the backend and precision the index's model runs at (int8 only where the guard passed)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    backend: Literal["onnx", "torch"] | None = omittable()
+    precision: Literal["fp32", "int8"]
+    guard: InferenceGuard | None = omittable()
+    providers: list[str] | None = omittable("ONNX Runtime execution providers, or torch:<device>")
+    graphKey: str | None = omittable("the exported graph's cache key")
+
+
 class IndexSettings(ContractResponse):
     """Indexes created through the API carry all four; rows written by other means may not."""
 
@@ -227,6 +255,7 @@ class IndexSettings(ContractResponse):
     vectorType: Literal["halfvec", "vector"] | None = omittable()
     dimensions: int | None = omittable(ge=1)
     reverseImageSearch: StoredReverseSearchSettings | None = omittable()
+    inference: InferenceSettings | None = omittable()
 
 
 class CreateIndexResponse(ContractResponse):
@@ -265,3 +294,4 @@ class IndexStats(ContractResponse):
     numberOfVectors: int = Field(ge=0)
     vectorBytes: int = Field(ge=0)
     reverseImageSearch: ReverseImageSearchStats
+    inference: InferenceSettings | None = omittable()

@@ -8,7 +8,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from app.auth import bearer_token, can_read, require_admin
-from app.contract.indexes import DeleteIndexResponse, IndexStats, ReverseImageSearchStats
+from app.contract.indexes import DeleteIndexResponse, IndexStats, InferenceSettings, ReverseImageSearchStats
+from app.domain import inference
 from app.domain.index_admin import IndexRecord
 from app.errors import not_found, unauthorized
 from app.http.common import json_response, model_response, read_json
@@ -117,5 +118,6 @@ async def index_stats(request: Request) -> JSONResponse:
                 featuresFailed=stats.features_failed,
                 ready=enabled and stats.features_pending == 0,
             ),
+            inference=InferenceSettings.model_validate(inference.effective(record, services(request).vision)),
         )
     )
