@@ -138,6 +138,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "queries": len(queries),
         "seed": args.seed,
         "low_texture_products": args.low_texture,
+        "reverse_search_knobs": json.loads(args.knobs or "{}"),
         "soft_fraction": args.soft,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "note": "random-weight model: quality figures are a lower bound",
@@ -167,7 +168,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         base = f"http://127.0.0.1:{port}/api/v1/indexes/quality"
         try:
             with httpx.Client(timeout=600) as client:
-                body = {"model": model, "reverseImageSearch": {"enabled": True}}
+                body = {"model": model, "reverseImageSearch": {"enabled": True, **json.loads(args.knobs or "{}")}}
                 created = client.post(base, json=body, headers=headers)
                 created.raise_for_status()
                 read = {"x-marqo-index-id": created.json()["indexId"]}
@@ -224,6 +225,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--model", choices=sorted(MODELS), default="offline")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--knobs", help='reverseImageSearch knobs as JSON, e.g. from lookalike calibrate')
     parser.add_argument("--low-texture", type=int, default=100, help="flat low-texture products added")
     parser.add_argument("--soft", type=float, default=0.2, help="fraction of motion-blurred / soft photos")
     parser.add_argument("--multi", type=int, default=40, help="photos of 2-4 products sent with regions: true")

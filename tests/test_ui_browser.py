@@ -134,6 +134,15 @@ def test_search_page_upload_filter_grid_and_errors(
     error = page.text_content("#error")
     assert error.startswith("400:") and "filter" in error and "invalid_filter" in error, error
     assert _hit_ids(page) == []
+
+    # 4. Words in the text box: /search with text (lexical on this image-only model), photo ignored.
+    page.fill("#filter", "")
+    page.fill("#text-q", "Bolt item")
+    page.click("#search-btn")
+    page.wait_for_selector(".hit")
+    ids = _hit_ids(page)
+    # OR-semantics ranking: every product has "item", the six Bolt items match both words and come first
+    assert len(ids) == 10 and all(int(i.split("-")[1]) % 2 == 1 for i in ids[:6]), ids
     assert problems == [], problems
     page.close()
 

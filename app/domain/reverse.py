@@ -59,7 +59,6 @@ SCORING_KNOBS = {
     "verifyTop": "verify_top",
     "minInliers": "min_inliers",
     "inlierSaturation": "inlier_saturation",
-    "aggregatePool": "aggregate_pool",
 }
 
 
@@ -347,8 +346,10 @@ class ReverseSearchService:
                 old = gathered.candidates.get(key)
                 if old is None or prior_score(cand, p) > prior_score(old, p):
                     gathered.candidates[key] = cand
-            # verified already against the whole photo: those stand; the rest is verified against what is left
-            new = [k for k in select_for_verification(fresh.values(), p) if k not in gathered.verifications]
+            # found somewhere already: that stands; the rest (also those the whole photo did not verify:
+            # its keypoint budget went elsewhere) is verified against what is left
+            located = {k for k, v in gathered.verifications.items() if counts_as_verified(v, p)}
+            new = [k for k in select_for_verification(fresh.values(), p) if k not in located]
             missing = [k for k in new if k not in gathered.details]
             if missing:
                 gathered.details.update(await search_sql.candidate_details(conn, query.index, missing))  # type: ignore[arg-type]

@@ -25,6 +25,7 @@ import difflib
 import json
 import logging
 import os
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -428,6 +429,9 @@ class OpenClipModel(EmbeddingModel):
         self.input_size = tuple(cfg.input_size)  # type: ignore[assignment]
         self.transform = image_transform_v2(cfg, is_train=False)
         self.tokenizer = tokenizer
+        # Hugging Face fast tokenizers set truncation/padding on the shared Rust object per call:
+        # two threads at once fail with "Already borrowed". Tokenising takes well under a millisecond.
+        self._tokenize_lock = threading.Lock()
         with torch.inference_mode():
             probe = self.module.encode_image(torch.zeros((1, *self.input_size), device=self.device))
         self._dim = int(probe.reshape(1, -1).shape[1])
@@ -488,7 +492,8 @@ class OpenClipModel(EmbeddingModel):
 
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         """Texts -> (n, context_length) token ids, as the text tower expects."""
-        return self.tokenizer(list(texts))
+        with self._tokenize_lock:
+            return self.tokenizer(list(texts))
 
     def embed_tokens(self, tokens: torch.Tensor) -> np.ndarray:
         """Token ids (n, context_length) -> float32 (n, dim), rows L2-normalised (text tower)."""
