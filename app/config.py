@@ -71,6 +71,13 @@ class FetchAllowList:
         return any(address in net for net in self.networks if net.version == address.version)
 
 
+def _origins(raw: str | None, default: tuple[str, ...]) -> tuple[str, ...]:
+    """A comma-separated origin list (`https://shop.example,http://localhost:3000`, or `*`)."""
+    if raw is None:
+        return default
+    return tuple(o.strip().rstrip("/") for o in raw.split(",") if o.strip())
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str | None = None
@@ -104,6 +111,10 @@ class Settings:
     embed_batch_size: int = 32
     cpu_workers: int = 2
 
+    # CORS: origins allowed on read endpoints (default any) and on admin endpoints (default none)
+    cors_origins: tuple[str, ...] = ("*",)
+    admin_cors_origins: tuple[str, ...] = ()
+
     # Database pool
     pool_min_size: int = 2
     pool_max_size: int = 10
@@ -134,4 +145,6 @@ class Settings:
             inference_precision=_env_choice(env, "LOOKALIKE_INFERENCE_PRECISION", ("auto", "fp32")) or "auto",
             embed_batch_size=_env_int(env, "LOOKALIKE_EMBED_BATCH_SIZE", base.embed_batch_size),
             pool_max_size=_env_int(env, "LOOKALIKE_POOL_MAX_SIZE", base.pool_max_size),
+            cors_origins=_origins(env.get("LOOKALIKE_CORS_ORIGINS"), base.cors_origins),
+            admin_cors_origins=_origins(env.get("LOOKALIKE_ADMIN_CORS_ORIGINS"), base.admin_cors_origins),
         )

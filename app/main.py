@@ -27,8 +27,9 @@ from app.domain.ingest import IngestPipeline
 from app.domain.reverse import ReverseSearchService
 from app.domain.search import SearchService
 from app.errors import ApiError, unavailable
-from app.http import documents, indexes, openapi, ops, search, ui
+from app.http import documents, indexes, openapi, ops, search, storefront, ui
 from app.http.admission import Admission, AdmissionLimits, AdmissionMiddleware
+from app.http.cors import PathCORSMiddleware
 from app.storage import db, migrate
 from app.storage.catalog import CatalogStore
 from app.vision.service import VisionService
@@ -194,6 +195,9 @@ def routes() -> list[BaseRoute]:
         Route(base + "/get-documents", documents.get_documents, methods=["POST"]),
         Route(base + "/search", search.search, methods=["POST"]),
         Route(base + "/reverse-image-search", search.reverse_image_search, methods=["POST"]),
+        Route(base + "/collections", storefront.collections_post, methods=["POST"]),
+        Route(base + "/collections", storefront.collections_get, methods=["GET"]),
+        Route(base + "/recommendations/similar", storefront.similar, methods=["POST"]),
         Route("/health", ops.health, methods=["GET"]),
         Route("/metrics", ops.metrics_endpoint, methods=["GET"]),
         Route("/openapi.json", openapi.openapi_endpoint, methods=["GET"]),
@@ -210,13 +214,18 @@ def create_app(
 ) -> Starlette:
     metrics = ops.Metrics()
     gates = Admission(admission)
+    settings = settings or Settings.from_env()
     app = Starlette(
         routes=routes(),
         lifespan=lifespan,
         # Request ids, access log and latency histograms; inside the server-error middleware, so an
         # unhandled exception is still counted (as 500) before that middleware renders it.
         # Admission control inside it: shed requests (503 + Retry-After) are logged and counted too.
+        # CORS outermost, so that every answer (401, 429, 503 too) carries its headers to the browser.
         middleware=[
+            Middleware(
+                PathCORSMiddleware, read_origins=settings.cors_origins, admin_origins=settings.admin_cors_origins
+            ),
             Middleware(ops.RequestContextMiddleware, metrics=metrics),
             Middleware(AdmissionMiddleware, admission=gates),
         ],
@@ -232,7 +241,7 @@ def create_app(
             Exception: handle_unexpected,
         },
     )
-    app.state.settings = settings or Settings.from_env()
+    app.state.settings = settings
     app.state.metrics = metrics
     app.state.admission = gates
     app.state.run_migrations = run_migrations

@@ -44,10 +44,26 @@ WORDS = (
     "mini large small organic recycled handmade premium soft light heavy warm cool summer winter outdoor kids"
 ).split()
 TEXT_QUERIES = [
-    "red leather boot", "wireless headphones", "blue cotton shirt", "waterproof hiking jacket", "vintage lamp",
-    "organic cotton towel", "black running shoe", "linen summer dress", "handmade ceramic mug", "silk scarf",
-    "portable speaker", "wool winter coat", "kids backpack", "canvas sneaker", "slim leather wallet",
-    "classic watch", "outdoor chair", "soft pillow", "recycled glass vase", "compact kettle",
+    "red leather boot",
+    "wireless headphones",
+    "blue cotton shirt",
+    "waterproof hiking jacket",
+    "vintage lamp",
+    "organic cotton towel",
+    "black running shoe",
+    "linen summer dress",
+    "handmade ceramic mug",
+    "silk scarf",
+    "portable speaker",
+    "wool winter coat",
+    "kids backpack",
+    "canvas sneaker",
+    "slim leather wallet",
+    "classic watch",
+    "outdoor chair",
+    "soft pillow",
+    "recycled glass vase",
+    "compact kettle",
 ]
 
 
@@ -182,8 +198,14 @@ async def _load_text(pool: Any, index_pk: int) -> float:
 
 
 async def run_sql(products: int, queries: int, data_dir: Path | None) -> dict[str, Any]:
+    from app.domain.storefront import build_plan, query_words
     from app.filters import parse_filter
-    from app.storage import db, search
+    from app.storage import db, search, storefront
+
+    def lexical_plan(where: Any) -> storefront.StorefrontPlan:
+        """LEXICAL's plan: the filter, the first 10 hits, no facets."""
+        return build_plan(filter_node=where, facets=None, sort=None, collapse=None, limit=10, offset=0)
+
     from benchmarks import synthetic
 
     directory = data_dir or Path(tempfile.mkdtemp(prefix="lookalike-mm-"))
@@ -217,7 +239,7 @@ async def run_sql(products: int, queries: int, data_dir: Path | None) -> dict[st
                 by_words[len(text.split())].append(latencies[-1])
                 returned.append(len(rows))
                 started = time.perf_counter()  # LEXICAL's statement, the same lexical leg alone
-                await search.text_search(pool, record, text, where, 10, 0)
+                await storefront.storefront_query(pool, record, lexical_plan(where), "text", words=query_words(text))
                 lexical_only.append((time.perf_counter() - started) * 1000)
                 started = time.perf_counter()
                 async with pool.acquire() as conn, conn.transaction(readonly=True):  # TENSOR's statement

@@ -275,8 +275,11 @@ ENDPOINTS = [
     ("POST", "/api/v1/indexes/{name}/get-documents", {"documentIds": ["a"]}),
     ("POST", "/api/v1/indexes/{name}/search", {"q": "*"}),
     ("POST", "/api/v1/indexes/{name}/reverse-image-search", {"q": "http://127.0.0.1/a.jpg"}),
+    ("POST", "/api/v1/indexes/{name}/collections", {"collectionName": "shoes"}),
+    ("GET", "/api/v1/indexes/{name}/collections?body=eyJjb2xsZWN0aW9uTmFtZSI6InNob2VzIn0", None),
+    ("POST", "/api/v1/indexes/{name}/recommendations/similar", {"documentIds": ["a"]}),
 ]
-READ_PATHS = {"/get-documents", "/search", "/reverse-image-search"}
+READ_PATHS = {"/get-documents", "/search", "/reverse-image-search", "/collections", "/recommendations/similar"}
 
 
 async def test_credentials_on_every_endpoint(api: httpx.AsyncClient) -> None:
@@ -296,7 +299,7 @@ async def test_credentials_on_every_endpoint(api: httpx.AsyncClient) -> None:
             r = await api.request(method, path, json=body, headers=headers)
             assert r.status_code == 401, (method, path, headers, r.text)
             assert r.json() == {"error": "Unauthorized", "code": "unauthorized"}
-        is_read = any(path.endswith(suffix) for suffix in READ_PATHS)
+        is_read = any(path.split("?")[0].endswith(suffix) for suffix in READ_PATHS)
         r = await api.request(method, path, json=body, headers={"x-marqo-index-id": index_a["indexId"]})
         assert (r.status_code != 401) == is_read, (method, path, r.status_code)
     # Unknown index: 401 without the admin key, 404 with it.

@@ -587,7 +587,7 @@ FILTER_ERRORS = [
     "color:()",
     "brand IN Sony",
     "brand IN ()",
-    "brand IN (Sony,)",
+    "brand IN (Sony, Acme Co)",  # (an empty item, `(Sony,)`, is the empty string: Marqo parity)
     "AND brand:x",
     "OR",
     "NOT",

@@ -172,6 +172,7 @@ CATALOG: list[dict[str, Any]] = [
         "nested": {"brand": "Nike"},
         "brand_missing": None,
     },
+    {"_id": "p7", "productTitle": "Blank", "price": 175, "brand": ""},
 ]
 ALL = {doc["_id"] for doc in CATALOG}
 
@@ -225,8 +226,12 @@ MEANING: list[tuple[str, set[str]]] = [
     ("NOT rating:[4 TO 5]", ALL - {"p4"}),
     # IN.
     ("brand IN (Sony, (Acme Co))", {"p2", "p4", "p5"}),
-    ("NOT brand IN (Nike, Sony)", {"p3", "p4", "p6"}),
+    ("NOT brand IN (Nike, Sony)", {"p3", "p4", "p6", "p7"}),
     ("price IN (80.5, 300, x)", {"p2", "p5"}),
+    # An empty IN item is the empty string (Marqo parity).
+    ("brand IN (Sony,, Gucci)", {"p2", "p3", "p5", "p7"}),
+    ("brand IN (Gucci,)", {"p3", "p7"}),
+    ("NOT brand IN (,)", ALL - {"p7"}),
     # NOT keeps products lacking the field; unknown fields match nothing.
     ("NOT brand:Sony", ALL - {"p2", "p5"}),
     ("unknown:x", set()),
@@ -242,7 +247,7 @@ MEANING: list[tuple[str, set[str]]] = [
     ("brand:Nike AND price:[* TO 200]", {"p1", "P1"}),
     ("brand:Sony OR brand:Gucci AND price:[* TO 100]", {"p2", "p5", "p3"}),
     ("(brand:Sony OR brand:Gucci) AND price:[200 TO *]", {"p5"}),
-    ("NOT (brand:Sony OR brand:Nike) AND NOT productCollections:shoes", {"p4", "p6"}),
+    ("NOT (brand:Sony OR brand:Nike) AND NOT productCollections:shoes", {"p4", "p6", "p7"}),
 ]
 
 

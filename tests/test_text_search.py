@@ -4,6 +4,7 @@ embedding, the filter inside, reciprocal rank fusion, and LEXICAL as it was."""
 
 from __future__ import annotations
 
+import re
 import secrets
 from fractions import Fraction
 from typing import Any
@@ -82,14 +83,20 @@ def _by_cosine(cosines: dict[str, float], ids: set[str] | None = None) -> list[s
 
 
 async def _lexical_order(pool: asyncpg.Pool, name: str, q: str, where: str = "true") -> list[str]:
-    """Today's full-text ranking, written out here: websearch_to_tsquery + ts_rank_cd, ties by _id."""
+    """The lexical ranking, written out here (README "Text search"): OR of the words in the
+    `lookalike_text` configuration, the last one a prefix, ts_rank_cd with the field weights,
+    length-normalised; ties by _id. (These queries' words are all catalog words: no corrections.)"""
+    words = re.findall(r"[^\W_]+", q)
+    parts = [f"plainto_tsquery('lookalike_text', ${n})" for n in range(2, len(words) + 1)]
+    parts.append(f"to_tsquery('lookalike_text', ${len(words) + 1})")
     rows = await pool.fetch(
         "SELECT p.product_id FROM products p JOIN indexes i ON i.pk = p.index_pk,"
-        " websearch_to_tsquery('english', $2) AS q(query)"
+        f" (SELECT {' || '.join(parts)} AS query) AS q"
         f" WHERE i.name = $1 AND p.search_tsv @@ q.query AND {where}"
-        ' ORDER BY ts_rank_cd(p.search_tsv, q.query) DESC, p.product_id COLLATE "C"',
+        " ORDER BY ts_rank_cd('{0.1, 0.4, 0.7, 1.0}', p.search_tsv, q.query, 1) DESC, p.product_id COLLATE \"C\"",
         name,
-        q,
+        *words[:-1],
+        words[-1] + ":*",
     )
     return [r["product_id"] for r in rows]
 
@@ -209,4 +216,3 @@ async def test_search_by_image_on_an_open_clip_index(api, shop) -> None:  # type
         assert [h["_score"] for h in hits] == sorted((h["_score"] for h in hits), reverse=True)
     settings = (await api.get(f"/api/v1/indexes/{shop['name']}/settings", headers=ADMIN)).json()
     assert settings["model"] == OFFLINE_OPEN_CLIP_MODEL and settings["dimensions"] == 512
-

@@ -24,6 +24,7 @@ from app.contract.common import (
     reject,
 )
 from app.contract.multimodal import SearchMethod
+from app.contract.storefront import CollapseField, FacetResult, Facets, SortBy, collapse_list
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".tiff", ".avif")
 _DATA_URL_RE = re.compile(r"data:image/[A-Za-z0-9.+-]+(?:;[A-Za-z0-9=._+-]+)*;base64,[A-Za-z0-9+/=\s]+", re.I)
@@ -121,6 +122,15 @@ class SearchRequest(MarqoSearchRequest):
     ] = 0
     filter: FilterText = None
     attributes: AttributeNames = omittable(alias="attributesToRetrieve")
+    facets: Facets | None = omittable("counts over every product the query and filter match")
+    sort_by: SortBy | None = omittable("at most 3 fields; relevance queries sort their top candidates", alias="sortBy")
+    collapse_fields: Annotated[list[CollapseField] | None, BeforeValidator(collapse_list)] = omittable(
+        "exactly one field: one hit per distinct value", alias="collapseFields"
+    )
+
+    @property
+    def collapse(self) -> CollapseField | None:
+        return self.collapse_fields[0] if self.collapse_fields else None
     search_method: SearchMethod = Field(default=None, alias="searchMethod")
 
     @model_validator(mode="after")
@@ -252,6 +262,13 @@ class SearchResponse(ContractResponse):
     limit: int
     offset: int
     query: str
+    processingTimeMs: int = Field(ge=0)
+    facets: dict[str, FacetResult] | None = omittable("with `facets`: per facet field, in the order asked")
+
+
+class SimilarResponse(ContractResponse):
+    hits: list[Hit] = Field(max_length=100)
+    limit: int = Field(ge=1, le=100)
     processingTimeMs: int = Field(ge=0)
 
 

@@ -7,12 +7,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
+import numpy as np
 
+from app.contract.storefront import CollectionsRequest, SimilarRequest
 from app.domain import inference
 from app.domain.queries import SearchRequest, shape_hit
-from app.errors import bad_request
-from app.filters import FilterError, FilterNode, parse_filter
+from app.domain.storefront import StorefrontPlan, build_plan, query_words
+from app.errors import bad_request, not_found
+from app.filters import ID_FIELD, And, FilterError, FilterNode, In, Not, Term, parse_filter
 from app.storage import search as search_sql
+from app.storage import storefront as storefront_sql
 from app.storage.indexes import IndexRecord
 from app.vision.model import ModelSpec
 from app.vision.service import VisionService
@@ -39,58 +43,123 @@ def request_filter(filter_text: str | None) -> FilterNode | None:
         raise exc.to_api_error() from exc
 
 
+@dataclass(frozen=True)
+class SearchOutcome:
+    hits: list[dict[str, Any]]
+    facets: dict[str, Any] | None  # None: no facets asked for
+
+
+def plan_for(request: SearchRequest, filter_node: FilterNode | None) -> StorefrontPlan:
+    return build_plan(
+        filter_node=filter_node,
+        facets=request.facets,
+        sort=request.sort_by,
+        collapse=request.collapse,
+        limit=request.limit,
+        offset=request.offset,
+    )
+
+
 class SearchService:
     def __init__(self, pool: asyncpg.Pool, vision: VisionService):
         self.pool = pool
         self.vision = vision
 
-    async def search(
-        self, index: IndexRecord, request: SearchRequest, timer: StageTimer
-    ) -> list[dict[str, Any]]:
-        where = request_filter(request.filter)
-        if request.q is None:
-            rows = await search_sql.browse(self.pool, index, where, request.limit, request.offset)
-            timer.lap("sql")
-            return [shape_hit(r.doc, None, request.attributes) for r in rows]
+    async def search(self, index: IndexRecord, request: SearchRequest, timer: StageTimer) -> SearchOutcome:
+        filter_node = request_filter(request.filter)
+        plan = plan_for(request, filter_node)
+        facets = None if request.facets is None else {}
         spec = ModelSpec.parse(index.model)
-        if not request.is_image:
-            method = search_method(request.search_method, spec)
-            if method == "LEXICAL":
-                rows = await search_sql.text_search(self.pool, index, request.q, where, request.limit, request.offset)
-                timer.lap("sql")
-                return [shape_hit(r.doc, r.score, request.attributes) for r in rows]
-            return await self._text_by_vector(index, spec, request, method, where, timer)
+        method = None if request.q is None or request.is_image else search_method(request.search_method, spec)
+        if request.q is None or method == "LEXICAL":
+            source: storefront_sql.Source = "browse" if request.q is None else "text"
+            result = await storefront_sql.storefront_query(
+                self.pool, index, plan, source, words=query_words(request.q or "")
+            )
+            timer.lap("sql")
+            hits = [shape_hit(r.doc, r.score, request.attributes) for r in result.rows]
+            return SearchOutcome(hits, result.facets if facets is not None else None)
+        reorder = bool(plan.sort) or plan.collapse is not None
+        window = plan.sort_depth if reorder else request.limit + request.offset
+        if method is not None:  # TENSOR or HYBRID: ranked by the text embedding (and the words)
+            assert request.q is not None
+            embedding = (await self.vision.embed_texts(spec, [request.q]))[0]
+            timer.lap("embed")  # tokenize + text tower (a repeated query: the cache)
+            async with self.pool.acquire() as conn, conn.transaction(readonly=True):
+                if method == "TENSOR":
+                    rows = await search_sql.nearest(conn, index, embedding, filter_node, window)
+                else:
+                    rows = await search_sql.hybrid_search(conn, index, request.q, embedding, filter_node, window)
+            return await self._finish(index, request, plan, rows, facets, timer)
+        assert request.q is not None
         loaded = await self.vision.load(request.q)
         timer.lap("decode")
         embedding = (await self.vision.embed(spec, [loaded.image], inference.precision_of(index, self.vision)))[0]
         timer.lap("embed")
         async with self.pool.acquire() as conn, conn.transaction(readonly=True):
-            rows = await search_sql.nearest(conn, index, embedding, where, request.limit + request.offset)
-        timer.lap("sql")
-        return [shape_hit(r.doc, r.score, request.attributes) for r in rows[request.offset :]]
+            rows = await search_sql.nearest(conn, index, embedding, filter_node, window)
+        return await self._finish(index, request, plan, rows, facets, timer)
 
-    async def _text_by_vector(
+    async def _finish(
         self,
         index: IndexRecord,
-        spec: ModelSpec,
         request: SearchRequest,
-        method: str,
-        where: FilterNode | None,
+        plan: StorefrontPlan,
+        rows: list[search_sql.Row],
+        facets: dict[str, Any] | None,
         timer: StageTimer,
-    ) -> list[dict[str, Any]]:
-        """TENSOR: the text embedding against the image embeddings, through the filtered ANN path of
-        Search by Image. HYBRID: that and the lexical ranking, fused in one statement."""
-        assert request.q is not None
-        embedding = (await self.vision.embed_texts(spec, [request.q]))[0]
-        timer.lap("embed")  # tokenize + text tower (a repeated query: the cache)
-        window = request.limit + request.offset
-        async with self.pool.acquire() as conn, conn.transaction(readonly=True):
-            if method == "TENSOR":
-                rows = await search_sql.nearest(conn, index, embedding, where, window)
-            else:
-                rows = await search_sql.hybrid_search(conn, index, request.q, embedding, where, window)
+    ) -> SearchOutcome:
+        """A vector-ranked query's page: sortBy / collapse over its top candidates, and facets over
+        every product the filter matches (a vector ranking matches them all), in SQL like the rest."""
         timer.lap("sql")
-        return [shape_hit(r.doc, r.score, request.attributes) for r in rows[request.offset :]]
+        if plan.sort or plan.collapse is not None:
+            candidates = ([r.product_pk for r in rows], [r.score for r in rows])
+            result = await storefront_sql.storefront_query(self.pool, index, plan, "candidates", candidates=candidates)
+            hits = [shape_hit(r.doc, r.score, request.attributes) for r in result.rows]
+        else:
+            hits = [shape_hit(r.doc, r.score, request.attributes) for r in rows[request.offset :]]
+        if facets is not None:
+            facets = (await storefront_sql.storefront_query(self.pool, index, plan, "browse", hits=False)).facets
+        timer.lap("sql")
+        return SearchOutcome(hits, facets)
+
+    async def collection(self, index: IndexRecord, request: CollectionsRequest, timer: StageTimer) -> SearchOutcome:
+        """The products whose productCollections hold the collection, answered like a /search browse."""
+        user_filter = request_filter(request.filter)
+        in_collection = Term("productCollections", request.collection_name)
+        filter_node: FilterNode = in_collection if user_filter is None else And((in_collection, user_filter))
+        plan = build_plan(
+            filter_node=filter_node,
+            facets=request.facets,
+            sort=request.sort_by,
+            collapse=None,
+            limit=request.limit,
+            offset=request.offset,
+        )
+        result = await storefront_sql.storefront_query(self.pool, index, plan, "browse")
+        timer.lap("sql")
+        hits = [shape_hit(r.doc, None, request.attributes) for r in result.rows]
+        return SearchOutcome(hits, result.facets if request.facets is not None else None)
+
+    async def similar(self, index: IndexRecord, request: SimilarRequest, timer: StageTimer) -> list[dict[str, Any]]:
+        """Products nearest to the mean of the given products' stored embeddings, the given ones excluded."""
+        ids = list(dict.fromkeys(request.document_ids))
+        vectors = await search_sql.stored_embeddings(self.pool, index, [i for i in ids if "\x00" not in i])
+        missing = [i for i in ids if i not in vectors]
+        if missing:
+            names = ", ".join(map(repr, missing))
+            raise not_found(f"documents not found (or not embedded): {names}", "document_not_found")
+        unit = [v / (np.linalg.norm(v) or 1.0) for v in vectors.values()]
+        query = np.mean(unit, axis=0)
+        query = query / (np.linalg.norm(query) or 1.0)
+        user_filter = request_filter(request.filter)
+        exclude: FilterNode = Not(In(ID_FIELD, tuple(ids)))
+        filter_node = exclude if user_filter is None else And((exclude, user_filter))
+        timer.lap("vectors")
+        async with self.pool.acquire() as conn, conn.transaction(readonly=True):
+            rows = await search_sql.nearest(conn, index, query, filter_node, request.limit)
+        timer.lap("sql")
+        return [shape_hit(r.doc, r.score, request.attributes) for r in rows]
 
 
 def search_method(requested: str | None, spec: ModelSpec) -> str:

@@ -375,15 +375,14 @@ class _Parser:
             if self.at_end():
                 raise self.error("unbalanced parentheses: IN list is never closed", open_pos)
             ch = self.peek()
-            if ch == ")":
-                if not values:
-                    raise self.error("empty IN list", open_pos)
-                raise self.error("expected an item after ',' in IN list")
-            if ch == ",":
-                raise self.error("empty item in IN list")
+            if ch == ")" and not values:
+                raise self.error("empty IN list", open_pos)
             if len(values) >= self.max_in_items:
                 raise self.error(f"IN list has more than {self.max_in_items} items")
-            if ch == "(":
+            if ch in ",)":
+                # Marqo parity: an empty item (`a IN (1,, 2)`, `a IN (1,)`) is the empty string.
+                values.append("")
+            elif ch == "(":
                 values.append(self.parse_grouped())
             else:
                 item, _ = self.read_escaped(",)", in_value=True)

@@ -47,7 +47,9 @@ from app.contract.search import (
     ReverseImageSearchResponse,
     SearchRequest,
     SearchResponse,
+    SimilarResponse,
 )
+from app.contract.storefront import CollectionsRequest, SimilarRequest
 
 JSON = "application/json"
 _REF = "#/components/schemas/{model}"
@@ -76,6 +78,7 @@ class Operation:
     body_required: bool = True
     example: Any = None
     api: bool = True  # answers in the JSON error shape on 413/429/503 and any other error
+    parameters: list[dict[str, Any]] | None = None  # query parameters
 
 
 def _html(description: str) -> dict[str, Any]:
@@ -137,6 +140,25 @@ def operations(settings: Settings) -> list[Operation]:
                    "404": "reverse image search is not enabled for this index (or unknown index)"},
                   _READ, ReverseImageSearchRequest,
                   example={"q": "https://example.com/photo.jpg", "limit": 5, "filter": "brand:Nike"}),
+        Operation(_BASE + "/collections", "post",
+                  "Browse a collection: the products whose productCollections hold collectionName", "search",
+                  SearchResponse, "like a /search browse (ordered by _id unless sortBy)",
+                  {"400": "invalid body, filter, facets or sortBy; unknown parameter", "401": _READ_401,
+                   "404": _UNKNOWN_READ},
+                  _READ, CollectionsRequest, example={"collectionName": "shoes", "limit": 20}),
+        Operation(_BASE + "/collections", "get", "Browse a collection (GET: the body as base64 JSON in ?body=)",
+                  "search", SearchResponse, "like POST /collections",
+                  {"400": "body missing or not base64 JSON; invalid parameters", "401": _READ_401,
+                   "404": _UNKNOWN_READ},
+                  _READ, parameters=[{"name": "body", "in": "query", "required": True,
+                                      "description": "base64 (standard or URL-safe, padding optional) of the "
+                                      "POST /collections JSON body", "schema": {"type": "string"}}]),
+        Operation(_BASE + "/recommendations/similar", "post",
+                  "Products that look like the given ones (their stored vectors; no inference)", "search",
+                  SimilarResponse, "best first by cosine similarity; the given ids excluded",
+                  {"400": "invalid documentIds, limit, filter or attributes; unknown parameter",
+                   "401": _READ_401, "404": "unknown index, or a given document not found / not embedded"},
+                  _READ, SimilarRequest, example={"documentIds": ["sku-1"], "limit": 10}),
         Operation("/health", "get", "Health: database reachable, models loaded, queue and pool", "operations",
                   Health, "healthy", {}, api=False),
         Operation("/metrics", "get", "Prometheus metrics (text exposition format)", "operations",
@@ -223,6 +245,8 @@ def _operation(op: Operation, settings: Settings) -> dict[str, Any]:
         }
     if op.path == "/static/{path}":
         out["parameters"] = [{"name": "path", "in": "path", "required": True, "schema": {"type": "string"}}]
+    if op.parameters:
+        out["parameters"] = op.parameters
     return out
 
 

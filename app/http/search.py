@@ -15,7 +15,7 @@ from app.http.indexes import load_readable_index, services
 from app.http.ops import observe_stages
 
 
-def _with_timing(response: JSONResponse, timer: StageTimer) -> JSONResponse:
+def with_timing(response: JSONResponse, timer: StageTimer) -> JSONResponse:
     """Per-stage milliseconds as a standard Server-Timing header (browsers' devtools show it)."""
     response.headers["server-timing"] = ", ".join(f"{name};dur={ms:.1f}" for name, ms in timer.stages.items())
     return response
@@ -31,23 +31,21 @@ async def search(request: Request) -> JSONResponse:
     parsed = SearchRequest.parse(await read_json(request, required=False))
     timer = StageTimer()
     try:
-        hits = await services(request).search.search(record, parsed, timer)
+        outcome = await services(request).search.search(record, parsed, timer)
     except ImageError as exc:
         raise _image_error(exc) from exc
     finally:
         observe_stages(request, "search", timer.stages)
-    return _with_timing(
-        json_response(
-            {
-                "hits": hits,
-                "limit": parsed.limit,
-                "offset": parsed.offset,
-                "query": parsed.q if parsed.q is not None else "*",
-                "processingTimeMs": elapsed_ms(started),
-            }
-        ),
-        timer,
-    )
+    body = {
+        "hits": outcome.hits,
+        "limit": parsed.limit,
+        "offset": parsed.offset,
+        "query": parsed.q if parsed.q is not None else "*",
+        "processingTimeMs": elapsed_ms(started),
+    }
+    if outcome.facets is not None:
+        body["facets"] = outcome.facets
+    return with_timing(json_response(body), timer)
 
 
 async def reverse_image_search(request: Request) -> JSONResponse:
@@ -67,4 +65,4 @@ async def reverse_image_search(request: Request) -> JSONResponse:
     if result.regions is not None:
         body["regions"] = result.regions
     body.update(limit=parsed.limit, processingTimeMs=elapsed_ms(started))
-    return _with_timing(json_response(body), timer)
+    return with_timing(json_response(body), timer)

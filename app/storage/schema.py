@@ -51,12 +51,14 @@ products = sa.Table(
         "search_tsv",
         TSVECTOR,
         sa.Computed(
-            "setweight(to_tsvector('english', coalesce(product_title, '')), 'A') || "
-            "setweight(to_tsvector('english', coalesce(variant_title, '')), 'B') || "
-            "setweight(to_tsvector('english', coalesce(description, '')), 'C')",
+            # `lookalike_text`: english stemming with unaccent (migration 0005).
+            "setweight(to_tsvector('lookalike_text'::regconfig, coalesce(product_title, '')), 'A') || "
+            "setweight(to_tsvector('lookalike_text'::regconfig, coalesce(variant_title, '')), 'B') || "
+            "setweight(to_tsvector('lookalike_text'::regconfig, coalesce(description, '')), 'C')",
             persisted=True,
         ),
     ),
+
     # Local-feature state for reverse image search: NULL = not wanted (flag off).
     sa.Column("features_status", sa.Text),
     sa.Column("features_error", sa.Text),
@@ -77,6 +79,18 @@ sa.Index(
 )
 sa.Index("products_index_price_idx", products.c.index_pk, products.c.price)
 sa.Index("products_search_tsv_idx", products.c.search_tsv, postgresql_using="gin")
+
+# The folded words of an index's product and variant titles (trigger `products_title_words`,
+# migration 0005): what a misspelt query word is corrected to, through a trigram index.
+search_words = sa.Table(
+    "search_words",
+    metadata,
+    sa.Column("index_pk", sa.BigInteger, sa.ForeignKey("indexes.pk", ondelete="CASCADE"), primary_key=True),
+    sa.Column("word", sa.Text(collation="C"), primary_key=True),  # byte order: prefix lookups are range scans
+)
+sa.Index(
+    "search_words_word_trgm_idx", search_words.c.word, postgresql_using="gin", postgresql_ops={"word": "gin_trgm_ops"}
+)
 sa.Index(
     "products_features_pending_idx",
     products.c.index_pk,

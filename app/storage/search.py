@@ -1,4 +1,4 @@
-"""Search SQL: browse, full-text and filtered nearest neighbours, each one statement with the filter.
+"""Search SQL: filtered nearest neighbours, one statement with the filter (browse and text: storage.storefront).
 
 Filtered ANN never under-returns: a very selective filter is answered by an exact
 scan over the matching rows (exact and fast there); otherwise the HNSW index is
@@ -16,6 +16,7 @@ import asyncpg
 import numpy as np
 
 from app.filters import FilterNode
+from app.storage import storefront
 from app.storage.filter_sql import compile_filter
 from app.storage.indexes import AGGREGATE_CAST, IndexRecord
 from app.storage.params import SqlParams
@@ -85,70 +86,19 @@ def _rows(records: list[asyncpg.Record]) -> list[Row]:
     ]
 
 
-async def browse(
-    conn: asyncpg.Connection | asyncpg.Pool,
-    index: IndexRecord,
-    where: FilterNode | None,
-    limit: int,
-    offset: int,
-) -> list[Row]:
-    sql, values = browse_sql(index, where, limit, offset)
-    return _rows(await conn.fetch(sql, *values))
-
-
-def browse_sql(index: IndexRecord, where: FilterNode | None, limit: int, offset: int) -> tuple[str, list[Any]]:
-    """Products matching the filter in id order (`q` is `*` or absent)."""
-    where_sql, params = _where(where)
-    index_param = params.add(index.pk)
-    limit_param = params.add(limit)
-    offset_param = params.add(offset)
-    sql = f"""
-        SELECT p.pk, p.product_id, p.doc, NULL::float8 AS score
-        FROM products p
-        WHERE p.index_pk = {index_param} AND ({where_sql})
-        ORDER BY p.product_id COLLATE "C"
-        LIMIT {limit_param} OFFSET {offset_param}
-    """
-    return sql, params.values
-
-
-def lexical_leg_sql(query_param: str, index_param: str, where_sql: str, *, columns: str = "p.pk") -> str:
-    """The lexical ranking: `columns` plus `score` of the products matching the text and the filter,
-    best first (ORDER BY, no LIMIT). Text search and the lexical leg of hybrid search both use it."""
+def lexical_leg_sql(
+    params: SqlParams, query: str, index_param: str, where_sql: str, *, columns: str = "p.pk"
+) -> str:
+    """The lexical ranking of a text query (storage.storefront's: OR of the words, the last a
+    prefix, misspellings corrected): `columns` plus `score` of the products matching the text and
+    the filter, best first (ORDER BY, no LIMIT). The lexical leg of hybrid search."""
+    tsquery = storefront.tsquery_sql(params, storefront.query_words(query), index_param)
     return f"""
-        SELECT {columns}, ts_rank_cd(p.search_tsv, q.query) AS score
-        FROM products p, websearch_to_tsquery('english', {query_param}) AS q(query)
+        SELECT {columns}, ts_rank_cd('{storefront.RANK_WEIGHTS}', p.search_tsv, q.query, 1)::float8 AS score
+        FROM products p, (SELECT {tsquery} AS query) AS q
         WHERE p.index_pk = {index_param} AND p.search_tsv @@ q.query AND ({where_sql})
         ORDER BY score DESC, p.product_id COLLATE "C"
     """
-
-
-async def text_search(
-    conn: asyncpg.Connection | asyncpg.Pool,
-    index: IndexRecord,
-    query: str,
-    where: FilterNode | None,
-    limit: int,
-    offset: int,
-) -> list[Row]:
-    sql, values = text_search_sql(index, query, where, limit, offset)
-    return _rows(await conn.fetch(sql, *values))
-
-
-def text_search_sql(
-    index: IndexRecord, query: str, where: FilterNode | None, limit: int, offset: int
-) -> tuple[str, list[Any]]:
-    """Full-text search ranked by `ts_rank_cd`, under the filter."""
-    where_sql, params = _where(where)
-    query_param = params.add(query)
-    index_param = params.add(index.pk)
-    limit_param = params.add(limit)
-    offset_param = params.add(offset)
-    leg = lexical_leg_sql(query_param, index_param, where_sql, columns="p.pk, p.product_id, p.doc")
-    sql = f"""{leg.rstrip()}
-        LIMIT {limit_param} OFFSET {offset_param}
-    """
-    return sql, params.values
 
 
 # Reciprocal rank fusion's constant (Cormack et al. 2009; the value Marqo and most engines use):
@@ -196,13 +146,12 @@ def hybrid_sql(
     """The hybrid statement and its values (sql/hybrid_search.sql is its rendered form)."""
     where_sql, local = _where(where)
     col, vector_param, _ = _compared_vector(local, index, "embedding", embedding)
-    query_param = local.add(query)
     index_param = local.add(index.pk)
     k_param = local.add(k)
     rrf_param = local.add(RRF_K)
     table = index.vectors_table
     lexical = textwrap.indent(
-        textwrap.dedent(lexical_leg_sql(query_param, index_param, where_sql, columns="p.pk, p.product_id")).strip(),
+        textwrap.dedent(lexical_leg_sql(local, query, index_param, where_sql, columns="p.pk, p.product_id")).strip(),
         " " * 16,
     )
     # exact: `+ 0` makes the ordering unindexable, so the filtered rows are scanned (see nearest_sql)
@@ -486,4 +435,21 @@ def candidate_vectors_sql(index: IndexRecord) -> str:
         SELECT product_pk, embedding::real[] AS e, local_aggregate::real[] AS a
         FROM {index.vectors_table}
         WHERE product_pk = ANY($1::bigint[])
+    """
+
+
+async def stored_embeddings(
+    conn: asyncpg.Connection | asyncpg.Pool, index: IndexRecord, product_ids: list[str]
+) -> dict[str, np.ndarray]:
+    """The stored model embedding of each of these products of `index` that has one, by product id."""
+    rows = await conn.fetch(stored_embeddings_sql(index), index.pk, product_ids)
+    return {r["product_id"]: np.asarray(r["e"], dtype=np.float32) for r in rows}
+
+
+def stored_embeddings_sql(index: IndexRecord) -> str:
+    """Embeddings of products by id ($1 index pk, $2 product ids): recommendations' query vectors."""
+    return f"""
+        SELECT p.product_id, v.embedding::real[] AS e
+        FROM products p JOIN {index.vectors_table} v ON v.product_pk = p.pk
+        WHERE p.index_pk = $1 AND p.product_id = ANY($2::text[])
     """

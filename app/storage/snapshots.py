@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from app.filters import parse_filter
-from app.storage import apikeys, db, indexes, products, search
+from app.storage import apikeys, db, indexes, products, search, storefront
 from app.storage.indexes import IndexRecord
 
 QUERIES_DIR = Path("sql") / "queries"  # relative to the checkout root, where the command runs
@@ -59,13 +59,33 @@ def _crops(index: IndexRecord) -> list[search.VectorQuery]:
     ]
 
 
+def _plan(*, facets: bool = False, sort: bool = False, collapse: bool = False) -> storefront.StorefrontPlan:
+    """A storefront request's plan under the sample filter; with facets, the brand facet counts under
+    a variant without `brand:acme` (its excludeTerms), as a multi-select sidebar asks."""
+    without_brand = parse_filter("price:[10 TO 50] AND NOT productCollections:sale")
+    price_buckets = (storefront.RangeBucket("*:50", None, 50.0), storefront.RangeBucket("50:*", 50.0, None))
+    facet_plans = (
+        storefront.FacetPlan("brand", "brand", "string", None, 10, False, 1),
+        storefront.FacetPlan("collections", "productCollections", "array", None, 100, False, 0),
+        storefront.FacetPlan("price", "price", "number", price_buckets, 100, False, 0),
+        storefront.FacetPlan("rating", "rating", "number", None, 100, False, 0),
+    )
+    return storefront.StorefrontPlan(
+        filters=(SAMPLE_FILTER, without_brand) if facets else (SAMPLE_FILTER,),
+        facets=facet_plans if facets else (),
+        sort=(storefront.SortKey("price", True, False), storefront.SortKey("color", False, True)) if sort else (),
+        collapse=storefront.CollapsePlan("parentProductId", ()) if collapse else None,
+        limit=20,
+        offset=0,
+        sort_depth=60,
+    )
+
+
 Statement = str | tuple[str, Sequence[Any]]
 
 # name -> builder; the name's first part (before the dot) is the file in sql/queries/.
 STATEMENTS: dict[str, Callable[[IndexRecord], Statement]] = {
     # search: browse, text, filtered nearest neighbours (both plans), reverse search's UNION
-    "search.browse": lambda ix: search.browse_sql(ix, SAMPLE_FILTER, 20, 0),
-    "search.text_search": lambda ix: search.text_search_sql(ix, "red running shoe", SAMPLE_FILTER, 20, 0),
     "search.estimated_matches": lambda ix: search.estimated_matches_sql(ix, SAMPLE_FILTER),
     "search.configure_scan (hnsw)": lambda ix: (
         search.CONFIGURE_SCAN,
@@ -85,6 +105,22 @@ STATEMENTS: dict[str, Callable[[IndexRecord], Statement]] = {
     "search.nearest_many (exact)": lambda ix: search.nearest_many_sql(ix, _crops(ix), SAMPLE_FILTER, exact=True),
     "search.candidate_vectors": lambda ix: (search.candidate_vectors_sql(ix), [[11, 12]]),
     "search.candidate_details": lambda ix: (search.CANDIDATE_DETAILS, [ix.pk, [11, 12]]),
+    "search.stored_embeddings": lambda ix: (search.stored_embeddings_sql(ix), [ix.pk, ["p1", "p2"]]),
+    # storefront: browse and ranked text search with facets, sortBy and collapse (one statement each)
+    "storefront.browse": lambda ix: storefront.storefront_sql(ix, _plan(), "browse"),
+    "storefront.browse (facets, sortBy, collapse, excludeTerms)": lambda ix: storefront.storefront_sql(
+        ix, _plan(facets=True, sort=True, collapse=True), "browse"
+    ),
+    "storefront.text": lambda ix: storefront.storefront_sql(ix, _plan(), "text", words=("red", "runing", "sho")),
+    "storefront.text (facets, sortBy)": lambda ix: storefront.storefront_sql(
+        ix, _plan(facets=True, sort=True), "text", words=("red", "runing", "sho")
+    ),
+    "storefront.candidates (image query: sortBy, collapse)": lambda ix: storefront.storefront_sql(
+        ix, _plan(sort=True, collapse=True), "candidates", candidates=([11, 12], [0.9, 0.8])
+    ),
+    "storefront.facets only (image query)": lambda ix: storefront.storefront_sql(
+        ix, _plan(facets=True), "browse", hits=False
+    ),
     # products: ingest upserts, reads, deletes, the backfill queue
     "products.write_product (product)": lambda ix: products.UPSERT_PRODUCT,
     "products.write_product (vectors)": lambda ix: products.upsert_vectors_sql(ix),

@@ -2,35 +2,6 @@
 -- statements (index pk 1, 384-d halfvec; filter `brand:acme AND price:[10 TO 50] AND NOT
 -- productCollections:sale`). Do not edit: change the code, then regenerate.
 
--- search.browse
---   $1 = ['brand\x1fs:acme']
---   $2 = 10.0
---   $3 = 50.0
---   $4 = ['productCollections\x1fs:sale']
---   $5 = 1
---   $6 = 20
---   $7 = 0
-SELECT p.pk, p.product_id, p.doc, NULL::float8 AS score
-FROM products p
-WHERE p.index_pk = $5 AND (((p.filter_terms && $1::text[]) AND (p.price BETWEEN $2::float8 AND $3::float8) AND (NOT (p.filter_terms && $4::text[]))))
-ORDER BY p.product_id COLLATE "C"
-LIMIT $6 OFFSET $7;
-
--- search.text_search
---   $1 = ['brand\x1fs:acme']
---   $2 = 10.0
---   $3 = 50.0
---   $4 = ['productCollections\x1fs:sale']
---   $5 = 'red running shoe'
---   $6 = 1
---   $7 = 20
---   $8 = 0
-SELECT p.pk, p.product_id, p.doc, ts_rank_cd(p.search_tsv, q.query) AS score
-FROM products p, websearch_to_tsquery('english', $5) AS q(query)
-WHERE p.index_pk = $6 AND p.search_tsv @@ q.query AND (((p.filter_terms && $1::text[]) AND (p.price BETWEEN $2::float8 AND $3::float8) AND (NOT (p.filter_terms && $4::text[]))))
-ORDER BY score DESC, p.product_id COLLATE "C"
-LIMIT $7 OFFSET $8;
-
 -- search.estimated_matches
 --   $1 = ['brand\x1fs:acme']
 --   $2 = 10.0
@@ -117,18 +88,20 @@ ORDER BY c.distance, p.pk;
 --   $3 = 50.0
 --   $4 = ['productCollections\x1fs:sale']
 --   $5 = <vector of 384 floats>
---   $6 = 'red shoe'
---   $7 = 1
---   $8 = 10
---   $9 = 60
+--   $6 = 1
+--   $7 = 10
+--   $8 = 60
+--   $9 = 'red'
+--   $10 = 'shoe:*'
+--   $11 = 'shoe'
 WITH lexical AS MATERIALIZED (
     SELECT l.pk, row_number() OVER (ORDER BY l.score DESC, l.product_id COLLATE "C") AS rank
     FROM (
-        SELECT p.pk, p.product_id, ts_rank_cd(p.search_tsv, q.query) AS score
-        FROM products p, websearch_to_tsquery('english', $6) AS q(query)
-        WHERE p.index_pk = $7 AND p.search_tsv @@ q.query AND (((p.filter_terms && $1::text[]) AND (p.price BETWEEN $2::float8 AND $3::float8) AND (NOT (p.filter_terms && $4::text[]))))
+        SELECT p.pk, p.product_id, ts_rank_cd('{0.1, 0.4, 0.7, 1.0}', p.search_tsv, q.query, 1)::float8 AS score
+        FROM products p, (SELECT (plainto_tsquery('lookalike_text'::regconfig, $9::text) || to_tsquery('lookalike_text'::regconfig, $10::text) || (SELECT websearch_to_tsquery('lookalike_text'::regconfig, coalesce(string_agg(c.word, ' or '), '')) FROM (SELECT s.word FROM search_words s WHERE NOT EXISTS (SELECT 1 FROM search_words k WHERE k.index_pk = $6 AND k.word >= lookalike_fold($11::text) AND k.word < lookalike_fold($11::text) || chr(1114111)) AND s.index_pk = $6 AND s.word % lookalike_fold($11::text) ORDER BY similarity(s.word, lookalike_fold($11::text)) DESC, s.word LIMIT 3) c)) AS query) AS q
+        WHERE p.index_pk = $6 AND p.search_tsv @@ q.query AND (((p.filter_terms && $1::text[]) AND (p.price BETWEEN $2::float8 AND $3::float8) AND (NOT (p.filter_terms && $4::text[]))))
         ORDER BY score DESC, p.product_id COLLATE "C"
-        LIMIT $8
+        LIMIT $7
     ) l
 ),
 vector AS MATERIALIZED (
@@ -136,20 +109,20 @@ vector AS MATERIALIZED (
     FROM (
         SELECT v.product_pk, v.embedding <=> $5::halfvec(384) AS distance
         FROM vectors_1 v JOIN products p ON p.pk = v.product_pk
-        WHERE p.index_pk + 0 = $7 AND (((p.filter_terms && $1::text[]) AND (p.price BETWEEN $2::float8 AND $3::float8) AND (NOT (p.filter_terms && $4::text[]))))
+        WHERE p.index_pk + 0 = $6 AND (((p.filter_terms && $1::text[]) AND (p.price BETWEEN $2::float8 AND $3::float8) AND (NOT (p.filter_terms && $4::text[]))))
         ORDER BY v.embedding <=> $5::halfvec(384)
-        LIMIT $8
+        LIMIT $7
     ) c
 ),
 fused AS (
-    SELECT legs.pk, sum(1.0 / ($9::int + legs.rank)) AS score
+    SELECT legs.pk, sum(1.0 / ($8::int + legs.rank)) AS score
     FROM (SELECT pk, rank FROM lexical UNION ALL SELECT pk, rank FROM vector) legs
     GROUP BY legs.pk
 )
 SELECT p.pk, p.product_id, p.doc, f.score::float8 AS score, (SELECT count(*) FROM vector) AS vector_rows
 FROM fused f JOIN products p ON p.pk = f.pk
 ORDER BY f.score DESC, p.product_id COLLATE "C"
-LIMIT $8;
+LIMIT $7;
 
 -- search.hybrid (exact)
 --   $1 = ['brand\x1fs:acme']
@@ -157,18 +130,20 @@ LIMIT $8;
 --   $3 = 50.0
 --   $4 = ['productCollections\x1fs:sale']
 --   $5 = <vector of 384 floats>
---   $6 = 'red shoe'
---   $7 = 1
---   $8 = 10
---   $9 = 60
+--   $6 = 1
+--   $7 = 10
+--   $8 = 60
+--   $9 = 'red'
+--   $10 = 'shoe:*'
+--   $11 = 'shoe'
 WITH lexical AS MATERIALIZED (
     SELECT l.pk, row_number() OVER (ORDER BY l.score DESC, l.product_id COLLATE "C") AS rank
     FROM (
-        SELECT p.pk, p.product_id, ts_rank_cd(p.search_tsv, q.query) AS score
-        FROM products p, websearch_to_tsquery('english', $6) AS q(query)
-        WHERE p.index_pk = $7 AND p.search_tsv @@ q.query AND (((p.filter_terms && $1::text[]) AND (p.price BETWEEN $2::float8 AND $3::float8) AND (NOT (p.filter_terms && $4::text[]))))
+        SELECT p.pk, p.product_id, ts_rank_cd('{0.1, 0.4, 0.7, 1.0}', p.search_tsv, q.query, 1)::float8 AS score
+        FROM products p, (SELECT (plainto_tsquery('lookalike_text'::regconfig, $9::text) || to_tsquery('lookalike_text'::regconfig, $10::text) || (SELECT websearch_to_tsquery('lookalike_text'::regconfig, coalesce(string_agg(c.word, ' or '), '')) FROM (SELECT s.word FROM search_words s WHERE NOT EXISTS (SELECT 1 FROM search_words k WHERE k.index_pk = $6 AND k.word >= lookalike_fold($11::text) AND k.word < lookalike_fold($11::text) || chr(1114111)) AND s.index_pk = $6 AND s.word % lookalike_fold($11::text) ORDER BY similarity(s.word, lookalike_fold($11::text)) DESC, s.word LIMIT 3) c)) AS query) AS q
+        WHERE p.index_pk = $6 AND p.search_tsv @@ q.query AND (((p.filter_terms && $1::text[]) AND (p.price BETWEEN $2::float8 AND $3::float8) AND (NOT (p.filter_terms && $4::text[]))))
         ORDER BY score DESC, p.product_id COLLATE "C"
-        LIMIT $8
+        LIMIT $7
     ) l
 ),
 vector AS MATERIALIZED (
@@ -176,20 +151,20 @@ vector AS MATERIALIZED (
     FROM (
         SELECT v.product_pk, v.embedding <=> $5::halfvec(384) AS distance
         FROM vectors_1 v JOIN products p ON p.pk = v.product_pk
-        WHERE p.index_pk + 0 = $7 AND (((p.filter_terms && $1::text[]) AND (p.price BETWEEN $2::float8 AND $3::float8) AND (NOT (p.filter_terms && $4::text[]))))
+        WHERE p.index_pk + 0 = $6 AND (((p.filter_terms && $1::text[]) AND (p.price BETWEEN $2::float8 AND $3::float8) AND (NOT (p.filter_terms && $4::text[]))))
         ORDER BY (v.embedding <=> $5::halfvec(384)) + 0, p.pk
-        LIMIT $8
+        LIMIT $7
     ) c
 ),
 fused AS (
-    SELECT legs.pk, sum(1.0 / ($9::int + legs.rank)) AS score
+    SELECT legs.pk, sum(1.0 / ($8::int + legs.rank)) AS score
     FROM (SELECT pk, rank FROM lexical UNION ALL SELECT pk, rank FROM vector) legs
     GROUP BY legs.pk
 )
 SELECT p.pk, p.product_id, p.doc, f.score::float8 AS score, (SELECT count(*) FROM vector) AS vector_rows
 FROM fused f JOIN products p ON p.pk = f.pk
 ORDER BY f.score DESC, p.product_id COLLATE "C"
-LIMIT $8;
+LIMIT $7;
 
 -- search.nearest_many (hnsw)
 --   $1 = ['brand\x1fs:acme']
@@ -276,3 +251,10 @@ SELECT p.pk AS product_pk, p.product_id, p.doc, f.algorithm, f.keypoint_count, f
        f.descriptors, f.image_width, f.image_height
 FROM products p LEFT JOIN local_features f ON f.product_pk = p.pk
 WHERE p.index_pk = $1 AND p.pk = ANY($2::bigint[]);
+
+-- search.stored_embeddings
+--   $1 = 1
+--   $2 = ['p1', 'p2']
+SELECT p.product_id, v.embedding::real[] AS e
+FROM products p JOIN vectors_1 v ON v.product_pk = p.pk
+WHERE p.index_pk = $1 AND p.product_id = ANY($2::text[]);

@@ -1,0 +1,454 @@
+"""Storefront SQL: browse and ranked text search with facets, sortBy and collapse, one statement.
+
+`storefront_sql` builds one statement per request (the shapes are in sql/storefront.sql):
+
+    WITH m AS MATERIALIZED (every product the query matches under the filter, or under any
+                            facet's filter variant: one boolean flag column per variant),
+         h  (the hits' set: m under the request's filter),
+         c  (collapse: DISTINCT ON the collapse key, the group's first by its order),
+         top(relevance + sortBy: the best `sort_depth` candidates by score),
+         page (ORDER BY the final order, LIMIT/OFFSET),
+         f0, f1, ... (one aggregate per facet over m under its filter variant)
+    SELECT the page's rows UNION ALL one JSON row per facet
+
+Facets are aggregates over every match, never over the page: `GROUP BY` the stored values
+(an array field: each element once per product), `count(*) FILTER (WHERE ...)` per
+number range, min/max/avg/sum/count for number stats. With collapse, value and range
+counts count groups (`count(DISTINCT group)`: selecting that value yields that many hits)
+and number stats use each group's representative.
+
+Text matching (migration 0005): OR-semantics over the query's words on the weighted
+`search_tsv` (the last word as a prefix), a word of four or more letters that no product
+has (a misspelling) replaced by the most similar words of the catalog's titles
+(`search_words`, pg_trgm). The score is `ts_rank_cd` (title A, variant title B,
+description C; length-normalised): equal scores mean equal matches (the same words in
+the same fields at the same positions).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import asyncpg
+
+from app.filters import ID_FIELD, FilterNode
+from app.storage.filter_sql import compile_filter, storable
+from app.storage.indexes import IndexRecord
+from app.storage.params import SqlParams
+
+TEXT_CONFIG = "lookalike_text"  # the text search configuration of migration 0005
+# Words shorter than this are not corrected: a two- or three-letter word shares its few
+# trigrams with too many words (the prefix query covers unfinished words). search_words
+# holds words of at least this length (migration 0005).
+MIN_FUZZY_WORD = 4
+# A misspelt word searches for this many of the most similar catalog words.
+CORRECTIONS = 3
+# ts_rank_cd weights for D, C, B, A: description (C) 0.4, variant title (B) 0.7, title (A) 1.0.
+RANK_WEIGHTS = "{0.1, 0.4, 0.7, 1.0}"
+
+Source = Literal["browse", "text", "candidates"]
+
+# Words of a text query beyond this many are ignored (each word is one tsquery and possibly
+# one correction lookup; no shopper types 33 words, and the limit bounds the statement).
+MAX_QUERY_WORDS = 32
+# Letters and digits in any script; everything else separates words (tsquery syntax included).
+_WORD_RE = re.compile(r"[^\W_]+")
+
+
+def query_words(q: str) -> tuple[str, ...]:
+    """The words of a text query, in order, at most MAX_QUERY_WORDS."""
+    return tuple(_WORD_RE.findall(q))[:MAX_QUERY_WORDS]
+
+
+# --- what a request asks of the statement (app.domain.storefront builds it) ----------------
+
+
+@dataclass(frozen=True)
+class SortKey:
+    field: str  # stored name (aliases resolved)
+    descending: bool
+    missing_first: bool
+
+
+@dataclass(frozen=True)
+class RangeBucket:
+    name: str
+    low: float | None  # inclusive
+    high: float | None  # exclusive
+
+
+@dataclass(frozen=True)
+class FacetPlan:
+    key: str  # the name the client used (the response key)
+    field: str  # the stored name
+    kind: str  # "string" | "array" | "number"
+    ranges: tuple[RangeBucket, ...] | None  # number facets: buckets, or None for stats
+    max_results: int
+    ascending: bool
+    variant: int  # index into StorefrontPlan.filters: the filter this facet counts under
+
+
+@dataclass(frozen=True)
+class CollapsePlan:
+    field: str
+    sort: tuple[SortKey, ...]  # empty: the best score (browse: the request's order)
+
+
+@dataclass(frozen=True)
+class StorefrontPlan:
+    filters: tuple[FilterNode | None, ...]  # [0] the request's filter; others: facets' variants
+    facets: tuple[FacetPlan, ...]
+    sort: tuple[SortKey, ...]
+    collapse: CollapsePlan | None
+    limit: int
+    offset: int
+    sort_depth: int  # relevance queries with sortBy: how many top candidates are sorted
+
+    @property
+    def filtered(self) -> bool:
+        return self.filters[0] is not None
+
+
+
+
+@dataclass(frozen=True)
+class StorefrontRow:
+    product_pk: int
+    product_id: str
+    doc: dict[str, Any]
+    score: float | None
+
+
+@dataclass(frozen=True)
+class StorefrontResult:
+    rows: list[StorefrontRow]
+    facets: dict[str, Any]  # facet key -> {value: {"count": n}} or number stats
+
+
+def _value(params: SqlParams, field: str) -> str:
+    """A product field of row `p` as a sortable SQL value: typed columns for _id and price, else
+    the stored JSON value (JSON null is as missing as an absent key)."""
+    if field == ID_FIELD:
+        return 'p.product_id COLLATE "C"'
+    if field == "price":
+        return "p.price"
+    return f"NULLIF(p.doc -> {params.add(field, 'text')}, 'null'::jsonb)"
+
+
+def _group_key(params: SqlParams, field: str) -> str:
+    """The collapse key of row `p` as text (sorted and compared bytewise): the canonical JSON
+    text of the value, or `#<pk>` for a product without it (a group of its own)."""
+    if field == ID_FIELD:
+        return "p.product_id"
+    if field == "price":
+        return "p.price::text"
+    if field == "parentProductId":
+        # A core string field (validated at ingest), mirrored by a typed column: no JSON decoding.
+        return "coalesce('s' || p.parent_product_id, '#' || p.pk)"
+    value = f"NULLIF(p.doc -> {params.add(field, 'text')}, 'null'::jsonb)"
+    return f"coalesce({value}::text, '#' || p.pk)"
+
+
+def _number(params: SqlParams, field: str) -> str:
+    if field == "price":
+        return "p.price"
+    value = f"(p.doc -> {params.add(field, 'text')})"
+    # Only JSON numbers a double can hold (as the filter's ranges): anything else is no value.
+    return f"(CASE WHEN jsonb_typeof({value}) = 'number' AND abs({value}::numeric) < 1e308 THEN {value}::float8 END)"
+
+
+def _facet_column(params: SqlParams, facet: FacetPlan) -> str:
+    """The facet's value column of row `p`: text (string), a JSON array or text[] (array), float8."""
+    if facet.kind == "number":
+        return _number(params, facet.field)
+    if facet.kind == "array" and facet.field == "productCollections":
+        # The typed column mirrors the document's string array: unnest() instead of JSON.
+        return "p.product_collections"
+    field = params.add(facet.field, "text")
+    kind = "string" if facet.kind == "string" else "array"
+    extract = "->>" if facet.kind == "string" else "->"
+    return f"(CASE WHEN jsonb_typeof(p.doc -> {field}) = '{kind}' THEN p.doc {extract} {field} END)"
+
+
+def tsquery_sql(p: SqlParams, words: tuple[str, ...], index_param: str) -> str:
+    """The text query's tsquery expression (a CTE's value, one InitPlan for all its uses).
+
+    OR of the words (the last one a prefix), plus, for each word of MIN_FUZZY_WORD or more
+    letters that is no title word of the index (the last: starts none; a misspelling),
+    its CORRECTIONS most similar title words (`search_words`, pg_trgm `%`, similarity
+    order). Knowing a word is a primary-key lookup; the trigram lookup runs only for
+    unknown words (a one-time filter); the rest is the weighted tsvector's GIN index: no
+    trigram comparison with every title.
+    """
+    usable = [w for w in words if storable(w)]
+    if not usable:
+        return "''::tsquery"
+    cfg = f"'{TEXT_CONFIG}'::regconfig"
+    parts = []
+    for position, word in enumerate(usable):
+        last = position == len(usable) - 1
+        # The last word may be unfinished: a prefix query (a word is letters and digits
+        # only, so `word:*` is always valid tsquery syntax).
+        own = (
+            f"to_tsquery({cfg}, {p.add(word + ':*', 'text')})"
+            if last
+            else f"plainto_tsquery({cfg}, {p.add(word, 'text')})"
+        )
+        parts.append(own)
+        if len(word) < MIN_FUZZY_WORD:
+            continue
+        folded = f"lookalike_fold({p.add(word, 'text')})"
+        # Known: a title word of the index equal to it (the last word: starting with it),
+        # a primary-key lookup in search_words (byte-ordered, so a prefix is a range).
+        known = f"k.word = {folded}"
+        if last:
+            known = f"k.word >= {folded} AND k.word < {folded} || chr(1114111)"
+        parts.append(
+            f"(SELECT websearch_to_tsquery({cfg}, coalesce(string_agg(c.word, ' or '), '')) FROM"
+            f" (SELECT s.word FROM search_words s WHERE NOT EXISTS (SELECT 1 FROM search_words k"
+            f" WHERE k.index_pk = {index_param} AND {known})"
+            f" AND s.index_pk = {index_param} AND s.word % {folded}"
+            f" ORDER BY similarity(s.word, {folded}) DESC, s.word LIMIT {CORRECTIONS}) c)"
+        )
+    return "(" + " || ".join(parts) + ")"
+
+
+
+class _Builder:
+    def __init__(self, index: IndexRecord, plan: StorefrontPlan, source: Source):
+        self.index = index
+        self.plan = plan
+        self.source = source
+        self.params = SqlParams()
+        self.ctes: list[str] = []
+        self.relevance = source != "browse"
+        self.collapsed = plan.collapse is not None
+        self.variants = len(plan.filters)
+        # m's extracted columns: sort keys (request's, collapse's) and facet values
+        self.columns: list[str] = []
+        self.sort_columns = [self.column(_value(self.params, k.field)) for k in plan.sort]
+        self.group_sort_columns = (
+            [self.column(_value(self.params, k.field)) for k in plan.collapse.sort] if plan.collapse else []
+        )
+        self.facet_columns = [self.column(_facet_column(self.params, f)) for f in plan.facets]
+
+    def column(self, expression: str) -> str:
+        name = f"c{len(self.columns)}"
+        self.columns.append(f"{expression} AS {name}")
+        return name
+
+    # -- pieces
+
+    def flag(self, variant: int) -> str:
+        return "TRUE" if self.variants == 1 else f"f{int(variant)}"
+
+    @staticmethod
+    def ordered(columns: list[str], keys: tuple[SortKey, ...]) -> list[str]:
+        return [
+            f"{c} {'DESC' if k.descending else 'ASC'} NULLS {'FIRST' if k.missing_first else 'LAST'}"
+            for c, k in zip(columns, keys, strict=True)
+        ]
+
+    def default_order(self) -> list[str]:
+        if self.relevance:
+            return ["score DESC", 'product_id COLLATE "C"']
+        return ['product_id COLLATE "C"']
+
+    def final_order(self) -> list[str]:
+        return self.ordered(self.sort_columns, self.plan.sort) + self.default_order()
+
+    def group_order(self) -> list[str]:
+        collapse = self.plan.collapse
+        assert collapse is not None
+        if collapse.sort:
+            return self.ordered(self.group_sort_columns, collapse.sort) + self.default_order()
+        if self.relevance:
+            return self.default_order()
+        return self.final_order()
+
+    # -- the statement
+
+    def build(
+        self,
+        *,
+        words: tuple[str, ...] = (),
+        candidates: tuple[list[int], list[float]] | None = None,
+        hits: bool = True,
+    ) -> tuple[str, list[Any]]:
+        p = self.params
+        index_param = p.add(self.index.pk)
+        flags = [compile_filter(node, p, "p") for node in self.plan.filters]
+        where = flags[0] if self.variants == 1 else "(" + " OR ".join(flags) + ")"
+        flag_columns = "" if self.variants == 1 else "".join(f", {f} AS f{i}" for i, f in enumerate(flags))
+        group_columns = ""
+        if self.collapsed:
+            assert self.plan.collapse is not None
+            group_columns = f', {_group_key(p, self.plan.collapse.field)} COLLATE "C" AS g'
+        if self.source == "text":
+            self.ctes.append(f"tq AS MATERIALIZED (SELECT {tsquery_sql(p, words, index_param)} AS q)")
+            tsquery = "(SELECT q FROM tq)"
+            score = f"ts_rank_cd('{RANK_WEIGHTS}', p.search_tsv, {tsquery}, 1)::float8"
+            source_sql = f"FROM products p WHERE p.index_pk = {index_param} AND p.search_tsv @@ {tsquery} AND {where}"
+        elif self.source == "candidates":
+            assert candidates is not None
+            pks, scores = candidates
+            score = "c.score"
+            source_sql = (
+                f"FROM unnest({p.add(pks, 'bigint[]')}, {p.add(scores, 'float8[]')}) AS c(pk, score)"
+                f" JOIN products p ON p.pk = c.pk WHERE p.index_pk = {index_param} AND {where}"
+            )
+        else:
+            score = "NULL::float8"
+            source_sql = f"FROM products p WHERE p.index_pk = {index_param} AND {where}"
+        extracted = "".join(", " + c for c in self.columns)
+        # m carries the extracted values, not the documents: only the page's are fetched.
+        self.ctes.append(
+            f"m AS MATERIALIZED (SELECT p.pk, p.product_id, p.price, {score} AS score"
+            f"{flag_columns}{group_columns}{extracted} {source_sql})"
+        )
+        hits_set = "m" if self.variants == 1 else "(SELECT * FROM m WHERE f0)"
+        if self.collapsed:
+            order = ", ".join(self.group_order())
+            self.ctes.append(f"c AS (SELECT DISTINCT ON (g) * FROM {hits_set} h ORDER BY g, {order})")
+            hits_set = "c"
+        selects = []
+        if hits:
+            final = ", ".join(self.final_order())
+            if self.relevance and self.plan.sort:
+                depth = p.add(self.plan.sort_depth)
+                self.ctes.append(
+                    f"top AS (SELECT * FROM {hits_set} t ORDER BY {', '.join(self.default_order())} LIMIT {depth})"
+                )
+                hits_set = "top"
+            self.ctes.append(
+                f"page AS (SELECT *, row_number() OVER (ORDER BY {final}) AS ord FROM"
+                f" (SELECT * FROM {hits_set} s ORDER BY {final}"
+                f" LIMIT {p.add(self.plan.limit)} OFFSET {p.add(self.plan.offset)}) q)"
+            )
+            selects.append(
+                "SELECT 0 AS kind, s.ord, s.pk, s.product_id, d.doc::text AS doc, s.score, NULL::text AS payload"
+                " FROM page s JOIN products d ON d.pk = s.pk"
+            )
+        for number, facet in enumerate(self.plan.facets):
+            self.ctes.append(f"f{number} AS ({self.facet_sql(facet, number)})")
+            selects.append(
+                f"SELECT 1, {number}, NULL::bigint, NULL::text, NULL::text, NULL::float8, payload::text FROM f{number}"
+            )
+        if not selects:
+            selects.append("SELECT 0, 0, NULL::bigint, NULL::text, NULL::text, NULL::float8, NULL::text WHERE FALSE")
+        sql = "WITH " + ",\n".join(self.ctes) + "\n" + "\nUNION ALL\n".join(selects)
+        return sql, p.values
+
+    def facet_sql(self, facet: FacetPlan, number: int) -> str:
+        p = self.params
+        flag = "TRUE" if self.variants == 1 else f"x.f{int(facet.variant)}"
+        direction = "ASC" if facet.ascending else "DESC"
+        value = f"x.{self.facet_columns[number]}"
+        if facet.kind in ("string", "array"):
+            unit = ", x.g" if self.collapsed else ", x.pk"
+            if facet.kind == "string" and not self.collapsed:
+                # one value per product: count the rows directly
+                rows = f"SELECT {value} AS v, count(*) AS n FROM m x WHERE {flag} AND {value} IS NOT NULL GROUP BY 1"
+            else:
+                if facet.kind == "string":
+                    pairs = f"SELECT {value} AS v{unit} FROM m x WHERE {flag}"
+                else:
+                    elements = (
+                        f"unnest({value})"
+                        if facet.field == "productCollections"
+                        else f"jsonb_array_elements_text({value})"
+                    )
+                    pairs = f"SELECT a.v{unit} FROM m x CROSS JOIN LATERAL {elements} AS a(v) WHERE {flag}"
+                # (value, product) or (value, group) pairs once each, then counted: an array
+                # counts an element once per product, a collapsed group once per value.
+                rows = (
+                    f"SELECT v, count(*) AS n FROM (SELECT DISTINCT * FROM ({pairs}) q WHERE v IS NOT NULL) d"
+                    " GROUP BY v"
+                )
+            order = f'n {direction}, v COLLATE "C"'
+            return (
+                f"SELECT json_agg(json_build_array(v, n) ORDER BY {order}) AS payload FROM"
+                f" (SELECT v, n FROM ({rows}) r ORDER BY {order} LIMIT {p.add(facet.max_results)}) t"
+            )
+        if facet.ranges is not None:
+            counts = []
+            for bucket in facet.ranges:
+                conditions = [f"{value} IS NOT NULL"]
+                if bucket.low is not None:
+                    conditions.append(f"{value} >= {p.add(bucket.low, 'float8')}")
+                if bucket.high is not None:
+                    conditions.append(f"{value} < {p.add(bucket.high, 'float8')}")
+                unit = "count(DISTINCT x.g)" if self.collapsed else "count(*)"
+                counts.append(
+                    f"json_build_array({p.add(bucket.name, 'text')}, {unit} FILTER (WHERE {' AND '.join(conditions)}))"
+                )
+            return f"SELECT json_build_array({', '.join(counts)}) AS payload FROM m x WHERE {flag}"
+        # number stats: over each group's representative when collapsing
+        source = f"m x WHERE {flag}"
+        if self.collapsed:
+            if facet.variant == 0:
+                source = "c x"
+            else:
+                source = (
+                    f"(SELECT DISTINCT ON (g) * FROM m WHERE f{int(facet.variant)}"
+                    f" ORDER BY g, {', '.join(self.group_order())}) x"
+                )
+        return (
+            f"SELECT json_build_object('min', min(v), 'max', max(v), 'avg', avg(v), 'sum', sum(v),"
+            f" 'count', count(v)) AS payload FROM (SELECT {value} AS v FROM {source}) s"
+        )
+
+
+def storefront_sql(
+    index: IndexRecord,
+    plan: StorefrontPlan,
+    source: Source,
+    *,
+    words: tuple[str, ...] = (),
+    candidates: tuple[list[int], list[float]] | None = None,
+    hits: bool = True,
+) -> tuple[str, list[Any]]:
+    """The statement and its values (exposed so tests and benchmarks can EXPLAIN it)."""
+    return _Builder(index, plan, source).build(words=words, candidates=candidates, hits=hits)
+
+
+def _facet_value(facet: FacetPlan, payload: Any) -> Any:
+    if facet.kind == "number" and facet.ranges is None:
+        return payload
+    return {str(value): {"count": int(n)} for value, n in (payload or [])}
+
+
+async def storefront_query(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    index: IndexRecord,
+    plan: StorefrontPlan,
+    source: Source,
+    *,
+    words: tuple[str, ...] = (),
+    candidates: tuple[list[int], list[float]] | None = None,
+    hits: bool = True,
+) -> StorefrontResult:
+    sql, values = storefront_sql(index, plan, source, words=words, candidates=candidates, hits=hits)
+    records = await conn.fetch(sql, *values)
+    rows: list[tuple[int, StorefrontRow]] = []
+    facets: dict[str, Any] = {}
+    for r in records:
+        if r["kind"] == 0:
+            rows.append(
+                (
+                    r["ord"],
+                    StorefrontRow(
+                        r["pk"], r["product_id"], json.loads(r["doc"]), None if r["score"] is None else r["score"]
+                    ),
+                )
+            )
+        else:
+            facet = plan.facets[r["ord"]]
+            facets[facet.key] = _facet_value(facet, json.loads(r["payload"]) if r["payload"] else None)
+    for facet in plan.facets:  # in the order asked
+        facets[facet.key] = facets.pop(facet.key, {})
+    rows.sort(key=lambda item: item[0])
+    return StorefrontResult([row for _, row in rows], facets)

@@ -1,0 +1,350 @@
+"""Facets, sortBy and collapse in SQL against a real PostgreSQL, checked against counts
+computed independently in Python over the whole match set (not the page), on a random catalog."""
+
+from __future__ import annotations
+
+import math
+import random
+import secrets
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+
+from app.contract.storefront import CollapseField, Facets, SortBy
+from app.domain.storefront import build_plan
+from app.errors import ApiError
+from app.filters import parse_filter
+from app.storage import indexes
+from app.storage.indexes import IndexRecord
+from app.storage.storefront import storefront_query
+from tests.filter_reference import matches
+from tests.test_filter_sql import insert_products
+
+BRANDS = ["Acme", "Bolt", "Cargo", "Delta", "Echo"]
+COLOURS = ["red", "blue", "green", "black"]
+COLLECTIONS = ["shoes", "sale", "outdoor", "kids", "new"]
+
+
+def random_catalog(n: int, seed: int) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    docs = []
+    for i in range(n):
+        doc: dict[str, Any] = {
+            "_id": f"p{i:04d}",
+            "productTitle": f"Product {i}",
+            "price": float(rng.choice([rng.randrange(0, 300), rng.randrange(0, 300) + 0.5])),
+            "variantImageUrl": "https://img.test/p.jpg",
+        }
+        if rng.random() < 0.9:
+            doc["brand"] = rng.choice(BRANDS)
+        if rng.random() < 0.8:
+            doc["colour"] = rng.choice(COLOURS)
+        if rng.random() < 0.85:
+            doc["productCollections"] = rng.sample(COLLECTIONS, rng.randrange(0, 4))
+        roll = rng.random()
+        if roll < 0.6:
+            doc["rating"] = rng.randrange(0, 50) / 10
+            doc["rating_num"] = doc["rating"]
+        elif roll < 0.7:
+            doc["rating"] = "n/a"  # not a number: no value for number facets and sorting by type
+        if rng.random() < 0.85:
+            doc["parentProductId"] = f"parent{rng.randrange(60)}"
+        docs.append(doc)
+    return docs
+
+
+@pytest.fixture(scope="module")
+async def catalog(pool: asyncpg.Pool) -> AsyncIterator[tuple[IndexRecord, list[dict[str, Any]]]]:
+    docs = random_catalog(400, seed=11)
+    async with pool.acquire() as conn:
+        async with conn.transaction():
+            record = await indexes.create_index(
+                conn,
+                name=f"sf-{secrets.token_hex(4)}",
+                index_id=secrets.token_hex(16),
+                settings={},
+                model={},
+                dimensions=4,
+                vector_type="halfvec",
+            )
+        await insert_products(conn, record.pk, docs)
+    yield record, docs
+    async with pool.acquire() as conn, conn.transaction():
+        await indexes.delete_index(conn, record)
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def _group(doc: dict[str, Any], field: str) -> Any:
+    value = doc.get(field)
+    return ("own", doc["_id"]) if value is None else ("value", repr(value))
+
+
+def expected_values(docs: list[dict[str, Any]], field: str, kind: str, collapse: str | None) -> Counter[str]:
+    """Per value: products (or, collapsing, distinct groups) having it."""
+    seen: dict[str, set[Any]] = {}
+    for doc in docs:
+        value = doc.get(field)
+        values: set[str] = set()
+        if kind == "string" and isinstance(value, str):
+            values = {value}
+        if kind == "array" and isinstance(value, list):
+            values = set(value)
+        unit = _group(doc, collapse) if collapse else doc["_id"]
+        for v in values:
+            seen.setdefault(v, set()).add(unit)
+    return Counter({v: len(units) for v, units in seen.items()})
+
+
+def top_values(counts: Counter[str], max_results: int, ascending: bool) -> dict[str, dict[str, int]]:
+    order = sorted(counts.items(), key=lambda kv: (kv[1] if ascending else -kv[1], kv[0].encode()))
+    return {v: {"count": n} for v, n in order[:max_results]}
+
+
+def sort_value(doc: dict[str, Any], field: str) -> Any:
+    return doc.get(field)
+
+
+def python_sorted(docs: list[dict[str, Any]], fields: list[dict[str, str]]) -> list[str]:
+    """Reference order for fields holding one type each (numbers, or strings compared bytewise-safely)."""
+
+    def key(doc: dict[str, Any]) -> tuple[Any, ...]:
+        parts: list[Any] = []
+        for f in fields:
+            value = doc.get(f["fieldName"]) if f["fieldName"] != "_id" else doc["_id"]
+            missing = value is None
+            first = f.get("missing", "last") == "first"
+            parts.append(0 if missing == first else 1)
+            if missing:
+                parts.append(0)
+            elif isinstance(value, str):
+                # the test's strings are ASCII lower/upper-free words: byte order = collation order
+                parts.append(tuple(-ord(c) for c in value) + (math.inf,) if f.get("order") == "desc" else value)
+            else:
+                parts.append(-value if f.get("order") == "desc" else value)
+        parts.append(doc["_id"])
+        return tuple(parts)
+
+    return [d["_id"] for d in sorted(docs, key=key)]
+
+
+FILTERS = [
+    None,
+    "brand IN (Acme, Bolt)",
+    "price:[50 TO 200] AND NOT colour:red",
+    "productCollections:sale OR brand:Echo",
+    "(brand:Acme OR brand:Cargo) AND colour IN (red, blue)",
+]
+
+
+async def run(pool: asyncpg.Pool, record: IndexRecord, filter_text: str | None, **request: Any) -> Any:
+    plan = build_plan(
+        filter_node=parse_filter(filter_text),
+        facets=Facets.parse(request["facets"]) if "facets" in request else None,
+        sort=SortBy.parse(request["sortBy"]) if "sortBy" in request else None,
+        collapse=CollapseField.parse(request["collapse"]) if "collapse" in request else None,
+        limit=request.get("limit", 10),
+        offset=request.get("offset", 0),
+    )
+    return await storefront_query(pool, record, plan, "browse")
+
+
+@pytest.mark.parametrize("filter_text", FILTERS)
+@pytest.mark.parametrize("collapse", [None, "parentProductId"])
+async def test_facet_counts_equal_independent_counts(pool, catalog, filter_text, collapse) -> None:
+    record, docs = catalog
+    node = parse_filter(filter_text)
+    matched = [d for d in docs if matches(node, d)]
+    facets = {
+        "fields": {
+            "brand": {"type": "string"},
+            "colour": {"type": "string", "maxResults": 2, "order": "asc"},
+            "collections": {"type": "array"},  # the alias of productCollections
+            "price": {
+                "type": "number",
+                "ranges": [{"to": 50}, {"from": 50, "to": 100.5, "name": "mid"}, {"from": 100.5}],
+            },
+            "rating": {"type": "number"},
+        },
+        "maxResults": 3,
+    }
+    request: dict[str, Any] = {"facets": facets, "limit": 5}
+    if collapse:
+        request["collapse"] = {"name": collapse}
+    result = await run(pool, record, filter_text, **request)
+    got = result.facets
+    assert list(got) == ["brand", "colour", "collections", "price", "rating"]
+    assert got["brand"] == top_values(expected_values(matched, "brand", "string", collapse), 3, False)
+    assert got["colour"] == top_values(expected_values(matched, "colour", "string", collapse), 2, True)
+    assert got["collections"] == top_values(expected_values(matched, "productCollections", "array", collapse), 3, False)
+
+    def units(rows: list[dict[str, Any]]) -> int:
+        return len({_group(d, collapse) for d in rows}) if collapse else len(rows)
+
+    prices = [(d, d["price"]) for d in matched]
+    assert got["price"] == {
+        "*:50": {"count": units([d for d, p in prices if p < 50])},
+        "mid": {"count": units([d for d, p in prices if 50 <= p < 100.5])},
+        "100.5:*": {"count": units([d for d, p in prices if p >= 100.5])},
+    }
+    # number stats: over the products, or over each group's representative (the hit the page lists)
+    reps = matched
+    if collapse:
+        firsts: dict[Any, dict[str, Any]] = {}
+        for d in sorted(matched, key=lambda d: d["_id"]):
+            firsts.setdefault(_group(d, collapse), d)
+        reps = list(firsts.values())
+        assert len(result.rows) == min(5, len(reps))
+        assert [r.product_id for r in result.rows] == sorted(d["_id"] for d in reps)[:5]
+    ratings = [v for d in reps if (v := _number(d.get("rating"))) is not None]
+    stats = got["rating"]
+    assert stats["count"] == len(ratings)
+    if ratings:
+        assert stats["min"] == min(ratings) and stats["max"] == max(ratings)
+        assert stats["sum"] == pytest.approx(sum(ratings))
+        assert stats["avg"] == pytest.approx(sum(ratings) / len(ratings))
+
+
+async def test_exclude_terms_drop_the_facets_own_selection(pool, catalog) -> None:
+    """Multi-select sidebar: brand counts ignore the brand selection, keep the other conditions."""
+    record, docs = catalog
+    filter_text = "brand IN (Acme, Bolt) AND colour:red"
+    facets = {
+        "fields": {
+            "brand": {"type": "string", "excludeTerms": ["brand IN (Acme, Bolt)"]},
+            "colour": {"type": "string", "excludeTerms": ["colour:red"]},
+            # both terms dropped (spelt differently from the filter: terms compare as parsed)
+            "productCollections": {"type": "array", "excludeTerms": ["colour:red", "brand IN (Acme,Bolt)"]},
+        }
+    }
+    result = await run(pool, record, filter_text, facets=facets)
+    red = [d for d in docs if matches(parse_filter("colour:red"), d)]
+    acme_bolt = [d for d in docs if matches(parse_filter("brand IN (Acme, Bolt)"), d)]
+    both = [d for d in docs if matches(parse_filter(filter_text), d)]
+    assert result.facets["brand"] == top_values(expected_values(red, "brand", "string", None), 100, False)
+    assert result.facets["colour"] == top_values(expected_values(acme_bolt, "colour", "string", None), 100, False)
+    assert result.facets["productCollections"] == top_values(
+        expected_values(docs, "productCollections", "array", None), 100, False
+    )
+    plain = await run(pool, record, filter_text, facets={"fields": {"brand": {"type": "string"}}})
+    assert plain.facets["brand"] == top_values(expected_values(both, "brand", "string", None), 100, False)
+    assert set(result.facets["brand"]) == set(BRANDS)  # the other brands stay selectable
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        [{"fieldName": "price"}],
+        [{"fieldName": "price", "order": "desc"}],
+        [{"fieldName": "brand", "missing": "first"}, {"fieldName": "price", "order": "desc"}],
+        [{"fieldName": "brand", "order": "desc", "missing": "last"}, {"fieldName": "rating_num", "missing": "first"}],
+        [
+            {"fieldName": "colour", "missing": "first"},
+            {"fieldName": "brand", "order": "desc"},
+            {"fieldName": "price"},
+        ],
+    ],
+)
+async def test_sort_by_is_exact_over_the_whole_filtered_set(pool, catalog, fields) -> None:
+    record, docs = catalog
+    # `rating_num`: a numbers-only copy of rating, so the reference compares one type per field
+    filter_text = "price:[20 TO 250]"
+    node = parse_filter(filter_text)
+    matched = [d for d in docs if matches(node, d)]
+    wanted = python_sorted(matched, fields)
+    result = await run(pool, record, filter_text, sortBy={"fields": fields}, limit=1000)
+    assert [r.product_id for r in result.rows] == wanted
+    page = await run(pool, record, filter_text, sortBy={"fields": fields}, limit=7, offset=30)
+    assert [r.product_id for r in page.rows] == wanted[30:37]
+
+
+async def test_collapse_returns_one_hit_per_group_with_the_groups_own_sort(pool, catalog) -> None:
+    record, docs = catalog
+    collapse = {"name": "parentProductId", "sortBy": {"fields": [{"fieldName": "price", "order": "desc"}]}}
+    result = await run(pool, record, None, collapse=collapse, sortBy={"fields": [{"fieldName": "price"}]}, limit=1000)
+    groups: dict[Any, list[dict[str, Any]]] = {}
+    for d in docs:
+        groups.setdefault(_group(d, "parentProductId"), []).append(d)
+    # each group's most expensive variant (ties: smallest _id), then ordered by price ascending
+    best = [sorted(g, key=lambda d: (-d["price"], d["_id"]))[0] for g in groups.values()]
+    wanted = [d["_id"] for d in sorted(best, key=lambda d: (d["price"], d["_id"]))]
+    assert [r.product_id for r in result.rows] == wanted
+    parents = [r.doc.get("parentProductId") for r in result.rows if "parentProductId" in r.doc]
+    assert len(parents) == len(set(parents))
+
+
+def test_exclude_terms_misuse() -> None:
+    facets = Facets.parse({"fields": {"brand": {"type": "string", "excludeTerms": ["brand:Acme"]}}})
+    for filter_text, fragment in [(None, "need a filter"), ("brand:Bolt", "does not appear"), ("a:1", "does not")]:
+        with pytest.raises(ApiError) as caught:
+            build_plan(
+                filter_node=parse_filter(filter_text), facets=facets, sort=None, collapse=None, limit=10, offset=0
+            )
+        assert caught.value.status == 400 and caught.value.code == "invalid_facets"
+        assert fragment in caught.value.message
+
+
+# --- the plans at catalog scale (DESIGN "Storefront queries in SQL") -------------------------
+
+SCALE_PRODUCTS = 100_000
+
+
+@pytest.fixture(scope="module")
+async def scale_catalog(pool: asyncpg.Pool) -> AsyncIterator[IndexRecord]:
+    from benchmarks import storefront_bench
+
+    async with pool.acquire() as conn:
+        record = await storefront_bench.load(
+            conn, storefront_bench.catalog(SCALE_PRODUCTS), f"sf-scale-{secrets.token_hex(3)}"
+        )
+    yield record
+    async with pool.acquire() as conn, conn.transaction():
+        await indexes.delete_index(conn, record)
+
+
+async def _explain(pool: asyncpg.Pool, record: IndexRecord, source: str, words: tuple[str, ...], **request: Any) -> str:
+    from app.storage.storefront import storefront_sql
+
+    plan = build_plan(
+        filter_node=parse_filter(request.get("filter")),
+        facets=Facets.parse(request["facets"]) if "facets" in request else None,
+        sort=SortBy.parse(request["sortBy"]) if "sortBy" in request else None,
+        collapse=CollapseField.parse(request["collapse"]) if "collapse" in request else None,
+        limit=20,
+        offset=0,
+    )
+    sql, values = storefront_sql(record, plan, source, words=words)  # type: ignore[arg-type]
+    async with pool.acquire() as conn:
+        return "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + sql, *values))
+
+
+async def test_storefront_plans_use_the_indexes_at_100k(pool, scale_catalog) -> None:
+    record = scale_catalog
+    facets = {"fields": {"brand": {"type": "string"}, "productCollections": {"type": "array"}}}
+    # browse under a selective filter: the filter-terms GIN index, never a scan of all products
+    plan = await _explain(
+        pool,
+        record,
+        "browse",
+        (),
+        filter="brand:Brand07 AND colour:red",
+        facets=facets,
+        sortBy={"fields": [{"fieldName": "price"}]},
+        collapse={"name": "parentProductId"},
+    )
+    assert "products_filter_terms_idx" in plan and "Seq Scan on products" not in plan, plan
+    # text: the weighted tsvector's GIN index for the words
+    plan = await _explain(pool, record, "text", ("leather", "boots"), facets=facets)
+    assert "products_search_tsv_idx" in plan and "Seq Scan on products" not in plan, plan
+    # a misspelt word: corrected through the title words' trigram index (a one-time filter skips it
+    # for words the catalog knows)
+    plan = await _explain(pool, record, "text", ("wireles", "headphnes"))
+    assert "search_words_word_trgm_idx" in plan and "One-Time Filter" in plan, plan
+    assert "Seq Scan on products" not in plan, plan
