@@ -49,10 +49,10 @@ def test_query_snapshots_match_the_code() -> None:
 def test_every_sql_constant_of_storage_is_snapshotted() -> None:
     import textwrap
 
-    from app.storage import apikeys, indexes, products, search, snapshots
+    from app.storage import apikeys, db, indexes, products, search, snapshots, storefront
 
     registered = {snapshots.statement(name)[0] for name in snapshots.STATEMENTS}
-    for module in (apikeys, indexes, products, search):
+    for module in (apikeys, db, indexes, products, search, storefront):
         for attr, value in vars(module).items():
             if isinstance(value, str) and re.match(r"\s*(SELECT|INSERT|UPDATE|DELETE|WITH)\b", value):
                 assert textwrap.dedent(value).strip() in registered, (

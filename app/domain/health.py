@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from app.storage import db
 from app.vision.service import VisionService
 
 
@@ -40,7 +41,7 @@ class HealthService:
         """One round trip to PostgreSQL within `timeout_s` (a connection from the pool, SELECT 1)."""
         try:
             async with self.pool.acquire(timeout=timeout_s) as conn:
-                await conn.fetchval("SELECT 1")
+                await db.ping(conn)
         except Exception:  # any failure means "not ready": the probe reports it, never raises
             return False
         return True

@@ -200,3 +200,11 @@ def redact_url(url: str) -> str:
         netloc = parts.netloc.replace(":" + parts.password + "@", ":***@")
         return parts._replace(netloc=netloc).geturl()
     return url
+
+
+# The health probe's round trip (GET /health, readiness).
+PING = "SELECT 1"
+
+
+async def ping(conn: asyncpg.Connection) -> None:
+    await conn.fetchval(PING)

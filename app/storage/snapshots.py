@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from app.filters import parse_filter
-from app.storage import apikeys, indexes, products, search, storefront
+from app.storage import apikeys, db, indexes, products, search, storefront
 from app.storage.indexes import IndexRecord
 
 QUERIES_DIR = Path("sql") / "queries"  # relative to the checkout root, where the command runs
@@ -151,6 +151,8 @@ STATEMENTS: dict[str, Callable[[IndexRecord], Statement]] = {
     "indexes.index_stats": lambda ix: (indexes.index_stats_sql(ix), [ix.pk]),
     "indexes.delete_index (vector table)": lambda ix: indexes.delete_index_sql(ix)[0],
     "indexes.delete_index (row)": lambda ix: (indexes.delete_index_sql(ix)[1], [ix.pk]),
+    # db: the health probe
+    "db.ping": lambda ix: db.PING,
     # apikeys: admin authentication and first-start key generation
     "apikeys.active_key_digests": lambda ix: apikeys.ACTIVE_KEYS,
     "apikeys.active_key_digests (by source)": lambda ix: (apikeys.ACTIVE_KEYS_FROM, ["generated"]),
