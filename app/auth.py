@@ -59,6 +59,9 @@ async def bootstrap_admin_keys(pool: asyncpg.Pool, configured_key: str | None) -
                 file=sys.stderr,
                 flush=True,
             )
+        else:
+            # Another process (or an earlier start) created it; it was printed there, once.
+            log.info("a generated admin API key exists (printed once by the process that created it)")
     return AdminKeys(digests)
 
 

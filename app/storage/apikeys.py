@@ -43,6 +43,11 @@ async def store_key(conn: asyncpg.Connection | asyncpg.Pool, key: str, source: s
     )
 
 
+# Advisory lock serialising first-start key generation: the bytes of "lookakey" as a bigint
+# (beside app.storage.migrate.MIGRATION_LOCK_KEY, "lookalik").
+KEY_BOOTSTRAP_LOCK_KEY = 7813586385497711993
+
+
 async def lock_key_bootstrap(conn: asyncpg.Connection) -> None:
-    """Serialise first-start key generation between processes (inside a transaction)."""
-    await conn.execute("SELECT pg_advisory_xact_lock(hashtext('lookalike.api_keys'))")
+    """Serialise first-start key generation between processes (held until the transaction ends)."""
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", KEY_BOOTSTRAP_LOCK_KEY)
