@@ -27,6 +27,7 @@ from app.http import documents, indexes, openapi, ops, search, ui
 from app.http.admission import Admission, AdmissionLimits, AdmissionMiddleware
 from app.storage import db, migrate
 from app.storage.catalog import CatalogStore
+from app.storage.replicas import Database
 from app.vision.service import VisionService
 
 log = logging.getLogger("lookalike")
@@ -36,7 +37,8 @@ log = logging.getLogger("lookalike")
 class Services:
     settings: Settings
     database_url: str
-    pool: asyncpg.Pool
+    pool: asyncpg.Pool  # the primary: writes and the admin reads that must see them
+    database: Database  # the primary plus read replicas, for the read endpoints
     vision: VisionService
     ingest: IngestPipeline
     admin_keys: AdminKeys
@@ -80,18 +82,32 @@ async def _serving(app: Starlette, settings: Settings, url: str) -> AsyncIterato
     )
     vision = VisionService(settings)
     backfill = FeatureBackfill(pool, vision)
+    database: Database | None = None
     try:
         keys = await bootstrap_admin_keys(pool, settings.api_key)
+        database = await Database.connect(
+            pool,
+            settings.read_urls,
+            max_size=settings.pool_max_size,
+            statement_timeout_ms=settings.statement_timeout_ms,
+            max_lag_s=settings.replica_max_lag_s,
+            check_interval_s=settings.replica_check_interval_s,
+            check_timeout_s=settings.replica_check_timeout_s,
+        )
+        database.start()  # replica health checks (routing depends on them, so always on)
         app.state.services = Services(
             settings=settings,
             database_url=url,
             pool=pool,
+            database=database,
             vision=vision,
-            ingest=IngestPipeline(vision, CatalogStore(pool), settings.fetch_concurrency),
+            ingest=IngestPipeline(
+                vision, CatalogStore(pool), settings.fetch_concurrency, queue=settings.ingest_mode == "queue"
+            ),
             admin_keys=keys,
             backfill=backfill,
-            search=SearchService(pool, vision),
-            reverse=ReverseSearchService(pool, vision),
+            search=SearchService(database, vision),
+            reverse=ReverseSearchService(database, vision),
         )
         app.state.metrics.services.services = app.state.services  # scrape-time gauges: queue, pool
         if app.state.start_background_work:
@@ -100,6 +116,8 @@ async def _serving(app: Starlette, settings: Settings, url: str) -> AsyncIterato
     finally:
         app.state.metrics.services.services = None
         await backfill.stop()
+        if database is not None:
+            await database.close()
         await vision.aclose()
         await pool.close()
 

@@ -31,6 +31,8 @@ from app.domain.rerank import (
 from app.domain.search import StageTimer, compile_where
 from app.storage import search as search_sql
 from app.storage.indexes import IndexRecord
+from app.storage.params import SqlParams
+from app.storage.replicas import Database
 from app.vision import aggregate, local_features
 from app.vision.crops import crop_images, query_boxes
 from app.vision.model import ModelSpec
@@ -48,8 +50,8 @@ def _best_cosines(vectors: np.ndarray, queries: np.ndarray) -> float:
 
 
 class ReverseSearchService:
-    def __init__(self, pool: asyncpg.Pool, vision: VisionService, params: RerankParams | None = None):
-        self.pool = pool
+    def __init__(self, database: Database, vision: VisionService, params: RerankParams | None = None):
+        self.db = database
         self.vision = vision
         self.params = params or RerankParams()
 
@@ -81,8 +83,10 @@ class ReverseSearchService:
         queries = [search_sql.VectorQuery(e, "embedding", pool_size) for e in embeddings]
         if self.params.aggregate_pool:
             queries += [search_sql.VectorQuery(a, "local_aggregate", self.params.aggregate_pool) for a in aggregates]
-        async with self.pool.acquire() as conn, conn.transaction(readonly=True):
-            found = await search_sql.nearest_many(conn, index, queries, where_sql, params, filtered=filtered)
+        async def candidates_from(conn: asyncpg.Connection) -> tuple[list[Candidate], list[Any], dict[Any, Any]]:
+            found = await search_sql.nearest_many(
+                conn, index, queries, where_sql, SqlParams(params.values), filtered=filtered
+            )
             # each product keeps its best cosine per signal, over the crops
             global_scores: dict[int, float] = merge_crop_neighbours(found[: len(embeddings)])  # type: ignore[assignment]
             aggregate_scores: dict[int, float] = merge_crop_neighbours(found[len(embeddings) :])  # type: ignore[assignment]
@@ -99,6 +103,9 @@ class ReverseSearchService:
             # the final top `limit` always comes from the verified set (unverified priors are lower)
             to_verify = select_for_verification(candidates, self.params)
             details = await search_sql.candidate_details(conn, index, to_verify)  # type: ignore[arg-type]
+            return candidates, to_verify, details
+
+        candidates, to_verify, details = await self.db.read(candidates_from)
         timer.lap("sql")
 
         stored = {k: details[k].features for k in to_verify if k in details}

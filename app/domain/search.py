@@ -6,14 +6,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import asyncpg
-
 from app.domain.filters import FilterError, parse_filter
 from app.domain.queries import SearchRequest, shape_hit
+from app.storage import products as products_sql
 from app.storage import search as search_sql
 from app.storage.filter_sql import compile_filter
 from app.storage.indexes import IndexRecord
 from app.storage.params import SqlParams
+from app.storage.replicas import Database
 from app.vision.model import ModelSpec
 from app.vision.service import VisionService
 
@@ -42,8 +42,14 @@ def compile_where(filter_text: str | None) -> tuple[str, SqlParams, bool]:
 
 
 class SearchService:
-    def __init__(self, pool: asyncpg.Pool, vision: VisionService):
-        self.pool = pool
+    """The read endpoints' database work, on a replica when one is usable (`Database.read`).
+
+    A read may run twice (a replica fails, the primary answers), so each attempt gets its own
+    copy of the filter's parameters (the statements append theirs).
+    """
+
+    def __init__(self, database: Database, vision: VisionService):
+        self.db = database
         self.vision = vision
 
     async def search(
@@ -51,12 +57,19 @@ class SearchService:
     ) -> list[dict[str, Any]]:
         where_sql, params, filtered = compile_where(request.filter)
         if request.q is None:
-            rows = await search_sql.browse(self.pool, index, where_sql, params, request.limit, request.offset)
+            rows = await self.db.read(
+                lambda conn: search_sql.browse(
+                    conn, index, where_sql, SqlParams(params.values), request.limit, request.offset
+                )
+            )
             timer.lap("sql")
             return [shape_hit(r.doc, None, request.attributes) for r in rows]
         if not request.is_image:
-            rows = await search_sql.text_search(
-                self.pool, index, request.q, where_sql, params, request.limit, request.offset
+            text = request.q
+            rows = await self.db.read(
+                lambda conn: search_sql.text_search(
+                    conn, index, text, where_sql, SqlParams(params.values), request.limit, request.offset
+                )
             )
             timer.lap("sql")
             return [shape_hit(r.doc, r.score, request.attributes) for r in rows]
@@ -65,15 +78,25 @@ class SearchService:
         spec = ModelSpec.parse(index.model)
         embedding = (await self.vision.embed(spec, [loaded.image]))[0]
         timer.lap("embed")
-        async with self.pool.acquire() as conn, conn.transaction(readonly=True):
-            rows = await search_sql.nearest(
-                conn,
-                index,
-                embedding,
-                where_sql,
-                params,
-                request.limit + request.offset,
+        rows = await self.db.read(
+            lambda conn: search_sql.nearest(
+                conn, index, embedding, where_sql, SqlParams(params.values), request.limit + request.offset,
                 filtered=filtered,
             )
+        )
         timer.lap("sql")
         return [shape_hit(r.doc, r.score, request.attributes) for r in rows[request.offset :]]
+
+    async def get_documents(self, index: IndexRecord, ids: list[str]) -> list[dict[str, Any]]:
+        """get-documents results in the order asked; a product still queued or failed carries `_embedding`."""
+        wanted = [i for i in ids if "\x00" not in i]
+        found = await self.db.read(lambda conn: products_sql.get_documents_with_state(conn, index, wanted))
+        results = []
+        for product_id in ids:
+            stored = found.get(product_id)
+            if stored is None:
+                results.append({"_id": product_id, "_found": False, "message": "document not found"})
+                continue
+            doc, state = stored
+            results.append({**doc, "_found": True, **({"_embedding": state} if state is not None else {})})
+        return results

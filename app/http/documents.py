@@ -71,14 +71,7 @@ async def get_documents(request: Request) -> JSONResponse:
     svc = services(request)
     body = require_object(await read_json(request))
     ids = _string_list(body.get("documentIds"), "documentIds", svc.settings.max_get_documents)
-    found = await products.get_documents(svc.pool, record, [i for i in ids if "\x00" not in i])
-    results = [
-        {**found[i], "_found": True}
-        if i in found
-        else {"_id": i, "_found": False, "message": "document not found"}
-        for i in ids
-    ]
-    return json_response({"results": results})
+    return json_response({"results": await svc.search.get_documents(record, ids)})
 
 
 async def delete_documents(request: Request) -> JSONResponse:

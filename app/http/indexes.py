@@ -135,5 +135,6 @@ async def index_stats(request: Request) -> JSONResponse:
                 "featuresFailed": stats["failed"],
                 "ready": enabled and stats["pending"] == 0,
             },
+            "embeddings": {"pending": stats["embeddings_pending"], "failed": stats["embeddings_failed"]},
         }
     )

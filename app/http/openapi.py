@@ -208,6 +208,15 @@ SCHEMAS: dict[str, Any] = {
                     "ready": {"type": "boolean"},
                 },
             },
+            "embeddings": {
+                "type": "object",
+                "description": "queue mode: products waiting for a worker, and products whose embedding failed",
+                "required": ["pending", "failed"],
+                "properties": {
+                    "pending": {"type": "integer", "minimum": 0},
+                    "failed": {"type": "integer", "minimum": 0},
+                },
+            },
         },
     },
     "Product": {
@@ -281,7 +290,20 @@ SCHEMAS: dict[str, Any] = {
                         {
                             "type": "object",
                             "required": ["_id", "_found"],
-                            "properties": {"_id": {"type": "string"}, "_found": {"const": True}},
+                            "properties": {
+                                "_id": {"type": "string"},
+                                "_found": {"const": True},
+                                "_embedding": {
+                                    "type": "object",
+                                    "description": "only on a product not searchable yet (queue mode): "
+                                    "`pending` (waiting for a worker) or `failed` (with the reason)",
+                                    "required": ["status", "message"],
+                                    "properties": {
+                                        "status": {"enum": ["pending", "failed"]},
+                                        "message": {"type": "string"},
+                                    },
+                                },
+                            },
                             "additionalProperties": _FIELD_VALUE,
                         },
                         {
@@ -415,6 +437,27 @@ SCHEMAS: dict[str, Any] = {
                     "size": {"type": "integer", "minimum": 0},
                     "idle": {"type": "integer", "minimum": 0},
                     "max": {"type": "integer", "minimum": 0},
+                },
+            },
+            "reads": {
+                "enum": ["replicas", "primary"],
+                "description": "where the read endpoints go now: a usable replica, or the primary",
+            },
+            "replicas": {
+                "type": "array",
+                "description": "each LOOKALIKE_DATABASE_READ_URL replica (password redacted) and its state",
+                "items": {
+                    "type": "object",
+                    "required": ["url", "state", "lagSeconds", "lagBytes"],
+                    "properties": {
+                        "url": {"type": "string"},
+                        "state": {"enum": ["ok", "lagging", "down", "unknown"]},
+                        "lagSeconds": {"type": ["number", "null"]},
+                        "lagBytes": {"type": ["integer", "null"]},
+                        "replayPaused": {"type": "boolean"},
+                        "reads": {"type": "integer", "minimum": 0},
+                        "error": {"type": ["string", "null"]},
+                    },
                 },
             },
         },

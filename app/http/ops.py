@@ -64,6 +64,27 @@ class _ServiceCollector(Collector):
         yield GaugeMetricFamily("lookalike_db_pool_idle", "Idle database connections", value=idle)
         yield GaugeMetricFamily("lookalike_db_pool_in_use", "Database connections in use", value=size - idle)
         yield GaugeMetricFamily("lookalike_db_pool_max", "Pool maximum size", value=pool.get_max_size())
+        database = getattr(svc, "database", None)
+        if database is None:
+            return
+        reads = CounterMetricFamily("lookalike_db_reads", "Read-endpoint statement groups by where they ran",
+                                    labels=["target"])
+        reads.add_metric(["primary"], database.primary_reads)
+        reads.add_metric(["replica"], sum(replica.reads for replica in database.replicas))
+        usable = GaugeMetricFamily("lookalike_replica_usable", "1 while the replica serves reads", labels=["replica"])
+        lag = GaugeMetricFamily("lookalike_replica_lag_seconds", "Replica replay lag (seconds; NaN when unknown)",
+                                labels=["replica"])
+        lag_bytes = GaugeMetricFamily("lookalike_replica_lag_bytes", "WAL bytes the replica has not replayed",
+                                      labels=["replica"])
+        for replica in database.replicas:
+            label = [replica.label]  # the URL with its password redacted
+            usable.add_metric(label, 1.0 if replica.usable else 0.0)
+            lag.add_metric(label, float("nan") if replica.lag_s is None else replica.lag_s)
+            lag_bytes.add_metric(label, float("nan") if replica.lag_bytes is None else float(replica.lag_bytes))
+        yield reads
+        yield usable
+        yield lag
+        yield lag_bytes
 
 
 class Metrics:
@@ -269,5 +290,7 @@ async def health(request: Request) -> JSONResponse:
             "modelsLoaded": models["loaded"],
             "models": models,
             "pool": pool,
+            "reads": svc.database.reads_from,
+            "replicas": svc.database.describe(),
         }
     )

@@ -133,6 +133,11 @@ async def get_index(conn: asyncpg.Connection | asyncpg.Pool, name: str) -> Index
     return _record(row) if row else None
 
 
+async def get_index_by_pk(conn: asyncpg.Connection | asyncpg.Pool, pk: int) -> IndexRecord | None:
+    row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM indexes WHERE pk = $1", pk)
+    return _record(row) if row else None
+
+
 async def list_indexes(conn: asyncpg.Connection | asyncpg.Pool) -> list[tuple[IndexRecord, int]]:
     rows = await conn.fetch(
         f"SELECT {', '.join('i.' + c.strip() for c in _COLUMNS.split(','))},"
@@ -167,6 +172,10 @@ async def index_stats(conn: asyncpg.Connection | asyncpg.Pool, record: IndexReco
           (SELECT count(*) FROM products WHERE index_pk = $1 AND features_status = 'pending') AS pending,
           (SELECT count(*) FROM products WHERE index_pk = $1 AND features_status = 'failed') AS failed,
           (SELECT count(*) FROM products WHERE index_pk = $1 AND features_status = 'ready') AS ready,
+          (SELECT count(*) FROM products WHERE index_pk = $1 AND embedding_status = 'pending')
+            AS embeddings_pending,
+          (SELECT count(*) FROM products WHERE index_pk = $1 AND embedding_status = 'failed')
+            AS embeddings_failed,
           pg_total_relation_size('{record.vectors_table}'::regclass) AS vector_bytes
         """,
         record.pk,

@@ -89,7 +89,7 @@ async def browse(
     offset_param = params.add(offset)
     records = await conn.fetch(
         f"SELECT p.pk, p.product_id, p.doc, NULL::float8 AS score FROM products p "
-        f"WHERE p.index_pk = {index_param} AND ({where_sql}) "
+        f"WHERE p.index_pk = {index_param} AND p.embedding_status = 'ready' AND ({where_sql}) "
         f'ORDER BY p.product_id COLLATE "C" LIMIT {limit_param} OFFSET {offset_param}',
         *params.values,
     )
@@ -113,7 +113,8 @@ async def text_search(
         f"""
         SELECT p.pk, p.product_id, p.doc, ts_rank_cd(p.search_tsv, q.query) AS score
         FROM products p, websearch_to_tsquery('english', {query_param}) AS q(query)
-        WHERE p.index_pk = {index_param} AND p.search_tsv @@ q.query AND ({where_sql})
+        WHERE p.index_pk = {index_param} AND p.embedding_status = 'ready' AND p.search_tsv @@ q.query
+          AND ({where_sql})
         ORDER BY score DESC, p.product_id COLLATE "C"
         LIMIT {limit_param} OFFSET {offset_param}
         """,
