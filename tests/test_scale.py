@@ -141,3 +141,127 @@ def test_concurrent_migrations_take_turns(pg: tuple[Postgres, Postgres]) -> None
             await conn.close()
 
     assert len(asyncio.run(versions())) == 1
+
+
+# -- read replicas ------------------------------------------------------------------------------
+
+
+async def _xact_commits(server: Postgres, database: str) -> int:
+    """Committed transactions in `database` as `server` counts them (asked from another database)."""
+    conn = await asyncpg.connect(server.url("postgres"))
+    try:
+        value = await conn.fetchval("SELECT xact_commit FROM pg_stat_database WHERE datname = $1", database)
+        return int(value or 0)
+    finally:
+        await conn.close()
+
+
+async def _eventually(check, within_s: float = 15.0) -> float:  # type: ignore[no-untyped-def]
+    """Seconds until `await check()` is truthy."""
+    started = time.monotonic()
+    while not await check():
+        if time.monotonic() - started > within_s:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.1)
+    return time.monotonic() - started
+
+
+async def test_reads_follow_the_healthy_replica(pg: tuple[Postgres, Postgres], tmp_path: Path) -> None:
+    from app.storage import migrate
+    from tests.conftest import ADMIN, api_settings, running_app
+    from tests.helpers import TEST_MODEL, data_url, product, product_image
+
+    primary, standby = pg
+    name = "lookalike_reads"
+    await db.ensure_database(primary.url(name))
+    await asyncio.to_thread(migrate.upgrade, primary.url(name))
+    settings = api_settings(
+        primary.url(name),
+        tmp_path,
+        database_read_url=standby.url(name),
+        replica_max_lag_s=1.0,
+        replica_check_interval_s=0.2,
+        replica_check_timeout_s=1.0,
+    )
+    async with running_app(settings) as api:
+        r = await api.post("/api/v1/indexes/shop", json={"model": TEST_MODEL}, headers=ADMIN)
+        assert r.status_code == 200, r.text
+        read = {"x-marqo-index-id": r.json()["indexId"]}
+        docs = [product(f"p{i}", data_url(product_image(i)), productTitle=f"red mug {i}") for i in range(6)]
+        r = await api.post("/api/v1/indexes/shop/documents", json={"documents": docs}, headers=ADMIN)
+        assert r.status_code == 200 and not r.json()["errors"], r.text
+        query = data_url(product_image(3))
+
+        async def health() -> dict:
+            return (await api.get("/health")).json()
+
+        async def searches(n: int) -> None:
+            for i in range(n):
+                body = [{"q": "red mug"}, {"q": "*", "filter": "price:[1 TO 100]"}, {"q": query}][i % 3]
+                r = await api.post("/api/v1/indexes/shop/search", json=body, headers=read)
+                assert r.status_code == 200, r.text
+                assert r.json()["hits"], body
+
+        async def replica_state(state: str) -> bool:
+            return (await health())["replicas"][0]["state"] == state
+
+        # the standby has replayed the catalog: reads go there (its own commit counter grows)
+        await _eventually(lambda: replica_state("ok"))
+        await _eventually(lambda: _standby_has(standby, name, 6))
+        before = await _xact_commits(standby, name)
+        await searches(30)
+        await asyncio.sleep(1.5)  # backends flush their statistics at most once a second
+        assert await _xact_commits(standby, name) - before >= 30
+        h = await health()
+        assert h["reads"] == "replicas" and h["replicas"][0]["url"] == standby.url(name)
+        metrics = (await api.get("/metrics")).text
+        assert f'lookalike_replica_usable{{replica="{standby.url(name)}"}} 1.0' in metrics
+
+        # an idle primary does not make the standby look stale (its last replayed commit is old)
+        await asyncio.sleep(2.5)
+        assert (await health())["replicas"][0]["state"] == "ok"
+
+        # standby stopped: every search still answers, from the primary, and health says so
+        await asyncio.to_thread(standby.stop, "immediate")
+        await searches(6)
+        assert await _eventually(lambda: replica_state("down"), within_s=5) < 5
+        assert (await health())["reads"] == "primary"
+        await searches(6)
+
+        # standby back: reads return to it
+        await asyncio.to_thread(standby.start)
+        await _eventually(lambda: replica_state("ok"), within_s=20)
+        before = await _xact_commits(standby, name)
+        await searches(9)
+        await asyncio.sleep(1.5)
+        assert await _xact_commits(standby, name) - before >= 9
+
+        # replay paused while the primary takes writes: past the 1 s bound, reads move to the primary
+        paused = await asyncpg.connect(standby.url("postgres"))
+        try:
+            await paused.execute("SELECT pg_wal_replay_pause()")
+            more = [product(f"q{i}", data_url(product_image(100 + i))) for i in range(3)]
+            r = await api.post("/api/v1/indexes/shop/documents", json={"documents": more}, headers=ADMIN)
+            assert r.status_code == 200 and not r.json()["errors"]
+            await _eventually(lambda: replica_state("lagging"), within_s=10)
+            h = await health()
+            assert h["reads"] == "primary" and h["replicas"][0]["lagSeconds"] > 1.0
+            assert h["replicas"][0]["lagBytes"] > 0 and h["replicas"][0]["replayPaused"]
+            reads_before = h["replicas"][0]["reads"]
+            await searches(6)
+            assert (await health())["replicas"][0]["reads"] == reads_before
+            await paused.execute("SELECT pg_wal_replay_resume()")
+        finally:
+            await paused.close()
+        await _eventually(lambda: replica_state("ok"), within_s=10)
+        h = await health()
+        await searches(3)
+        assert (await health())["replicas"][0]["reads"] == h["replicas"][0]["reads"] + 3
+
+
+async def _standby_has(standby: Postgres, database: str, products: int) -> bool:
+    conn = await asyncpg.connect(standby.url(database))
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM products")) >= products
+    finally:
+        await conn.close()
