@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -73,6 +74,7 @@ def _worker(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env()
     log = logging.getLogger("lookalike.worker")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per image fetched would drown the progress
 
     async def work(url: str) -> int:
         pool = await db.create_pool(
@@ -87,6 +89,12 @@ def _worker(args: argparse.Namespace) -> int:
             max_attempts=settings.worker_max_attempts,
             fetch_concurrency=settings.fetch_concurrency,
         )
+        # SIGTERM (docker stop, Kubernetes) cancels the run: the batch in hand gives its claim back.
+        runner = asyncio.current_task()
+        assert runner is not None
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, runner.cancel)
         try:
             log.info("worker %s started (batch %d, lease %.0f s)", worker.name, worker.batch_size, worker.lease_s)
             await worker.check_models()
@@ -94,6 +102,9 @@ def _worker(args: argparse.Namespace) -> int:
         except ModelUnavailableError as exc:
             print(f"lookalike worker: {exc}", file=sys.stderr, flush=True)
             return 1
+        except asyncio.CancelledError:
+            log.info("worker %s stopped by a signal; unfinished claims were given back", worker.name)
+            stats = worker.stats
         finally:
             await vision.aclose()
             await pool.close()
