@@ -10,6 +10,7 @@ import sys
 import asyncpg
 
 from app.errors import unauthorized
+from app.logs import admin_key_banner
 from app.storage import apikeys
 from app.storage.indexes import IndexRecord
 
@@ -53,12 +54,7 @@ async def bootstrap_admin_keys(pool: asyncpg.Pool, configured_key: str | None) -
             await apikeys.store_key(conn, key, "generated")
             digests = [apikeys.key_digest(key)]
             # Printed once, to the terminal only (never to the log): only its hash is stored.
-            print(
-                "\n  lookalike generated an admin API key (shown once, stored hashed):\n"
-                f"    {key}\n  Use it as `Authorization: Bearer <key>`; set LOOKALIKE_API_KEY to choose your own.\n",
-                file=sys.stderr,
-                flush=True,
-            )
+            print(admin_key_banner(key, sys.stderr), file=sys.stderr, flush=True)
         else:
             # Another process (or an earlier start) created it; it was printed there, once.
             log.info("a generated admin API key exists (printed once by the process that created it)")

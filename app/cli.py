@@ -1,4 +1,7 @@
-"""The `lookalike` command: serve, migrate, worker, demo, import, bench, models pull."""
+"""The `lookalike` command: serve, migrate, worker, demo, import, models pull.
+
+The benchmark suite is not part of the package: `python -m benchmarks` in a checkout.
+"""
 
 from __future__ import annotations
 
@@ -10,41 +13,29 @@ import sys
 from pathlib import Path
 
 from app.config import Settings
+from app.logs import LOG_FORMATS, choose_format, configure_logging
 
 
 def _serve(args: argparse.Namespace) -> int:
-    logging_options = _uvicorn_logging(args)  # first: importing the app already logs (alembic)
-
     import uvicorn
 
     from app.main import create_app
 
     settings = Settings.from_env()
     app = create_app(settings)
+    # Logging is configured (main); uvicorn's access log is off: it would print raw paths with
+    # query strings, ours logs route templates and request ids (app/http/ops.py).
     uvicorn.run(
         app,
         host=args.host,
         port=args.port,
         log_level=args.log_level,
+        log_config=None,
+        access_log=False,
         timeout_graceful_shutdown=args.graceful_timeout,
         limit_concurrency=args.limit_concurrency,
-        **logging_options,
     )
     return 0
-
-
-def _uvicorn_logging(args: argparse.Namespace) -> dict[str, object]:
-    """JSON lines (default) or plain text; our access log replaces uvicorn's in both.
-
-    uvicorn's access log would print raw paths with query strings; ours logs route templates
-    and request ids (app/http/ops.py).
-    """
-    if args.log_format == "json":
-        from app.http.ops import configure_json_logging
-
-        configure_json_logging(args.log_level)
-        return {"log_config": None, "access_log": False}
-    return {"access_log": False}
 
 
 def _migrate(args: argparse.Namespace) -> int:
@@ -126,17 +117,34 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _models_pull(args: argparse.Namespace) -> int:
-    from app.vision.model import EmbeddingModel, ModelSpec, ModelUnavailableError
+    from app.vision.model import ModelSpec, ModelUnavailableError, load_model
 
     settings = Settings.from_env()
-    spec = ModelSpec.parse(args.model)
     try:
-        model = EmbeddingModel.load(spec, settings.model_weights)
+        spec = ModelSpec.parse(_model_argument(args.model))
+    except ValueError as exc:
+        print(f"model: {exc}", file=sys.stderr)
+        return 2
+    try:
+        model = load_model(spec, settings.model_weights)
     except ModelUnavailableError as exc:
         print(str(exc), file=sys.stderr)
         return 1
-    print(f"{spec.name}: ready ({model.dim}-d embeddings)")
+    text = ", text tower" if model.has_text else ""
+    print(f"{spec.timm_name}: ready ({model.dim}-d embeddings{text})")
     return 0
+
+
+def _model_argument(raw: str | None) -> object:
+    """A model given on the command line: a timm name, or a JSON `model` setting (open_clip models)."""
+    if raw is not None and raw.lstrip().startswith("{"):
+        import json
+
+        try:
+            return json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"not valid JSON: {exc}") from exc
+    return raw
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -150,6 +158,7 @@ def _demo(args: argparse.Namespace) -> int:
         port=args.port,
         offline=args.offline,
         reset=args.reset,
+        model=args.model,
     )
     try:
         return asyncio.run(demo.run(options))
@@ -195,42 +204,14 @@ def _import(args: argparse.Namespace) -> int:
     return 1 if result.failure_count or result.retry_later else 0
 
 
-BENCH_NAMES = ("ann", "e2e", "ingest", "scale", "quality")
-
-
-def _bench_names(text: str) -> list[str]:
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in BENCH_NAMES]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(
-            f"unknown benchmark {', '.join(unknown) or repr(text)}; choose from {','.join(BENCH_NAMES)}"
-        )
-    return names
-
-
-def _checkout_root() -> Path | None:
-    """The source checkout holding `benchmarks/` (not part of the installed package)."""
-    for candidate in (Path(__file__).resolve().parents[1], Path.cwd()):
-        if (candidate / "benchmarks" / "suite.py").is_file():
-            return candidate
-    return None
-
-
-def _bench(args: argparse.Namespace) -> int:
-    root = _checkout_root()
-    if root is None:
-        print(
-            "lookalike bench runs the benchmarks of a source checkout: no benchmarks/ next to the installed "
-            "app package nor in the current directory (run it from the repository)",
-            file=sys.stderr,
-        )
-        return 2
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    from benchmarks import suite
-
-    out = args.out or (Path("bench-results/quick") if args.quick else Path("bench-results"))
-    return suite.run_suite(root, quick=args.quick, only=args.only, out=out, echo=not args.quiet)
+def _log_format_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=None,
+        help="log lines on stderr: text (readable) or json (one object per line); default: "
+        "LOOKALIKE_LOG_FORMAT, else text on a terminal and json otherwise",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -245,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--log-level", default="info")
-    serve.add_argument("--log-format", choices=("json", "text"), default="json", help="log lines on stderr")
+    _log_format_option(serve)
     serve.add_argument(
         "--graceful-timeout", type=int, default=30, help="seconds to finish in-flight requests"
     )
@@ -265,6 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
     dem.add_argument("--port", type=int, default=8000, help="0 = any free port")
     dem.add_argument("--offline", action="store_true", help="use the random-weight model without trying pretrained")
     dem.add_argument("--reset", action="store_true", help="drop and recreate the demo index")
+    dem.add_argument(
+        "--model",
+        help="the new index's model: a timm name or a JSON model setting, e.g. "
+        '\'{"library": "open_clip", "name": "ViT-B-32", "pretrained": false}\' (text search by the pictures)',
+    )
+    _log_format_option(dem)
     dem.set_defaults(func=_demo)
 
     imp = sub.add_parser(
@@ -287,23 +274,6 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--quiet", action="store_true", help="no progress bar")
     imp.set_defaults(func=_import)
 
-    bench = sub.add_parser(
-        "bench",
-        help="run the performance suite (from a source checkout): JSON + PNG per benchmark, summary.json",
-        description="Runs ann, e2e, ingest, scale and quality benchmarks one after the other, each in its own "
-        "process, writing JSON and PNG into --out, then summary.json and a table. --quick: minutes on 2 cores; "
-        "otherwise the published sizes (hours). Exit status 1 if any benchmark failed.",
-    )
-    bench.add_argument("--quick", action="store_true", help="small sizes (about 5 minutes on 2 cores)")
-    bench.add_argument(
-        "--only", type=_bench_names, metavar="NAMES", help=f"comma-separated subset of {','.join(BENCH_NAMES)}"
-    )
-    bench.add_argument(
-        "--out", type=Path, help="output directory (default: bench-results/quick with --quick, else bench-results)"
-    )
-    bench.add_argument("--quiet", action="store_true", help="do not echo the benchmarks' output (logs are kept)")
-    bench.set_defaults(func=_bench)
-
     worker = sub.add_parser(
         "worker",
         help="embed queued products (LOOKALIKE_INGEST_MODE=queue) and run feature backfills; any number, any host",
@@ -322,14 +292,27 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="model weights")
     models_sub = models.add_subparsers(dest="models_command", required=True)
     pull = models_sub.add_parser("pull", help="download weights into the cache (for image builds)")
-    pull.add_argument("model", nargs="?", default=None, help="timm name with tag; default: the default model")
+    pull.add_argument(
+        "model",
+        nargs="?",
+        default=None,
+        help="timm name with tag, or a JSON model setting such as "
+        '\'{"library": "open_clip", "name": "hf-hub:Marqo/marqo-ecommerce-embeddings-B"}\'; default: the default model',
+    )
     pull.set_defaults(func=_models_pull)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    # First: importing the app and migrating already log (alembic, embedded PostgreSQL).
+    try:
+        configured = Settings.from_env().log_format
+    except ValueError as exc:
+        print(f"lookalike: {exc}", file=sys.stderr)
+        return 2
+    fmt = choose_format(getattr(args, "log_format", None), configured, sys.stderr)
+    configure_logging(fmt, getattr(args, "log_level", "info"))
     return int(args.func(args) or 0)
 
 

@@ -24,6 +24,15 @@ def _env_int(env: dict[str, str], name: str, default: int) -> int:
         raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
 
 
+def _env_choice(env: dict[str, str], name: str, choices: tuple[str, ...]) -> str | None:
+    raw = (env.get(name) or "").strip().lower()
+    if not raw:
+        return None
+    if raw not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {env.get(name)!r}")
+    return raw
+
+
 def _env_float(env: dict[str, str], name: str, default: float) -> float:
     raw = env.get(name)
     if raw is None or raw.strip() == "":
@@ -73,6 +82,7 @@ class Settings:
     api_key: str | None = None
     fetch_allowlist: FetchAllowList = field(default_factory=FetchAllowList)
     model_weights: Path | None = None
+    log_format: str | None = None  # "json" | "text"; None: text on a terminal, else JSON lines
 
     # HTTP limits
     max_body_bytes: int = 32 * 1024 * 1024
@@ -137,6 +147,7 @@ class Settings:
             api_key=env.get("LOOKALIKE_API_KEY") or None,
             fetch_allowlist=FetchAllowList.parse(env.get("LOOKALIKE_IMAGE_FETCH_ALLOWLIST")),
             model_weights=Path(weights).expanduser() if weights else None,
+            log_format=_env_choice(env, "LOOKALIKE_LOG_FORMAT", ("json", "text")),
             max_body_bytes=_env_int(env, "LOOKALIKE_MAX_BODY_BYTES", base.max_body_bytes),
             max_documents_per_call=_env_int(env, "LOOKALIKE_MAX_DOCUMENTS_PER_CALL", base.max_documents_per_call),
             fetch_max_bytes=_env_int(env, "LOOKALIKE_FETCH_MAX_BYTES", base.fetch_max_bytes),

@@ -6,8 +6,8 @@ collections; images as data URLs, so nothing is fetched from anywhere), writes a
 "shopper's photo" of one product, and prints the web page URL, the index id and a
 curl command that finds that product.
 
-The catalog comes from the benchmark generator (benchmarks/wild.py) in a source
-checkout, else from the small built-in generator below. The model is the default
+The catalog comes from the package's sample generator (app/samples/wild.py, the same
+one the benchmarks use). The model is the default
 pretrained one when its weights can be had, else the documented offline
 random-weight model (quality is then a lower bound; the demo says so).
 """
@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import importlib.util
 import io
+import json
 import random
 import shlex
 import sys
@@ -29,6 +29,7 @@ from typing import Any, TextIO
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
 from app.config import Settings
+from app.samples import wild
 
 _IMAGE_SIDE = 256  # catalog images as data URLs: small enough that hits stay readable
 _PHOTO_SIDE = 480  # the shopper's photo: its base64 must fit in one shell argument (128 KiB)
@@ -42,6 +43,7 @@ class DemoOptions:
     host: str = "127.0.0.1"
     port: int = 8000
     offline: bool = False  # skip trying pretrained weights
+    model: str | None = None  # a timm name or a JSON model setting (e.g. an open_clip model); None = the default
     reset: bool = False  # drop and recreate the demo index
 
 
@@ -62,7 +64,7 @@ class DemoInfo:
 class SampleProduct:
     doc: dict[str, Any]
     image: Image.Image  # the catalog photo
-    cutout: Image.Image | None = None  # RGBA product alone, when the generator has it
+    cutout: Image.Image  # RGBA product alone (shopper photos are composed from it)
 
 
 # --- the sample catalog ---------------------------------------------------------------------
@@ -76,128 +78,12 @@ def _jpeg_data_url(image: Image.Image, side: int, quality: int = 85) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode()
 
 
-def _benchmark_generator() -> Any:
-    """benchmarks/wild.py from a source checkout (it is not part of the installed package)."""
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "wild.py"
-    if not path.is_file():
-        return None
-    try:
-        spec = importlib.util.spec_from_file_location("lookalike_demo_wild", path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # dataclasses resolve their module by name
-        spec.loader.exec_module(module)
-        return module if callable(getattr(module, "generate_catalog", None)) else None
-    except Exception:  # a broken checkout must not break the demo: use the built-in generator
-        sys.modules.pop("lookalike_demo_wild", None)
-        return None
-
-
-_BRANDS = ("Acme", "Northwind", "Lumen", "Kestrel", "Orla", "Vanta", "Piko", "Brio")
-_COLOURS = {
-    "red": (200, 40, 50),
-    "blue": (40, 90, 200),
-    "green": (40, 150, 70),
-    "yellow": (235, 200, 40),
-    "black": (30, 30, 34),
-    "white": (238, 238, 232),
-    "orange": (240, 130, 30),
-    "purple": (120, 60, 160),
-}
-_KINDS = {
-    "mug": "home",
-    "bottle": "drinks",
-    "shirt": "apparel",
-    "box": "pantry",
-    "shoe": "footwear",
-    "bag": "accessories",
-}
-_SEASONS = ("summer", "winter", "new-in", "sale", "essentials")
-
-
-def _draw_product(
-    kind: str, base: tuple[int, int, int], accent: tuple[int, int, int], pattern: str, brand: str, rng: random.Random
-) -> Image.Image:
-    side = 320
-    img = Image.new("RGB", (side, side), (250, 250, 250))
-    d = ImageDraw.Draw(img)
-    boxes = {
-        "mug": (70, 90, 230, 260),
-        "bottle": (125, 40, 195, 290),
-        "shirt": (60, 70, 260, 280),
-        "box": (70, 60, 250, 270),
-        "shoe": (30, 150, 290, 250),
-        "bag": (60, 100, 260, 280),
-    }
-    x0, y0, x1, y1 = boxes[kind]
-    if kind in ("mug", "bottle", "bag"):
-        d.rounded_rectangle((x0, y0, x1, y1), radius=24, fill=base, outline=(40, 40, 40), width=3)
-    elif kind == "shoe":
-        d.ellipse((x0, y0, x1, y1), fill=base, outline=(40, 40, 40), width=3)
-    else:
-        d.rectangle((x0, y0, x1, y1), fill=base, outline=(40, 40, 40), width=3)
-    if kind == "mug":
-        d.ellipse((x1 - 20, y0 + 40, x1 + 40, y0 + 120), outline=base, width=14)
-    if kind == "bag":
-        d.arc((x0 + 50, y0 - 60, x1 - 50, y0 + 40), 180, 360, fill=(40, 40, 40), width=8)
-    if pattern == "stripes":
-        for y in range(y0 + 10, y1 - 5, 22):
-            d.rectangle((x0 + 6, y, x1 - 6, y + 8), fill=accent)
-    elif pattern == "dots":
-        for _ in range(18):
-            cx, cy = rng.randint(x0 + 15, x1 - 15), rng.randint(y0 + 15, y1 - 15)
-            d.ellipse((cx - 8, cy - 8, cx + 8, cy + 8), fill=accent)
-    else:
-        d.rectangle((x0 + 10, (y0 + y1) // 2 - 25, x1 - 10, (y0 + y1) // 2 + 25), fill=accent)
-    d.text(((x0 + x1) // 2 - 4 * len(brand), (y0 + y1) // 2 - 6), brand, fill=(255, 255, 255))
-    return img
-
-
-def _builtin_catalog(n: int, seed: int) -> list[SampleProduct]:
-    rng = random.Random(seed)
-    items = []
-    for i in range(n):
-        kind = rng.choice(list(_KINDS))
-        colour, accent = rng.sample(list(_COLOURS), 2)
-        pattern = rng.choice(("stripes", "dots", "band"))
-        brand = rng.choice(_BRANDS)
-        image = _draw_product(kind, _COLOURS[colour], _COLOURS[accent], pattern, brand, rng)
-        doc = {
-            "_id": f"p{i:05d}",
-            "productTitle": f"{brand} {colour} {kind}",
-            "variantTitle": f"{colour} / {pattern}",
-            "brand": brand,
-            "price": round(rng.uniform(3, 250), 2),
-            "productCollections": sorted({_KINDS[kind], rng.choice(_SEASONS)}),
-            "colour": colour,
-            "kind": kind,
-        }
-        items.append(SampleProduct(doc, image))
-    return items
-
-
-def sample_catalog(n: int, seed: int = 0) -> tuple[list[SampleProduct], str]:
-    """`n` products with brands, prices and collections, and which generator made them."""
-    wild = _benchmark_generator()
-    if wild is not None:
-        try:
-            items = [
-                SampleProduct({"_id": item.id, **item.metadata}, item.image, getattr(item, "cutout", None))
-                for item in wild.generate_catalog(n, seed)
-            ]
-            return items, "benchmarks/wild.py"
-        except Exception:  # noqa: S110 - a changed benchmark API falls back to the built-in generator
-            pass
-    return _builtin_catalog(n, seed), "built-in"
-
-
-def _cut_out(image: Image.Image) -> Image.Image:
-    """RGBA: the catalog photo with its near-white background made transparent."""
-    rgb = image.convert("RGB")
-    mask = rgb.convert("L").point(lambda v: 0 if v > 244 else 255).filter(ImageFilter.MaxFilter(3))
-    out = rgb.convert("RGBA")
-    out.putalpha(mask)
-    return out.crop(mask.getbbox() or (0, 0, *rgb.size))
+def sample_catalog(n: int, seed: int = 0) -> list[SampleProduct]:
+    """`n` products with brands, prices and collections, from the package's sample generator."""
+    return [
+        SampleProduct({"_id": item.id, **item.metadata}, item.image, item.cutout)
+        for item in wild.generate_catalog(n, seed)
+    ]
 
 
 def shopper_photo(product: SampleProduct, seed: int) -> Image.Image:
@@ -210,7 +96,7 @@ def shopper_photo(product: SampleProduct, seed: int) -> Image.Image:
         x, y = rng.randrange(w), rng.randrange(h)
         colour = tuple(rng.randrange(90, 230) for _ in range(3))
         d.rectangle((x, y, x + rng.randrange(10, 120), y + rng.randrange(3, 14)), fill=colour)
-    item = (product.cutout or _cut_out(product.image)).convert("RGBA")
+    item = product.cutout.convert("RGBA")
     item.thumbnail((300, 300))
     item = item.rotate(rng.uniform(-12, 12), expand=True, resample=Image.Resampling.BICUBIC)
     photo.paste(item, (rng.randrange(40, w - item.width - 40), rng.randrange(20, h - item.height - 20)), item)
@@ -221,9 +107,39 @@ def shopper_photo(product: SampleProduct, seed: int) -> Image.Image:
 # --- index set-up (in process: the operator's own machine; no admin key needed) -----------------
 
 
-async def _choose_model(svc: Any, offline: bool) -> tuple[dict[str, Any] | str | None, str]:
+def parse_model_option(raw: str) -> dict[str, Any] | str:
+    """`--model`: a timm name, or a JSON model setting such as an open_clip model."""
+    if raw.lstrip().startswith("{"):
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise SystemExit(f"--model: not valid JSON: {exc}") from exc
+        if not isinstance(value, dict):
+            raise SystemExit("--model: a JSON model setting must be an object")
+        return value
+    return raw
+
+
+async def _chosen_model(svc: Any, raw: str) -> tuple[dict[str, Any] | str, str]:
+    from app.vision.model import ModelSpec, ModelUnavailableError
+
+    model = parse_model_option(raw)
+    try:
+        spec = ModelSpec.parse(model)
+        await svc.vision.load_model(spec)
+    except (ValueError, ModelUnavailableError) as exc:
+        raise SystemExit(f"--model: {exc}") from exc
+    note = spec.timm_name if spec.is_pretrained else f"{spec.name} with random weights (similarity is a lower bound)"
+    return model, note + (" — text search ranks by the pictures too" if spec.has_text else "")
+
+
+async def _choose_model(
+    svc: Any, offline: bool, model: str | None = None
+) -> tuple[dict[str, Any] | str | None, str]:
     from app.vision.model import OFFLINE_TEST_MODEL, ModelSpec, ModelUnavailableError
 
+    if model is not None:
+        return await _chosen_model(svc, model)
     if not offline:
         try:
             spec = ModelSpec.parse(None)
@@ -264,15 +180,15 @@ async def prepare(svc: Any, options: DemoOptions, data_dir: Path, say: Callable[
             "run `lookalike demo --reset` to recreate it or `--index NAME` to use another name"
         )
     say(f"generating {options.products} sample products …")
-    catalog, generator = await asyncio.to_thread(sample_catalog, options.products, options.seed)
+    catalog = await asyncio.to_thread(sample_catalog, options.products, options.seed)
     if record is None:
-        model, model_note = await _choose_model(svc, options.offline)
+        model, model_note = await _choose_model(svc, options.offline, options.model)
         record = await _create_index(svc, options.index, model)
     else:
         model_note = f"{record.model.get('name')} (existing index)"
     stats = await indexes.index_stats(svc.pool, record)
     if stats["products"] < len(catalog):
-        say(f"loading {len(catalog)} products into index {options.index!r} ({generator} catalog) …")
+        say(f"loading {len(catalog)} products into index {options.index!r} …")
         docs = [{**p.doc, "variantImageUrl": _jpeg_data_url(p.image, _IMAGE_SIDE)} for p in catalog]
         failed = 0
         for start in range(0, len(docs), 32):
@@ -363,6 +279,7 @@ async def run(
         host=options.host,
         port=options.port,
         log_level="warning",
+        log_config=None,  # the command's logging (app.logs) stays in charge
         access_log=False,
         timeout_graceful_shutdown=10,
     )

@@ -6,7 +6,6 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
 
 import asyncpg
 from starlette.applications import Starlette
@@ -19,6 +18,9 @@ from starlette.routing import BaseRoute, Route
 from app.auth import AdminKeys, bootstrap_admin_keys
 from app.config import Settings
 from app.domain.backfill import FeatureBackfill
+from app.domain.documents import DocumentsService
+from app.domain.health import HealthService
+from app.domain.index_admin import IndexAdmin
 from app.domain.ingest import IngestPipeline
 from app.domain.reverse import ReverseSearchService
 from app.domain.search import SearchService
@@ -35,19 +37,26 @@ log = logging.getLogger("lookalike")
 
 @dataclass
 class Services:
+    """What the lifespan builds. HTTP handlers use the domain services (indexes, documents,
+    ingest, search, reverse, health) and the admin keys; pool and vision are for the
+    services themselves, the demo and tests."""
+
     settings: Settings
     database_url: str
     pool: asyncpg.Pool  # the primary: writes and the admin reads that must see them
     database: Database  # the primary plus read replicas, for the read endpoints
     vision: VisionService
-    ingest: IngestPipeline
     admin_keys: AdminKeys
     backfill: FeatureBackfill
+    indexes: IndexAdmin
+    documents: DocumentsService
+    ingest: IngestPipeline
     search: SearchService
     reverse: ReverseSearchService
+    health: HealthService
 
 
-async def resolve_database_url(settings: Settings) -> tuple[str, Any]:
+async def resolve_database_url(settings: Settings) -> tuple[str, object | None]:
     """The database URL, and the embedded server handle when lookalike runs its own PostgreSQL."""
     if settings.database_url:
         await db.wait_for_database(settings.database_url)
@@ -101,20 +110,25 @@ async def _serving(app: Starlette, settings: Settings, url: str) -> AsyncIterato
             pool=pool,
             database=database,
             vision=vision,
+            admin_keys=keys,
+            backfill=backfill,
+            indexes=IndexAdmin(pool, vision, backfill),
+            documents=DocumentsService(database),
             ingest=IngestPipeline(
                 vision, CatalogStore(pool), settings.fetch_concurrency, queue=settings.ingest_mode == "queue"
             ),
-            admin_keys=keys,
-            backfill=backfill,
             search=SearchService(database, vision),
             reverse=ReverseSearchService(database, vision),
+            health=HealthService(pool, vision),
         )
-        app.state.metrics.services.services = app.state.services  # scrape-time gauges: queue, pool
+        app.state.metrics.runtime.health = app.state.services.health  # scrape-time gauges: queue, pool
+        app.state.metrics.runtime.database = database  # and the read replicas
         if app.state.start_background_work:
             backfill.start()
         yield
     finally:
-        app.state.metrics.services.services = None
+        app.state.metrics.runtime.health = None
+        app.state.metrics.runtime.database = None
         await backfill.stop()
         if database is not None:
             await database.close()
@@ -234,7 +248,3 @@ def create_app(
     app.state.run_migrations = run_migrations
     app.state.start_background_work = start_background_work
     return app
-
-
-def services_of(app: Any) -> Services:
-    return app.state.services

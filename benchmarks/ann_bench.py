@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from app.domain.search import compile_where
+from app.filters import parse_filter
 from app.storage import db, search
 from benchmarks import synthetic
 
@@ -43,10 +43,10 @@ async def _measure(pool, record, vectors: np.ndarray, queries: np.ndarray, tag: 
     recalls: list[float] = []
     returned: list[int] = []
     for query in queries:
-        where, params, filtered = compile_where(filter_text)
+        where = parse_filter(filter_text)
         started = time.perf_counter()
         async with pool.acquire() as conn, conn.transaction(readonly=True):
-            got = await search.nearest(conn, record, query, where, params, K, filtered=filtered, ef_search=ef)
+            got = await search.nearest(conn, record, query, where, K, ef_search=ef)
         latencies.append((time.perf_counter() - started) * 1000)
         truth = set(synthetic.exact_top_k(vectors, rows, query, K))
         ids = [r.product_id for r in got]

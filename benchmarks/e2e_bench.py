@@ -4,7 +4,7 @@
     python -m benchmarks.e2e_bench --model default-arch             # the default model's architecture
     python -m benchmarks.e2e_bench --products 100 --requests 20     # quicker
 
-Generates a wild catalog and query photos (`benchmarks.wild`), serves them from a loopback
+Generates a wild catalog and query photos (`app.samples.wild`), serves them from a loopback
 image server, starts `lookalike serve` (embedded PostgreSQL in a temp dir) and ingests the
 catalog with reverse search on. Then, for each concurrency level and each kind — Search by
 Image (`/search` with an image URL) and reverse image search — that many clients send
@@ -53,11 +53,11 @@ import numpy as np
 import psutil
 from PIL import Image, ImageDraw
 
+from app.samples.wild import generate_catalog, generate_queries
 from benchmarks.ingest_bench import KEY, MODELS, _free_port, _start_service, stop_service
 from benchmarks.load import RawConnection, _cpu_seconds, _postgres_pids
 from benchmarks.quality_bench import _jpeg, _stages
 from benchmarks.suite import _source
-from benchmarks.wild import generate_catalog, generate_queries
 
 KINDS = {"search_by_image": "/search", "reverse_image_search": "/reverse-image-search"}
 OVERHEAD_BUDGET_MS = 15.0  # HTTP + fetch + decode + SQL allowed on top of the model's inference

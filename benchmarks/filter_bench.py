@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
-from app.domain.filters import index_terms, parse_filter
+from app.filters import index_terms, parse_filter
 from app.storage import db, migrate
 from app.storage.filter_sql import compile_filter
 from app.storage.params import SqlParams

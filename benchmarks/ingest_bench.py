@@ -2,6 +2,7 @@
 
     python -m benchmarks.ingest_bench --products 512 --model offline
     python -m benchmarks.ingest_bench --products 256 --model default-arch
+    python -m benchmarks.ingest_bench --products 256 --model open-clip-b32
 
 Starts `lookalike serve` (embedded PostgreSQL in a temp dir) and a loopback image
 server, posts N products in batches of 128 (`--concurrency` requests in flight), then
@@ -30,7 +31,8 @@ from typing import Any
 import httpx
 from PIL import Image
 
-from app.vision.model import OFFLINE_TEST_MODEL, EmbeddingModel, ModelSpec
+from app.vision.model import OFFLINE_TEST_MODEL, ModelSpec, load_model
+from app.vision.openclip import OFFLINE_OPEN_CLIP_MODEL
 from tests.helpers import product_image
 from tests.imageserver import ImageServer
 
@@ -38,6 +40,8 @@ MODELS: dict[str, dict[str, Any]] = {
     "offline": OFFLINE_TEST_MODEL,
     # The default model's architecture with random weights: the same compute as the real thing.
     "default-arch": {"name": "vit_small_patch14_dinov2", "pretrained": False, "imageSize": 224, "seed": 0},
+    # An open_clip index (image + text towers; ingest runs the image tower only).
+    "open-clip-b32": OFFLINE_OPEN_CLIP_MODEL,
 }
 KEY = "bench-admin-key-0123456789"
 
@@ -119,7 +123,7 @@ async def _ingest(base: str, urls: list[str], batch: int, concurrency: int) -> d
 
 
 def _raw_throughput(spec: ModelSpec, images: list[bytes], batch: int) -> dict[str, Any]:
-    model = EmbeddingModel.load(spec, None)
+    model = load_model(spec, None)
     decoded = [Image.open(io.BytesIO(b)).convert("RGB") for b in images]
     model.embed(decoded[:batch])  # warm-up
     started = time.perf_counter()

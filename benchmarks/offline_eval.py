@@ -1,7 +1,7 @@
 """Offline evaluation of reverse image search vs Search by Image (no database, no HTTP).
 
 Generates a catalog with look-alike distractors and "in the wild" queries
-(`benchmarks.wild`), embeds catalog images and query crops with a global model,
+(`app.samples.wild`), embeds catalog images and query crops with a global model,
 and compares
 
 - Search by Image: one whole-image embedding, exact cosine kNN, top 10;
@@ -54,10 +54,10 @@ import numpy as np
 import torch
 
 from app.domain import rerank
+from app.samples.wild import CatalogItem, WildQuery, generate_benchmark, query_categories
 from app.vision import aggregate
 from app.vision import crops as crops_mod
 from app.vision import local_features as lf
-from benchmarks.wild import CatalogItem, WildQuery, generate_benchmark
 
 MODELS: dict[str, dict[str, Any]] = {
     # the project's offline test model (app.vision.model.OFFLINE_TEST_MODEL)
@@ -492,6 +492,8 @@ def _breakdown(
         buckets.setdefault("plain (low-texture) product" if plain else "patterned product", []).append(i)
         buckets.setdefault("occluded" if q.params["occluded_fraction"] > 0.05 else "unoccluded", []).append(i)
         buckets.setdefault(f"other products in photo: {q.params['other_products']}", []).append(i)
+        for category in query_categories(q, catalog):
+            buckets.setdefault(f"category: {category}", []).append(i)
     return {
         b: {"n": len(ix), "search_by_image": rank_metrics([sbi[i] for i in ix]),
             "reverse": rank_metrics([ranks[i] for i in ix])}
@@ -508,6 +510,8 @@ def main() -> None:
     ap.add_argument("--sweep-models", default="vit_tiny@64", help="models the parameter sweeps run for")
     ap.add_argument("--latency-model", default=None, help="also time this model (default: dinov2_s14@224)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is robust on a shared machine)")
+    ap.add_argument("--low-texture", type=int, default=0, help="flat low-texture products added (own category)")
+    ap.add_argument("--soft", type=float, default=0.0, help="fraction of motion-blurred / soft photos")
     ap.add_argument("--quick", action="store_true", help="smaller benchmark, one model, two query configs")
     ap.add_argument("--out", type=Path, default=Path("bench-results/offline_eval.json"))
     args = ap.parse_args()
@@ -545,7 +549,9 @@ def main() -> None:
         },
     }
     t0 = time.perf_counter()
-    catalog, queries = generate_benchmark(args.products, args.queries, args.seed)
+    catalog, queries = generate_benchmark(
+        args.products, args.queries, args.seed, low_texture=args.low_texture, soft=args.soft
+    )
     report["benchmark"]["generate_s"] = round(time.perf_counter() - t0, 1)
     report["benchmark"]["families"] = len({c.family for c in catalog})
     index = {c.id: i for i, c in enumerate(catalog)}

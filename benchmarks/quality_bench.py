@@ -4,7 +4,7 @@
     python -m benchmarks.quality_bench --model default-arch --products 200 --queries 60   # latency, default arch
 
 Generates a catalog with look-alike distractors and in-the-wild query photos
-(`benchmarks.wild`), serves them from a loopback image server, runs `lookalike serve`
+(`app.samples.wild`), serves them from a loopback image server, runs `lookalike serve`
 on embedded PostgreSQL in a temp dir, ingests the catalog with reverse search on, and
 sends every query to `/search` (Search by Image) and `/reverse-image-search`. Reports
 recall@1, recall@10 and MRR@10 for both, latency p50/p95 per endpoint and per stage
@@ -27,8 +27,9 @@ from typing import Any
 
 import httpx
 
+from app.domain.regions import iou
+from app.samples.wild import CATEGORIES, MultiQuery, generate_benchmark, generate_multi_queries, query_categories
 from benchmarks.ingest_bench import KEY, MODELS, _free_port, _start_service, stop_service
-from benchmarks.wild import generate_benchmark
 from tests.imageserver import ImageServer
 
 
@@ -69,18 +70,76 @@ def _latency(samples: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def region_scores(regions: list[dict[str, Any]], products: list[dict[str, Any]], overlap: float) -> tuple[int, int]:
+    """(products found, false regions): a product is found when it is some region's top hit and that
+    region's box overlaps its paste box by `overlap` IoU; every other region is a false one."""
+    found: set[str] = set()
+    false = 0
+    for region in regions:
+        top = region["hits"][0]["_id"] if region["hits"] else None
+        truth = next((p for p in products if p["product_id"] == top), None)
+        if truth is not None and top not in found and iou(region["box"], truth["paste_box"]) >= overlap:
+            found.add(top)
+        else:
+            false += 1
+    return len(found), false
+
+
+def multi_product(
+    client: httpx.Client, base: str, read: dict[str, str], server: ImageServer, queries: list[MultiQuery]
+) -> dict[str, Any]:
+    """`regions: true` on photos of 2-4 products: per-product recall, false regions, latency."""
+    found = {0.3: 0, 0.5: 0}
+    false = {0.3: 0, 0.5: 0}
+    products = regions_total = 0
+    samples: list[dict[str, Any]] = []
+    plain: list[dict[str, Any]] = []
+    for query in queries:
+        url = server.add(f"/multi/{query.id}.jpg", _jpeg(query.image, 85), "image/jpeg")
+        t = time.perf_counter()
+        r = client.post(f"{base}/reverse-image-search", json={"q": url, "regions": True}, headers=read)
+        wall = (time.perf_counter() - t) * 1000
+        r.raise_for_status()
+        samples.append({"wall_ms": wall, "stages": _stages(r.headers.get("server-timing", ""))})
+        t = time.perf_counter()
+        client.post(f"{base}/reverse-image-search", json={"q": url}, headers=read).raise_for_status()
+        plain.append({"wall_ms": (time.perf_counter() - t) * 1000, "stages": {}})
+        regions = r.json()["regions"]
+        regions_total += len(regions)
+        products += len(query.product_ids)
+        for overlap in found:
+            f, x = region_scores(regions, query.params["products"], overlap)
+            found[overlap] += f
+            false[overlap] += x
+    n = len(queries)
+    return {
+        "photos": n,
+        "products": products,
+        "regions_per_photo": round(regions_total / n, 2),
+        **{f"per_product_recall_iou{o}": round(found[o] / products, 4) for o in found},
+        **{f"false_regions_per_photo_iou{o}": round(false[o] / n, 2) for o in false},
+        "with_regions": _latency(samples),
+        "without_regions": _latency(plain),
+    }
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     model = MODELS[args.model]
     started = time.perf_counter()
-    catalog, queries = generate_benchmark(args.products, args.queries, seed=args.seed)
+    catalog, queries = generate_benchmark(
+        args.products, args.queries, seed=args.seed, low_texture=args.low_texture, soft=args.soft
+    )
     result: dict[str, Any] = {
         "benchmark": "quality",
         "model": model,
         "products": len(catalog),
         "queries": len(queries),
         "seed": args.seed,
+        "low_texture_products": args.low_texture,
+        "soft_fraction": args.soft,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "note": "random-weight model: quality figures are a lower bound",
+        "loadavg": Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else None,
         "generate_s": round(time.perf_counter() - started, 1),
     }
     headers = {"Authorization": f"Bearer {KEY}"}
@@ -130,10 +189,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         ids = [h["_id"] for h in r.json()["hits"]]
                         ranks[name].append(ids.index(query.product_id) if query.product_id in ids else None)
                         samples[name].append({"wall_ms": wall, "stages": _stages(r.headers.get("server-timing", ""))})
+                if args.multi:
+                    multi = generate_multi_queries(catalog, args.multi, seed=args.seed)
+                    result["multi_product"] = multi_product(client, base, read, server, multi)
         finally:
             stop_service(proc)
     for name in ranks:
         result[name] = {**_quality(ranks[name]), **_latency(samples[name])}
+    cats = [query_categories(q, catalog) for q in queries]
+    result["by_category"] = {
+        c: {
+            "n": sum(c in qc for qc in cats),
+            **{
+                name: _quality([r for r, qc in zip(ranks[name], cats, strict=True) if c in qc])
+                for name in ranks
+                if any(c in qc for qc in cats)
+            },
+        }
+        for c in CATEGORIES
+    }
     sbi, rev = result["search_by_image"], result["reverse_image_search"]
     result["recall_at_1_gain_points"] = round(100 * (rev["recall_at_1"] - sbi["recall_at_1"]), 1)
     result["latency_ratio_p50"] = round(rev["p50_ms"] / sbi["p50_ms"], 2) if sbi["p50_ms"] else None
@@ -146,6 +220,9 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--model", choices=sorted(MODELS), default="offline")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--low-texture", type=int, default=100, help="flat low-texture products added")
+    parser.add_argument("--soft", type=float, default=0.2, help="fraction of motion-blurred / soft photos")
+    parser.add_argument("--multi", type=int, default=40, help="photos of 2-4 products sent with regions: true")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     result = run(args)

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import psutil
 
-from app.domain.search import compile_where
+from app.filters import parse_filter
 from app.storage import db, search
 from benchmarks import synthetic
 
@@ -74,10 +74,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             latencies, recalls = [], []
             filter_text = None if tag == "sel_100" else f"{tag}:true"
             for query in queries:
-                where, params, filtered = compile_where(filter_text)
+                where = parse_filter(filter_text)
                 t = time.perf_counter()
                 async with pool.acquire() as conn, conn.transaction(readonly=True):
-                    got = await search.nearest(conn, record, query, where, params, K, filtered=filtered)
+                    got = await search.nearest(conn, record, query, where, K)
                 latencies.append((time.perf_counter() - t) * 1000)
                 truth = set(synthetic.exact_top_k(vectors, rows, query, K))
                 recalls.append(len(truth.intersection(r.product_id for r in got)) / min(K, len(rows)))

@@ -107,6 +107,8 @@ async def ingest_with_workers(
         threads = max(1, (os.cpu_count() or 1) // workers)
         procs = [_start_worker(url, tmp / f"worker-{workers}-{n}.log", threads) for n in range(workers)]
         while await _ready(pool, record.pk) < 1:  # noqa: ASYNC110 - polling another process's progress
+            if any(p.poll() is not None for p in procs):
+                raise RuntimeError("a worker exited: " + (tmp / f"worker-{workers}-0.log").read_text()[-2000:])
             await asyncio.sleep(0.1)
         await asyncio.sleep(2.0)  # the other workers finish loading the model too
         load_before = _load()

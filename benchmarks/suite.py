@@ -1,4 +1,4 @@
-"""The whole performance suite in one command: `lookalike bench [--quick] [--only ...] [--out DIR]`.
+"""The whole performance suite in one command: `python -m benchmarks [--quick] [--only ...] [--out DIR]`.
 
 Runs each sub-benchmark in its own process (`python -m benchmarks.<name>_bench ...`, from
 the checkout), one after the other, each writing its JSON and PNG into the output
@@ -14,6 +14,7 @@ Each run's output is kept in `<out>/logs/<run>.log`.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -27,6 +28,40 @@ from pathlib import Path
 from typing import Any
 
 NAMES = ("ann", "e2e", "ingest", "scale", "quality")
+
+
+def names(text: str) -> list[str]:
+    """`--only`'s value: comma-separated names of NAMES."""
+    chosen = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in chosen if n not in NAMES]
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(
+            f"unknown benchmark {', '.join(unknown) or repr(text)}; choose from {','.join(NAMES)}"
+        )
+    return chosen
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="Runs ann, e2e, ingest, scale and quality benchmarks one after the other, each in its own "
+        "process, writing JSON and PNG into --out, then summary.json and a table. --quick: minutes on 2 cores; "
+        "otherwise the published sizes (hours). Exit status 1 if any benchmark failed. Run it from the checkout.",
+    )
+    parser.add_argument("--quick", action="store_true", help="small sizes (about 5 minutes on 2 cores)")
+    parser.add_argument("--only", type=names, metavar="NAMES", help=f"comma-separated subset of {','.join(NAMES)}")
+    parser.add_argument(
+        "--out", type=Path, help="output directory (default: bench-results/quick with --quick, else bench-results)"
+    )
+    parser.add_argument("--quiet", action="store_true", help="do not echo the benchmarks' output (logs are kept)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    root = Path(__file__).resolve().parents[1]  # the checkout this package is in
+    out = args.out or (Path("bench-results/quick") if args.quick else Path("bench-results"))
+    return run_suite(root, quick=args.quick, only=args.only, out=out, echo=not args.quiet)
 
 
 @dataclass(frozen=True)
@@ -298,7 +333,7 @@ def print_table(summary: dict[str, Any]) -> None:
             print(f"{e['name']:<22} exit {e['exit_status']:<3} {e['wall_s']:>7.1f} s  {_short(e['key'])}")
         print(f"total {summary['wall_s']:.1f} s")
         return
-    table = Table(title=f"lookalike bench ({summary['mode']}) — {summary['out']}")
+    table = Table(title=f"python -m benchmarks ({summary['mode']}) — {summary['out']}")
     table.add_column("run")
     table.add_column("exit", justify="right")
     table.add_column("wall s", justify="right")
@@ -340,7 +375,7 @@ def run_suite(root: Path, *, quick: bool, only: list[str] | None, out: Path, ech
     started = time.monotonic()
     entries = [_run_one(run, root, out, echo) for run in runs]
     summary = {
-        "suite": "lookalike bench",
+        "suite": "python -m benchmarks",
         "mode": "quick" if quick else "full",
         "only": only or list(NAMES),
         "out": str(shown),

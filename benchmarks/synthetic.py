@@ -15,7 +15,7 @@ from typing import Any
 import asyncpg
 import numpy as np
 
-from app.domain.filters import index_terms
+from app.filters import index_terms
 from app.storage import db, indexes, migrate
 from app.storage.indexes import IndexRecord
 

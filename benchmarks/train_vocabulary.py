@@ -10,7 +10,7 @@ not this repo's benchmark generator:
 - natural photographs: every image of at least 200 px in `--natural` (scikit-image's
   sample images: people, animals, street, rocket, coffee, text pages, textures...)
   plus matplotlib's sample photo, each at three analysis sizes;
-- synthetic product renders from `benchmarks.wild` with a seed (11) that no benchmark
+- synthetic product renders from `app.samples.wild` with a seed (11) that no benchmark
   uses, catalog photos and in-the-wild queries.
 
 The 64 words are k-means over an equal number of descriptors from each source; the
@@ -117,7 +117,7 @@ def main() -> None:
             natural.append(lf.extract_features(im, keypoints, side))
     synthetic: list[lf.LocalFeatures] = []
     if not args.natural_only:
-        from benchmarks.wild import generate_benchmark
+        from app.samples.wild import generate_benchmark
 
         catalog, queries = generate_benchmark(args.products, args.queries, SEED)
         synthetic = [lf.extract_catalog_features(c.image) for c in catalog]

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.domain.filters import And, FilterNode, In, Not, Or, Range, Term, read_number
+from app.filters import And, FilterNode, In, Not, Or, Range, Term, read_number
 
-# Numbers at or beyond this magnitude are not filterable (see domain.filters.NUMBER_LIMIT):
+# Numbers at or beyond this magnitude are not filterable (see app.filters.NUMBER_LIMIT):
 # restated here on purpose, as part of the documented meaning.
 _LIMIT = 10**308
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import random
+from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageDraw
@@ -45,3 +47,20 @@ def product(product_id: str, image_url: str, **extra: Any) -> dict[str, Any]:
     }
     doc.update(extra)
     return doc
+
+
+def tokenizer_files(directory: Path) -> dict[str, Path]:
+    """A small SentencePiece-style (Unigram) tokenizer in Hugging Face's files, as SigLIP's repo has."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+
+    tokenizer = Tokenizer(models.Unigram())
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+    specials = ["<pad>", "</s>", "<unk>"]
+    trainer = trainers.UnigramTrainer(vocab_size=60, special_tokens=specials, unk_token="<unk>")
+    tokenizer.train_from_iterator(["red leather shoe", "blue cotton shirt", "green wool hat", "black boot"], trainer)
+    tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(directory / "tokenizer.json"))
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "pad_token": "<pad>", "eos_token": "</s>"}
+    (directory / "tokenizer_config.json").write_text(json.dumps(config))
+    return {name: directory / name for name in ("tokenizer.json", "tokenizer_config.json")}

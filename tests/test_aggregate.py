@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from app.samples import wild
 from app.storage import indexes as storage_indexes
 from app.vision import aggregate, crops
 from app.vision import local_features as lf
-from benchmarks import wild
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,8 @@
 Malformed and deeply nested JSON, wrong types, oversized bodies, huge limits, broken data
 URLs, non-images and broken images, decompression bombs, animated images, SVG, extreme
 sizes, every filter error of FILTER_DSL.md, unicode and NUL in ids, fields and paths.
-Batch endpoints answer per item; whatever was stored before stays stored (checked last).
+Batch endpoints answer per item; whatever was stored before stays stored (checked by a test
+that sends the whole battery to its own index).
 """
 
 from __future__ import annotations
@@ -87,9 +88,8 @@ class Corpus:
         return {"x-marqo-index-id": self.index_id}
 
 
-@pytest.fixture(scope="module")
-async def corpus(api: httpx.AsyncClient, images: ImageServer) -> Corpus:
-    """An index with reverse image search on and a few products that must survive everything below."""
+async def make_corpus(api: httpx.AsyncClient, images: ImageServer) -> Corpus:
+    """An index with reverse image search on and a few products that must survive bad inputs."""
     name = f"bad-{secrets.token_hex(4)}"
     r = await api.post(
         f"/api/v1/indexes/{name}",
@@ -112,6 +112,11 @@ async def corpus(api: httpx.AsyncClient, images: ImageServer) -> Corpus:
     assert all(d["_found"] for d in baseline.values())
     assert baseline["ключ-✓-🚀"]["цвет"] == "красный"  # unicode ids and field names round-trip
     return Corpus(name, index_id, baseline)
+
+
+@pytest.fixture(scope="module")
+async def corpus(api: httpx.AsyncClient, images: ImageServer) -> Corpus:
+    return await make_corpus(api, images)
 
 
 JSON_ENDPOINTS = [  # (method, path suffix, credentials)
@@ -618,8 +623,28 @@ async def test_filter_errors(api: httpx.AsyncClient, corpus: Corpus, filter_text
 # -- nothing stored was lost ------------------------------------------------------------
 
 
-async def test_zz_baseline_survived_everything(api: httpx.AsyncClient, corpus: Corpus, pool: asyncpg.Pool) -> None:
-    """Runs last in this module: the products stored first are intact, and every product has its vector."""
+async def test_stored_products_survive_every_bad_input(
+    api: httpx.AsyncClient, images: ImageServer, pool: asyncpg.Pool
+) -> None:
+    """On its own index, independent of the other tests' order: every malformed body on every
+    endpoint, every wrong type, every bad document and patch, every filter error; then the
+    products stored first are intact and every product has its vector."""
+    corpus = await make_corpus(api, images)
+    for method, suffix, kind in JSON_ENDPOINTS:
+        for body in MALFORMED_BODIES.values():
+            r = await api.request(method, corpus.base + suffix, content=body, headers=_headers(corpus, kind))
+            assert_error(r, 400)
+    for method, suffix, kind, body in _type_cases():
+        assert_error(await api.request(method, corpus.base + suffix, json=body, headers=_headers(corpus, kind)), 400)
+    r = await api.post(corpus.base + "/documents", json={"documents": [d for d, _ in BAD_DOCUMENTS]}, headers=ADMIN)
+    assert r.status_code == 200 and {i["status"] for i in r.json()["items"]} == {400}, r.text
+    patches = [{"_id": "keep-1", "price": "12"}, {"_id": "keep-1", "specs": {"a": 1}}, {"_id": "keep-1\x00"}]
+    r = await api.patch(corpus.base + "/documents", json={"documents": patches}, headers=ADMIN)
+    assert r.status_code == 200 and {i["status"] for i in r.json()["items"]} == {400}, r.text
+    for filter_text in FILTER_ERRORS:
+        r = await api.post(corpus.base + "/search", json={"q": "*", "filter": filter_text}, headers=corpus.read)
+        assert_error(r, 400, "invalid_filter")
+
     r = await api.post(corpus.base + "/get-documents", json={"documentIds": list(corpus.baseline)}, headers=corpus.read)
     assert {d["_id"]: d for d in r.json()["results"]} == corpus.baseline
     assert await assert_catalog_consistent(pool) > 0

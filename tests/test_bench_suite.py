@@ -1,6 +1,6 @@
-"""The performance suite's plumbing: a tiny end-to-end benchmark run and the `lookalike bench` command.
+"""The performance suite's plumbing: a tiny end-to-end benchmark run and `python -m benchmarks`.
 
-The real runs are `python -m benchmarks.e2e_bench` and `lookalike bench [--quick]`; this only
+The real runs are `python -m benchmarks.e2e_bench` and `python -m benchmarks [--quick]`; this only
 checks that they run and report what they promise (figures measured here mean nothing).
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from app.cli import BENCH_NAMES, build_parser
+from app.cli import build_parser as lookalike_parser
 from benchmarks import suite
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -64,37 +64,41 @@ def test_e2e_bench_tiny_run_reports_every_field(tmp_path: Path, fresh_database: 
     assert must["health_p95_ms_at_max_concurrency"] is not None
 
 
-def _lookalike(*args: str) -> subprocess.CompletedProcess[str]:
-    """The installed `lookalike` script beside this interpreter (python -m app.cli where there is none)."""
-    script = Path(sys.executable).parent / "lookalike"
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "app.cli"]
-    return subprocess.run([*command, *args], capture_output=True, text=True, timeout=60, cwd=REPO_ROOT)
+def _benchmarks(*args: str, cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "benchmarks", *args], capture_output=True, text=True, timeout=60, cwd=cwd
+    )
 
 
-def test_lookalike_bench_help_and_only_names(capsys: pytest.CaptureFixture[str]) -> None:
-    done = _lookalike("bench", "--help")
+def test_python_m_benchmarks_help_and_only_names(capsys: pytest.CaptureFixture[str]) -> None:
+    done = _benchmarks("--help")
     assert done.returncode == 0, done.stderr
     assert "--quick" in done.stdout and "--only" in done.stdout and "--out" in done.stdout
 
-    parser = build_parser()
-    args = parser.parse_args(["bench", "--quick", "--only", "e2e, ann"])
+    parser = suite.build_parser()
+    args = parser.parse_args(["--quick", "--only", "e2e, ann"])
     assert args.quick and args.only == ["e2e", "ann"]
     for bad in ("fuzz", "ann,nope", ","):
         with pytest.raises(SystemExit) as exc:
-            parser.parse_args(["bench", "--only", bad])
+            parser.parse_args(["--only", bad])
         assert exc.value.code == 2
         assert "unknown benchmark" in capsys.readouterr().err
 
-    # The command knows the names the suite runs; quick and full mode cover every one of them.
-    assert set(BENCH_NAMES) == set(suite.NAMES)
+    # quick and full mode cover every benchmark name
     for quick in (True, False):
         runs = suite.plan(quick, Path("/tmp/out"))
-        assert {r.group for r in runs} == set(BENCH_NAMES)
+        assert {r.group for r in runs} == set(suite.NAMES)
         assert len({r.name for r in runs}) == len(runs)
         assert all(f"/tmp/out/{r.result}" in r.args or "/tmp/out" in r.args for r in runs)
 
 
-def test_unknown_only_name_is_rejected_by_the_installed_command() -> None:
-    done = _lookalike("bench", "--only", "ann,bogus")
+def test_unknown_only_name_is_rejected() -> None:
+    done = _benchmarks("--only", "ann,bogus")
     assert done.returncode == 2
     assert "unknown benchmark bogus" in done.stderr
+
+
+def test_the_lookalike_command_has_no_bench() -> None:
+    """The installed command does not depend on the checkout's benchmarks/."""
+    with pytest.raises(SystemExit):
+        lookalike_parser().parse_args(["bench"])

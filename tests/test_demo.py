@@ -28,12 +28,12 @@ def test_cli_parses_demo_options() -> None:
     assert (args.products, args.port, args.offline, args.reset, args.index) == (40, 0, True, True, "demo")
 
 
-def test_builtin_catalog_has_brands_prices_collections() -> None:
-    items = demo._builtin_catalog(8, seed=3)
+def test_sample_catalog_has_brands_prices_collections() -> None:
+    items = demo.sample_catalog(8, seed=3)
     assert len({p.doc["_id"] for p in items}) == 8
     for item in items:
         assert item.doc["brand"] and isinstance(item.doc["price"], float)
-        assert item.doc["productCollections"] and item.image.size == (320, 320)
+        assert item.doc["productCollections"] and item.cutout.mode == "RGBA"
     photo = demo.shopper_photo(items[0], seed=3)
     assert photo.size == (640, 480)
 
@@ -84,7 +84,8 @@ def test_demo_serves_and_its_printed_curl_returns_hits(database_url: str, tmp_pa
             ).json()
         hits = answer["hits"]
         assert 1 <= len(hits) <= 5, answer
-        assert set(hits[0]) == {"_id", "_score", "productTitle", "brand", "price"}
+        assert set(hits[0]) - {"_match"} == {"_id", "_score", "productTitle", "brand", "price"}
+        assert "_match" in hits[0]  # the demo photo's product verifies: the hit says where it is
         assert all(re.fullmatch(r"p\d{5}", h["_id"]) for h in hits)
         # The photographed product is found (re-ranking makes this hold even with random weights).
         assert info.photo_product_id in [h["_id"] for h in hits], (info.photo_product_id, hits)
@@ -116,3 +117,26 @@ async def test_demo_never_overwrites_an_index_without_reverse_search(api: httpx.
         await demo.prepare(services, demo.DemoOptions(index="demo-taken", products=2), tmp_path, print)
     assert (await api.get(base, headers=ADMIN)).status_code == 200
     await api.delete(base, headers=ADMIN)
+
+
+async def test_model_option_takes_an_open_clip_setting(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from app.config import Settings
+    from app.vision.openclip import OFFLINE_OPEN_CLIP_MODEL
+    from app.vision.service import VisionService
+
+    raw = json.dumps(OFFLINE_OPEN_CLIP_MODEL)
+    args = build_parser().parse_args(["demo", "--model", raw])
+    assert args.model == raw
+    vision = VisionService(Settings(data_dir=tmp_path))
+    try:
+        svc = SimpleNamespace(vision=vision)
+        model, note = await demo._choose_model(svc, offline=False, model=raw)
+        assert model == OFFLINE_OPEN_CLIP_MODEL
+        assert "random weights" in note and "text search" in note
+        for bad in ('{"library": "open_clip", "name": "ViT-B-99"}', "[1]", "{oops"):
+            with pytest.raises(SystemExit, match="--model"):
+                await demo._choose_model(svc, offline=False, model=bad)
+    finally:
+        await vision.aclose()

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.domain.filters import (
+from app.filters import (
     MAX_DEPTH,
     MAX_FILTER_LENGTH,
     MAX_IN_ITEMS,

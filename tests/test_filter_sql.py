@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.domain.filters import (
+from app.filters import (
     And,
     FilterError,
     FilterNode,
@@ -810,7 +810,7 @@ async def test_selective_filters_use_indexes(conn: asyncpg.Connection, bulk_inde
 
 def test_long_values_are_indexed_as_digests_and_still_match() -> None:
     """Terms over the index entry limit become digests on both sides (documents and filters)."""
-    from app.domain.filters import MAX_TERM_CHARS, value_terms
+    from app.filters import MAX_TERM_CHARS, value_terms
 
     long_value = "Ab" * 5_000
     doc = {"_id": "x", "url": long_value, "tags": [long_value.upper()]}

@@ -11,8 +11,7 @@ import asyncpg
 import numpy as np
 import pytest
 
-from app.domain.filters import index_terms
-from app.domain.search import compile_where
+from app.filters import index_terms, parse_filter
 from app.storage import indexes, search
 from app.storage.indexes import IndexRecord
 
@@ -97,9 +96,9 @@ async def test_full_limit_and_exact_agreement(pool: asyncpg.Pool, ann_index, tag
     for _ in range(20):
         query = vectors[rng.integers(0, N)] + 0.05 * rng.normal(size=DIM).astype(np.float32)
         filter_text = None if tag == "all" else f"{tag}:true"
-        where, params, filtered = compile_where(filter_text)
+        where = parse_filter(filter_text)
         async with pool.acquire() as conn, conn.transaction():
-            got = await search.nearest(conn, record, query, where, params, K, filtered=filtered)
+            got = await search.nearest(conn, record, query, where, K)
             # Ground truth: brute force over the filtered rows (numpy, independent of SQL ordering).
         # Exact ranking at the precision the index stores (halfvec), so rounding ties do not count.
         stored = vectors.astype(np.float16).astype(np.float32)
@@ -146,8 +145,8 @@ async def _plan_of_prepared(conn: asyncpg.Connection, sql: str, values: list, na
 async def test_hnsw_used_by_generic_plan(pool: asyncpg.Pool, ann_index, filter_text: str | None) -> None:
     """The 6th+ execution of a prepared statement (generic plan) still walks the HNSW index."""
     record, vectors = ann_index
-    where, params, _ = compile_where(filter_text)
-    sql, values = search.nearest_sql(record, vectors[0], where, params, K, exact=False)
+    where = parse_filter(filter_text)
+    sql, values = search.nearest_sql(record, vectors[0], where, K, exact=False)
     async with pool.acquire() as conn, conn.transaction():
         await search.configure_scan(conn, exact=False, ef_search=search.DEFAULT_EF_SEARCH)
         seventh, generic = await _plan_of_prepared(conn, sql, values, "ann_probe")
@@ -163,12 +162,12 @@ async def test_batched_queries_equal_single_ones(pool: asyncpg.Pool, ann_index, 
     rng = np.random.default_rng(5)
     queries = [vectors[rng.integers(0, N)] + 0.05 * rng.normal(size=DIM).astype(np.float32) for _ in range(4)]
     ks = (5, 10, 20, 10)
-    where, params, filtered = compile_where(None if tag == "all" else f"{tag}:true")
+    where = parse_filter(None if tag == "all" else f"{tag}:true")
     async with pool.acquire() as conn, conn.transaction(readonly=True):
         wanted = [search.VectorQuery(q, "embedding", k) for q, k in zip(queries, ks, strict=True)]
-        batched = await search.nearest_many(conn, record, wanted, where, params, filtered=filtered)
+        batched = await search.nearest_many(conn, record, wanted, where)
         single = [
-            await search.nearest(conn, record, q, where, params, k, filtered=filtered)
+            await search.nearest(conn, record, q, where, k)
             for q, k in zip(queries, ks, strict=True)
         ]
     for got, want in zip(batched, single, strict=True):
@@ -186,15 +185,15 @@ async def test_a_walk_that_comes_back_short_is_redone_exactly(
     record, vectors = ann_index
     monkeypatch.setattr(search, "EXACT_SCAN_MAX_ROWS", 0)
     monkeypatch.setattr(search, "MAX_SCAN_TUPLES", 50)
-    where, params, filtered = compile_where("s01:true")
+    where = parse_filter("s01:true")
     query = vectors[123]
     idx = np.flatnonzero(np.arange(N) % SELECTIVITY["s01"] == 0)
     stored = vectors.astype(np.float16).astype(np.float32)
     truth = {f"p{i:05d}" for i in idx[np.argsort(-(stored[idx] @ query))][:K]}
     async with pool.acquire() as conn, conn.transaction(readonly=True):
-        got = await search.nearest(conn, record, query, where, params, K, filtered=filtered)
+        got = await search.nearest(conn, record, query, where, K)
         many = await search.nearest_many(
-            conn, record, [search.VectorQuery(query, "embedding", K)], where, params, filtered=filtered
+            conn, record, [search.VectorQuery(query, "embedding", K)], where
         )
     assert len(got) == K and len(set(r.product_id for r in got) & truth) >= K - 1
     assert {pk for pk, _ in many[0]} == {r.product_pk for r in got}

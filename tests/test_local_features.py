@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from app.samples import wild
 from app.vision import crops
 from app.vision import local_features as lf
-from benchmarks import wild
 
 
 def _catalog_photo(design: wild.Design) -> tuple[Image.Image, Image.Image]:

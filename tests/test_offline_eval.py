@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 
 from app.domain import rerank
+from app.samples import wild
 from app.vision import aggregate, crops
 from app.vision import local_features as lf
 from app.vision.decode import decode_image
 from benchmarks import offline_eval as oe
-from benchmarks import wild
 from tests.conftest import ADMIN
 from tests.helpers import TEST_MODEL, product
 

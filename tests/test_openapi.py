@@ -8,15 +8,18 @@ at least once here too.
 from __future__ import annotations
 
 import re
+import secrets
+from pathlib import Path
 
 import httpx
 import jsonschema
 import pytest
 from starlette.routing import Mount, Route
 
+from app.config import Settings
 from app.http.openapi import openapi_document
 from app.main import routes
-from tests.conftest import ADMIN, OpenApiValidator
+from tests.conftest import ADMIN, OpenApiValidator, api_settings, running_app
 from tests.helpers import TEST_MODEL, data_url, product, product_image
 
 
@@ -57,15 +60,78 @@ async def test_served_document_and_docs_page(api: httpx.AsyncClient) -> None:
     assert r.json() == openapi_document()
     page = await api.get("/docs")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
-    assert "/static/docs.js" in page.text
-    script = await api.get("/static/docs.js")
-    assert script.status_code == 200 and "openapi.json" in script.text
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    # The vendored Swagger UI (npm swagger-ui-dist) and its initializer, served from this server.
+    for asset in ("/static/vendor/swagger-ui/swagger-ui-bundle.js", "/static/vendor/swagger-ui/swagger-ui.css",
+                  "/static/swagger-ui-init.js"):
+        assert asset in page.text, asset
+        assert (await api.get(asset)).status_code == 200, asset
+    init = (await api.get("/static/swagger-ui-init.js")).text
+    assert '"/openapi.json"' in init and "validatorUrl: null" in init
     # Self-contained: no CDN (unreachable on air-gapped installs and from the tests).
-    for name in ("docs.html", "docs.js", "index.html", "app.js", "style.css"):
+    for name in ("swagger-ui.html", "swagger-ui-init.js", "index.html", "app.js", "style.css"):
         body = (await api.get(f"/static/{name}")).text
         assert not re.search(r"(src|href)=\"https?://", body), name
     missing = await api.get("/static/nope.js")
     assert missing.status_code == 404 and missing.json()["code"] == "not_found"
+
+
+def test_limits_in_the_document_are_the_configured_settings() -> None:
+    """The schemas are generated from the models built for the app's Settings, so a limit
+    setting changes the published document (LOOKALIKE_MAX_DOCUMENTS_PER_CALL=7 -> maxItems 7)."""
+    settings = Settings.from_env({"LOOKALIKE_MAX_DOCUMENTS_PER_CALL": "7", "LOOKALIKE_MAX_BODY_BYTES": "65536"})
+    doc = openapi_document(settings)
+    schemas = doc["components"]["schemas"]
+    for name in ("AddDocumentsRequest", "UpdateDocumentsRequest"):
+        assert schemas[name]["properties"]["documents"]["maxItems"] == 7, name
+    assert schemas["GetDocumentsRequest"]["properties"]["documentIds"]["maxItems"] == settings.max_get_documents
+    add = doc["paths"]["/api/v1/indexes/{index_name}/documents"]["post"]
+    assert "65536 bytes" in add["responses"]["413"]["description"]
+    assert "65536 bytes" in add["requestBody"]["description"]
+    default = openapi_document()["components"]["schemas"]["AddDocumentsRequest"]
+    assert default["properties"]["documents"]["maxItems"] == Settings().max_documents_per_call == 128
+
+
+async def test_served_document_follows_the_app_settings(database_url: str, tmp_path: Path) -> None:
+    settings = api_settings(database_url, tmp_path, max_documents_per_call=7)
+    async with running_app(settings) as client:
+        served = (await client.get("/openapi.json")).json()
+        batch = served["components"]["schemas"]["AddDocumentsRequest"]["properties"]["documents"]
+        assert batch["maxItems"] == 7
+        # ... and the service enforces the same number.
+        r = await client.post("/api/v1/indexes/nope/documents", json={"documents": [{}] * 8}, headers=ADMIN)
+        assert r.status_code == 404  # the index is looked up first
+        name = f"lim-{secrets.token_hex(3)}"
+        created = await client.post(f"/api/v1/indexes/{name}", json={"model": TEST_MODEL}, headers=ADMIN)
+        assert created.status_code == 200, created.text
+        r = await client.post(f"/api/v1/indexes/{name}/documents", json={"documents": [{}] * 8}, headers=ADMIN)
+        assert r.status_code == 400 and r.json()["code"] == "too_many_documents" and "at most 7" in r.json()["error"]
+        await client.delete(f"/api/v1/indexes/{name}", headers=ADMIN)
+
+
+async def test_unknown_top_level_keys_are_named(api: httpx.AsyncClient) -> None:
+    """SPEC 'Beyond the seed': an unknown key is a 400 unknown_parameter naming it; Marqo's
+    userId / sessionId / profileId are accepted and ignored."""
+    base = "/api/v1/indexes/oa-unknown"
+    await api.delete(base, headers=ADMIN)
+    created = await api.post(base, json={"model": TEST_MODEL, "reverseImageSearch": {"enabled": True}}, headers=ADMIN)
+    read = {"x-marqo-index-id": created.json()["indexId"]}
+    cases = [
+        ("POST", "/search", read, {"q": "*", "searchableAttributes": ["x"]}, "searchableAttributes"),
+        ("POST", "/reverse-image-search", read, {"q": data_url(product_image(1, 64)), "tensorFields": []},
+         "tensorFields"),
+        ("POST", "/get-documents", read, {"documentIds": ["a"], "extra": 1}, "extra"),
+        ("POST", "/documents", ADMIN, {"documents": [product("a", data_url(product_image(1, 64)))], "x": 1}, "x"),
+        ("DELETE", "/documents", ADMIN, {"ids": ["a"], "idz": []}, "idz"),
+        ("PATCH", "/settings", ADMIN, {"colour": "blue"}, "colour"),
+    ]
+    for method, suffix, headers, body, key in cases:
+        r = await api.request(method, base + suffix, json=body, headers=headers)
+        assert r.status_code == 400, (suffix, r.text)
+        assert r.json()["code"] == "unknown_parameter" and repr(key) in r.json()["error"], r.json()
+    ignored = {"q": "*", "userId": "u1", "sessionId": "s1", "profileId": "p1"}
+    assert (await api.post(base + "/search", json=ignored, headers=read)).status_code == 200
+    await api.delete(base, headers=ADMIN)
 
 
 def test_validator_rejects_what_the_document_does_not_allow(openapi_validator: OpenApiValidator) -> None:

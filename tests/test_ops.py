@@ -12,14 +12,13 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.http.ops import JsonFormatter
+from app.logs import JsonFormatter
 from tests.conftest import ADMIN, ADMIN_KEY, REPO_ROOT
 from tests.helpers import TEST_MODEL, data_url, product, product_image
 from tests.imageserver import ImageServer
@@ -245,19 +244,3 @@ def test_docker_compose_has_workers_and_an_optional_streaming_replica() -> None:
     init = [m for m in primary["volumes"] if "docker-entrypoint-initdb.d" in m]
     assert init and "host replication" in (REPO_ROOT / init[0].split(":")[0]).read_text()
 
-
-def test_dockerfile_pulls_model_weights_and_serves() -> None:
-    lines = [line.strip() for line in (REPO_ROOT / "Dockerfile").read_text().splitlines()]
-    assert lines[0].startswith("FROM python:3.1")
-    assert any(line.startswith("RUN") and "lookalike models pull" in line for line in lines)
-    assert any(line.startswith("COPY") and "app" in line for line in lines)
-    assert any(line.startswith("COPY") and "migrations" in line for line in lines)
-    cmd = next(line for line in lines if line.startswith("CMD"))
-    assert json.loads(cmd[3:].strip())[:2] == ["lookalike", "serve"]
-
-
-def test_static_files_are_packaged() -> None:
-    text = (REPO_ROOT / "pyproject.toml").read_text()
-    assert '"static/*"' in text
-    for name in ("index.html", "app.js", "style.css", "docs.html", "docs.js", "docs.css"):
-        assert (Path(REPO_ROOT) / "app" / "static" / name).is_file(), name

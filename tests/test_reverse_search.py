@@ -4,21 +4,26 @@ from __future__ import annotations
 
 import io
 import secrets
+from collections.abc import Sequence
 
 import httpx
 import numpy as np
 import pytest
+from PIL import Image
 
-from app.domain.search import compile_where
+from app.filters import parse_filter
+from app.samples import wild
 from app.storage import indexes as storage_indexes
 from app.storage import search as search_sql
-from app.storage.params import SqlParams
 from app.vision import aggregate, crops, local_features
-from benchmarks import wild
+from app.vision.openclip import OFFLINE_OPEN_CLIP_MODEL
 from tests.conftest import ADMIN
 from tests.helpers import TEST_MODEL, data_url, product_image
 
 Q_ERROR = "q must be an image URL or base64 data URI"
+
+# The same contract on an image-only timm index and on an open_clip (image + text) index.
+MODELS = {"timm": TEST_MODEL, "open_clip": OFFLINE_OPEN_CLIP_MODEL}
 
 
 def _jpeg(image) -> bytes:  # type: ignore[no-untyped-def]
@@ -27,12 +32,13 @@ def _jpeg(image) -> bytes:  # type: ignore[no-untyped-def]
     return out.getvalue()
 
 
-@pytest.fixture(scope="module")
-async def shop(api: httpx.AsyncClient, images) -> dict:  # type: ignore[no-untyped-def]
+@pytest.fixture(scope="module", params=list(MODELS))
+async def shop(api: httpx.AsyncClient, images, request: pytest.FixtureRequest) -> dict:  # type: ignore[no-untyped-def]
     """A small catalog with look-alike families, reverse search on, plus wild queries."""
     name = f"rev-{secrets.token_hex(3)}"
+    model = MODELS[request.param]
     r = await api.post(
-        f"/api/v1/indexes/{name}", json={"model": TEST_MODEL, "reverseImageSearch": {"enabled": True}}, headers=ADMIN
+        f"/api/v1/indexes/{name}", json={"model": model, "reverseImageSearch": {"enabled": True}}, headers=ADMIN
     )
     assert r.status_code == 200, r.text
     catalog = wild.generate_catalog(24, seed=5)
@@ -105,12 +111,14 @@ async def test_finds_the_photographed_product(api: httpx.AsyncClient, images, sh
 async def test_default_hit_fields_and_attributes(api: httpx.AsyncClient, images, shop: dict) -> None:
     url = _query_url(images, shop)
     hit = (await _reverse(api, shop, {"q": url, "limit": 1})).json()["hits"][0]
-    assert set(hit) == {"productTitle", "variantTitle", "price", "variantImageUrl", "collections", "_id", "_score"}
+    # `_match` is not an attribute: a verified hit carries it whatever attributesToRetrieve says
+    fields = {"productTitle", "variantTitle", "price", "variantImageUrl", "collections", "_id", "_score"}
+    assert set(hit) - {"_match"} == fields
     assert hit["collections"] == shop["docs"][hit["_id"]]["productCollections"]
     hit = (await _reverse(api, shop, {"q": url, "limit": 1, "attributesToRetrieve": ["brand", "nope"]})).json()
-    assert set(hit["hits"][0]) == {"brand", "_id", "_score"}
+    assert set(hit["hits"][0]) - {"_match"} == {"brand", "_id", "_score"}
     hits = (await _reverse(api, shop, {"q": url, "attributesToRetrieve": []})).json()["hits"]
-    assert all(set(h) == {"_id", "_score"} for h in hits)
+    assert all(set(h) - {"_match"} == {"_id", "_score"} for h in hits)
 
 
 @pytest.mark.parametrize(("given", "effective"), [(0, 1), (1, 1), (3, 3), (10, 10), (50, 10), (-7, 1), (4.0, 4)])
@@ -218,9 +226,10 @@ async def test_unfetchable_images_say_why(api: httpx.AsyncClient, images, shop: 
     assert r.status_code == 400 and "private" in r.json()["error"]
 
 
-async def test_backfill_when_flag_turned_on(api: httpx.AsyncClient, images, pool) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("model", list(MODELS))
+async def test_backfill_when_flag_turned_on(api: httpx.AsyncClient, images, pool, model: str) -> None:  # type: ignore[no-untyped-def]
     name = f"rev-late-{secrets.token_hex(3)}"
-    created = (await api.post(f"/api/v1/indexes/{name}", json={"model": TEST_MODEL}, headers=ADMIN)).json()
+    created = (await api.post(f"/api/v1/indexes/{name}", json={"model": MODELS[model]}, headers=ADMIN)).json()
     docs = [
         {"_id": f"p{i}", "productTitle": f"P{i}", "price": 1, "variantImageUrl": data_url(product_image(100 + i))}
         for i in range(6)
@@ -285,12 +294,12 @@ async def test_keypoint_aggregates_are_stored_and_retrieve_the_product(shop: dic
         features = local_features.extract_query_features(query.image)
         boxes = aggregate.box_aggregates(features, crops.query_boxes(query.image))
         family = next(c.family for c in shop["catalog"] if c.id == query.product_id)
-        where, params, filtered = compile_where(f"productCollections:{family}")
+        where = parse_filter(f"productCollections:{family}")
         best: dict[str, float] = {}
         async with pool.acquire() as conn, conn.transaction(readonly=True):
             for vector in boxes:
                 rows = await search_sql.nearest(
-                    conn, record, vector, where, params, 5, filtered=filtered, column="local_aggregate"
+                    conn, record, vector, where, 5, column="local_aggregate"
                 )
                 assert all(family in r.doc["productCollections"] for r in rows)
                 for r in rows:
@@ -299,10 +308,122 @@ async def test_keypoint_aggregates_are_stored_and_retrieve_the_product(shop: dic
     assert found_first >= len(shop["queries"]) // 2, found_first
     # the HNSW path uses the aggregate's own index
     sql, values = search_sql.nearest_sql(
-        record, boxes[0], "true", SqlParams(), 10, exact=False, column="local_aggregate"
+        record, boxes[0], None, 10, exact=False, column="local_aggregate"
     )
     async with pool.acquire() as conn, conn.transaction(readonly=True):
         await search_sql.configure_scan(conn, exact=False, ef_search=100)
         await conn.execute("SET LOCAL enable_seqscan = off")
         plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + sql, *values))
     assert f"{table}_local_hnsw" in plan, plan
+
+
+def _iou(a: Sequence[float], b: Sequence[float]) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+async def test_match_box_shows_where_the_product_is(api: httpx.AsyncClient, images, shop: dict) -> None:
+    """The top hit's `_match.box` overlaps the pasted product (IoU >= 0.5) on >= 90% of the wild
+    queries whose top hit is right; every `_match` lies inside the photo."""
+    right, boxed = 0, 0
+    for query in wild.generate_queries(shop["catalog"], 16, seed=21):
+        url = images.add(f"/{shop['name']}/match/{query.id}.jpg", _jpeg(query.image), "image/jpeg")
+        hits = (await _reverse(api, shop, {"q": url})).json()["hits"]
+        fw, fh = query.image.size
+        for hit in hits:
+            if "_match" in hit:
+                x0, y0, x1, y1 = hit["_match"]["box"]
+                assert 0 <= x0 < x1 <= fw and 0 <= y0 < y1 <= fh, hit
+                assert isinstance(hit["_match"]["inliers"], int) and hit["_match"]["inliers"] > 0
+        if hits[0]["_id"] != query.product_id:
+            continue
+        right += 1
+        match = hits[0].get("_match")
+        boxed += match is not None and _iou(match["box"], query.params["paste_box"]) >= 0.5
+    assert right >= 10, right
+    assert boxed >= 0.9 * right, (boxed, right)
+
+
+async def test_match_box_is_in_the_upright_photo(api: httpx.AsyncClient, images, shop: dict) -> None:
+    """A photo stored sideways with an EXIF orientation tag: the box is in the upright photo's pixels."""
+    query = shop["queries"][0]
+    upright = (await _reverse(api, shop, {"q": _query_url(images, shop), "limit": 1})).json()["hits"][0]
+    sideways = query.image.transpose(Image.Transpose.ROTATE_90)  # EXIF 6 turns it back upright
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    out = io.BytesIO()
+    sideways.save(out, "JPEG", quality=90, exif=exif)
+    url = images.add(f"/{shop['name']}/sideways.jpg", out.getvalue(), "image/jpeg")
+    hit = (await _reverse(api, shop, {"q": url, "limit": 1})).json()["hits"][0]
+    assert hit["_id"] == upright["_id"] and "_match" in upright and "_match" in hit
+    assert _iou(hit["_match"]["box"], upright["_match"]["box"]) >= 0.8, (hit, upright)
+
+
+async def test_unverified_hits_carry_no_match(api: httpx.AsyncClient, shop: dict) -> None:
+    """A featureless photo verifies nothing: hits, but none with `_match`."""
+    out = io.BytesIO()
+    Image.new("RGB", (320, 240), (120, 130, 140)).save(out, "PNG")
+    r = await _reverse(api, shop, {"q": data_url(out.getvalue(), "image/png")})
+    assert r.status_code == 200 and r.json()["hits"]
+    assert all("_match" not in h for h in r.json()["hits"])
+
+
+def region_scores(regions: list[dict], products: list[dict], overlap: float) -> tuple[int, int]:  # type: ignore[type-arg]
+    """(products found, false regions): a product is found when it is some region's top hit and that
+    region's box overlaps its paste box by `overlap` IoU; any other region is false."""
+    found: set[str] = set()
+    false = 0
+    for region in regions:
+        top = region["hits"][0]["_id"] if region["hits"] else None
+        truth = next((p for p in products if p["product_id"] == top), None)
+        if truth is not None and top not in found and _iou(region["box"], truth["paste_box"]) >= overlap:
+            found.add(top)
+        else:
+            false += 1
+    return len(found), false
+
+
+async def test_regions_find_several_products(api: httpx.AsyncClient, images, shop: dict) -> None:
+    """Photos of 2-4 catalog products: `regions` finds most of them, each where it is."""
+    found = total = false = 0
+    for query in wild.generate_multi_queries(shop["catalog"], 6, seed=3):
+        url = images.add(f"/{shop['name']}/multi/{query.id}.jpg", _jpeg(query.image), "image/jpeg")
+        r = await _reverse(api, shop, {"q": url, "regions": True, "limit": 3})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        plain = (await _reverse(api, shop, {"q": url, "limit": 3})).json()
+        assert [h["_id"] for h in body["hits"]] == [h["_id"] for h in plain["hits"]]  # hits stay the overall list
+        for region in body["regions"]:
+            assert 1 <= len(region["hits"]) <= 3
+            scores = [h["_score"] for h in region["hits"]]
+            assert scores == sorted(scores, reverse=True)
+        f, x = region_scores(body["regions"], query.params["products"], 0.5)
+        found, false, total = found + f, false + x, total + len(query.product_ids)
+    print(f"regions: {found}/{total} products found, {false} false regions in 6 photos")
+    assert found >= 0.5 * total, (found, total)
+    assert false <= 6, false
+
+
+@pytest.mark.parametrize("value", ["yes", 1, None, [True]])
+async def test_regions_and_explain_must_be_booleans(api: httpx.AsyncClient, images, shop: dict, value) -> None:  # type: ignore[no-untyped-def]
+    for flag in ("regions", "explain"):
+        r = await _reverse(api, shop, {"q": _query_url(images, shop), flag: value})
+        assert r.status_code == 400 and r.json() == {"error": f"{flag} must be a boolean", "code": f"invalid_{flag}"}
+
+
+async def test_explain_returns_the_inlier_pairs(api: httpx.AsyncClient, images, shop: dict) -> None:
+    url = _query_url(images, shop)
+    plain = (await _reverse(api, shop, {"q": url})).json()["hits"]
+    explained = (await _reverse(api, shop, {"q": url, "explain": True})).json()["hits"]
+    assert [h["_id"] for h in explained] == [h["_id"] for h in plain]
+    verified = [h for h in explained if "_match" in h]
+    assert verified and all("pairs" not in h.get("_match", {}) for h in plain)
+    for hit in verified:
+        match = hit["_match"]
+        x0, y0, x1, y1 = match["box"]
+        cw, ch = match["catalogSize"]
+        assert len(match["pairs"]) >= match["inliers"]  # distinct locations <= inlier pairs
+        for qx, qy, cx, cy in match["pairs"]:
+            assert x0 - 2 <= qx <= x1 + 2 and y0 - 2 <= qy <= y1 + 2 and 0 <= cx <= cw and 0 <= cy <= ch

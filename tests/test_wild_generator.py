@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks import wild
+from app.samples import wild
 
 
 @pytest.fixture(scope="module")

@@ -29,6 +29,9 @@ class FeatureBackfill:
         self.idle_poll_s = idle_poll_s
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # one batch at a time in this process: `drain` then waits for the background task's batch
+        # (whose rows SKIP LOCKED would hide) instead of returning while it is still in flight
+        self._batch = asyncio.Lock()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="lookalike-feature-backfill")
@@ -63,7 +66,7 @@ class FeatureBackfill:
 
     async def run_once(self) -> int:
         """Process one batch; returns how many products it finished."""
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self._batch, self.pool.acquire() as conn, conn.transaction():
             claimed = await products.claim_pending_features(conn, BATCH)
             if not claimed:
                 return 0

@@ -1,19 +1,26 @@
-"""Creating an index: validate the settings, load the model once to learn its dimension,
-then insert the index with its own vector table and HNSW index (one transaction)."""
+"""Index management: create, list, change settings, delete, statistics.
+
+Creating an index validates the settings, loads the model once to learn its dimension, then
+inserts the index with its own vector table and HNSW index (one transaction).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 
 from app.auth import new_index_id
 from app.domain import index_settings
+from app.domain.backfill import FeatureBackfill
 from app.errors import ApiError, bad_request
-from app.storage import indexes
+from app.storage import indexes, products
 from app.storage.indexes import IndexRecord
 from app.vision.model import ModelSpec, ModelUnavailableError
 from app.vision.service import VisionService
+
+__all__ = ["IndexAdmin", "IndexRecord", "IndexStatistics", "create_index"]
 
 # pgvector's HNSW limits per element type.
 MAX_HNSW_DIMENSIONS = {"halfvec": 4000, "vector": 2000}
@@ -64,3 +71,71 @@ async def create_index(pool: asyncpg.Pool, vision: VisionService, name: str, bod
             )
     except indexes.IndexExistsError as exc:
         raise _exists(name) from exc
+
+
+@dataclass(frozen=True)
+class IndexStatistics:
+    products: int
+    vectors: int
+    vector_bytes: int
+    features_ready: int
+    features_pending: int
+    features_failed: int
+    embeddings_pending: int
+    embeddings_failed: int
+
+
+class IndexAdmin:
+    """Index management for the HTTP layer: every storage call and transaction lives here."""
+
+    def __init__(self, pool: asyncpg.Pool, vision: VisionService, backfill: FeatureBackfill):
+        self.pool = pool
+        self.vision = vision
+        self.backfill = backfill
+
+    async def find(self, name: str) -> IndexRecord | None:
+        # A name that could never have been created is not looked up: path text may hold
+        # NUL or other characters PostgreSQL rejects (500s found by fuzzing).
+        if not index_settings.INDEX_NAME_RE.fullmatch(name):
+            return None
+        return await indexes.get_index(self.pool, name)
+
+    async def create(self, name: str, body: Any) -> IndexRecord:
+        return await create_index(self.pool, self.vision, name, body)
+
+    async def with_document_counts(self) -> list[tuple[IndexRecord, int]]:
+        """Every index with its document count, by name."""
+        return await indexes.list_indexes(self.pool)
+
+    async def change_settings(self, record: IndexRecord, body: Any) -> IndexRecord:
+        """Apply a settings patch; turning reverse image search on queues the local-feature backfill
+        (in the same transaction), turning it off stops wanting features."""
+        new_settings = index_settings.parse_patch_body(body, record.settings)
+        was_enabled = record.reverse_search_enabled
+        async with self.pool.acquire() as conn, conn.transaction():
+            updated = await indexes.update_settings(conn, record.pk, new_settings)
+            if updated.reverse_search_enabled and not was_enabled:
+                await products.mark_features_pending(conn, updated)
+            elif was_enabled and not updated.reverse_search_enabled:
+                await products.clear_features_wanted(conn, updated)
+        if updated.reverse_search_enabled and not was_enabled:
+            self.backfill.wake()
+        return updated
+
+    async def delete(self, record: IndexRecord) -> None:
+        """The index, its products, vectors and features, in one transaction."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await indexes.delete_index(conn, record)
+
+    async def statistics(self, record: IndexRecord) -> IndexStatistics:
+        stats = await indexes.index_stats(self.pool, record)
+        return IndexStatistics(
+            products=stats["products"],
+            vectors=stats["vectors"],
+            vector_bytes=stats["vector_bytes"],
+            features_ready=stats["ready"],
+            features_pending=stats["pending"],
+            features_failed=stats["failed"],
+            embeddings_pending=stats["embeddings_pending"],
+            embeddings_failed=stats["embeddings_failed"],
+        )

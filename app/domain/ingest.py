@@ -7,19 +7,22 @@ decoded off the event loop, embedded in one batch, and committed together.
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
-from app.domain.filters import index_terms
 from app.domain.products import DocumentError, document_id, merge_partial, validate_document
 from app.errors import ImageError
+from app.filters import index_terms
 from app.storage.catalog import CatalogStore
 from app.storage.indexes import IndexRecord
 from app.storage.products import ProductWrite
 from app.vision.model import ModelSpec
 from app.vision.service import LoadedImage, VisionService
+
+log = logging.getLogger("lookalike.ingest")
 
 
 @dataclass
@@ -35,10 +38,6 @@ class ItemResult:
         return out
 
 
-class _Pending(Protocol):
-    position: int
-
-
 @dataclass
 class _Work:
     position: int
@@ -48,6 +47,7 @@ class _Work:
     features: dict[str, Any] | None = None
     features_status: str | None = None
     features_error: str | None = None
+    embed_error: str | None = None
 
 
 QUEUED_MESSAGE = "queued for embedding; searchable once a worker has embedded it"
@@ -143,10 +143,13 @@ class IngestPipeline:
             else:
                 to_embed.append(w)
         if to_embed:
-            spec = ModelSpec.parse(index.model)
-            vectors = await self.vision.embed(spec, [w.loaded.image for w in to_embed if w.loaded])
-            for w, vector in zip(to_embed, vectors, strict=True):
-                w.embedding = vector
+            await self._embed(index, to_embed)
+        for w in ready:
+            if w.embedding is None:
+                results[w.position] = ItemResult(w.doc["_id"], 500, w.embed_error)
+        ready = [w for w in ready if w.embedding is not None]
+        if not ready:
+            return
         if want_features:
             await asyncio.gather(*(self._features(w) for w in ready if w.features is None))
             for w in ready:
@@ -158,7 +161,7 @@ class IngestPipeline:
                 doc=w.doc,
                 filter_terms=index_terms(w.doc),
                 image_sha256=w.loaded.sha256 if w.loaded else b"",
-                embedding=w.embedding if w.embedding is not None else np.zeros(index.dimensions, np.float32),
+                embedding=w.embedding,
                 features=w.features,
                 features_status=w.features_status,
                 features_error=w.features_error,
@@ -180,6 +183,31 @@ class IngestPipeline:
                 results[w.position] = ItemResult(w.doc["_id"], 500, errors[offset])
             else:
                 results[w.position] = ItemResult(w.doc["_id"], 202, QUEUED_MESSAGE)
+
+    async def _embed(self, index: IndexRecord, work: list[_Work]) -> None:
+        """Embed the batch; when that fails, each image on its own, so one bad image fails only
+        its item. An item without a usable vector keeps `embedding` None and says why."""
+        spec = ModelSpec.parse(index.model)
+        images = [w.loaded.image for w in work if w.loaded is not None]
+        vectors: list[np.ndarray | None]
+        try:
+            vectors = list(await self.vision.embed(spec, images))
+        except Exception:
+            log.warning("batch embedding failed; embedding the %d images one by one", len(work), exc_info=True)
+            vectors = []
+            for w, image in zip(work, images, strict=True):
+                try:
+                    vectors.append((await self.vision.embed(spec, [image]))[0])
+                except Exception as exc:  # reported on the item; the others still land
+                    vectors.append(None)
+                    w.embed_error = f"image could not be embedded: {exc.__class__.__name__}"
+        for w, vector in zip(work, vectors, strict=True):
+            if vector is None:
+                continue
+            if vector.shape != (index.dimensions,) or not np.isfinite(vector).all():
+                w.embed_error = "image could not be embedded: the model returned an unusable vector"
+                continue
+            w.embedding = vector
 
     async def _features(self, w: _Work) -> None:
         assert w.loaded is not None

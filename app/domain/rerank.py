@@ -116,6 +116,11 @@ def final_score(candidate: Candidate, params: RerankParams = DEFAULT_PARAMS) -> 
     return prior + params.verify_weight * bonus
 
 
+def counts_as_verified(v: VerificationLike | None, params: RerankParams = DEFAULT_PARAMS) -> bool:
+    """Whether verification found the product (it earned a bonus): such hits say where (`_match`)."""
+    return v is not None and v.homography_ok and verification_bonus(v.inliers * v.colour_agreement, params) > 0
+
+
 def select_for_verification(
     candidates: Iterable[Candidate], params: RerankParams = DEFAULT_PARAMS
 ) -> list[Hashable]:

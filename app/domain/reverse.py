@@ -7,36 +7,68 @@
    crop box one by the aggregate of the local features inside it (model-independent),
    merged (best score per product and signal);
 3. the candidates with the best prior score have their stored local features matched
-   against the query's in one batched pass: RANSAC homography, inlier count;
+   against the query's in one batched pass: RANSAC homography, inlier count, and where
+   the product lies in the photo (`_match`);
 4. a final score combining global similarity, aggregate similarity and verification
-   (domain.rerank).
+   (domain.rerank), with the index's own knobs (index settings, `lookalike calibrate`).
+
+With `regions`, repeated verification finds further products (domain.regions): the
+keypoints of each found product are removed, and what is left is searched again —
+keypoint-cluster, saliency and window boxes of the residual keypoints, retrieved by
+their aggregates and their crops' embeddings — one more verification pass per found
+region at most. Each region then ranks its own hits: the candidates verified at its
+place and its crop's own nearest neighbours.
 """
 
 from __future__ import annotations
 
+from collections.abc import Hashable
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import asyncpg
 import numpy as np
+from PIL import Image
 
+from app.domain import regions as regions_mod
 from app.domain.queries import ReverseSearchRequest, shape_hit
 from app.domain.rerank import (
     Candidate,
     RerankParams,
     combine_scores,
+    counts_as_verified,
     crops_for_model,
     merge_crop_neighbours,
+    prior_score,
     select_for_verification,
 )
-from app.domain.search import StageTimer, compile_where
+from app.domain.search import StageTimer, request_filter
+from app.filters import FilterNode
 from app.storage import search as search_sql
 from app.storage.indexes import IndexRecord
-from app.storage.params import SqlParams
 from app.storage.replicas import Database
 from app.vision import aggregate, local_features
-from app.vision.crops import crop_images, query_boxes
+from app.vision.crops import crop_boxes, crop_images, keypoint_cluster_boxes, query_boxes, window_boxes
 from app.vision.model import ModelSpec
 from app.vision.service import VisionService
+
+# index settings (camelCase) -> RerankParams fields: the knobs `lookalike calibrate` tunes
+SCORING_KNOBS = {
+    "aggregateWeight": "aggregate_weight",
+    "verifyWeight": "verify_weight",
+    "verifyTop": "verify_top",
+    "minInliers": "min_inliers",
+    "inlierSaturation": "inlier_saturation",
+    "aggregatePool": "aggregate_pool",
+}
+
+
+def params_for(knobs: dict[str, Any], base: RerankParams) -> RerankParams:
+    """The service's re-ranking parameters with the index's stored knobs applied."""
+    changes = {field_name: knobs[name] for name, field_name in SCORING_KNOBS.items() if name in knobs}
+    if "candidatePool" in knobs:
+        changes["pool_size"] = int(knobs["candidatePool"])
+    return replace(base, **changes) if changes else base
 
 
 def _boxes_and_crops(image: Any, n_crops: int) -> tuple[list[Any], list[Any]]:
@@ -49,77 +81,334 @@ def _best_cosines(vectors: np.ndarray, queries: np.ndarray) -> float:
     return float(np.max(queries @ (vectors / max(float(np.linalg.norm(vectors)), 1e-9))))
 
 
+def match_of(
+    v: local_features.Verification | None,
+    params: RerankParams,
+    catalog: local_features.LocalFeatures | None = None,
+    query: local_features.LocalFeatures | None = None,
+) -> dict[str, Any] | None:
+    """`_match` of a hit: where in the query photo (its pixels, as decoded) verification found it;
+    with both feature sets (`explain`), also the inlier pairs and the catalog image's size."""
+    if v is None or v.box is None or not counts_as_verified(v, params):
+        return None
+    x0, y0, x1, y1 = v.box
+    match: dict[str, Any] = {
+        "box": [int(np.floor(x0)), int(np.floor(y0)), int(np.ceil(x1)), int(np.ceil(y1))],
+        "inliers": v.inliers,
+    }
+    if catalog is not None and query is not None and v.inlier_pairs is not None:
+        q_xy = query.keypoints[v.inlier_pairs[:, 0]]
+        c_xy = catalog.keypoints[v.inlier_pairs[:, 1]]
+        match["pairs"] = [
+            [round(float(a), 1), round(float(b), 1), round(float(c), 1), round(float(d), 1)]
+            for (a, b), (c, d) in zip(q_xy, c_xy, strict=True)
+        ]
+        match["catalogSize"] = [catalog.image_width, catalog.image_height]
+    return match
+
+
+def _painted_over(image: Image.Image, boxes: list[regions_mod.Box]) -> Image.Image:
+    """The photo with the found products painted over in its mean colour."""
+    w, h = image.size
+    fill = tuple(int(c) for c in np.asarray(image.reduce(8) if min(w, h) >= 64 else image).reshape(-1, 3).mean(0))
+    masked = image.copy()
+    for x0, y0, x1, y1 in boxes:
+        masked.paste(fill, (int(x0), int(y0), int(np.ceil(x1)), int(np.ceil(y1))))
+    return masked
+
+
+def _residual(image: Image.Image, boxes: list[regions_mod.Box]) -> tuple[Image.Image, local_features.LocalFeatures]:
+    """What is left once the found products are removed: the painted-over photo and its own keypoints
+    (extracted anew, so the query's keypoint budget goes to the rest of the photo), none near a found box."""
+    masked = _painted_over(image, boxes)
+    features = local_features.extract_query_features(masked)
+    x, y = features.keypoints[:, 0], features.keypoints[:, 1]
+    margin = 0.02 * max(image.size)  # the painted edges make keypoints of their own
+    keep = np.ones(len(features), bool)
+    for x0, y0, x1, y1 in boxes:
+        keep &= ~((x >= x0 - margin) & (x < x1 + margin) & (y >= y0 - margin) & (y < y1 + margin))
+    residual = local_features.LocalFeatures(
+        features.keypoints[keep],
+        features.descriptors[keep],
+        features.colours[keep],
+        features.image_width,
+        features.image_height,
+    )
+    return masked, residual
+
+
+def _proposal_boxes(
+    image: Image.Image, masked: Image.Image, residual: local_features.LocalFeatures, n_crops: int
+) -> tuple[list[Any], list[Any], list[Any]]:
+    """Where else a product may be: (boxes to describe by aggregates, boxes to embed, their crops).
+
+    Keypoint clusters of what is left and the salient mass of the photo with the found products
+    painted over (both also embedded), plus fixed windows (aggregates only: no model pass).
+    """
+    w, h = image.size
+    clusters = keypoint_cluster_boxes(residual.keypoints, w, h)
+    salient = crop_boxes(masked, ("saliency", "peak"))
+    embed_boxes = [b for b in [*clusters, *salient] if regions_mod.is_new_place(b, [])][:n_crops]
+    describe = [*clusters, *salient, *window_boxes(w, h)]
+    return describe, embed_boxes, crop_images(image, embed_boxes)
+
+
+@dataclass
+class Gathered:
+    """Everything the final scoring needs, computed once: any knobs can then re-score it."""
+
+    candidates: dict[Hashable, Candidate]
+    verifications: dict[Hashable, local_features.Verification]
+    details: dict[Hashable, search_sql.CandidateDetail]
+    query_features: local_features.LocalFeatures
+    features_of: dict[Hashable, local_features.LocalFeatures] = field(default_factory=dict)
+
+    def ranked(self, params: RerankParams) -> list[tuple[Hashable, float]]:
+        cands = [
+            replace(c, verification=self.verifications.get(k)) for k, c in self.candidates.items() if k in self.details
+        ]
+        return combine_scores(cands, params)
+
+
+@dataclass
+class ReverseResult:
+    hits: list[dict[str, Any]]
+    regions: list[dict[str, Any]] | None = None
+
+
+@dataclass
+class _Query:
+    """One request's decoded photo, filter and knobs."""
+
+    index: IndexRecord
+    request: ReverseSearchRequest
+    spec: ModelSpec
+    image: Image.Image
+    where: FilterNode | None
+    params: RerankParams
+    n_crops: int
+
+
 class ReverseSearchService:
     def __init__(self, database: Database, vision: VisionService, params: RerankParams | None = None):
         self.db = database
         self.vision = vision
         self.params = params or RerankParams()
 
-    async def _crop_count(self, knobs: dict[str, Any], spec: ModelSpec) -> int:
+    async def _crop_count(self, knobs: dict[str, Any], spec: ModelSpec, params: RerankParams) -> int:
         value = knobs.get("queryCrops", "auto")
         if value == "auto":
-            return crops_for_model(await self.vision.single_image_ms(spec), self.params)
+            return crops_for_model(await self.vision.single_image_ms(spec), params)
         return int(value)
 
-    async def search(
-        self, index: IndexRecord, request: ReverseSearchRequest, timer: StageTimer
-    ) -> list[dict[str, Any]]:
+    async def _prepare(
+        self, index: IndexRecord, request: ReverseSearchRequest, params: RerankParams | None
+    ) -> _Query:
         knobs = index.reverse_search
-        pool_size = int(knobs.get("candidatePool", self.params.pool_size))
+        params = params or params_for(knobs, self.params)
         spec = ModelSpec.parse(index.model)
-        where_sql, params, filtered = compile_where(request.filter)
+        where = request_filter(request.filter)
         loaded = await self.vision.load(request.q)
-        n_crops = await self._crop_count(knobs, spec)
+        n_crops = await self._crop_count(knobs, spec, params)
+        return _Query(index, request, spec, loaded.image, where, params, n_crops)
+
+    async def _retrieve(
+        self,
+        conn: asyncpg.Connection,
+        query: _Query,
+        embeddings: np.ndarray,
+        aggregates: np.ndarray,
+        pool_size: int,
+        aggregate_pool: int,
+    ) -> dict[Hashable, Candidate]:
+        """Candidates of these crop embeddings and box aggregates, each scored by both signals."""
+        queries = [search_sql.VectorQuery(e, "embedding", pool_size) for e in embeddings]
+        if aggregate_pool:
+            queries += [search_sql.VectorQuery(a, "local_aggregate", aggregate_pool) for a in aggregates]
+        found = await search_sql.nearest_many(conn, query.index, queries, query.where)
+        # each product keeps its best cosine per signal, over the crops
+        global_scores: dict[Hashable, float] = merge_crop_neighbours(found[: len(embeddings)])
+        aggregate_scores: dict[Hashable, float] = merge_crop_neighbours(found[len(embeddings) :])
+        keys = list({**global_scores, **aggregate_scores})
+        # a candidate found by one signal is scored by the other too
+        missing = [k for k in keys if k not in global_scores or (len(aggregates) and k not in aggregate_scores)]
+        if missing:
+            vectors = await search_sql.candidate_vectors(conn, query.index, missing)  # type: ignore[arg-type]
+            for key, (embedding, agg) in vectors.items():
+                global_scores.setdefault(key, _best_cosines(embedding, embeddings) if len(embeddings) else 0.0)
+                if agg is not None and len(aggregates):
+                    aggregate_scores.setdefault(key, _best_cosines(agg, aggregates))
+        return {k: Candidate(k, global_scores.get(k, 0.0), None, aggregate_scores.get(k)) for k in keys}
+
+    async def _verify(
+        self, gathered: Gathered, keys: list[Hashable], features: local_features.LocalFeatures
+    ) -> None:
+        """One verification pass of these candidates against `features` (all of the photo or what is left)."""
+        stored = {k: gathered.details[k].features for k in keys if k in gathered.details}
+        with_features = [k for k, row in stored.items() if row is not None]
+        for k in with_features:
+            if k not in gathered.features_of:
+                gathered.features_of[k] = local_features.deserialize(stored[k])  # type: ignore[arg-type]
+        verifications = await self.vision.run_cpu(
+            local_features.verify_candidates, features, [gathered.features_of[k] for k in with_features]
+        )
+        gathered.verifications.update(zip(with_features, verifications, strict=True))
+
+    async def gather(
+        self,
+        index: IndexRecord,
+        request: ReverseSearchRequest,
+        timer: StageTimer,
+        params: RerankParams | None = None,
+    ) -> tuple[_Query, Gathered]:
+        """Crops, features, candidate pool and verification of the `verify_top` best by prior."""
+        query = await self._prepare(index, request, params)
         timer.lap("decode")
-        boxes, crops = await self.vision.run_cpu(_boxes_and_crops, loaded.image, n_crops)
+        boxes, crops = await self.vision.run_cpu(_boxes_and_crops, query.image, query.n_crops)
         # Query features are extracted while the crops are embedded (both off the loop).
-        features_task = self.vision.run_cpu(local_features.extract_query_features, loaded.image)
-        embeddings = await self.vision.embed(spec, crops)
+        features_task = self.vision.run_cpu(local_features.extract_query_features, query.image)
+        embeddings = await self.vision.embed(query.spec, crops)
         timer.lap("embed")
         query_features = await features_task
         aggregates = await self.vision.run_cpu(aggregate.box_aggregates, query_features, boxes)
         timer.lap("features")
+        p = query.params
 
-        queries = [search_sql.VectorQuery(e, "embedding", pool_size) for e in embeddings]
-        if self.params.aggregate_pool:
-            queries += [search_sql.VectorQuery(a, "local_aggregate", self.params.aggregate_pool) for a in aggregates]
-        async def candidates_from(conn: asyncpg.Connection) -> tuple[list[Candidate], list[Any], dict[Any, Any]]:
-            found = await search_sql.nearest_many(
-                conn, index, queries, where_sql, SqlParams(params.values), filtered=filtered
-            )
-            # each product keeps its best cosine per signal, over the crops
-            global_scores: dict[int, float] = merge_crop_neighbours(found[: len(embeddings)])  # type: ignore[assignment]
-            aggregate_scores: dict[int, float] = merge_crop_neighbours(found[len(embeddings) :])  # type: ignore[assignment]
-            keys = list({**global_scores, **aggregate_scores})
-            # a candidate found by one signal is scored by the other too
-            missing = [k for k in keys if k not in global_scores or (len(aggregates) and k not in aggregate_scores)]
-            if missing:
-                vectors = await search_sql.candidate_vectors(conn, index, missing)
-                for key, (embedding, agg) in vectors.items():
-                    global_scores.setdefault(key, _best_cosines(embedding, embeddings))
-                    if agg is not None and len(aggregates):
-                        aggregate_scores.setdefault(key, _best_cosines(agg, aggregates))
-            candidates = [Candidate(k, global_scores.get(k, 0.0), None, aggregate_scores.get(k)) for k in keys]
+        async def pool_and_details(conn: asyncpg.Connection) -> tuple[dict[Hashable, Candidate], list[Any], Any]:
+            candidates = await self._retrieve(conn, query, embeddings, aggregates, p.pool_size, p.aggregate_pool)
             # the final top `limit` always comes from the verified set (unverified priors are lower)
-            to_verify = select_for_verification(candidates, self.params)
+            to_verify = select_for_verification(candidates.values(), p)
             details = await search_sql.candidate_details(conn, index, to_verify)  # type: ignore[arg-type]
             return candidates, to_verify, details
 
-        candidates, to_verify, details = await self.db.read(candidates_from)
+        candidates, to_verify, details = await self.db.read(pool_and_details)
         timer.lap("sql")
+        gathered = Gathered(candidates, {}, details, query_features)  # type: ignore[arg-type]
+        await self._verify(gathered, to_verify, query_features)
+        timer.lap("verify")
+        return query, gathered
 
-        stored = {k: details[k].features for k in to_verify if k in details}
-        with_features = [k for k, row in stored.items() if row is not None]
-        verifications = await self.vision.run_cpu(
-            local_features.verify_candidates,
-            query_features,
-            [local_features.deserialize(stored[k]) for k in with_features],  # type: ignore[arg-type]
+    def _hit(self, gathered: Gathered, key: Hashable, score: float, query: _Query) -> dict[str, Any]:
+        hit = shape_hit(gathered.details[key].doc, score, query.request.attributes)
+        explain = query.request.explain
+        match = match_of(
+            gathered.verifications.get(key),
+            query.params,
+            gathered.features_of.get(key) if explain else None,
+            gathered.query_features if explain else None,
         )
-        verified = dict(zip(with_features, verifications, strict=True))
-        candidates = [
-            Candidate(c.product_key, c.global_score, verified.get(c.product_key), c.aggregate_score)
-            for c in candidates
-        ]
-        ranked = [(k, score) for k, score in combine_scores(candidates, self.params) if k in details]
+        if match is not None:
+            hit["_match"] = match
+        return hit
+
+    async def search(
+        self, index: IndexRecord, request: ReverseSearchRequest, timer: StageTimer
+    ) -> ReverseResult:
+        query, gathered = await self.gather(index, request, timer)
+        ranked = gathered.ranked(query.params)
+        hits = [self._hit(gathered, k, score, query) for k, score in ranked[: request.limit]]
         timer.lap("rerank")
-        return [shape_hit(details[k].doc, score, request.attributes) for k, score in ranked[: request.limit]]
+        if not request.regions:
+            return ReverseResult(hits)
+        found = await self._find_regions(query, gathered, ranked, timer)
+        regions = await self._region_hits(query, gathered, found)
+        timer.lap("regions")
+        return ReverseResult(hits, regions)
+
+    async def _find_regions(
+        self, query: _Query, gathered: Gathered, ranked: list[tuple[Hashable, float]], timer: StageTimer
+    ) -> list[regions_mod.Region]:
+        """Regions best-first: verified places, then residual passes (one per found region at most)."""
+        p = query.params
+        found: list[regions_mod.Region] = []
+        passes = 0
+        while len(found) < regions_mod.MAX_REGIONS:
+            region = regions_mod.next_region(ranked, gathered.verifications, found, p)
+            if region is not None:
+                found.append(region)
+                continue
+            if passes >= max(1, len(found)):
+                break
+            passes += 1
+            if not await self._residual_pass(query, gathered, found):
+                break
+            ranked = gathered.ranked(p)
+        return found
+
+    async def _residual_pass(self, query: _Query, gathered: Gathered, found: list[regions_mod.Region]) -> bool:
+        """Search what is left of the photo once the found products' keypoints are removed; False: nothing to search."""
+        p = query.params
+        masked, residual = await self.vision.run_cpu(_residual, query.image, [r.box for r in found])
+        if len(residual) < local_features.DEFAULT_VERIFY.min_matches:
+            return False
+        describe, _, crops = await self.vision.run_cpu(_proposal_boxes, query.image, masked, residual, query.n_crops)
+        embeddings = await self.vision.embed(query.spec, crops) if crops else np.zeros((0, 1), np.float32)
+        aggregates = await self.vision.run_cpu(aggregate.box_aggregates, residual, describe)
+
+        async def residual_candidates(conn: asyncpg.Connection) -> list[Hashable]:
+            fresh = await self._retrieve(conn, query, embeddings, aggregates, p.pool_size, max(p.aggregate_pool, 10))
+            for key, cand in fresh.items():
+                old = gathered.candidates.get(key)
+                if old is None or prior_score(cand, p) > prior_score(old, p):
+                    gathered.candidates[key] = cand
+            # verified already against the whole photo: those stand; the rest is verified against what is left
+            new = [k for k in select_for_verification(fresh.values(), p) if k not in gathered.verifications]
+            missing = [k for k in new if k not in gathered.details]
+            if missing:
+                gathered.details.update(await search_sql.candidate_details(conn, query.index, missing))  # type: ignore[arg-type]
+            return new
+
+        new = await self.db.read(residual_candidates)
+        await self._verify(gathered, new, residual)
+        return True
+
+    async def _region_hits(
+        self, query: _Query, gathered: Gathered, found: list[regions_mod.Region]
+    ) -> list[dict[str, Any]]:
+        """Each region's hits: the candidates verified at its place and its crop's own neighbours."""
+        if not found:
+            return []
+        p = query.params
+        boxes = [tuple(int(round(v)) for v in r.box) for r in found]
+        crops = await self.vision.run_cpu(crop_images, query.image, boxes)
+        embeddings = await self.vision.embed(query.spec, crops)
+        # one aggregate per region (an empty row where too few keypoints describe it)
+        per_box = [await self.vision.run_cpu(aggregate.box_aggregates, gathered.query_features, [b]) for b in boxes]
+        limit = query.request.limit
+
+        async def region_candidates(conn: asyncpg.Connection) -> list[list[tuple[Hashable, float]]]:
+            found_by_crop = await search_sql.nearest_many(
+                conn,
+                query.index,
+                [search_sql.VectorQuery(e, "embedding", limit) for e in embeddings],
+                query.where,
+            )
+            out_keys: list[list[tuple[Hashable, float]]] = []
+            for i, region in enumerate(found):
+                at_place = regions_mod.members(region, gathered.verifications, p)
+                crop_scores = dict(found_by_crop[i])
+                keys = list(dict.fromkeys([*at_place, *crop_scores]))
+                vectors = await search_sql.candidate_vectors(conn, query.index, keys)  # type: ignore[arg-type]
+                cands = []
+                for key in keys:
+                    embedding, agg = vectors.get(key, (None, None))
+                    g = crop_scores.get(key)
+                    if g is None and embedding is not None:
+                        g = _best_cosines(embedding, embeddings[i : i + 1])
+                    a = _best_cosines(agg, per_box[i]) if agg is not None and len(per_box[i]) else None
+                    v = gathered.verifications.get(key) if key in at_place else None
+                    cands.append(Candidate(key, g or 0.0, v, a))
+                out_keys.append(combine_scores(cands, p)[:limit])
+            missing = [k for ranked in out_keys for k, _ in ranked if k not in gathered.details]
+            if missing:
+                gathered.details.update(await search_sql.candidate_details(conn, query.index, missing))  # type: ignore[arg-type]
+            return out_keys
+
+        out_keys = await self.db.read(region_candidates)
+        out = []
+        for region, ranked in zip(found, out_keys, strict=True):
+            x0, y0, x1, y1 = region.box
+            box = [int(np.floor(x0)), int(np.floor(y0)), int(np.ceil(x1)), int(np.ceil(y1))]
+            hits = [self._hit(gathered, k, s, query) for k, s in ranked if k in gathered.details]
+            out.append({"box": box, "hits": hits})
+        return out

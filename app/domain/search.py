@@ -6,13 +6,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.domain.filters import FilterError, parse_filter
 from app.domain.queries import SearchRequest, shape_hit
-from app.storage import products as products_sql
+from app.errors import bad_request
+from app.filters import FilterError, FilterNode, parse_filter
 from app.storage import search as search_sql
-from app.storage.filter_sql import compile_filter
 from app.storage.indexes import IndexRecord
-from app.storage.params import SqlParams
 from app.storage.replicas import Database
 from app.vision.model import ModelSpec
 from app.vision.service import VisionService
@@ -31,21 +29,19 @@ class StageTimer:
         self._last = now
 
 
-def compile_where(filter_text: str | None) -> tuple[str, SqlParams, bool]:
-    """SQL for the filter, its parameters, and whether there is a filter at all."""
+def request_filter(filter_text: str | None) -> FilterNode | None:
+    """The request's filter as an AST (None: no filter); a 400 `invalid_filter` when it does not parse."""
     try:
-        node = parse_filter(filter_text)
+        return parse_filter(filter_text)
     except FilterError as exc:
         raise exc.to_api_error() from exc
-    params = SqlParams()
-    return compile_filter(node, params, "p"), params, node is not None
 
 
 class SearchService:
     """The read endpoints' database work, on a replica when one is usable (`Database.read`).
 
-    A read may run twice (a replica fails, the primary answers), so each attempt gets its own
-    copy of the filter's parameters (the statements append theirs).
+    A read may run twice (a replica fails, the primary answers), so each is a function of the
+    connection only.
     """
 
     def __init__(self, database: Database, vision: VisionService):
@@ -55,48 +51,68 @@ class SearchService:
     async def search(
         self, index: IndexRecord, request: SearchRequest, timer: StageTimer
     ) -> list[dict[str, Any]]:
-        where_sql, params, filtered = compile_where(request.filter)
+        where = request_filter(request.filter)
         if request.q is None:
             rows = await self.db.read(
-                lambda conn: search_sql.browse(
-                    conn, index, where_sql, SqlParams(params.values), request.limit, request.offset
-                )
+                lambda conn: search_sql.browse(conn, index, where, request.limit, request.offset)
             )
             timer.lap("sql")
             return [shape_hit(r.doc, None, request.attributes) for r in rows]
+        spec = ModelSpec.parse(index.model)
         if not request.is_image:
-            text = request.q
-            rows = await self.db.read(
-                lambda conn: search_sql.text_search(
-                    conn, index, text, where_sql, SqlParams(params.values), request.limit, request.offset
+            method = search_method(request.search_method, spec)
+            if method == "LEXICAL":
+                text = request.q
+                rows = await self.db.read(
+                    lambda conn: search_sql.text_search(conn, index, text, where, request.limit, request.offset)
                 )
-            )
-            timer.lap("sql")
-            return [shape_hit(r.doc, r.score, request.attributes) for r in rows]
+                timer.lap("sql")
+                return [shape_hit(r.doc, r.score, request.attributes) for r in rows]
+            return await self._text_by_vector(index, spec, request, method, where, timer)
         loaded = await self.vision.load(request.q)
         timer.lap("decode")
-        spec = ModelSpec.parse(index.model)
         embedding = (await self.vision.embed(spec, [loaded.image]))[0]
         timer.lap("embed")
         rows = await self.db.read(
-            lambda conn: search_sql.nearest(
-                conn, index, embedding, where_sql, SqlParams(params.values), request.limit + request.offset,
-                filtered=filtered,
-            )
+            lambda conn: search_sql.nearest(conn, index, embedding, where, request.limit + request.offset)
         )
         timer.lap("sql")
         return [shape_hit(r.doc, r.score, request.attributes) for r in rows[request.offset :]]
 
-    async def get_documents(self, index: IndexRecord, ids: list[str]) -> list[dict[str, Any]]:
-        """get-documents results in the order asked; a product still queued or failed carries `_embedding`."""
-        wanted = [i for i in ids if "\x00" not in i]
-        found = await self.db.read(lambda conn: products_sql.get_documents_with_state(conn, index, wanted))
-        results = []
-        for product_id in ids:
-            stored = found.get(product_id)
-            if stored is None:
-                results.append({"_id": product_id, "_found": False, "message": "document not found"})
-                continue
-            doc, state = stored
-            results.append({**doc, "_found": True, **({"_embedding": state} if state is not None else {})})
-        return results
+    async def _text_by_vector(
+        self,
+        index: IndexRecord,
+        spec: ModelSpec,
+        request: SearchRequest,
+        method: str,
+        where: FilterNode | None,
+        timer: StageTimer,
+    ) -> list[dict[str, Any]]:
+        """TENSOR: the text embedding against the image embeddings, through the filtered ANN path of
+        Search by Image. HYBRID: that and the lexical ranking, fused in one statement."""
+        assert request.q is not None
+        embedding = (await self.vision.embed_texts(spec, [request.q]))[0]
+        timer.lap("embed")  # tokenize + text tower (a repeated query: the cache)
+        window = request.limit + request.offset
+        text = request.q
+        if method == "TENSOR":
+            rows = await self.db.read(lambda conn: search_sql.nearest(conn, index, embedding, where, window))
+        else:
+            rows = await self.db.read(
+                lambda conn: search_sql.hybrid_search(conn, index, text, embedding, where, window)
+            )
+        timer.lap("sql")
+        return [shape_hit(r.doc, r.score, request.attributes) for r in rows[request.offset :]]
+
+
+def search_method(requested: str | None, spec: ModelSpec) -> str:
+    """How a text query is ranked: as asked, else HYBRID where the model embeds text, else LEXICAL."""
+    if requested is None:
+        return "HYBRID" if spec.has_text else "LEXICAL"
+    if requested != "LEXICAL" and not spec.has_text:
+        raise bad_request(
+            f"searchMethod {requested} ranks products by a text embedding, but this index's model "
+            f"({spec.timm_name}) has no text tower; use LEXICAL, or an index with an open_clip model",
+            "search_method_unsupported",
+        )
+    return requested

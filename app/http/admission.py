@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.domain.queries import is_image_query
+from app.contract.search import is_image_query
 
 _API_PREFIX = "/api/"
 _PEEK_BYTES = 8 * 1024

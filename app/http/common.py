@@ -10,6 +10,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from app.contract.common import ContractResponse
 from app.errors import ApiError, bad_request
 
 
@@ -89,11 +90,14 @@ def json_response(payload: Any, status: int = 200) -> JSONResponse:
     return JSONResponse(payload, status_code=status)
 
 
+def model_response(
+    body: ContractResponse, status: int = 200, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """A response built from its contract model: the keys it was given, by their JSON names."""
+    return JSONResponse(
+        body.model_dump(mode="json", by_alias=True, exclude_unset=True), status_code=status, headers=headers
+    )
+
+
 def elapsed_ms(started: float) -> int:
     return int(round((time.perf_counter() - started) * 1000))
-
-
-def require_object(body: Any) -> dict[str, Any]:
-    if not isinstance(body, dict):
-        raise bad_request("request body must be a JSON object")
-    return body

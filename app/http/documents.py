@@ -8,24 +8,16 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from app.errors import bad_request
-from app.http.common import elapsed_ms, json_response, read_json, require_object
+from app.contract.documents import (
+    DeleteDetails,
+    DeleteDocumentsRequest,
+    DeleteDocumentsResponse,
+    DeleteItem,
+    documents_request,
+    get_documents_request,
+)
+from app.http.common import elapsed_ms, json_response, model_response, read_json
 from app.http.indexes import admin, load_index, load_readable_index, services
-from app.storage import products
-
-
-def _documents_list(body: Any, limit: int) -> list[Any]:
-    body = require_object(body)
-    docs = body.get("documents")
-    if not isinstance(docs, list):
-        raise bad_request('body must be {"documents": [ ... ]}', "invalid_documents")
-    if not docs:
-        raise bad_request("documents must not be empty", "invalid_documents")
-    if len(docs) > limit:
-        raise bad_request(
-            f"at most {limit} documents per call (got {len(docs)}); split the batch", "too_many_documents"
-        )
-    return docs
 
 
 def _batch_response(items: list[Any], started: float) -> JSONResponse:
@@ -43,8 +35,8 @@ async def add_documents(request: Request) -> JSONResponse:
     admin(request)
     record = await load_index(request)
     svc = services(request)
-    docs = _documents_list(await read_json(request), svc.settings.max_documents_per_call)
-    items = await svc.ingest.add_documents(record, docs)
+    batch = documents_request("add", svc.settings.max_documents_per_call).parse(await read_json(request))
+    items = await svc.ingest.add_documents(record, batch.documents)
     return _batch_response(items, started)
 
 
@@ -53,40 +45,36 @@ async def update_documents(request: Request) -> JSONResponse:
     admin(request)
     record = await load_index(request)
     svc = services(request)
-    docs = _documents_list(await read_json(request), svc.settings.max_documents_per_call)
-    items = await svc.ingest.update_documents(record, docs)
+    batch = documents_request("update", svc.settings.max_documents_per_call).parse(await read_json(request))
+    items = await svc.ingest.update_documents(record, batch.documents)
     return _batch_response(items, started)
-
-
-def _string_list(value: Any, name: str, limit: int) -> list[str]:
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise bad_request(f"{name} must be an array of strings", "invalid_request")
-    if len(value) > limit:
-        raise bad_request(f"{name} may hold at most {limit} ids", "invalid_request")
-    return value
 
 
 async def get_documents(request: Request) -> JSONResponse:
     record = await load_readable_index(request)
     svc = services(request)
-    body = require_object(await read_json(request))
-    ids = _string_list(body.get("documentIds"), "documentIds", svc.settings.max_get_documents)
-    return json_response({"results": await svc.search.get_documents(record, ids)})
+    ids = get_documents_request(svc.settings.max_get_documents).parse(await read_json(request)).documentIds
+    found = await svc.documents.get(record, ids)
+    results = [
+        {**found[i], "_found": True}
+        if i in found
+        else {"_id": i, "_found": False, "message": "document not found"}
+        for i in ids
+    ]
+    return json_response({"results": results})
 
 
 async def delete_documents(request: Request) -> JSONResponse:
     admin(request)
     record = await load_index(request)
     svc = services(request)
-    body = require_object(await read_json(request))
-    ids = _string_list(body.get("ids"), "ids", 10_000)
-    deleted = await products.delete_documents(svc.pool, record, [i for i in ids if "\x00" not in i])
+    ids = DeleteDocumentsRequest.parse(await read_json(request)).ids
+    deleted = await svc.documents.delete(record, ids)
     items = [
-        {"_id": i, "result": "deleted", "status": 200}
+        DeleteItem(id=i, result="deleted", status=200)
         if i in deleted
-        else {"_id": i, "result": "not_found", "status": 404}
+        else DeleteItem(id=i, result="not_found", status=404)
         for i in ids
     ]
-    return json_response(
-        {"details": {"deletedDocuments": len(deleted), "receivedDocumentIds": len(ids)}, "items": items}
-    )
+    details = DeleteDetails(deletedDocuments=len(deleted), receivedDocumentIds=len(ids))
+    return model_response(DeleteDocumentsResponse(details=details, items=items))

@@ -1,39 +1,34 @@
-"""Index management endpoints (admin)."""
+"""Index management endpoints (admin), and how every handler finds its index and credentials."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from app.auth import bearer_token, can_read, require_admin
-from app.domain import index_admin, index_settings
+from app.contract.indexes import DeleteIndexResponse, EmbeddingStats, IndexStats, ReverseImageSearchStats
+from app.domain.index_admin import IndexRecord
 from app.errors import not_found, unauthorized
-from app.http.common import json_response, read_json
-from app.storage import indexes, products
-from app.storage.indexes import IndexRecord
+from app.http.common import json_response, model_response, read_json
+
+if TYPE_CHECKING:
+    from app.main import Services
 
 
-def services(request: Request) -> Any:
-    return request.app.state.services
+def services(request: Request) -> Services:
+    svc: Services = request.app.state.services
+    return svc
 
 
 def admin(request: Request) -> None:
     require_admin(services(request).admin_keys, request.headers.get("authorization"))
 
 
-async def _find_index(request: Request, name: str) -> IndexRecord | None:
-    # A name that could never have been created is not looked up: path text may hold
-    # NUL or other characters PostgreSQL rejects (500s found by fuzzing).
-    if not index_settings.INDEX_NAME_RE.fullmatch(name):
-        return None
-    return await indexes.get_index(services(request).pool, name)
-
-
 async def load_index(request: Request) -> IndexRecord:
     name = request.path_params["index_name"]
-    record = await _find_index(request, name)
+    record = await services(request).indexes.find(name)
     if record is None:
         raise not_found(f"index {name!r} not found", "index_not_found")
     return record
@@ -49,7 +44,7 @@ async def load_readable_index(request: Request) -> IndexRecord:
     index_id = request.headers.get("x-marqo-index-id")
     authorization = request.headers.get("authorization")
     name = request.path_params["index_name"]
-    record = await _find_index(request, name)
+    record = await svc.indexes.find(name)
     if record is None:
         if svc.admin_keys.check(bearer_token(authorization)):
             raise not_found(f"index {name!r} not found", "index_not_found")
@@ -71,14 +66,13 @@ def describe(record: IndexRecord) -> dict[str, Any]:
 async def create_index(request: Request) -> JSONResponse:
     admin(request)
     body = await read_json(request, required=False)
-    svc = services(request)
-    record = await index_admin.create_index(svc.pool, svc.vision, request.path_params["index_name"], body)
+    record = await services(request).indexes.create(request.path_params["index_name"], body)
     return json_response({"indexName": record.name, "indexId": record.index_id, "settings": record.settings})
 
 
 async def list_indexes(request: Request) -> JSONResponse:
     admin(request)
-    rows = await indexes.list_indexes(services(request).pool)
+    rows = await services(request).indexes.with_document_counts()
     return json_response({"results": [{**describe(record), "documentCount": count} for record, count in rows]})
 
 
@@ -95,46 +89,34 @@ async def get_settings(request: Request) -> JSONResponse:
 async def patch_settings(request: Request) -> JSONResponse:
     admin(request)
     record = await load_index(request)
-    body = await read_json(request)
-    new_settings = index_settings.parse_patch_body(body, record.settings)
-    svc = services(request)
-    was_enabled = record.reverse_search_enabled
-    async with svc.pool.acquire() as conn, conn.transaction():
-        updated = await indexes.update_settings(conn, record.pk, new_settings)
-        if updated.reverse_search_enabled and not was_enabled:
-            await products.mark_features_pending(conn, updated)
-        elif was_enabled and not updated.reverse_search_enabled:
-            await products.clear_features_wanted(conn, updated)
-    if updated.reverse_search_enabled and not was_enabled:
-        svc.backfill.wake()
+    updated = await services(request).indexes.change_settings(record, await read_json(request))
     return json_response(updated.settings)
 
 
 async def delete_index(request: Request) -> JSONResponse:
     admin(request)
     record = await load_index(request)
-    async with services(request).pool.acquire() as conn, conn.transaction():
-        await indexes.delete_index(conn, record)
-    return json_response({"acknowledged": True, "indexName": record.name})
+    await services(request).indexes.delete(record)
+    return model_response(DeleteIndexResponse(acknowledged=True, indexName=record.name))
 
 
 async def index_stats(request: Request) -> JSONResponse:
     admin(request)
     record = await load_index(request)
-    stats = await indexes.index_stats(services(request).pool, record)
+    stats = await services(request).indexes.statistics(record)
     enabled = record.reverse_search_enabled
-    return json_response(
-        {
-            "numberOfDocuments": stats["products"],
-            "numberOfVectors": stats["vectors"],
-            "vectorBytes": stats["vector_bytes"],
-            "reverseImageSearch": {
-                "enabled": enabled,
-                "featuresReady": stats["ready"],
-                "featuresPending": stats["pending"],
-                "featuresFailed": stats["failed"],
-                "ready": enabled and stats["pending"] == 0,
-            },
-            "embeddings": {"pending": stats["embeddings_pending"], "failed": stats["embeddings_failed"]},
-        }
+    return model_response(
+        IndexStats(
+            numberOfDocuments=stats.products,
+            numberOfVectors=stats.vectors,
+            vectorBytes=stats.vector_bytes,
+            reverseImageSearch=ReverseImageSearchStats(
+                enabled=enabled,
+                featuresReady=stats.features_ready,
+                featuresPending=stats.features_pending,
+                featuresFailed=stats.features_failed,
+                ready=enabled and stats.features_pending == 0,
+            ),
+            embeddings=EmbeddingStats(pending=stats.embeddings_pending, failed=stats.embeddings_failed),
+        )
     )

@@ -1,23 +1,179 @@
-"""The OpenAPI 3.1 description of every endpoint, served at /openapi.json.
+"""The OpenAPI 3.1 description of every endpoint, served at /openapi.json, GENERATED.
 
-Hand-written (the handlers parse bodies themselves, so nothing could generate it) and
-kept honest by the test suite: every response the tests' `api` client receives is
-validated against it (tests/conftest.py), and tests/test_openapi.py checks that every
-route of the app is described. OpenAPI 3.1 schemas are plain JSON Schema 2020-12.
+The schemas are the JSON Schemas of the contract models (app/contract), so what the service
+validates and what it publishes cannot drift; the table below only says which model each
+operation takes and answers, its credentials and its error statuses. The limits that are
+settings (documents per call, ids per get-documents, body size) come from the app's
+Settings. The test suite validates every response its `api` client receives against this
+document (tests/conftest.py) and fuzzes the service from it (tests/test_fuzz_api.py).
 """
 
 from __future__ import annotations
 
+import copy
+import functools
+from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import BaseModel
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode, models_json_schema
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from app.config import Settings
+from app.contract.common import Error
+from app.contract.documents import (
+    DeleteDocumentsRequest,
+    DeleteDocumentsResponse,
+    DocumentsResponse,
+    GetDocumentsResponse,
+    documents_request,
+    get_documents_request,
+)
+from app.contract.indexes import (
+    INDEX_NAME_PATTERN,
+    CreateIndexRequest,
+    CreateIndexResponse,
+    DeleteIndexResponse,
+    IndexDescription,
+    IndexList,
+    IndexSettings,
+    IndexStats,
+    SettingsPatch,
+)
+from app.contract.ops import Health, HealthUnavailable
+from app.contract.search import (
+    ReverseImageSearchRequest,
+    ReverseImageSearchResponse,
+    SearchRequest,
+    SearchResponse,
+)
+
 JSON = "application/json"
+_REF = "#/components/schemas/{model}"
+_BASE = "/api/v1/indexes/{index_name}"
+_ADMIN = [{"adminKey": []}]
+_READ = [{"indexId": []}, {"adminKey": []}]
+_ADMIN_401 = "missing or wrong admin key"
+_READ_401 = "missing or wrong x-marqo-index-id"
+_UNKNOWN = "unknown index"
+_UNKNOWN_READ = "unknown index (admin) — readers without the admin key get 401 instead"
 
 
-def _ref(name: str) -> dict[str, Any]:
-    return {"$ref": f"#/components/schemas/{name}"}
+@dataclass(frozen=True)
+class Operation:
+    """One method on one path: what it takes, what it answers, who may call it."""
+
+    path: str
+    method: str
+    summary: str
+    tag: str
+    ok: type[BaseModel] | dict[str, Any] | None  # a model, a raw response object, or no body
+    ok_description: str
+    errors: dict[str, str] = field(default_factory=dict)
+    security: list[dict[str, list[str]]] | None = None
+    body: type[BaseModel] | None = None
+    body_required: bool = True
+    example: Any = None
+    api: bool = True  # answers in the JSON error shape on 413/429/503 and any other error
+
+
+def _html(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"text/html": {"schema": {"type": "string"}}}}
+
+
+def operations(settings: Settings) -> list[Operation]:
+    """The paths table: every route of app.main.routes(), in the order the document lists them."""
+    add = documents_request("add", settings.max_documents_per_call)
+    update = documents_request("update", settings.max_documents_per_call)
+    get_docs = get_documents_request(settings.max_get_documents)
+    batch_400 = f"not a documents batch, or more than {settings.max_documents_per_call} documents"
+    return [
+        Operation("/api/v1/indexes", "get", "List indexes", "indexes", IndexList,
+                  "every index with its document count", {"401": _ADMIN_401}, _ADMIN),
+        Operation(_BASE, "post", "Create an index", "indexes", CreateIndexResponse,
+                  "created; keep the indexId for storefront reads",
+                  {"400": "invalid name, settings or model; model weights unavailable", "401": _ADMIN_401,
+                   "409": "an index with this name exists"},
+                  _ADMIN, CreateIndexRequest, body_required=False,
+                  example={"model": {"name": "vit_tiny_patch16_224", "pretrained": False, "imageSize": 64, "seed": 0},
+                           "reverseImageSearch": {"enabled": True}}),
+        Operation(_BASE, "get", "Describe an index", "indexes", IndexDescription, "name, index id, settings",
+                  {"401": _ADMIN_401, "404": _UNKNOWN}, _ADMIN),
+        Operation(_BASE, "delete", "Delete an index with its products and vectors", "indexes", DeleteIndexResponse,
+                  "deleted", {"401": _ADMIN_401, "404": _UNKNOWN}, _ADMIN),
+        Operation(_BASE + "/settings", "get", "Index settings", "indexes", IndexSettings, "the settings document",
+                  {"401": _ADMIN_401, "404": _UNKNOWN}, _ADMIN),
+        Operation(_BASE + "/settings", "patch", "Change settings (only reverseImageSearch)", "indexes",
+                  IndexSettings, "the new settings; enabling reverse search backfills local features",
+                  {"400": "unknown or read-only setting, invalid value", "401": _ADMIN_401, "404": _UNKNOWN},
+                  _ADMIN, SettingsPatch, example={"reverseImageSearch": {"enabled": True}}),
+        Operation(_BASE + "/stats", "get", "Index statistics", "indexes", IndexStats,
+                  "products, vectors, local-feature backfill progress", {"401": _ADMIN_401, "404": _UNKNOWN},
+                  _ADMIN),
+        Operation(_BASE + "/documents", "post", "Add or replace products", "documents", DocumentsResponse,
+                  "per-item outcome; the batch answers 200 even when items fail",
+                  {"400": batch_400, "401": _ADMIN_401, "404": _UNKNOWN}, _ADMIN, add),
+        Operation(_BASE + "/documents", "patch", "Partially update products", "documents", DocumentsResponse,
+                  "per-item outcome; a changed variantImageUrl re-embeds",
+                  {"400": batch_400, "401": _ADMIN_401, "404": _UNKNOWN}, _ADMIN, update),
+        Operation(_BASE + "/documents", "delete", "Delete products", "documents", DeleteDocumentsResponse,
+                  "per-id outcome", {"400": "ids must be an array of strings", "401": _ADMIN_401, "404": _UNKNOWN},
+                  _ADMIN, DeleteDocumentsRequest),
+        Operation(_BASE + "/get-documents", "post", "Get products by id", "documents", GetDocumentsResponse,
+                  "one result per requested id, in order",
+                  {"400": f"documentIds must be an array of at most {settings.max_get_documents} strings",
+                   "401": _READ_401, "404": _UNKNOWN_READ}, _READ, get_docs),
+        Operation(_BASE + "/search", "post", "Search: text, Search by Image, or browse", "search", SearchResponse,
+                  "hits, best first (browse: ordered by _id)",
+                  {"400": "invalid body, filter or image; unknown parameter", "401": _READ_401,
+                   "404": _UNKNOWN_READ},
+                  _READ, SearchRequest, body_required=False, example={"q": "*", "filter": "price:[* TO 50]"}),
+        Operation(_BASE + "/reverse-image-search", "post",
+                  "Reverse image search: find this exact product from a photo", "search",
+                  ReverseImageSearchResponse, "hits best-first by visual similarity",
+                  {"400": "q must be an image URL or base64 data URI; invalid filter; image cannot be fetched "
+                   "or decoded", "401": _READ_401,
+                   "404": "reverse image search is not enabled for this index (or unknown index)"},
+                  _READ, ReverseImageSearchRequest,
+                  example={"q": "https://example.com/photo.jpg", "limit": 5, "filter": "brand:Nike"}),
+        Operation("/health", "get", "Health: database reachable, models loaded, queue and pool", "operations",
+                  Health, "healthy", {}, api=False),
+        Operation("/metrics", "get", "Prometheus metrics (text exposition format)", "operations",
+                  {"description": "metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}, "",
+                  api=False),
+        Operation("/openapi.json", "get", "This document", "operations",
+                  {"description": "the OpenAPI 3.1 description", "content": {JSON: {"schema": {"type": "object"}}}},
+                  "", api=False),
+        Operation("/docs", "get", "API documentation page (Swagger UI rendering /openapi.json)", "web",
+                  _html("HTML"), "", api=False),
+        Operation("/ui", "get", "The search web page", "web", _html("HTML"), "", api=False),
+        Operation("/", "get", "Redirects to the web page", "web", None, "", api=False),
+        Operation("/static/{path}", "get", "The web pages' scripts, styles and the vendored Swagger UI", "web",
+                  {"description": "a static file"}, "", api=False),
+    ]
+
+
+class _Generator(GenerateJsonSchema):
+    """Pydantic's JSON Schema without a title on every property (names already say it)."""
+
+    def field_title_should_be_set(self, schema: Any) -> bool:
+        return False
+
+
+def _component_schemas(ops: list[Operation]) -> dict[str, Any]:
+    models: list[type[BaseModel]] = [Error, HealthUnavailable]
+    for op in ops:
+        for model in (op.body, op.ok):
+            if isinstance(model, type) and model not in models:
+                models.append(model)
+    mode: JsonSchemaMode = "validation"
+    _, top = models_json_schema([(m, mode) for m in models], ref_template=_REF, schema_generator=_Generator)
+    return dict(sorted(top.get("$defs", {}).items()))
+
+
+def _ref(model: type[BaseModel]) -> dict[str, Any]:
+    return {"$ref": _REF.format(model=model.__name__)}
 
 
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -25,671 +181,67 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 
 def _error(description: str) -> dict[str, Any]:
-    return _json(_ref("Error"), description)
+    return _json(_ref(Error), description)
 
 
-def _body(schema: dict[str, Any], *, required: bool = True, example: Any = None) -> dict[str, Any]:
-    media: dict[str, Any] = {"schema": schema}
-    if example is not None:
-        media["example"] = example
-    return {"required": required, "content": {JSON: media}}
+def _operation(op: Operation, settings: Settings) -> dict[str, Any]:
+    responses: dict[str, Any] = {}
+    if op.ok is None:
+        responses["307"] = {"description": "to /ui"}
+    elif isinstance(op.ok, dict):
+        responses["200"] = op.ok
+    else:
+        responses["200"] = _json(_ref(op.ok), op.ok_description)
+    for status, text in op.errors.items():
+        responses[status] = _error(text)
+    if op.path == "/health":
+        responses["503"] = _json(_ref(HealthUnavailable), "database unavailable (with Retry-After)")
+    if op.path == "/static/{path}":
+        responses["404"] = _error("no such file")
+    if op.api:
+        common = {
+            "413": f"request body over the configured limit of {settings.max_body_bytes} bytes "
+            "(LOOKALIKE_MAX_BODY_BYTES)",
+            "429": "overloaded; retry after `Retry-After` seconds",
+            "503": "database unavailable or overloaded; retry after `Retry-After` seconds",
+        }
+        for status, text in common.items():
+            responses.setdefault(status, _error(text))
+    if op.path not in ("/openapi.json", "/"):
+        responses["default"] = _error("any other error, always in the error shape")
+    out: dict[str, Any] = {"summary": op.summary, "tags": [op.tag], "responses": responses}
+    if op.security is not None:
+        out["security"] = op.security
+    if op.body is not None:
+        media: dict[str, Any] = {"schema": _ref(op.body)}
+        if op.example is not None:
+            media["example"] = op.example
+        out["requestBody"] = {
+            "required": op.body_required,
+            "description": f"JSON, at most {settings.max_body_bytes} bytes",
+            "content": {JSON: media},
+        }
+    if op.path == "/static/{path}":
+        out["parameters"] = [{"name": "path", "in": "path", "required": True, "schema": {"type": "string"}}]
+    return out
 
-
-# Every operation can also answer with these (body limit, overload, database down, bug).
-_COMMON_ERRORS = {
-    "413": _error("request body over the configured limit"),
-    "429": _error("overloaded; retry after `Retry-After` seconds"),
-    "503": _error("database unavailable or overloaded; retry after `Retry-After` seconds"),
-    "default": _error("any other error, always in the error shape"),
-}
-
-_ADMIN = [{"adminKey": []}]
-_READ = [{"indexId": []}, {"adminKey": []}]
 
 _INDEX_PARAM = {
     "name": "index_name",
     "in": "path",
     "required": True,
-    "schema": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,62}$"},
+    "schema": {"type": "string", "pattern": f"^{INDEX_NAME_PATTERN}$"},
 }
 
 
-def _op(
-    summary: str,
-    tag: str,
-    ok: dict[str, Any],
-    errors: dict[str, str],
-    *,
-    security: list[dict[str, list[str]]] | None = None,
-    body: dict[str, Any] | None = None,
-    description: str | None = None,
-) -> dict[str, Any]:
-    op: dict[str, Any] = {"summary": summary, "tags": [tag], "responses": {"200": ok}}
-    if description:
-        op["description"] = description
-    if security is not None:
-        op["security"] = security
-    if body is not None:
-        op["requestBody"] = body
-    for status, text in errors.items():
-        op["responses"][status] = _error(text)
-    op["responses"].update({k: v for k, v in _COMMON_ERRORS.items() if k not in op["responses"]})
-    return op
-
-
-_FIELD_VALUE = {
-    "oneOf": [
-        {"type": "string"},
-        {"type": "number"},
-        {"type": "boolean"},
-        {"type": "array", "items": {"type": "string"}},
-    ]
-}
-
-SCHEMAS: dict[str, Any] = {
-    "Error": {
-        "type": "object",
-        "required": ["error", "code"],
-        "properties": {
-            "error": {"type": "string", "description": "what a person reads"},
-            "code": {
-                "type": "string",
-                "pattern": "^[a-z][a-z0-9_]*$",
-                "description": "what a program branches on (stable snake_case)",
-            },
-        },
-    },
-    "ModelSetting": {
-        "description": "a timm model name with its pretrained tag, or an explicit spec "
-        "(`pretrained: false` = deterministic random weights, fully offline)",
-        "oneOf": [
-            {"type": "string"},
-            {
-                "type": "object",
-                "required": ["name"],
-                "properties": {
-                    "name": {"type": "string"},
-                    "pretrained": {"type": ["boolean", "string"]},
-                    "imageSize": {"type": "integer"},
-                    "seed": {"type": "integer"},
-                },
-                "additionalProperties": False,
-            },
-        ],
-    },
-    "ReverseImageSearchSettings": {
-        "type": "object",
-        "properties": {
-            "enabled": {"type": "boolean", "default": False},
-            "candidatePool": {"type": "integer", "minimum": 10, "maximum": 1000},
-            "queryCrops": {
-                "description": "query crops embedded by the model, the whole photo included; 'auto' (the "
-                "default) embeds as many (up to 4) as fit a 60 ms budget at the model's measured speed",
-                "oneOf": [
-                    {"type": "integer", "minimum": 1, "maximum": 8},
-                    {"type": "string", "enum": ["auto"]},
-                ],
-            },
-        },
-    },
-    "IndexSettings": {
-        "type": "object",
-        "description": "indexes created through the API carry all four; rows written by other means may not",
-        "properties": {
-            "model": {
-                "type": "object",
-                "required": ["name", "pretrained", "seed"],
-                "properties": {
-                    "name": {"type": "string"},
-                    "pretrained": {"type": "boolean"},
-                    "imageSize": {"type": "integer"},
-                    "seed": {"type": "integer"},
-                },
-            },
-            "vectorType": {"enum": ["halfvec", "vector"]},
-            "dimensions": {"type": "integer", "minimum": 1},
-            "reverseImageSearch": _ref("ReverseImageSearchSettings"),
-        },
-    },
-    "CreateIndexRequest": {
-        "type": "object",
-        "properties": {
-            "model": _ref("ModelSetting"),
-            "vectorType": {"enum": ["halfvec", "vector"], "default": "halfvec"},
-            "reverseImageSearch": _ref("ReverseImageSearchSettings"),
-        },
-        "additionalProperties": False,
-    },
-    "CreateIndexResponse": {
-        "type": "object",
-        "required": ["indexName", "indexId", "settings"],
-        "properties": {
-            "indexName": {"type": "string"},
-            "indexId": {"type": "string", "description": "send as `x-marqo-index-id` on read endpoints"},
-            "settings": _ref("IndexSettings"),
-        },
-    },
-    "IndexDescription": {
-        "type": "object",
-        "required": ["indexName", "indexId", "settings", "createdAt"],
-        "properties": {
-            "indexName": {"type": "string"},
-            "indexId": {"type": "string"},
-            "settings": _ref("IndexSettings"),
-            "createdAt": {"type": "string", "format": "date-time"},
-            "documentCount": {"type": "integer", "minimum": 0},
-        },
-    },
-    "IndexList": {
-        "type": "object",
-        "required": ["results"],
-        "properties": {"results": {"type": "array", "items": _ref("IndexDescription")}},
-    },
-    "DeleteIndexResponse": {
-        "type": "object",
-        "required": ["acknowledged", "indexName"],
-        "properties": {"acknowledged": {"const": True}, "indexName": {"type": "string"}},
-    },
-    "IndexStats": {
-        "type": "object",
-        "required": ["numberOfDocuments", "numberOfVectors", "vectorBytes", "reverseImageSearch"],
-        "properties": {
-            "numberOfDocuments": {"type": "integer", "minimum": 0},
-            "numberOfVectors": {"type": "integer", "minimum": 0},
-            "vectorBytes": {"type": "integer", "minimum": 0},
-            "reverseImageSearch": {
-                "type": "object",
-                "required": ["enabled", "featuresReady", "featuresPending", "featuresFailed", "ready"],
-                "properties": {
-                    "enabled": {"type": "boolean"},
-                    "featuresReady": {"type": "integer", "minimum": 0},
-                    "featuresPending": {"type": "integer", "minimum": 0},
-                    "featuresFailed": {"type": "integer", "minimum": 0},
-                    "ready": {"type": "boolean"},
-                },
-            },
-            "embeddings": {
-                "type": "object",
-                "description": "queue mode: products waiting for a worker, and products whose embedding failed",
-                "required": ["pending", "failed"],
-                "properties": {
-                    "pending": {"type": "integer", "minimum": 0},
-                    "failed": {"type": "integer", "minimum": 0},
-                },
-            },
-        },
-    },
-    "Product": {
-        "type": "object",
-        "description": "a product; custom fields may be strings, numbers, booleans or arrays of strings",
-        "required": ["_id", "productTitle", "variantImageUrl", "price"],
-        "properties": {
-            "_id": {"type": "string", "minLength": 1},
-            "productTitle": {"type": "string", "minLength": 1},
-            "variantImageUrl": {"type": "string", "description": "http(s) URL or data:image/*;base64, URL"},
-            "price": {"type": "number"},
-            "variantTitle": {"type": "string"},
-            "description": {"type": "string"},
-            "parentProductId": {"type": "string"},
-            "productCollections": {"type": "array", "items": {"type": "string"}},
-            "collections": {"type": "array", "items": {"type": "string"}, "description": "alias"},
-        },
-        "additionalProperties": _FIELD_VALUE,
-    },
-    "ProductPatch": {
-        "type": "object",
-        "required": ["_id"],
-        "properties": {"_id": {"type": "string"}},
-        "additionalProperties": _FIELD_VALUE,
-    },
-    "DocumentsRequest": {
-        "type": "object",
-        "required": ["documents"],
-        "properties": {"documents": {"type": "array", "minItems": 1, "maxItems": 128, "items": _ref("Product")}},
-    },
-    "DocumentsPatchRequest": {
-        "type": "object",
-        "required": ["documents"],
-        "properties": {
-            "documents": {"type": "array", "minItems": 1, "maxItems": 128, "items": _ref("ProductPatch")}
-        },
-    },
-    "DocumentsResponse": {
-        "type": "object",
-        "required": ["errors", "items", "processingTimeMs"],
-        "properties": {
-            "errors": {"type": "boolean", "description": "true when any item failed"},
-            "items": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "required": ["_id", "status"],
-                    "properties": {
-                        "_id": {"type": ["string", "null"]},
-                        "status": {"type": "integer", "minimum": 100, "maximum": 599},
-                        "message": {"type": "string"},
-                    },
-                },
-            },
-            "processingTimeMs": {"type": "integer", "minimum": 0},
-        },
-    },
-    "GetDocumentsRequest": {
-        "type": "object",
-        "required": ["documentIds"],
-        "properties": {"documentIds": {"type": "array", "maxItems": 100, "items": {"type": "string"}}},
-    },
-    "GetDocumentsResponse": {
-        "type": "object",
-        "required": ["results"],
-        "properties": {
-            "results": {
-                "type": "array",
-                "items": {
-                    "oneOf": [
-                        {
-                            "type": "object",
-                            "required": ["_id", "_found"],
-                            "properties": {
-                                "_id": {"type": "string"},
-                                "_found": {"const": True},
-                                "_embedding": {
-                                    "type": "object",
-                                    "description": "only on a product not searchable yet (queue mode): "
-                                    "`pending` (waiting for a worker) or `failed` (with the reason)",
-                                    "required": ["status", "message"],
-                                    "properties": {
-                                        "status": {"enum": ["pending", "failed"]},
-                                        "message": {"type": "string"},
-                                    },
-                                },
-                            },
-                            "additionalProperties": _FIELD_VALUE,
-                        },
-                        {
-                            "type": "object",
-                            "required": ["_id", "_found", "message"],
-                            "properties": {
-                                "_id": {"type": "string"},
-                                "_found": {"const": False},
-                                "message": {"type": "string"},
-                            },
-                        },
-                    ]
-                },
-            }
-        },
-    },
-    "DeleteDocumentsRequest": {
-        "type": "object",
-        "required": ["ids"],
-        "properties": {"ids": {"type": "array", "items": {"type": "string"}}},
-    },
-    "DeleteDocumentsResponse": {
-        "type": "object",
-        "required": ["details", "items"],
-        "properties": {
-            "details": {
-                "type": "object",
-                "required": ["deletedDocuments", "receivedDocumentIds"],
-                "properties": {
-                    "deletedDocuments": {"type": "integer", "minimum": 0},
-                    "receivedDocumentIds": {"type": "integer", "minimum": 0},
-                },
-            },
-            "items": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "required": ["_id", "result", "status"],
-                    "properties": {
-                        "_id": {"type": "string"},
-                        "result": {"enum": ["deleted", "not_found"]},
-                        "status": {"enum": [200, 404]},
-                    },
-                },
-            },
-        },
-    },
-    "Hit": {
-        "type": "object",
-        "description": "the default fields (productTitle, variantTitle, price, variantImageUrl, collections) "
-        "or those in attributesToRetrieve, plus `_id` and (when ranked) `_score`",
-        "required": ["_id"],
-        "properties": {
-            "_id": {"type": "string"},
-            "_score": {"type": "number", "description": "higher is more similar"},
-            "productTitle": {"type": "string"},
-            "variantTitle": {"type": "string"},
-            "price": {"type": "number"},
-            "variantImageUrl": {"type": "string"},
-            "collections": {"type": "array", "items": {"type": "string"}},
-        },
-        "additionalProperties": _FIELD_VALUE,
-    },
-    "SearchRequest": {
-        "type": "object",
-        "properties": {
-            "q": {
-                "type": "string",
-                "description": "text (lexical search), an image URL or data URL (Search by Image), "
-                "or `*` / absent to browse",
-            },
-            "limit": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 10},
-            "offset": {"type": "integer", "minimum": 0, "default": 0},
-            "filter": {"type": ["string", "null"], "description": "filter DSL, e.g. `brand:Nike AND price:[* TO 200]`"},
-            "attributesToRetrieve": {"type": "array", "items": {"type": "string"}},
-        },
-    },
-    "SearchResponse": {
-        "type": "object",
-        "required": ["hits", "limit", "offset", "query", "processingTimeMs"],
-        "properties": {
-            "hits": {"type": "array", "items": _ref("Hit")},
-            "limit": {"type": "integer"},
-            "offset": {"type": "integer"},
-            "query": {"type": "string"},
-            "processingTimeMs": {"type": "integer", "minimum": 0},
-        },
-    },
-    "ReverseImageSearchRequest": {
-        "type": "object",
-        "required": ["q"],
-        "properties": {
-            "q": {
-                "type": "string",
-                "description": "an http(s) image URL whose path ends in .jpg .jpeg .png .webp .tiff .avif, "
-                "or a data:image/*;base64, URL",
-            },
-            "limit": {"type": "integer", "default": 10, "description": "clamped to 1-10"},
-            "filter": {"type": ["string", "null"]},
-            "attributesToRetrieve": {"type": "array", "items": {"type": "string"}},
-        },
-    },
-    "ReverseImageSearchResponse": {
-        "type": "object",
-        "required": ["hits", "limit", "processingTimeMs"],
-        "properties": {
-            "hits": {"type": "array", "maxItems": 10, "items": _ref("Hit")},
-            "limit": {"type": "integer", "minimum": 1, "maximum": 10},
-            "processingTimeMs": {"type": "integer", "minimum": 0},
-        },
-    },
-    "Health": {
-        "type": "object",
-        "required": ["status", "database", "models", "pool"],
-        "properties": {
-            "status": {"enum": ["ok", "unavailable"]},
-            "database": {"enum": ["ok", "down"]},
-            "modelsLoaded": {"type": "array", "items": {"type": "string"}},
-            "models": {
-                "type": "object",
-                "required": ["loaded", "embedQueueDepth"],
-                "properties": {
-                    "loaded": {"type": "array", "items": {"type": "string"}},
-                    "embedQueueDepth": {"type": "integer", "minimum": 0},
-                },
-            },
-            "pool": {
-                "type": "object",
-                "required": ["size", "idle", "max"],
-                "properties": {
-                    "size": {"type": "integer", "minimum": 0},
-                    "idle": {"type": "integer", "minimum": 0},
-                    "max": {"type": "integer", "minimum": 0},
-                },
-            },
-            "reads": {
-                "enum": ["replicas", "primary"],
-                "description": "where the read endpoints go now: a usable replica, or the primary",
-            },
-            "replicas": {
-                "type": "array",
-                "description": "each LOOKALIKE_DATABASE_READ_URL replica (password redacted) and its state",
-                "items": {
-                    "type": "object",
-                    "required": ["url", "state", "lagSeconds", "lagBytes"],
-                    "properties": {
-                        "url": {"type": "string"},
-                        "state": {"enum": ["ok", "lagging", "down", "unknown"]},
-                        "lagSeconds": {"type": ["number", "null"]},
-                        "lagBytes": {"type": ["integer", "null"]},
-                        "replayPaused": {"type": "boolean"},
-                        "reads": {"type": "integer", "minimum": 0},
-                        "error": {"type": ["string", "null"]},
-                    },
-                },
-            },
-        },
-    },
-}
-
-_BASE = "/api/v1/indexes/{index_name}"
-
-
-def _paths() -> dict[str, Any]:
-    unknown_index = "unknown index (admin) — readers without the admin key get 401 instead"
-    return {
-        "/api/v1/indexes": {
-            "get": _op(
-                "List indexes",
-                "indexes",
-                _json(_ref("IndexList"), "every index with its document count"),
-                {"401": "missing or wrong admin key"},
-                security=_ADMIN,
-            )
-        },
-        _BASE: {
-            "parameters": [_INDEX_PARAM],
-            "post": _op(
-                "Create an index",
-                "indexes",
-                _json(_ref("CreateIndexResponse"), "created; keep the indexId for storefront reads"),
-                {
-                    "400": "invalid name, settings or model; model weights unavailable",
-                    "401": "missing or wrong admin key",
-                    "409": "an index with this name exists",
-                },
-                security=_ADMIN,
-                body=_body(
-                    _ref("CreateIndexRequest"),
-                    required=False,
-                    example={
-                        "model": {"name": "vit_tiny_patch16_224", "pretrained": False, "imageSize": 64, "seed": 0},
-                        "reverseImageSearch": {"enabled": True},
-                    },
-                ),
-            ),
-            "get": _op(
-                "Describe an index",
-                "indexes",
-                _json(_ref("IndexDescription"), "name, index id, settings"),
-                {"401": "missing or wrong admin key", "404": "unknown index"},
-                security=_ADMIN,
-            ),
-            "delete": _op(
-                "Delete an index with its products and vectors",
-                "indexes",
-                _json(_ref("DeleteIndexResponse"), "deleted"),
-                {"401": "missing or wrong admin key", "404": "unknown index"},
-                security=_ADMIN,
-            ),
-        },
-        _BASE + "/settings": {
-            "parameters": [_INDEX_PARAM],
-            "get": _op(
-                "Index settings",
-                "indexes",
-                _json(_ref("IndexSettings"), "the settings document"),
-                {"401": "missing or wrong admin key", "404": "unknown index"},
-                security=_ADMIN,
-            ),
-            "patch": _op(
-                "Change settings (only reverseImageSearch)",
-                "indexes",
-                _json(_ref("IndexSettings"), "the new settings; enabling reverse search backfills local features"),
-                {
-                    "400": "unknown or read-only setting, invalid value",
-                    "401": "missing or wrong admin key",
-                    "404": "unknown index",
-                },
-                security=_ADMIN,
-                body=_body(
-                    {"type": "object", "properties": {"reverseImageSearch": _ref("ReverseImageSearchSettings")}},
-                    example={"reverseImageSearch": {"enabled": True}},
-                ),
-            ),
-        },
-        _BASE + "/stats": {
-            "parameters": [_INDEX_PARAM],
-            "get": _op(
-                "Index statistics",
-                "indexes",
-                _json(_ref("IndexStats"), "products, vectors, local-feature backfill progress"),
-                {"401": "missing or wrong admin key", "404": "unknown index"},
-                security=_ADMIN,
-            ),
-        },
-        _BASE + "/documents": {
-            "parameters": [_INDEX_PARAM],
-            "post": _op(
-                "Add or replace products",
-                "documents",
-                _json(_ref("DocumentsResponse"), "per-item outcome; the batch answers 200 even when items fail"),
-                {"400": "not a documents batch, or too many documents", "401": "missing or wrong admin key",
-                 "404": "unknown index"},
-                security=_ADMIN,
-                body=_body(_ref("DocumentsRequest")),
-            ),
-            "patch": _op(
-                "Partially update products",
-                "documents",
-                _json(_ref("DocumentsResponse"), "per-item outcome; a changed variantImageUrl re-embeds"),
-                {"400": "not a documents batch, or too many documents", "401": "missing or wrong admin key",
-                 "404": "unknown index"},
-                security=_ADMIN,
-                body=_body(_ref("DocumentsPatchRequest")),
-            ),
-            "delete": _op(
-                "Delete products",
-                "documents",
-                _json(_ref("DeleteDocumentsResponse"), "per-id outcome"),
-                {"400": "ids must be an array of strings", "401": "missing or wrong admin key",
-                 "404": "unknown index"},
-                security=_ADMIN,
-                body=_body(_ref("DeleteDocumentsRequest")),
-            ),
-        },
-        _BASE + "/get-documents": {
-            "parameters": [_INDEX_PARAM],
-            "post": _op(
-                "Get products by id",
-                "documents",
-                _json(_ref("GetDocumentsResponse"), "one result per requested id, in order"),
-                {"400": "documentIds must be an array of at most 100 strings",
-                 "401": "missing or wrong x-marqo-index-id", "404": unknown_index},
-                security=_READ,
-                body=_body(_ref("GetDocumentsRequest")),
-            ),
-        },
-        _BASE + "/search": {
-            "parameters": [_INDEX_PARAM],
-            "post": _op(
-                "Search: text, Search by Image, or browse",
-                "search",
-                _json(_ref("SearchResponse"), "hits, best first (browse: ordered by _id)"),
-                {"400": "invalid body, filter or image", "401": "missing or wrong x-marqo-index-id",
-                 "404": unknown_index},
-                security=_READ,
-                body=_body(_ref("SearchRequest"), required=False, example={"q": "*", "filter": "price:[* TO 50]"}),
-            ),
-        },
-        _BASE + "/reverse-image-search": {
-            "parameters": [_INDEX_PARAM],
-            "post": _op(
-                "Reverse image search: find this exact product from a photo",
-                "search",
-                _json(_ref("ReverseImageSearchResponse"), "hits best-first by visual similarity"),
-                {
-                    "400": "q must be an image URL or base64 data URI; invalid filter; image cannot be fetched "
-                    "or decoded",
-                    "401": "missing or wrong x-marqo-index-id",
-                    "404": "reverse image search is not enabled for this index (or unknown index)",
-                },
-                security=_READ,
-                body=_body(
-                    _ref("ReverseImageSearchRequest"),
-                    example={"q": "https://example.com/photo.jpg", "limit": 5, "filter": "brand:Nike"},
-                ),
-            ),
-        },
-        "/health": {
-            "get": {
-                "summary": "Health: database reachable, models loaded, queue and pool",
-                "tags": ["operations"],
-                "responses": {
-                    "200": _json(_ref("Health"), "healthy"),
-                    "503": _json(
-                        {"allOf": [_ref("Health"), _ref("Error")]}, "database unavailable (with Retry-After)"
-                    ),
-                    "default": _error("any other error"),
-                },
-            }
-        },
-        "/metrics": {
-            "get": {
-                "summary": "Prometheus metrics (text exposition format)",
-                "tags": ["operations"],
-                "responses": {
-                    "200": {"description": "metrics", "content": {"text/plain": {"schema": {"type": "string"}}}},
-                    "default": _error("any other error"),
-                },
-            }
-        },
-        "/openapi.json": {
-            "get": {
-                "summary": "This document",
-                "tags": ["operations"],
-                "responses": {"200": _json({"type": "object"}, "the OpenAPI 3.1 description")},
-            }
-        },
-        "/docs": {
-            "get": {
-                "summary": "API documentation page (renders /openapi.json)",
-                "tags": ["web"],
-                "responses": {"200": {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}}},
-            }
-        },
-        "/ui": {
-            "get": {
-                "summary": "The search web page",
-                "tags": ["web"],
-                "responses": {"200": {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}}},
-            }
-        },
-        "/": {
-            "get": {
-                "summary": "Redirects to the web page",
-                "tags": ["web"],
-                "responses": {"307": {"description": "to /ui"}},
-            }
-        },
-        "/static/{path}": {
-            "get": {
-                "summary": "The web page's scripts and styles",
-                "tags": ["web"],
-                "parameters": [{"name": "path", "in": "path", "required": True, "schema": {"type": "string"}}],
-                "responses": {
-                    "200": {"description": "a static file"},
-                    "404": _error("no such file"),
-                    "default": _error("any other error"),
-                },
-            }
-        },
-    }
-
-
-def openapi_document() -> dict[str, Any]:
+def _build(settings: Settings) -> dict[str, Any]:
+    ops = operations(settings)
+    paths: dict[str, dict[str, Any]] = {}
+    for op in ops:
+        item = paths.setdefault(op.path, {})
+        if "{index_name}" in op.path:
+            item.setdefault("parameters", [_INDEX_PARAM])
+        item[op.method] = _operation(op, settings)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -698,19 +250,16 @@ def openapi_document() -> dict[str, Any]:
             "summary": "Reverse image search for product catalogs, speaking the Marqo Ecommerce API",
             "description": "Errors are always `{\"error\": \"...\", \"code\": \"...\"}`. Admin endpoints take "
             "`Authorization: Bearer <api key>`; read endpoints take the index's `x-marqo-index-id` "
-            "(the admin key opens them too).",
+            "(the admin key opens them too). Unknown top-level request keys are a 400 `unknown_parameter`. "
+            f"Limits of this server: {settings.max_documents_per_call} documents per call, "
+            f"{settings.max_get_documents} ids per get-documents, request bodies up to "
+            f"{settings.max_body_bytes} bytes.",
         },
         "servers": [{"url": "/"}],
-        "tags": [
-            {"name": "indexes"},
-            {"name": "documents"},
-            {"name": "search"},
-            {"name": "operations"},
-            {"name": "web"},
-        ],
-        "paths": _paths(),
+        "tags": [{"name": name} for name in ("indexes", "documents", "search", "operations", "web")],
+        "paths": paths,
         "components": {
-            "schemas": SCHEMAS,
+            "schemas": _component_schemas(ops),
             "securitySchemes": {
                 "adminKey": {"type": "http", "scheme": "bearer", "description": "the admin API key"},
                 "indexId": {
@@ -724,5 +273,17 @@ def openapi_document() -> dict[str, Any]:
     }
 
 
+@functools.cache
+def _cached(max_documents: int, max_ids: int, max_body: int) -> dict[str, Any]:
+    return _build(Settings(max_documents_per_call=max_documents, max_get_documents=max_ids, max_body_bytes=max_body))
+
+
+def openapi_document(settings: Settings | None = None) -> dict[str, Any]:
+    """The document for these settings' limits (the defaults when none are given)."""
+    s = settings or Settings()
+    # A copy: callers (schemathesis, tests) may resolve references in place.
+    return copy.deepcopy(_cached(s.max_documents_per_call, s.max_get_documents, s.max_body_bytes))
+
+
 async def openapi_endpoint(request: Request) -> JSONResponse:
-    return JSONResponse(openapi_document())
+    return JSONResponse(openapi_document(request.app.state.settings))

@@ -6,14 +6,11 @@ app built by `create_app` (tests build many) has its own counters.
 
 from __future__ import annotations
 
-import contextvars
-import json
 import logging
 import re
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, Histogram, generate_latest
@@ -23,10 +20,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.contract.ops import Health, HealthUnavailable, ModelsStatus, PoolStatus, ReplicaStatus
+from app.domain.health import HealthService
+from app.http.common import model_response
+from app.logs import request_id_var
+
 access_log = logging.getLogger("lookalike.access")
 
-# The id of the request being served, for every log line written while serving it.
-request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("lookalike_request_id", default=None)
 
 # An incoming x-request-id is echoed only when it looks like an id: it ends up in logs, and a
 # caller must not be able to inject newlines, JSON or megabytes into them.
@@ -36,55 +36,56 @@ _HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 
 _STAGE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
-class _ServiceCollector(Collector):
+class _RuntimeCollector(Collector):
     """Gauges read at scrape time from the running services: embedding queue, pool, models."""
 
     def __init__(self) -> None:
-        self.services: Any = None  # set by the lifespan once the pool and models exist
+        self.health: HealthService | None = None  # set by the lifespan once the pool and models exist
+        self.database: Any = None  # app.storage.replicas.Database, set by the lifespan too
 
     def collect(self) -> Iterator[Any]:
-        svc = self.services
-        if svc is None:
+        if self.health is None:
             return
-        embedder = svc.vision.embedder
+        now = self.health.snapshot()
         yield GaugeMetricFamily(
             "lookalike_embed_queue_depth",
             "Images accepted for embedding and not yet embedded (queued or in a forward pass)",
-            value=embedder.queue_depth,
+            value=now.embed_queue_depth,
         )
-        yield CounterMetricFamily(
-            "lookalike_embed_batches", "Model forward passes run", value=embedder.batches_run
-        )
+        yield CounterMetricFamily("lookalike_embed_batches", "Model forward passes run", value=now.embed_batches_run)
         yield GaugeMetricFamily(
-            "lookalike_models_loaded", "Models loaded in this process", value=len(svc.vision.registry.loaded())
+            "lookalike_models_loaded", "Models loaded in this process", value=len(now.models_loaded)
         )
-        pool = svc.pool
-        size, idle = pool.get_size(), pool.get_idle_size()
-        yield GaugeMetricFamily("lookalike_db_pool_size", "Open database connections", value=size)
-        yield GaugeMetricFamily("lookalike_db_pool_idle", "Idle database connections", value=idle)
-        yield GaugeMetricFamily("lookalike_db_pool_in_use", "Database connections in use", value=size - idle)
-        yield GaugeMetricFamily("lookalike_db_pool_max", "Pool maximum size", value=pool.get_max_size())
-        database = getattr(svc, "database", None)
-        if database is None:
-            return
-        reads = CounterMetricFamily("lookalike_db_reads", "Read-endpoint statement groups by where they ran",
-                                    labels=["target"])
-        reads.add_metric(["primary"], database.primary_reads)
-        reads.add_metric(["replica"], sum(replica.reads for replica in database.replicas))
-        usable = GaugeMetricFamily("lookalike_replica_usable", "1 while the replica serves reads", labels=["replica"])
-        lag = GaugeMetricFamily("lookalike_replica_lag_seconds", "Replica replay lag (seconds; NaN when unknown)",
-                                labels=["replica"])
-        lag_bytes = GaugeMetricFamily("lookalike_replica_lag_bytes", "WAL bytes the replica has not replayed",
-                                      labels=["replica"])
-        for replica in database.replicas:
-            label = [replica.label]  # the URL with its password redacted
-            usable.add_metric(label, 1.0 if replica.usable else 0.0)
-            lag.add_metric(label, float("nan") if replica.lag_s is None else replica.lag_s)
-            lag_bytes.add_metric(label, float("nan") if replica.lag_bytes is None else float(replica.lag_bytes))
-        yield reads
-        yield usable
-        yield lag
-        yield lag_bytes
+        yield GaugeMetricFamily("lookalike_db_pool_size", "Open database connections", value=now.pool_size)
+        yield GaugeMetricFamily("lookalike_db_pool_idle", "Idle database connections", value=now.pool_idle)
+        yield GaugeMetricFamily(
+            "lookalike_db_pool_in_use", "Database connections in use", value=now.pool_size - now.pool_idle
+        )
+        yield GaugeMetricFamily("lookalike_db_pool_max", "Pool maximum size", value=now.pool_max)
+        if self.database is not None:
+            yield from _replica_metrics(self.database)
+
+
+def _replica_metrics(database: Any) -> Iterator[Any]:
+    """Where reads ran, and each read replica's state (labelled by its URL, password redacted)."""
+    reads = CounterMetricFamily(
+        "lookalike_db_reads", "Read-endpoint statement groups by where they ran", labels=["target"]
+    )
+    reads.add_metric(["primary"], database.primary_reads)
+    reads.add_metric(["replica"], sum(replica.reads for replica in database.replicas))
+    usable = GaugeMetricFamily("lookalike_replica_usable", "1 while the replica serves reads", labels=["replica"])
+    lag = GaugeMetricFamily(
+        "lookalike_replica_lag_seconds", "Replica replay lag (seconds; NaN when unknown)", labels=["replica"]
+    )
+    lag_bytes = GaugeMetricFamily(
+        "lookalike_replica_lag_bytes", "WAL bytes the replica has not replayed", labels=["replica"]
+    )
+    for replica in database.replicas:
+        label = [replica.label]
+        usable.add_metric(label, 1.0 if replica.usable else 0.0)
+        lag.add_metric(label, float("nan") if replica.lag_s is None else replica.lag_s)
+        lag_bytes.add_metric(label, float("nan") if replica.lag_bytes is None else float(replica.lag_bytes))
+    yield from (reads, usable, lag, lag_bytes)
 
 
 class Metrics:
@@ -109,8 +110,8 @@ class Metrics:
             buckets=_STAGE_BUCKETS,
             registry=self.registry,
         )
-        self.services = _ServiceCollector()
-        self.registry.register(self.services)
+        self.runtime = _RuntimeCollector()
+        self.registry.register(self.runtime)
 
     def observe_stages(self, endpoint: str, stages: dict[str, float]) -> None:
         for stage, ms in stages.items():
@@ -200,56 +201,6 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-# --- logging -------------------------------------------------------------------------------
-
-
-class RequestIdFilter(logging.Filter):
-    """Stamps every record with the id of the request being served (if any)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not hasattr(record, "request_id"):
-            record.request_id = request_id_var.get()
-        return True
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: ts, level, logger, message, request_id, and any `fields` extra."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        request_id = getattr(record, "request_id", None) or request_id_var.get()
-        if request_id:
-            entry["request_id"] = request_id
-        fields = getattr(record, "fields", None)
-        if isinstance(fields, dict):
-            entry.update(fields)
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str, ensure_ascii=False)
-
-
-def configure_json_logging(level: str = "info") -> None:
-    """Route every logger (ours, uvicorn's, asyncpg's) through one JSON-lines handler on stderr."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(JsonFormatter())
-    handler.addFilter(RequestIdFilter())
-    root = logging.getLogger()
-    for existing in list(root.handlers):
-        root.removeHandler(existing)
-    root.addHandler(handler)
-    root.setLevel(level.upper())
-    logging.captureWarnings(True)  # Python warnings become JSON lines too (logger "py.warnings")
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
-        logger = logging.getLogger(name)
-        logger.handlers.clear()
-        logger.propagate = True
-
-
 # --- endpoints -----------------------------------------------------------------------------
 
 
@@ -260,37 +211,22 @@ async def metrics_endpoint(request: Request) -> Response:
 
 async def health(request: Request) -> JSONResponse:
     """Liveness and readiness: the database answers; which models are loaded; queue and pool."""
-    svc = request.app.state.services
-    embedder = svc.vision.embedder
-    models = {
-        "loaded": [spec.name for spec in svc.vision.registry.loaded()],
-        "embedQueueDepth": embedder.queue_depth,
-    }
-    pool = {"size": svc.pool.get_size(), "idle": svc.pool.get_idle_size(), "max": svc.pool.get_max_size()}
-    try:
-        async with svc.pool.acquire(timeout=2) as conn:
-            await conn.fetchval("SELECT 1")
-    except Exception:
-        return JSONResponse(
-            {
-                "error": "database unavailable, retry shortly",
-                "code": "service_unavailable",
-                "status": "unavailable",
-                "database": "down",
-                "models": models,
-                "pool": pool,
-            },
-            status_code=503,
-            headers={"Retry-After": "2"},
+    health: HealthService = request.app.state.services.health
+    now = health.snapshot()
+    models = ModelsStatus(loaded=now.models_loaded, embedQueueDepth=now.embed_queue_depth)
+    pool = PoolStatus(size=now.pool_size, idle=now.pool_idle, max=now.pool_max)
+    if not await health.database_answers():
+        down = HealthUnavailable(
+            error="database unavailable, retry shortly",
+            code="service_unavailable",
+            status="unavailable",
+            database="down",
+            models=models,
+            pool=pool,
         )
-    return JSONResponse(
-        {
-            "status": "ok",
-            "database": "ok",
-            "modelsLoaded": models["loaded"],
-            "models": models,
-            "pool": pool,
-            "reads": svc.database.reads_from,
-            "replicas": svc.database.describe(),
-        }
+        return model_response(down, 503, {"Retry-After": "2"})
+    database = request.app.state.services.database
+    replicas = [ReplicaStatus(**replica) for replica in database.describe()]
+    return model_response(
+        Health(status="ok", database="ok", models=models, pool=pool, reads=database.reads_from, replicas=replicas)
     )

@@ -7,7 +7,7 @@ import time
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from app.domain.queries import parse_reverse_search, parse_search
+from app.contract.search import ReverseSearchRequest, SearchRequest
 from app.domain.search import StageTimer
 from app.errors import ImageError, bad_request, not_found
 from app.http.common import elapsed_ms, json_response, read_json
@@ -28,7 +28,7 @@ def _image_error(exc: ImageError) -> Exception:
 async def search(request: Request) -> JSONResponse:
     started = time.perf_counter()
     record = await load_readable_index(request)
-    parsed = parse_search(await read_json(request, required=False))
+    parsed = SearchRequest.parse(await read_json(request, required=False))
     timer = StageTimer()
     try:
         hits = await services(request).search.search(record, parsed, timer)
@@ -55,14 +55,16 @@ async def reverse_image_search(request: Request) -> JSONResponse:
     record = await load_readable_index(request)
     if not record.reverse_search_enabled:
         raise not_found("reverse image search is not enabled for this index", "reverse_search_disabled")
-    parsed = parse_reverse_search(await read_json(request, required=False))
+    parsed = ReverseSearchRequest.parse(await read_json(request, required=False))
     timer = StageTimer()
     try:
-        hits = await services(request).reverse.search(record, parsed, timer)
+        result = await services(request).reverse.search(record, parsed, timer)
     except ImageError as exc:
         raise _image_error(exc) from exc
     finally:
         observe_stages(request, "reverse-image-search", timer.stages)
-    return _with_timing(
-        json_response({"hits": hits, "limit": parsed.limit, "processingTimeMs": elapsed_ms(started)}), timer
-    )
+    body: dict[str, object] = {"hits": result.hits}
+    if result.regions is not None:
+        body["regions"] = result.regions
+    body.update(limit=parsed.limit, processingTimeMs=elapsed_ms(started))
+    return _with_timing(json_response(body), timer)

@@ -1,4 +1,6 @@
-"""The web page (/ui), the API docs page (/docs) and their static files: plain HTML/JS, no build step."""
+"""The web page (/ui), the API docs page (/docs: the vendored Swagger UI) and their static files.
+
+Plain HTML/JS, no build step, nothing loaded from outside this server."""
 
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ async def ui_page(request: Request) -> Response:
 
 
 async def docs_page(request: Request) -> Response:
-    return _page("docs.html")
+    return _page("swagger-ui.html")
 
 
 async def root(request: Request) -> Response:

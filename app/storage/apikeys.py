@@ -11,15 +11,17 @@ def key_digest(key: str) -> bytes:
     return hashlib.sha256(key.encode("utf-8")).digest()
 
 
+ACTIVE_KEYS = "SELECT key_sha256 FROM api_keys WHERE revoked_at IS NULL"
+ACTIVE_KEYS_FROM = "SELECT key_sha256 FROM api_keys WHERE revoked_at IS NULL AND source = $1"
+
+
 async def active_key_digests(
     conn: asyncpg.Connection | asyncpg.Pool, source: str | None = None
 ) -> list[bytes]:
     if source is None:
-        rows = await conn.fetch("SELECT key_sha256 FROM api_keys WHERE revoked_at IS NULL")
+        rows = await conn.fetch(ACTIVE_KEYS)
     else:
-        rows = await conn.fetch(
-            "SELECT key_sha256 FROM api_keys WHERE revoked_at IS NULL AND source = $1", source
-        )
+        rows = await conn.fetch(ACTIVE_KEYS_FROM, source)
     return [bytes(r["key_sha256"]) for r in rows]
 
 
@@ -33,10 +35,15 @@ def key_prefix(key: str, source: str) -> str:
     return key[:6] if source == "generated" else ""
 
 
+STORE_KEY = """
+INSERT INTO api_keys (key_sha256, key_prefix, source) VALUES ($1, $2, $3)
+ON CONFLICT (key_sha256) DO UPDATE SET revoked_at = NULL, key_prefix = EXCLUDED.key_prefix
+"""
+
+
 async def store_key(conn: asyncpg.Connection | asyncpg.Pool, key: str, source: str) -> None:
     await conn.execute(
-        "INSERT INTO api_keys (key_sha256, key_prefix, source) VALUES ($1, $2, $3) "
-        "ON CONFLICT (key_sha256) DO UPDATE SET revoked_at = NULL, key_prefix = EXCLUDED.key_prefix",
+        STORE_KEY,
         key_digest(key),
         key_prefix(key, source),
         source,
@@ -50,4 +57,7 @@ KEY_BOOTSTRAP_LOCK_KEY = 7813586385497711993
 
 async def lock_key_bootstrap(conn: asyncpg.Connection) -> None:
     """Serialise first-start key generation between processes (held until the transaction ends)."""
-    await conn.execute("SELECT pg_advisory_xact_lock($1)", KEY_BOOTSTRAP_LOCK_KEY)
+    await conn.execute(LOCK_KEY_BOOTSTRAP)
+
+
+LOCK_KEY_BOOTSTRAP = f"SELECT pg_advisory_xact_lock({KEY_BOOTSTRAP_LOCK_KEY})"

@@ -7,7 +7,7 @@ import logging
 import os
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 import asyncpg
 from pgvector.asyncpg import register_vector
@@ -180,11 +180,6 @@ async def create_pool(url: str, *, min_size: int, max_size: int, statement_timeo
     return pool
 
 
-def url_is_unix_socket(url: str) -> bool:
-    query = parse_qs(urlsplit(url).query)
-    return any(h.startswith("/") for h in query.get("host", []))
-
-
 async def wait_for_database(url: str, attempts: int = 30, delay_s: float = 1.0) -> None:
     """Wait until the server accepts connections (docker compose starts both at once)."""
     last: Exception | None = None
@@ -205,10 +200,3 @@ def redact_url(url: str) -> str:
         netloc = parts.netloc.replace(":" + parts.password + "@", ":***@")
         return parts._replace(netloc=netloc).geturl()
     return url
-
-
-def env_flag(name: str) -> bool:
-    return os.environ.get(name, "").lower() in {"1", "true", "yes"}
-
-
-Record = dict[str, Any]

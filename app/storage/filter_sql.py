@@ -12,7 +12,7 @@ import math
 import re
 from typing import Any
 
-from app.domain.filters import (
+from app.filters import (
     ID_FIELD,
     And,
     FilterNode,
@@ -26,7 +26,7 @@ from app.domain.filters import (
 from app.storage.params import SqlParams
 
 # The largest double below 10**308: clamping bounds to +-this excludes exactly the numbers
-# that `domain.filters.doc_number` refuses (|v| >= 10**308, NaN, infinities).
+# that `app.filters.doc_number` refuses (|v| >= 10**308, NaN, infinities).
 _MAX_FILTER_NUMBER = math.nextafter(1e308, 0.0)
 
 _ALIAS_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")

@@ -85,8 +85,7 @@ async def create_index(
     """Insert the index and create its vector table + HNSW index, in the caller's transaction."""
     try:
         row = await conn.fetchrow(
-            f"INSERT INTO indexes (name, index_id, settings, model, dimensions, vector_type) "
-            f"VALUES ($1, $2, $3::jsonb, $4::jsonb, $5, $6) RETURNING {_COLUMNS}",
+            INSERT_INDEX,
             name,
             index_id,
             json.dumps(settings),
@@ -98,28 +97,40 @@ async def create_index(
         raise IndexExistsError(name) from exc
     assert row is not None
     record = _record(row)
-    table = record.vectors_table
-    # DDL cannot take bind parameters; every interpolated piece is an int or a fixed literal.
-    await conn.execute(
-        f"CREATE TABLE {table} ("
-        f" product_pk bigint PRIMARY KEY REFERENCES products(pk) ON DELETE CASCADE,"
-        f" embedding {record.vector_cast} NOT NULL,"
-        f" local_aggregate {AGGREGATE_CAST})"
-    )
-    await conn.execute(
-        f"CREATE INDEX {table}_hnsw ON {table} USING hnsw (embedding {_OPCLASS[vector_type]}) "
-        f"WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION})"
-    )
-    await create_aggregate_index(conn, table)
-    comment = _quote_literal(f"lookalike index {name}: image embeddings, one row per product")
-    await conn.execute(f"COMMENT ON TABLE {table} IS {comment}")
+    for statement in vector_table_ddl(record):
+        await conn.execute(statement)
     return record
 
 
-async def create_aggregate_index(conn: asyncpg.Connection, table: str) -> None:
-    await conn.execute(
-        f"CREATE INDEX IF NOT EXISTS {table}_local_hnsw ON {table} USING hnsw (local_aggregate halfvec_cosine_ops) "
-        f"WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION})"
+INSERT_INDEX = f"""
+INSERT INTO indexes (name, index_id, settings, model, dimensions, vector_type)
+VALUES ($1, $2, $3::jsonb, $4::jsonb, $5, $6)
+RETURNING {_COLUMNS}
+"""
+
+
+def vector_table_ddl(record: IndexRecord) -> list[str]:
+    """The index's own vector table, its two HNSW indexes and its comment."""
+    # DDL cannot take bind parameters; every interpolated piece is an int or a fixed literal.
+    table = record.vectors_table
+    comment = _quote_literal(f"lookalike index {record.name}: image embeddings, one row per product")
+    return [
+        f"""CREATE TABLE {table} (
+  product_pk bigint PRIMARY KEY REFERENCES products(pk) ON DELETE CASCADE,
+  embedding {record.vector_cast} NOT NULL,
+  local_aggregate {AGGREGATE_CAST}
+)""",
+        f"CREATE INDEX {table}_hnsw ON {table} USING hnsw (embedding {_OPCLASS[record.vector_type]})"
+        f" WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION})",
+        aggregate_index_ddl(table),
+        f"COMMENT ON TABLE {table} IS {comment}",
+    ]
+
+
+def aggregate_index_ddl(table: str) -> str:
+    return (
+        f"CREATE INDEX IF NOT EXISTS {table}_local_hnsw ON {table} USING hnsw (local_aggregate halfvec_cosine_ops)"
+        f" WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION})"
     )
 
 
@@ -128,44 +139,58 @@ def _quote_literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+GET_INDEX = f"SELECT {_COLUMNS} FROM indexes WHERE name = $1"
+
+
 async def get_index(conn: asyncpg.Connection | asyncpg.Pool, name: str) -> IndexRecord | None:
-    row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM indexes WHERE name = $1", name)
+    row = await conn.fetchrow(GET_INDEX, name)
     return _record(row) if row else None
+
+
+GET_INDEX_BY_PK = f"SELECT {_COLUMNS} FROM indexes WHERE pk = $1"
 
 
 async def get_index_by_pk(conn: asyncpg.Connection | asyncpg.Pool, pk: int) -> IndexRecord | None:
-    row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM indexes WHERE pk = $1", pk)
+    row = await conn.fetchrow(GET_INDEX_BY_PK, pk)
     return _record(row) if row else None
 
 
+LIST_INDEXES = f"""
+SELECT {", ".join("i." + c.strip() for c in _COLUMNS.split(","))},
+       (SELECT count(*) FROM products p WHERE p.index_pk = i.pk) AS document_count
+FROM indexes i
+ORDER BY i.name
+"""
+
+
 async def list_indexes(conn: asyncpg.Connection | asyncpg.Pool) -> list[tuple[IndexRecord, int]]:
-    rows = await conn.fetch(
-        f"SELECT {', '.join('i.' + c.strip() for c in _COLUMNS.split(','))},"
-        " (SELECT count(*) FROM products p WHERE p.index_pk = i.pk) AS document_count"
-        " FROM indexes i ORDER BY i.name"
-    )
+    rows = await conn.fetch(LIST_INDEXES)
     return [(_record(r), r["document_count"]) for r in rows]
 
 
+UPDATE_SETTINGS = f"UPDATE indexes SET settings = $2::jsonb, updated_at = now() WHERE pk = $1 RETURNING {_COLUMNS}"
+
+
 async def update_settings(conn: asyncpg.Connection, pk: int, settings: dict[str, Any]) -> IndexRecord:
-    row = await conn.fetchrow(
-        f"UPDATE indexes SET settings = $2::jsonb, updated_at = now() WHERE pk = $1 RETURNING {_COLUMNS}",
-        pk,
-        json.dumps(settings),
-    )
+    row = await conn.fetchrow(UPDATE_SETTINGS, pk, json.dumps(settings))
     assert row is not None
     return _record(row)
 
 
+def delete_index_sql(record: IndexRecord) -> list[str]:
+    """Drop the vector table first (its FK points at products), then the row ($1); products cascade."""
+    return [f"DROP TABLE IF EXISTS {record.vectors_table}", "DELETE FROM indexes WHERE pk = $1"]
+
+
 async def delete_index(conn: asyncpg.Connection, record: IndexRecord) -> None:
-    """Drop the vector table first (its FK points at products), then the row; products cascade."""
-    await conn.execute(f"DROP TABLE IF EXISTS {record.vectors_table}")
-    await conn.execute("DELETE FROM indexes WHERE pk = $1", record.pk)
+    drop_table, delete_row = delete_index_sql(record)
+    await conn.execute(drop_table)
+    await conn.execute(delete_row, record.pk)
 
 
-async def index_stats(conn: asyncpg.Connection | asyncpg.Pool, record: IndexRecord) -> dict[str, int]:
-    row = await conn.fetchrow(
-        f"""
+def index_stats_sql(record: IndexRecord) -> str:
+    """Product, vector and backfill counts and the vector table's size ($1 index pk)."""
+    return f"""
         SELECT
           (SELECT count(*) FROM products WHERE index_pk = $1) AS products,
           (SELECT count(*) FROM {record.vectors_table}) AS vectors,
@@ -177,8 +202,10 @@ async def index_stats(conn: asyncpg.Connection | asyncpg.Pool, record: IndexReco
           (SELECT count(*) FROM products WHERE index_pk = $1 AND embedding_status = 'failed')
             AS embeddings_failed,
           pg_total_relation_size('{record.vectors_table}'::regclass) AS vector_bytes
-        """,
-        record.pk,
-    )
+    """
+
+
+async def index_stats(conn: asyncpg.Connection | asyncpg.Pool, record: IndexRecord) -> dict[str, int]:
+    row = await conn.fetchrow(index_stats_sql(record), record.pk)
     assert row is not None
     return dict(row)

@@ -19,12 +19,23 @@ log = logging.getLogger("lookalike.migrate")
 # migrating process in pg_locks: locktype advisory, classid 1819242347, objid 1634494827, objsubid 1.
 MIGRATION_LOCK_KEY = 7813586385497778539
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+_PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the `app` package
+
+
+def migrations_dir() -> Path:
+    """The Alembic tree: inside the installed package (a wheel ships the top-level `migrations/`
+    as `app/_migrations`, see setup.py), else the `migrations/` beside `app/` in a checkout."""
+    installed = _PACKAGE_DIR / "_migrations"
+    if (installed / "env.py").is_file():
+        return installed
+    return _PACKAGE_DIR.parent / "migrations"
 
 
 def alembic_config(database_url: str) -> Config:
-    cfg = Config(str(PROJECT_ROOT / "alembic.ini"))
-    cfg.set_main_option("script_location", str(PROJECT_ROOT / "migrations"))
+    # Configured in code: no alembic.ini needed at run time (that file is for `alembic revision`).
+    cfg = Config()
+    cfg.set_main_option("script_location", str(migrations_dir()))
+    cfg.set_main_option("path_separator", "os")
     cfg.attributes["database_url"] = database_url
     return cfg
 

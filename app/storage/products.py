@@ -28,7 +28,8 @@ class ProductWrite:
     features_error: str | None = None
 
 
-_UPSERT = """
+# Insert or fully replace one product row; returns its pk.
+UPSERT_PRODUCT = """
 INSERT INTO products (index_pk, product_id, product_title, variant_title, description, price,
                       parent_product_id, product_collections, variant_image_url, image_sha256, doc,
                       filter_terms, features_status, features_error)
@@ -51,7 +52,7 @@ async def write_product(conn: asyncpg.Connection, index: IndexRecord, item: Prod
     """Insert or fully replace one product with its embedding and features (caller's transaction)."""
     doc = item.doc
     pk = await conn.fetchval(
-        _UPSERT,
+        UPSERT_PRODUCT,
         index.pk,
         item.product_id,
         doc["productTitle"],
@@ -69,10 +70,7 @@ async def write_product(conn: asyncpg.Connection, index: IndexRecord, item: Prod
     )
     aggregate = item.features.get("aggregate") if item.features is not None else None
     await conn.execute(
-        f"INSERT INTO {index.vectors_table} (product_pk, embedding, local_aggregate) "
-        f"VALUES ($1, $2::{index.vector_cast}, $3::{AGGREGATE_CAST}) "
-        "ON CONFLICT (product_pk) DO UPDATE SET embedding = EXCLUDED.embedding, "
-        "local_aggregate = EXCLUDED.local_aggregate",
+        upsert_vectors_sql(index),
         pk,
         item.embedding.astype(np.float32),
         _aggregate_value(aggregate),
@@ -80,8 +78,21 @@ async def write_product(conn: asyncpg.Connection, index: IndexRecord, item: Prod
     if item.features is not None:
         await _upsert_feature_row(conn, pk, item.features)
     else:
-        await conn.execute("DELETE FROM local_features WHERE product_pk = $1", pk)
+        await conn.execute(DELETE_FEATURES, pk)
     return int(pk)
+
+
+def upsert_vectors_sql(index: IndexRecord) -> str:
+    """A product's embedding and local aggregate in the index's own vector table."""
+    return f"""
+        INSERT INTO {index.vectors_table} (product_pk, embedding, local_aggregate)
+        VALUES ($1, $2::{index.vector_cast}, $3::{AGGREGATE_CAST})
+        ON CONFLICT (product_pk) DO UPDATE SET embedding = EXCLUDED.embedding,
+          local_aggregate = EXCLUDED.local_aggregate
+    """
+
+
+DELETE_FEATURES = "DELETE FROM local_features WHERE product_pk = $1"
 
 
 def _aggregate_value(aggregate: Any) -> np.ndarray | None:
@@ -94,23 +105,31 @@ async def upsert_features(
     """Store a product's local features and their aggregate vector (caller's transaction)."""
     await _upsert_feature_row(conn, product_pk, f)
     await conn.execute(
-        f"UPDATE {vectors_table_name(index_pk)} SET local_aggregate = $2::{AGGREGATE_CAST} WHERE product_pk = $1",
+        update_aggregate_sql(index_pk),
         product_pk,
         _aggregate_value(f.get("aggregate")),
     )
 
 
+def update_aggregate_sql(index_pk: int) -> str:
+    """A backfilled product's local aggregate."""
+    return f"UPDATE {vectors_table_name(index_pk)} SET local_aggregate = $2::{AGGREGATE_CAST} WHERE product_pk = $1"
+
+
+UPSERT_FEATURES = """
+INSERT INTO local_features (product_pk, algorithm, keypoint_count, keypoints, descriptors,
+                            image_width, image_height)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+ON CONFLICT (product_pk) DO UPDATE SET algorithm = EXCLUDED.algorithm,
+  keypoint_count = EXCLUDED.keypoint_count, keypoints = EXCLUDED.keypoints,
+  descriptors = EXCLUDED.descriptors, image_width = EXCLUDED.image_width,
+  image_height = EXCLUDED.image_height, created_at = now()
+"""
+
+
 async def _upsert_feature_row(conn: asyncpg.Connection, product_pk: int, f: dict[str, Any]) -> None:
     await conn.execute(
-        """
-        INSERT INTO local_features (product_pk, algorithm, keypoint_count, keypoints, descriptors,
-                                    image_width, image_height)
-        VALUES ($1, $2, $3, $4, $5, $6, $7)
-        ON CONFLICT (product_pk) DO UPDATE SET algorithm = EXCLUDED.algorithm,
-          keypoint_count = EXCLUDED.keypoint_count, keypoints = EXCLUDED.keypoints,
-          descriptors = EXCLUDED.descriptors, image_width = EXCLUDED.image_width,
-          image_height = EXCLUDED.image_height, created_at = now()
-        """,
+        UPSERT_FEATURES,
         product_pk,
         f["algorithm"],
         f["keypoint_count"],
@@ -133,20 +152,7 @@ async def reusable_images(
     """Embeddings (and features) already computed in this index for images with these bytes."""
     if not digests:
         return {}
-    rows = await conn.fetch(
-        f"""
-        SELECT DISTINCT ON (p.image_sha256) p.image_sha256, v.embedding::real[] AS embedding,
-               v.local_aggregate::real[] AS aggregate,
-               f.algorithm, f.keypoint_count, f.keypoints, f.descriptors, f.image_width, f.image_height
-        FROM products p
-        JOIN {index.vectors_table} v ON v.product_pk = p.pk
-        LEFT JOIN local_features f ON f.product_pk = p.pk
-        WHERE p.index_pk = $1 AND p.image_sha256 = ANY($2::bytea[])
-        ORDER BY p.image_sha256, f.product_pk NULLS LAST
-        """,
-        index.pk,
-        list(digests),
-    )
+    rows = await conn.fetch(reusable_images_sql(index), index.pk, list(digests))
     found: dict[bytes, ReusableImage] = {}
     for r in rows:
         features = None
@@ -169,15 +175,34 @@ async def reusable_images(
     return found
 
 
+def reusable_images_sql(index: IndexRecord) -> str:
+    """Vectors and features already computed for images with these digests ($2), one row per digest."""
+    return f"""
+        SELECT DISTINCT ON (p.image_sha256) p.image_sha256, v.embedding::real[] AS embedding,
+               v.local_aggregate::real[] AS aggregate,
+               f.algorithm, f.keypoint_count, f.keypoints, f.descriptors, f.image_width, f.image_height
+        FROM products p
+        JOIN {index.vectors_table} v ON v.product_pk = p.pk
+        LEFT JOIN local_features f ON f.product_pk = p.pk
+        WHERE p.index_pk = $1 AND p.image_sha256 = ANY($2::bytea[])
+        ORDER BY p.image_sha256, f.product_pk NULLS LAST
+    """
+
+
+GET_DOCUMENTS = "SELECT product_id, doc FROM products WHERE index_pk = $1 AND product_id = ANY($2::text[])"
+
+
 async def get_documents(
     conn: asyncpg.Connection | asyncpg.Pool, index: IndexRecord, product_ids: Sequence[str]
 ) -> dict[str, dict[str, Any]]:
-    rows = await conn.fetch(
-        "SELECT product_id, doc FROM products WHERE index_pk = $1 AND product_id = ANY($2::text[])",
-        index.pk,
-        list(product_ids),
-    )
+    rows = await conn.fetch(GET_DOCUMENTS, index.pk, list(product_ids))
     return {r["product_id"]: json.loads(r["doc"]) for r in rows}
+
+
+GET_DOCUMENTS_WITH_STATE = (
+    "SELECT product_id, doc, embedding_status, embedding_error FROM products "
+    "WHERE index_pk = $1 AND product_id = ANY($2::text[])"
+)
 
 
 async def get_documents_with_state(
@@ -185,8 +210,7 @@ async def get_documents_with_state(
 ) -> dict[str, tuple[dict[str, Any], dict[str, str] | None]]:
     """Documents by id, each with its embedding state when it is not 'ready' (queue mode)."""
     rows = await conn.fetch(
-        "SELECT product_id, doc, embedding_status, embedding_error FROM products "
-        "WHERE index_pk = $1 AND product_id = ANY($2::text[])",
+        GET_DOCUMENTS_WITH_STATE,
         index.pk,
         list(product_ids),
     )
@@ -201,19 +225,28 @@ async def get_documents_with_state(
     return found
 
 
+GET_PRODUCT_STATES = (
+    "SELECT product_id, doc, image_sha256 FROM products WHERE index_pk = $1 AND product_id = ANY($2::text[])"
+)
+
+
 async def get_product_states(
     conn: asyncpg.Connection | asyncpg.Pool, index: IndexRecord, product_ids: Sequence[str]
 ) -> dict[str, tuple[dict[str, Any], bytes | None]]:
     """Current document and image digest per id (for partial updates)."""
-    rows = await conn.fetch(
-        "SELECT product_id, doc, image_sha256 FROM products WHERE index_pk = $1 AND product_id = ANY($2::text[])",
-        index.pk,
-        list(product_ids),
-    )
+    rows = await conn.fetch(GET_PRODUCT_STATES, index.pk, list(product_ids))
     return {
         r["product_id"]: (json.loads(r["doc"]), bytes(r["image_sha256"]) if r["image_sha256"] else None)
         for r in rows
     }
+
+
+UPDATE_DOCUMENT_ONLY = """
+UPDATE products SET product_title = $3, variant_title = $4, description = $5, price = $6,
+  parent_product_id = $7, product_collections = $8, doc = $9::jsonb, filter_terms = $10,
+  updated_at = now()
+WHERE index_pk = $1 AND product_id = $2
+"""
 
 
 async def update_document_only(
@@ -225,12 +258,7 @@ async def update_document_only(
 ) -> bool:
     """Partial update that does not touch the image: rewrite typed columns and the document."""
     result = await conn.execute(
-        """
-        UPDATE products SET product_title = $3, variant_title = $4, description = $5, price = $6,
-          parent_product_id = $7, product_collections = $8, doc = $9::jsonb, filter_terms = $10,
-          updated_at = now()
-        WHERE index_pk = $1 AND product_id = $2
-        """,
+        UPDATE_DOCUMENT_ONLY,
         index.pk,
         product_id,
         doc["productTitle"],
@@ -245,55 +273,65 @@ async def update_document_only(
     return result.endswith(" 1")
 
 
+DELETE_DOCUMENTS = "DELETE FROM products WHERE index_pk = $1 AND product_id = ANY($2::text[]) RETURNING product_id"
+
+
 async def delete_documents(
     conn: asyncpg.Connection | asyncpg.Pool, index: IndexRecord, product_ids: Sequence[str]
 ) -> set[str]:
-    rows = await conn.fetch(
-        "DELETE FROM products WHERE index_pk = $1 AND product_id = ANY($2::text[]) RETURNING product_id",
-        index.pk,
-        list(product_ids),
-    )
+    rows = await conn.fetch(DELETE_DOCUMENTS, index.pk, list(product_ids))
     return {r["product_id"] for r in rows}
+
+
+MARK_FEATURES_PENDING = """
+UPDATE products p SET features_status = 'pending', features_error = NULL
+WHERE p.index_pk = $1
+  AND (p.features_status IS DISTINCT FROM 'ready'
+       OR NOT EXISTS (SELECT 1 FROM local_features f WHERE f.product_pk = p.pk))
+"""
 
 
 async def mark_features_pending(conn: asyncpg.Connection | asyncpg.Pool, index: IndexRecord) -> int:
     """Flag turned on: every product without features becomes backfill work."""
-    result = await conn.execute(
-        """
-        UPDATE products p SET features_status = 'pending', features_error = NULL
-        WHERE p.index_pk = $1
-          AND (p.features_status IS DISTINCT FROM 'ready'
-               OR NOT EXISTS (SELECT 1 FROM local_features f WHERE f.product_pk = p.pk))
-        """,
-        index.pk,
-    )
+    result = await conn.execute(MARK_FEATURES_PENDING, index.pk)
     return int(result.split()[-1])
+
+
+CLEAR_FEATURES_WANTED = "UPDATE products SET features_status = NULL WHERE index_pk = $1 AND features_status = 'pending'"
 
 
 async def clear_features_wanted(conn: asyncpg.Connection | asyncpg.Pool, index: IndexRecord) -> None:
     """Flag turned off: stop backfill work; stored features stay for a later re-enable."""
-    await conn.execute(
-        "UPDATE products SET features_status = NULL WHERE index_pk = $1 AND features_status = 'pending'",
-        index.pk,
-    )
+    await conn.execute(CLEAR_FEATURES_WANTED, index.pk)
+
+
+# The backfill queue: pending rows, locked so that concurrent workers take different ones.
+CLAIM_PENDING_FEATURES = """
+SELECT p.pk, p.index_pk, p.variant_image_url, p.image_sha256
+FROM products p
+WHERE p.features_status = 'pending' AND p.embedding_status = 'ready'
+ORDER BY p.index_pk, p.pk
+LIMIT $1
+FOR UPDATE SKIP LOCKED
+"""
 
 
 async def claim_pending_features(
     conn: asyncpg.Connection, limit: int
 ) -> list[tuple[int, int, str, bytes | None]]:
     """Pending backfill rows (product pk, index pk, image URL, digest), locked for this worker."""
-    rows = await conn.fetch(
-        """
-        SELECT p.pk, p.index_pk, p.variant_image_url, p.image_sha256
-        FROM products p
-        WHERE p.features_status = 'pending' AND p.embedding_status = 'ready'
-        ORDER BY p.index_pk, p.pk
-        LIMIT $1
-        FOR UPDATE SKIP LOCKED
-        """,
-        limit,
-    )
+    rows = await conn.fetch(CLAIM_PENDING_FEATURES, limit)
     return [(r["pk"], r["index_pk"], r["variant_image_url"], r["image_sha256"]) for r in rows]
+
+
+FEATURES_READY = """
+UPDATE products SET features_status = 'ready', features_error = NULL
+WHERE pk = $1 AND features_status = 'pending'
+"""
+FEATURES_FAILED = """
+UPDATE products SET features_status = 'failed', features_error = $2
+WHERE pk = $1 AND features_status = 'pending'
+"""
 
 
 async def finish_features(
@@ -301,15 +339,6 @@ async def finish_features(
 ) -> None:
     if features is not None:
         await upsert_features(conn, index_pk, product_pk, features)
-        await conn.execute(
-            "UPDATE products SET features_status = 'ready', features_error = NULL "
-            "WHERE pk = $1 AND features_status = 'pending'",
-            product_pk,
-        )
+        await conn.execute(FEATURES_READY, product_pk)
     else:
-        await conn.execute(
-            "UPDATE products SET features_status = 'failed', features_error = $2 "
-            "WHERE pk = $1 AND features_status = 'pending'",
-            product_pk,
-            error,
-        )
+        await conn.execute(FEATURES_FAILED, product_pk, error)

@@ -32,7 +32,7 @@ class QueuedProduct:
     image_url: str
 
 
-_ENQUEUE = """
+ENQUEUE = """
 INSERT INTO products (index_pk, product_id, product_title, variant_title, description, price,
                       parent_product_id, product_collections, variant_image_url, image_sha256, doc,
                       filter_terms, features_status, features_error, embedding_status)
@@ -56,7 +56,7 @@ async def enqueue_product(
 ) -> int:
     """Store (or fully replace) a product as pending embedding; its old vector and features go."""
     pk = await conn.fetchval(
-        _ENQUEUE,
+        ENQUEUE,
         index.pk,
         doc["_id"],
         doc["productTitle"],
@@ -71,12 +71,19 @@ async def enqueue_product(
         # the worker extracts local features with the embedding while the flag is on
         "pending" if index.reverse_search_enabled else None,
     )
-    await conn.execute(f"DELETE FROM {index.vectors_table} WHERE product_pk = $1", pk)
-    await conn.execute("DELETE FROM local_features WHERE product_pk = $1", pk)
+    await conn.execute(drop_vector_sql(index), pk)
+    await conn.execute(DROP_FEATURES, pk)
     return int(pk)
 
 
-_GIVE_UP = """
+def drop_vector_sql(index: IndexRecord) -> str:
+    return f"DELETE FROM {index.vectors_table} WHERE product_pk = $1"
+
+
+DROP_FEATURES = "DELETE FROM local_features WHERE product_pk = $1"
+
+
+GIVE_UP = """
 UPDATE products
 SET embedding_status = 'failed', claimed_by = NULL, claimed_at = NULL, lease_expires_at = NULL,
     embedding_error = 'embedding did not finish in ' || embedding_attempts
@@ -84,7 +91,7 @@ SET embedding_status = 'failed', claimed_by = NULL, claimed_at = NULL, lease_exp
 WHERE embedding_status = 'pending' AND embedding_attempts >= $1 AND lease_expires_at < now()
 """
 
-_CLAIM = """
+CLAIM = """
 WITH next AS (
   SELECT pk FROM products
   WHERE embedding_status = 'pending' AND (lease_expires_at IS NULL OR lease_expires_at < now())
@@ -106,20 +113,22 @@ async def claim_batch(
 ) -> list[QueuedProduct]:
     """Claim up to `limit` pending products for `claim` (committed before any work starts)."""
     async with conn.transaction():
-        await conn.execute(_GIVE_UP, max_attempts)
-        rows = await conn.fetch(_CLAIM, limit, claim, float(lease_s))
+        await conn.execute(GIVE_UP, max_attempts)
+        rows = await conn.fetch(CLAIM, limit, claim, float(lease_s))
     return [QueuedProduct(r["pk"], r["index_pk"], r["product_id"], r["variant_image_url"]) for r in sorted(
         rows, key=lambda r: r["pk"])]
 
 
+RELEASE_CLAIM = """
+UPDATE products SET claimed_by = NULL, claimed_at = NULL, lease_expires_at = NULL,
+       embedding_attempts = greatest(embedding_attempts - 1, 0)
+WHERE claimed_by = $1 AND embedding_status = 'pending'
+"""
+
+
 async def release_claim(conn: asyncpg.Connection | asyncpg.Pool, claim: str) -> int:
     """Give the claim's products back to the queue now (a worker that cannot do them)."""
-    result = await conn.execute(
-        "UPDATE products SET claimed_by = NULL, claimed_at = NULL, lease_expires_at = NULL,"
-        " embedding_attempts = greatest(embedding_attempts - 1, 0)"
-        " WHERE claimed_by = $1 AND embedding_status = 'pending'",
-        claim,
-    )
+    result = await conn.execute(RELEASE_CLAIM, claim)
     return int(result.split()[-1])
 
 
@@ -133,19 +142,31 @@ class EmbeddingResult:
     features_error: str | None = None
 
 
+MARK_READY = """
+UPDATE products
+SET embedding_status = 'ready', embedding_error = NULL, image_sha256 = $3,
+    claimed_by = NULL, claimed_at = NULL, lease_expires_at = NULL,
+    features_status = coalesce($4, features_status),
+    features_error = CASE WHEN $4::text IS NULL THEN features_error ELSE $5 END,
+    updated_at = now()
+WHERE pk = $1 AND claimed_by = $2 AND embedding_status = 'pending'
+RETURNING pk
+"""
+
+
+def store_vector_sql(index: IndexRecord) -> str:
+    return (
+        f"INSERT INTO {index.vectors_table} (product_pk, embedding, local_aggregate) "
+        f"VALUES ($1, $2::{index.vector_cast}, $3::{AGGREGATE_CAST}) "
+        "ON CONFLICT (product_pk) DO UPDATE SET embedding = EXCLUDED.embedding, "
+        "local_aggregate = EXCLUDED.local_aggregate"
+    )
+
+
 async def finish(conn: asyncpg.Connection, index: IndexRecord, claim: str, result: EmbeddingResult) -> bool:
     """Store a claimed product's embedding (and features) and mark it ready; False if the claim was lost."""
     pk = await conn.fetchval(
-        """
-        UPDATE products
-        SET embedding_status = 'ready', embedding_error = NULL, image_sha256 = $3,
-            claimed_by = NULL, claimed_at = NULL, lease_expires_at = NULL,
-            features_status = coalesce($4, features_status),
-            features_error = CASE WHEN $4::text IS NULL THEN features_error ELSE $5 END,
-            updated_at = now()
-        WHERE pk = $1 AND claimed_by = $2 AND embedding_status = 'pending'
-        RETURNING pk
-        """,
+        MARK_READY,
         result.product_pk,
         claim,
         result.image_sha256,
@@ -156,10 +177,7 @@ async def finish(conn: asyncpg.Connection, index: IndexRecord, claim: str, resul
         return False
     aggregate = result.features.get("aggregate") if result.features is not None else None
     await conn.execute(
-        f"INSERT INTO {index.vectors_table} (product_pk, embedding, local_aggregate) "
-        f"VALUES ($1, $2::{index.vector_cast}, $3::{AGGREGATE_CAST}) "
-        "ON CONFLICT (product_pk) DO UPDATE SET embedding = EXCLUDED.embedding, "
-        "local_aggregate = EXCLUDED.local_aggregate",
+        store_vector_sql(index),
         pk,
         result.embedding.astype(np.float32),
         _aggregate_value(aggregate),
@@ -169,12 +187,18 @@ async def finish(conn: asyncpg.Connection, index: IndexRecord, claim: str, resul
     return True
 
 
+MARK_FAILED = """
+UPDATE products SET embedding_status = 'failed', embedding_error = $3,
+       claimed_by = NULL, claimed_at = NULL, lease_expires_at = NULL, updated_at = now()
+WHERE pk = $1 AND claimed_by = $2 AND embedding_status = 'pending'
+RETURNING pk
+"""
+
+
 async def fail(conn: asyncpg.Connection | asyncpg.Pool, claim: str, product_pk: int, error: str) -> bool:
     """Mark a claimed product failed with the reason (shown by /stats, get-documents, the DBA views)."""
     pk = await conn.fetchval(
-        "UPDATE products SET embedding_status = 'failed', embedding_error = $3,"
-        " claimed_by = NULL, claimed_at = NULL, lease_expires_at = NULL, updated_at = now()"
-        " WHERE pk = $1 AND claimed_by = $2 AND embedding_status = 'pending' RETURNING pk",
+        MARK_FAILED,
         product_pk,
         claim,
         error,
@@ -182,9 +206,12 @@ async def fail(conn: asyncpg.Connection | asyncpg.Pool, claim: str, product_pk: 
     return pk is not None
 
 
+PENDING_INDEXES = "SELECT DISTINCT index_pk FROM products WHERE embedding_status = 'pending'"
+
+
 async def pending_indexes(conn: asyncpg.Connection | asyncpg.Pool) -> list[int]:
     """The indexes with queued products (a worker checks it can load their models first)."""
-    rows = await conn.fetch("SELECT DISTINCT index_pk FROM products WHERE embedding_status = 'pending'")
+    rows = await conn.fetch(PENDING_INDEXES)
     return [r["index_pk"] for r in rows]
 
 

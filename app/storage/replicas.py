@@ -56,12 +56,15 @@ _FALLBACK_ERRORS = (
 )
 _NOT_YET_REPLAYED = (asyncpg.UndefinedTableError, asyncpg.SerializationError)
 
-_REPLICA_STATUS = """
+REPLICA_STATUS = """
 SELECT pg_is_in_recovery() AS in_recovery,
        pg_last_wal_replay_lsn()::text AS replay_lsn,
        CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() ELSE false END AS paused,
        extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8 AS replay_age_s
 """
+
+
+PRIMARY_WAL_POSITION = "SELECT pg_current_wal_lsn()::text"
 
 
 def parse_lsn(text: str | None) -> int | None:
@@ -229,7 +232,7 @@ class Database:
         now = time.monotonic()
         try:
             lsn = await asyncio.wait_for(
-                self.primary.fetchval("SELECT pg_current_wal_lsn()::text"), self.check_timeout_s
+                self.primary.fetchval(PRIMARY_WAL_POSITION), self.check_timeout_s
             )
             position = parse_lsn(lsn)
             if position is not None:
@@ -263,7 +266,7 @@ class Database:
 
     async def _status(self, replica: Replica) -> asyncpg.Record:
         async with replica.pool.acquire(timeout=self.check_timeout_s) as conn:
-            row = await conn.fetchrow(_REPLICA_STATUS)
+            row = await conn.fetchrow(REPLICA_STATUS)
         assert row is not None
         return row
 

@@ -45,7 +45,7 @@ products = sa.Table(
     sa.Column("image_sha256", BYTEA),
     # The whole document as the client sent it (core and custom fields), returned on reads.
     sa.Column("doc", JSONB, nullable=False),
-    # Normalised `field\x1fvalue` terms for indexed equality filters (see domain.filters).
+    # Normalised `field\x1fvalue` terms for indexed equality filters (see app.filters.terms).
     sa.Column("filter_terms", ARRAY(sa.Text), nullable=False, server_default="{}"),
     sa.Column(
         "search_tsv",

@@ -8,12 +8,15 @@ walked with pgvector's iterative scan until `limit` rows pass the filter.
 from __future__ import annotations
 
 import json
+import textwrap
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import asyncpg
 import numpy as np
 
+from app.filters import FilterNode
+from app.storage.filter_sql import compile_filter
 from app.storage.indexes import AGGREGATE_CAST, IndexRecord
 from app.storage.params import SqlParams
 
@@ -29,6 +32,12 @@ MAX_SCAN_TUPLES = 50_000
 # The vector columns of an index's vector table that nearest-neighbour search can compare.
 VectorColumn = Literal["embedding", "local_aggregate"]
 _VECTOR_COLUMNS = ("embedding", "local_aggregate")
+
+
+def _where(node: FilterNode | None) -> tuple[str, SqlParams]:
+    """The filter as a boolean SQL expression over `products p`, and its bind parameters."""
+    params = SqlParams()
+    return compile_filter(node, params, "p"), params
 
 
 def _same_index(index_param: str) -> str:
@@ -79,59 +88,164 @@ def _rows(records: list[asyncpg.Record]) -> list[Row]:
 async def browse(
     conn: asyncpg.Connection | asyncpg.Pool,
     index: IndexRecord,
-    where_sql: str,
-    params: SqlParams,
+    where: FilterNode | None,
     limit: int,
     offset: int,
 ) -> list[Row]:
+    sql, values = browse_sql(index, where, limit, offset)
+    return _rows(await conn.fetch(sql, *values))
+
+
+def browse_sql(index: IndexRecord, where: FilterNode | None, limit: int, offset: int) -> tuple[str, list[Any]]:
+    """Products matching the filter in id order (`q` is `*` or absent)."""
+    where_sql, params = _where(where)
     index_param = params.add(index.pk)
     limit_param = params.add(limit)
     offset_param = params.add(offset)
-    records = await conn.fetch(
-        f"SELECT p.pk, p.product_id, p.doc, NULL::float8 AS score FROM products p "
-        f"WHERE p.index_pk = {index_param} AND p.embedding_status = 'ready' AND ({where_sql}) "
-        f'ORDER BY p.product_id COLLATE "C" LIMIT {limit_param} OFFSET {offset_param}',
-        *params.values,
-    )
-    return _rows(records)
+    sql = f"""
+        SELECT p.pk, p.product_id, p.doc, NULL::float8 AS score
+        FROM products p
+        WHERE p.index_pk = {index_param} AND p.embedding_status = 'ready' AND ({where_sql})
+        ORDER BY p.product_id COLLATE "C"
+        LIMIT {limit_param} OFFSET {offset_param}
+    """
+    return sql, params.values
+
+
+def lexical_leg_sql(query_param: str, index_param: str, where_sql: str, *, columns: str = "p.pk") -> str:
+    """The lexical ranking: `columns` plus `score` of the products matching the text and the filter,
+    best first (ORDER BY, no LIMIT). Text search and the lexical leg of hybrid search both use it."""
+    return f"""
+        SELECT {columns}, ts_rank_cd(p.search_tsv, q.query) AS score
+        FROM products p, websearch_to_tsquery('english', {query_param}) AS q(query)
+        WHERE p.index_pk = {index_param} AND p.embedding_status = 'ready' AND p.search_tsv @@ q.query
+          AND ({where_sql})
+        ORDER BY score DESC, p.product_id COLLATE "C"
+    """
 
 
 async def text_search(
     conn: asyncpg.Connection | asyncpg.Pool,
     index: IndexRecord,
     query: str,
-    where_sql: str,
-    params: SqlParams,
+    where: FilterNode | None,
     limit: int,
     offset: int,
 ) -> list[Row]:
+    sql, values = text_search_sql(index, query, where, limit, offset)
+    return _rows(await conn.fetch(sql, *values))
+
+
+def text_search_sql(
+    index: IndexRecord, query: str, where: FilterNode | None, limit: int, offset: int
+) -> tuple[str, list[Any]]:
+    """Full-text search ranked by `ts_rank_cd`, under the filter."""
+    where_sql, params = _where(where)
     query_param = params.add(query)
     index_param = params.add(index.pk)
     limit_param = params.add(limit)
     offset_param = params.add(offset)
-    records = await conn.fetch(
-        f"""
-        SELECT p.pk, p.product_id, p.doc, ts_rank_cd(p.search_tsv, q.query) AS score
-        FROM products p, websearch_to_tsquery('english', {query_param}) AS q(query)
-        WHERE p.index_pk = {index_param} AND p.embedding_status = 'ready' AND p.search_tsv @@ q.query
-          AND ({where_sql})
-        ORDER BY score DESC, p.product_id COLLATE "C"
+    leg = lexical_leg_sql(query_param, index_param, where_sql, columns="p.pk, p.product_id, p.doc")
+    sql = f"""{leg.rstrip()}
         LIMIT {limit_param} OFFSET {offset_param}
-        """,
-        *params.values,
-    )
+    """
+    return sql, params.values
+
+
+# Reciprocal rank fusion's constant (Cormack et al. 2009; the value Marqo and most engines use):
+# a product's hybrid score is the sum over the legs that found it of 1 / (RRF_K + its rank there).
+RRF_K = 60
+
+
+async def hybrid_search(
+    conn: asyncpg.Connection,
+    index: IndexRecord,
+    query: str,
+    embedding: np.ndarray,
+    where: FilterNode | None,
+    k: int,
+    *,
+    ef_search: int = DEFAULT_EF_SEARCH,
+) -> list[Row]:
+    """The k best products by reciprocal rank fusion of the lexical and the vector leg, each leg
+    `k` deep under the filter, in one statement (caller's transaction, as `nearest`).
+
+    The vector leg takes the same exact-or-HNSW decision as `nearest`, and is redone exactly
+    when an HNSW walk under a filter comes back short, so it always holds `k` products when
+    `k` match the filter.
+    """
+    exact = await plan_scan(conn, index, where, ef_search=max(ef_search, k))
+    sql, values = hybrid_sql(index, query, embedding, where, k, exact=exact)
+    records = await conn.fetch(sql, *values)
+    vector_rows = records[0]["vector_rows"] if records else 0
+    if vector_rows < k and where is not None and not exact:
+        await configure_scan(conn, exact=True, ef_search=max(ef_search, k))
+        sql, values = hybrid_sql(index, query, embedding, where, k, exact=True)
+        records = await conn.fetch(sql, *values)
     return _rows(records)
+
+
+def hybrid_sql(
+    index: IndexRecord,
+    query: str,
+    embedding: np.ndarray,
+    where: FilterNode | None,
+    k: int,
+    *,
+    exact: bool,
+) -> tuple[str, list[Any]]:
+    """The hybrid statement and its values (sql/hybrid_search.sql is its rendered form)."""
+    where_sql, local = _where(where)
+    col, vector_param, _ = _compared_vector(local, index, "embedding", embedding)
+    query_param = local.add(query)
+    index_param = local.add(index.pk)
+    k_param = local.add(k)
+    rrf_param = local.add(RRF_K)
+    table = index.vectors_table
+    lexical = textwrap.indent(
+        textwrap.dedent(lexical_leg_sql(query_param, index_param, where_sql, columns="p.pk, p.product_id")).strip(),
+        " " * 16,
+    )
+    # exact: `+ 0` makes the ordering unindexable, so the filtered rows are scanned (see nearest_sql)
+    vector_order = f"({col} <=> {vector_param}) + 0, p.pk" if exact else f"{col} <=> {vector_param}"
+    sql = f"""
+        WITH lexical AS MATERIALIZED (
+            SELECT l.pk, row_number() OVER (ORDER BY l.score DESC, l.product_id COLLATE "C") AS rank
+            FROM (
+{lexical}
+                LIMIT {k_param}
+            ) l
+        ),
+        vector AS MATERIALIZED (
+            SELECT c.product_pk AS pk, row_number() OVER (ORDER BY c.distance, c.product_pk) AS rank
+            FROM (
+                SELECT v.product_pk, {col} <=> {vector_param} AS distance
+                FROM {table} v JOIN products p ON p.pk = v.product_pk
+                WHERE {_same_index(index_param)} AND ({where_sql})
+                ORDER BY {vector_order}
+                LIMIT {k_param}
+            ) c
+        ),
+        fused AS (
+            SELECT legs.pk, sum(1.0 / ({rrf_param}::int + legs.rank)) AS score
+            FROM (SELECT pk, rank FROM lexical UNION ALL SELECT pk, rank FROM vector) legs
+            GROUP BY legs.pk
+        )
+        SELECT p.pk, p.product_id, p.doc, f.score::float8 AS score, (SELECT count(*) FROM vector) AS vector_rows
+        FROM fused f JOIN products p ON p.pk = f.pk
+        ORDER BY f.score DESC, p.product_id COLLATE "C"
+        LIMIT {k_param}
+    """
+    return sql, local.values
 
 
 async def nearest(
     conn: asyncpg.Connection,
     index: IndexRecord,
     embedding: np.ndarray,
-    where_sql: str,
-    params: SqlParams,
+    where: FilterNode | None,
     k: int,
     *,
-    filtered: bool,
     ef_search: int = DEFAULT_EF_SEARCH,
     column: VectorColumn = "embedding",
 ) -> list[Row]:
@@ -141,35 +255,37 @@ async def nearest(
     (products without one are skipped). `score` is cosine similarity (1 - cosine
     distance). Must run inside a transaction: the per-query planner settings are `SET LOCAL`.
     """
-    exact = await plan_scan(conn, index, where_sql, params, filtered=filtered, ef_search=max(ef_search, k))
-    sql, values = nearest_sql(index, embedding, where_sql, params, k, exact=exact, column=column)
+    exact = await plan_scan(conn, index, where, ef_search=max(ef_search, k))
+    sql, values = nearest_sql(index, embedding, where, k, exact=exact, column=column)
     rows = _rows(await conn.fetch(sql, *values))
-    if len(rows) < k and filtered and not exact:
+    if len(rows) < k and where is not None and not exact:
         # the walk gave up (max_scan_tuples) on a filter rarer than estimated: scan exactly
         await configure_scan(conn, exact=True, ef_search=max(ef_search, k))
-        sql, values = nearest_sql(index, embedding, where_sql, params, k, exact=True, column=column)
+        sql, values = nearest_sql(index, embedding, where, k, exact=True, column=column)
         rows = _rows(await conn.fetch(sql, *values))
     return rows
 
 
-async def estimated_matches(conn: asyncpg.Connection, index: IndexRecord, where_sql: str, params: SqlParams) -> float:
+async def estimated_matches(conn: asyncpg.Connection, index: IndexRecord, where: FilterNode | None) -> float:
     """The planner's estimate of the products of `index` matching the filter (no execution)."""
-    local = SqlParams(list(params.values))
-    index_param = local.add(index.pk)
-    plan = await conn.fetchval(
-        f"EXPLAIN (FORMAT JSON) SELECT 1 FROM products p WHERE p.index_pk = {index_param} AND ({where_sql})",
-        *local.values,
-    )
+    sql, values = estimated_matches_sql(index, where)
+    plan = await conn.fetchval(sql, *values)
     return float(json.loads(plan)[0]["Plan"]["Plan Rows"])
+
+
+def estimated_matches_sql(index: IndexRecord, where: FilterNode | None) -> tuple[str, list[Any]]:
+    """The planner's row estimate for the filter, which chooses exact scan or HNSW walk."""
+    where_sql, params = _where(where)
+    index_param = params.add(index.pk)
+    sql = f"EXPLAIN (FORMAT JSON) SELECT 1 FROM products p WHERE p.index_pk = {index_param} AND ({where_sql})"
+    return sql, params.values
 
 
 async def plan_scan(
     conn: asyncpg.Connection,
     index: IndexRecord,
-    where_sql: str,
-    params: SqlParams,
+    where: FilterNode | None,
     *,
-    filtered: bool,
     ef_search: int,
 ) -> bool:
     """Choose exact scan or HNSW walk and set the planner for it; returns True for exact.
@@ -177,42 +293,57 @@ async def plan_scan(
     The planner's estimate of matching products decides (EXPLAIN, no execution: an exact
     count costs what the filter's GIN bitmap costs, 10-12 ms for a 10% filter at 100k
     products, five times the ANN query it would choose). On the HNSW path explicit sorts
-    are discouraged so a filter's selectivity estimate cannot trade the graph walk for a
-    full scan + sort; on the exact path hash/merge joins are, so the matching rows' vectors
-    are probed by key instead of scanning the whole vector table. A wrong estimate costs
+    and materialised join inputs are discouraged so a filter's selectivity estimate cannot
+    trade the graph walk for a full scan + sort, nor probing each candidate's product for a
+    scan of every matching product; on both paths hash/merge joins are, so rows are probed
+    by key instead of scanning a whole table. A wrong estimate costs
     time, never results: an HNSW walk that returns fewer than k rows is redone exactly
     (`nearest`, `nearest_many`).
     """
-    exact = filtered and await estimated_matches(conn, index, where_sql, params) <= EXACT_SCAN_MAX_ROWS
+    exact = where is not None and await estimated_matches(conn, index, where) <= EXACT_SCAN_MAX_ROWS
     await configure_scan(conn, exact=exact, ef_search=ef_search)
     return exact
 
 
+# Transaction-local planner settings of one nearest-neighbour search ($1 ef_search,
+# $2 max_scan_tuples, $3 enable_sort, $4 hash/merge joins).
+# Both paths probe by key, never hash or merge: the exact path looks up the matching rows' vectors,
+# the HNSW path each walked candidate's product row. On the HNSW path a Materialize of the filtered
+# products is refused too: under a 10% filter at 100k products the planner chose a nested loop
+# over the walk's candidates against a materialised copy of the 10,000 matching rows (32 ms to
+# build, 640k join-filter comparisons: 50-70 ms per query); probing products_pkey instead: 2 ms
+# (benchmarks/multimodal_bench.py, README).
+CONFIGURE_SCAN = """
+SELECT set_config('hnsw.ef_search', $1, true),
+       set_config('hnsw.iterative_scan', 'relaxed_order', true),
+       set_config('hnsw.max_scan_tuples', $2, true),
+       set_config('enable_sort', $3, true),
+       set_config('enable_hashjoin', 'off', true),
+       set_config('enable_mergejoin', 'off', true),
+       set_config('enable_material', $3, true)
+"""
+
+
+def configure_scan_values(*, exact: bool, ef_search: int) -> list[Any]:
+    return [str(ef_search), str(MAX_SCAN_TUPLES), "on" if exact else "off"]
+
+
 async def configure_scan(conn: asyncpg.Connection, *, exact: bool, ef_search: int) -> None:
     """The settings `plan_scan` makes, for a decision taken elsewhere (tests, benchmarks)."""
-    await conn.execute(
-        "SELECT set_config('hnsw.ef_search', $1, true), set_config('hnsw.iterative_scan', 'relaxed_order', true),"
-        " set_config('hnsw.max_scan_tuples', $2, true), set_config('enable_sort', $3, true),"
-        " set_config('enable_hashjoin', $4, true), set_config('enable_mergejoin', $4, true)",
-        str(ef_search),
-        str(MAX_SCAN_TUPLES),
-        "on" if exact else "off",
-        "off" if exact else "on",
-    )
+    await conn.execute(CONFIGURE_SCAN, *configure_scan_values(exact=exact, ef_search=ef_search))
 
 
 def nearest_sql(
     index: IndexRecord,
     embedding: np.ndarray,
-    where_sql: str,
-    params: SqlParams,
+    where: FilterNode | None,
     k: int,
     *,
     exact: bool,
     column: VectorColumn = "embedding",
 ) -> tuple[str, list[Any]]:
     """The nearest-neighbour statement and its values (exposed so tests can EXPLAIN it)."""
-    local = SqlParams(list(params.values))
+    where_sql, local = _where(where)
     col, vector_param, present = _compared_vector(local, index, column, embedding)
     index_param = local.add(index.pk)
     k_param = local.add(k)
@@ -254,10 +385,8 @@ async def nearest_many(
     conn: asyncpg.Connection,
     index: IndexRecord,
     queries: list[VectorQuery],
-    where_sql: str,
-    params: SqlParams,
+    where: FilterNode | None,
     *,
-    filtered: bool,
     ef_search: int = DEFAULT_EF_SEARCH,
 ) -> list[list[tuple[int, float]]]:
     """(product pk, cosine) nearest neighbours per query, under one filter: one scan decision and
@@ -265,12 +394,12 @@ async def nearest_many(
     if not queries:
         return []
     k_max = max(q.k for q in queries)
-    exact = await plan_scan(conn, index, where_sql, params, filtered=filtered, ef_search=max(ef_search, k_max))
-    out = await _fetch_many(conn, index, queries, where_sql, params, exact)
-    if filtered and not exact and any(len(got) < q.k for got, q in zip(out, queries, strict=True)):
+    exact = await plan_scan(conn, index, where, ef_search=max(ef_search, k_max))
+    out = await _fetch_many(conn, index, queries, where, exact)
+    if where is not None and not exact and any(len(got) < q.k for got, q in zip(out, queries, strict=True)):
         # a walk gave up on a filter rarer than estimated: scan exactly (see `nearest`)
         await configure_scan(conn, exact=True, ef_search=max(ef_search, k_max))
-        out = await _fetch_many(conn, index, queries, where_sql, params, True)
+        out = await _fetch_many(conn, index, queries, where, True)
     return out
 
 
@@ -278,11 +407,10 @@ async def _fetch_many(
     conn: asyncpg.Connection,
     index: IndexRecord,
     queries: list[VectorQuery],
-    where_sql: str,
-    params: SqlParams,
+    where: FilterNode | None,
     exact: bool,
 ) -> list[list[tuple[int, float]]]:
-    sql, values = nearest_many_sql(index, queries, where_sql, params, exact=exact)
+    sql, values = nearest_many_sql(index, queries, where, exact=exact)
     out: list[list[tuple[int, float]]] = [[] for _ in queries]
     for r in await conn.fetch(sql, *values):
         out[r["q"]].append((int(r["pk"]), float(r["score"])))
@@ -290,10 +418,10 @@ async def _fetch_many(
 
 
 def nearest_many_sql(
-    index: IndexRecord, queries: list[VectorQuery], where_sql: str, params: SqlParams, *, exact: bool
+    index: IndexRecord, queries: list[VectorQuery], where: FilterNode | None, *, exact: bool
 ) -> tuple[str, list[Any]]:
     """UNION ALL of one nearest-neighbour branch per query (each planned on its own)."""
-    local = SqlParams(list(params.values))
+    where_sql, local = _where(where)
     index_param = local.add(index.pk)
     table = index.vectors_table
     branches = []
@@ -303,10 +431,13 @@ def nearest_many_sql(
         # exact: `+ 0` makes the ordering unindexable, so the filtered rows are scanned
         order = f"({col} <=> {vector_param}) + 0, p.pk" if exact else f"{col} <=> {vector_param}"
         branches.append(
-            f"(SELECT {int(number)} AS q, v.product_pk AS pk, 1 - ({col} <=> {vector_param}) AS score"
-            f" FROM {table} v JOIN products p ON p.pk = v.product_pk"
-            f" WHERE {_same_index(index_param)} AND ({where_sql}){present}"
-            f" ORDER BY {order} LIMIT {k_param})"
+            "(\n"
+            f"  SELECT {int(number)} AS q, v.product_pk AS pk, 1 - ({col} <=> {vector_param}) AS score\n"
+            f"  FROM {table} v JOIN products p ON p.pk = v.product_pk\n"
+            f"  WHERE {_same_index(index_param)} AND ({where_sql}){present}\n"
+            f"  ORDER BY {order}\n"
+            f"  LIMIT {k_param}\n"
+            ")"
         )
     return "\nUNION ALL\n".join(branches), local.values
 
@@ -317,20 +448,22 @@ class CandidateDetail:
     features: asyncpg.Record | None  # local_features columns, None when the product has none
 
 
+# Document and stored local features of reverse search's candidates ($1 index pk, $2 product pks).
+CANDIDATE_DETAILS = """
+SELECT p.pk AS product_pk, p.product_id, p.doc, f.algorithm, f.keypoint_count, f.keypoints,
+       f.descriptors, f.image_width, f.image_height
+FROM products p LEFT JOIN local_features f ON f.product_pk = p.pk
+WHERE p.index_pk = $1 AND p.pk = ANY($2::bigint[])
+"""
+
+
 async def candidate_details(
     conn: asyncpg.Connection, index: IndexRecord, product_pks: list[int]
 ) -> dict[int, CandidateDetail]:
     """Document and stored local features of these products of `index`."""
     return {
         r["product_pk"]: CandidateDetail(json.loads(r["doc"]), r if r["algorithm"] is not None else None)
-        for r in await conn.fetch(
-            "SELECT p.pk AS product_pk, p.product_id, p.doc, f.algorithm, f.keypoint_count, f.keypoints,"
-            " f.descriptors, f.image_width, f.image_height"
-            " FROM products p LEFT JOIN local_features f ON f.product_pk = p.pk"
-            " WHERE p.index_pk = $1 AND p.pk = ANY($2::bigint[])",
-            index.pk,
-            product_pks,
-        )
+        for r in await conn.fetch(CANDIDATE_DETAILS, index.pk, product_pks)
     }
 
 
@@ -338,11 +471,7 @@ async def candidate_vectors(
     conn: asyncpg.Connection | asyncpg.Pool, index: IndexRecord, product_pks: list[int]
 ) -> dict[int, tuple[np.ndarray, np.ndarray | None]]:
     """(embedding, local aggregate or None) per product, for scoring candidates found by the other one."""
-    rows = await conn.fetch(
-        f"SELECT product_pk, embedding::real[] AS e, local_aggregate::real[] AS a "
-        f"FROM {index.vectors_table} WHERE product_pk = ANY($1::bigint[])",
-        product_pks,
-    )
+    rows = await conn.fetch(candidate_vectors_sql(index), product_pks)
     return {
         r["product_pk"]: (
             np.asarray(r["e"], dtype=np.float32),
@@ -350,3 +479,12 @@ async def candidate_vectors(
         )
         for r in rows
     }
+
+
+def candidate_vectors_sql(index: IndexRecord) -> str:
+    """Embedding and local aggregate of candidates found by only one signal ($1 product pks)."""
+    return f"""
+        SELECT product_pk, embedding::real[] AS e, local_aggregate::real[] AS a
+        FROM {index.vectors_table}
+        WHERE product_pk = ANY($1::bigint[])
+    """

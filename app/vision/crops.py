@@ -160,3 +160,45 @@ def query_crops(
         raise ValueError("max_crops must be at least 1")
     kinds = ["whole", *[k for k in kinds if k != "whole"]][:max_crops]
     return crop_images(image, query_boxes(image, kinds), max_side)
+
+
+def window_boxes(width: int, height: int) -> list[Box]:
+    """Overlapping windows (2 x 2 at 60% and 3 x 3 at 45% of each side): where a product that is
+    not the photo's centrepiece may sit (a shelf, an outfit). Cheap to describe by keypoint
+    aggregates, so many can be asked."""
+    boxes: list[Box] = []
+    for n, frac in ((2, 0.6), (3, 0.45)):
+        bw, bh = round(width * frac), round(height * frac)
+        for i in range(n):
+            for j in range(n):
+                x0 = round(i * (width - bw) / (n - 1))
+                y0 = round(j * (height - bh) / (n - 1))
+                boxes.append((x0, y0, x0 + bw, y0 + bh))
+    return boxes
+
+
+def keypoint_cluster_boxes(xy: np.ndarray, width: int, height: int, grid: int = 8, max_boxes: int = 4) -> list[Box]:
+    """Boxes around dense clusters of keypoints (connected grid cells holding more keypoints than
+    average), largest cluster first: textured products stand out from smooth clutter."""
+    if len(xy) < 8:
+        return []
+    cw, ch = width / grid, height / grid
+    gx = np.clip((xy[:, 0] / cw).astype(int), 0, grid - 1)
+    gy = np.clip((xy[:, 1] / ch).astype(int), 0, grid - 1)
+    counts = np.zeros((grid, grid), np.float32)
+    np.add.at(counts, (gy, gx), 1.0)
+    dense = (counts >= max(2.0, 1.5 * float(counts[counts > 0].mean()))).astype(np.uint8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(dense, connectivity=8)
+    found = []
+    for label in range(1, n):
+        x, y, w, h, _ = stats[label]
+        weight = float(counts[labels == label].sum())
+        box = (
+            round(max(0.0, (x - 0.5) * cw)),
+            round(max(0.0, (y - 0.5) * ch)),
+            round(min(float(width), (x + w + 0.5) * cw)),
+            round(min(float(height), (y + h + 0.5) * ch)),
+        )
+        found.append((weight, box))
+    found.sort(key=lambda t: -t[0])
+    return [box for _, box in found[:max_boxes]]

@@ -14,6 +14,9 @@
   whole, so concurrent requests cannot deadlock holding partial shares.
   `queue_depth` reports the number for metrics and for callers that prefer to
   shed load.
+- Text queries (models with a text tower) go the same way: tokenised in the CPU
+  pool, batched per model on the inference thread. Repeated query strings are
+  answered from a bounded LRU cache keyed by model and text.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -37,17 +41,20 @@ from app.vision.model import EmbeddingModel, ModelRegistry, ModelSpec
 T = TypeVar("T")
 
 _MAX_QUEUED_BATCHES = 8
+# Text embeddings kept for repeated queries: 4096 x 512-d float32 = 8 MiB.
+TEXT_CACHE_ENTRIES = 4096
 
 
 @dataclass
 class _Job:
-    batch: torch.Tensor  # preprocessed, at most embed_batch_size rows
+    batch: torch.Tensor  # preprocessed images or token ids, at most embed_batch_size rows
     future: asyncio.Future[np.ndarray]
 
 
 @dataclass
 class _Batcher:
     model: EmbeddingModel
+    text: bool = False  # forward passes through the text tower (token ids), else the image tower
     queue: asyncio.Queue[_Job] = field(default_factory=asyncio.Queue)
     task: asyncio.Task[None] | None = None
     carry: _Job | None = None  # taken from the queue but did not fit the last batch
@@ -81,6 +88,8 @@ class Embedder:
         self._pending_images = 0
         self._admission_waiters: list[asyncio.Future[None]] = []
         self.batches_run = 0  # forward passes so far (for metrics and tests)
+        self._text_cache: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
+        self.text_cache_hits = 0
         self._closed = False
 
     # -- metrics ---------------------------------------------------------------
@@ -118,6 +127,39 @@ class Embedder:
         chunks = [list(images[i : i + self.batch_size]) for i in range(0, len(images), self.batch_size)]
         parts = await asyncio.gather(*(self._embed_chunk(spec, model, chunk) for chunk in chunks))
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    async def embed_texts(self, spec: ModelSpec, texts: Sequence[str]) -> np.ndarray:
+        """float32 (len(texts), dim) L2-normalised text embeddings (text tower), cached and batched.
+
+        ValueError if the model has no text tower.
+        """
+        if self._closed:
+            raise RuntimeError("Embedder is closed")
+        model = await self.load_model(spec)
+        embed_tokens = getattr(model, "embed_tokens", None)
+        if not model.has_text or embed_tokens is None:
+            raise ValueError(f"model {spec.name} has no text tower")
+        rows: list[np.ndarray | None] = []
+        for text in texts:
+            cached = self._text_cache.get((spec.cache_key, text))
+            if cached is not None:
+                self._text_cache.move_to_end((spec.cache_key, text))
+                self.text_cache_hits += 1
+            rows.append(cached)
+        missing = list(dict.fromkeys(t for t, row in zip(texts, rows, strict=True) if row is None))
+        if missing:
+            chunks = [missing[i : i + self.batch_size] for i in range(0, len(missing), self.batch_size)]
+            parts = await asyncio.gather(*(self._embed_text_chunk(spec, model, chunk) for chunk in chunks))
+            fresh = dict(zip(missing, np.concatenate(parts), strict=True))
+            for text, vector in fresh.items():
+                vector.setflags(write=False)  # shared by every later caller
+                self._text_cache[(spec.cache_key, text)] = vector
+            while len(self._text_cache) > TEXT_CACHE_ENTRIES:
+                self._text_cache.popitem(last=False)
+            rows = [fresh[t] if row is None else row for t, row in zip(texts, rows, strict=True)]
+        if not rows:
+            return np.zeros((0, model.dim), dtype=np.float32)
+        return np.stack([r for r in rows if r is not None])
 
     def close(self) -> None:
         """Stop the batch workers and the thread pools (work in progress is abandoned)."""
@@ -166,15 +208,26 @@ class Embedder:
         finally:
             self._release(n)
 
-    def _batcher(self, spec: ModelSpec, model: EmbeddingModel) -> _Batcher:
+    async def _embed_text_chunk(self, spec: ModelSpec, model: EmbeddingModel, chunk: list[str]) -> np.ndarray:
+        n = len(chunk)
+        await self._admit(n)
+        try:
+            tokens = await self._run(self._cpu_pool, model.tokenize, chunk)  # type: ignore[attr-defined]
+            future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+            self._batcher(spec, model, text=True).queue.put_nowait(_Job(tokens, future))
+            return await future
+        finally:
+            self._release(n)
+
+    def _batcher(self, spec: ModelSpec, model: EmbeddingModel, *, text: bool = False) -> _Batcher:
         if self._closed:  # closed while this request was being preprocessed
             raise RuntimeError("Embedder is closed")
-        key = spec.cache_key
+        key = f"{spec.cache_key}#text" if text else spec.cache_key
         batcher = self._batchers.get(key)
         loop = asyncio.get_running_loop()
         # A new worker if none, if it died, or if it belongs to another event loop (tests).
         if batcher is None or batcher.task is None or batcher.task.done() or batcher.task.get_loop() is not loop:
-            batcher = _Batcher(model)
+            batcher = _Batcher(model, text=text)
             batcher.task = loop.create_task(self._work(batcher), name=f"lookalike-embed-{key}")
             self._batchers[key] = batcher
         return batcher
@@ -200,7 +253,8 @@ class Embedder:
                 continue
             batch = jobs[0].batch if len(jobs) == 1 else torch.cat([j.batch for j in jobs])
             try:
-                out = await self._run(self._infer_pool, batcher.model.embed_tensor, batch)
+                forward = batcher.model.embed_tokens if batcher.text else batcher.model.embed_tensor  # type: ignore[attr-defined]
+                out = await self._run(self._infer_pool, forward, batch)
             except asyncio.CancelledError:
                 for j in jobs:
                     j.future.cancel()

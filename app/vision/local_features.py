@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import cv2
@@ -194,6 +194,11 @@ class Verification:
     score: float  # in [0, 1]: saturating function of the colour-weighted inlier count
     colour_agreement: float = 0.0  # fraction of inliers whose colours agree up to one colour cast
     homography: np.ndarray | None = None  # 3x3 catalog pixels -> query pixels, when ok
+    # where the product lies in the query: the catalog keypoints' bounding box projected by the
+    # homography, its axis-aligned bounds clipped to the query (x0, y0, x1, y1), when ok
+    box: tuple[float, float, float, float] | None = None
+    # the RANSAC inliers as (query keypoint index, catalog keypoint index) pairs, when ok
+    inlier_pairs: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def effective_inliers(self) -> float:
@@ -360,6 +365,28 @@ def homography_is_plausible(
     return _quad_ok(quad, (w, h), float(query_size[0] * query_size[1]), p)
 
 
+def projected_box(
+    H: np.ndarray, catalog: LocalFeatures, query_size: tuple[int, int]
+) -> tuple[float, float, float, float] | None:
+    """The catalog product's extent in the query: the bounding box of the catalog keypoints
+    (catalog photos show the product on a plain background, so keypoints outline the product,
+    not the photo's margins) mapped by `H`, as axis-aligned bounds clipped to the query frame."""
+    if len(catalog) == 0:
+        return None
+    x0, y0 = catalog.keypoints.min(axis=0)
+    x1, y1 = catalog.keypoints.max(axis=0)
+    corners = np.array([[x0, y0, 1], [x1, y0, 1], [x1, y1, 1], [x0, y1, 1]], np.float64) @ H.T
+    if np.any(corners[:, 2] <= 1e-9):
+        return None
+    xy = corners[:, :2] / corners[:, 2:]
+    w, h = query_size
+    bx0, by0 = np.clip(xy.min(axis=0), 0, [w, h])
+    bx1, by1 = np.clip(xy.max(axis=0), 0, [w, h])
+    if bx1 - bx0 < 1 or by1 - by0 < 1:
+        return None
+    return float(bx0), float(by0), float(bx1), float(by1)
+
+
 def _distinct(xy: np.ndarray, cell: float) -> int:
     return int(np.unique(_cells(xy, cell)).size) if len(xy) else 0
 
@@ -431,5 +458,17 @@ def verify_candidates(
             continue
         agree = colour_agreement(query.colours[qi[inl]], cand.colours[ci[inl]], params)
         score = inlier_score(distinct * agree, params.score_saturation)
-        results.append(Verification(distinct, n, True, score, colour_agreement=agree, homography=H / H[2, 2]))
+        H = H / H[2, 2]
+        results.append(
+            Verification(
+                distinct,
+                n,
+                True,
+                score,
+                colour_agreement=agree,
+                homography=H,
+                box=projected_box(H, cand, (query.image_width, query.image_height)),
+                inlier_pairs=np.stack([qi[inl], ci[inl]], axis=1),
+            )
+        )
     return results

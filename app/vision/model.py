@@ -28,7 +28,7 @@ import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import timm
@@ -94,6 +94,9 @@ class ModelSpec:
     image_size: int | None = None
     seed: int = 0
 
+    library: ClassVar[str] = "timm"
+    has_text: ClassVar[bool] = False  # timm models embed images only
+
     @property
     def tag(self) -> str | None:
         return self.pretrained if isinstance(self.pretrained, str) else None
@@ -130,7 +133,10 @@ class ModelSpec:
             return DEFAULT_MODEL
         if isinstance(value, str):
             return cls._build(value, True, None, 0)
+        if isinstance(value, Mapping) and value.get("library", "timm") != "timm":
+            return _parse_other_library(value)
         if isinstance(value, Mapping):
+            value = {k: v for k, v in value.items() if k != "library"}
             unknown = sorted(str(k) for k in value if k not in _SPEC_KEYS)
             if unknown:
                 raise ValueError(f"unknown model setting {', '.join(unknown)}; allowed: {', '.join(_SPEC_KEYS)}")
@@ -189,6 +195,16 @@ class ModelSpec:
 
 
 DEFAULT_MODEL = ModelSpec(DEFAULT_ARCH, DEFAULT_TAG, DEFAULT_IMAGE_SIZE, 0)
+LIBRARIES = ("timm", "open_clip")
+
+
+def _parse_other_library(value: Mapping[str, Any]) -> ModelSpec:
+    library = value.get("library")
+    if library == "open_clip":
+        from app.vision import openclip
+
+        return openclip.parse_spec(value)
+    raise ValueError(f'model "library" must be one of {", ".join(LIBRARIES)}, got {library!r}')
 
 
 # -- weights -------------------------------------------------------------------
@@ -354,6 +370,8 @@ class EmbeddingModel:
     `app.vision.embedder.Embedder`), never on the event loop.
     """
 
+    has_text = False  # no text tower: `embed_texts` exists on models that have one
+
     def __init__(self, spec: ModelSpec, module: torch.nn.Module, device: str = "cpu") -> None:
         self.spec = spec
         self.device = torch.device(device)
@@ -470,6 +488,23 @@ class EmbeddingModel:
         return self.embed_tensor(self.preprocess(images))
 
 
+def load_model(
+    spec: ModelSpec,
+    weights_path: Path | None = None,
+    *,
+    device: str = "cpu",
+    cache_dir: Path | None = None,
+    allow_download: bool = True,
+) -> EmbeddingModel:
+    """Load `spec` with its library's loader (timm here, open_clip in app.vision.openclip)."""
+    loader = EmbeddingModel.load
+    if spec.library == "open_clip":
+        from app.vision.openclip import OpenClipModel
+
+        loader = OpenClipModel.load
+    return loader(spec, weights_path, device=device, cache_dir=cache_dir, allow_download=allow_download)
+
+
 class ModelRegistry:
     """Loads each model once per process and hands out the shared instance; thread-safe."""
 
@@ -501,7 +536,7 @@ class ModelRegistry:
         with lock:
             model = self._models.get(key)
             if model is None:
-                model = EmbeddingModel.load(
+                model = load_model(
                     spec,
                     self.weights_path,
                     device=self._device,

@@ -56,6 +56,10 @@ class VisionService:
     async def embed(self, spec: ModelSpec, images: list[Image.Image]) -> np.ndarray:
         return await self.embedder.embed(spec, images)
 
+    async def embed_texts(self, spec: ModelSpec, texts: list[str]) -> np.ndarray:
+        """Text-tower embeddings (models with `has_text`), in the space of the image embeddings."""
+        return await self.embedder.embed_texts(spec, texts)
+
     async def single_image_ms(self, spec: ModelSpec) -> float:
         return await self.embedder.single_image_ms(spec)
 

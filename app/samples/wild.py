@@ -15,7 +15,7 @@ resampled, and JPEG-recompressed. Every query knows its product id.
 Nothing here is tuned to a particular matcher; the random ranges are meant to look
 like shoppers' phone photos. Run it as a script to write a benchmark to disk:
 
-    .venv/bin/python -m benchmarks.wild --products 500 --queries 200 --out bench-results/tmp/wild
+    .venv/bin/python -m app.samples.wild --products 500 --queries 200 --out bench-results/tmp/wild
 """
 
 from __future__ import annotations
@@ -640,8 +640,22 @@ def _metadata(pid: str, d: Design, rng: np.random.Generator) -> dict[str, Any]:
     }
 
 
-def generate_catalog(n_products: int, seed: int = 0) -> list[CatalogItem]:
-    """`n_products` products in look-alike families (1-4 members: colourway, pattern, logo variants)."""
+FLAT_STYLES = ("single_colour", "logo", "graphic")
+
+
+def sample_flat_design(rng: np.random.Generator) -> tuple[str, Design]:
+    """A low-texture product: a single-colour object, a logo on a plain body, or a printed
+    graphic (a band with a logo and text) with large plain areas around it."""
+    style = str(rng.choice(FLAT_STYLES))
+    d = sample_design(rng)
+    label_style = {"single_colour": 0, "logo": 2, "graphic": 1}[style]
+    return style, replace(d, pattern="solid", label_style=label_style)
+
+
+def generate_catalog(n_products: int, seed: int = 0, low_texture: int = 0) -> list[CatalogItem]:
+    """`n_products` products in look-alike families (1-4 members: colourway, pattern, logo variants),
+    then `low_texture` flat products (`sample_flat_design`, families of 1-2 colourways) whose
+    metadata says `"texture": "flat"`; the first `n_products` do not depend on `low_texture`."""
     rng = np.random.default_rng([seed, 0xCA7])
     designs: list[tuple[str, Design]] = []
     fam = 0
@@ -657,12 +671,28 @@ def generate_catalog(n_products: int, seed: int = 0) -> list[CatalogItem]:
             # a logo variant needs a visible logo: products without a label get another variant
             how = str(rng.choice(["colour", "colour", "pattern", "logo" if base.label_style else "pattern"]))
             designs.append((fid, make_variant(base, how, rng)))
+    flat: dict[int, str] = {}
+    hrng = np.random.default_rng([seed, 0xF1A7])
+    while len(flat) < low_texture:
+        style, base = sample_flat_design(hrng)
+        fid = f"f{fam:05d}"
+        fam += 1
+        for k in range(int(hrng.choice([1, 2, 2]))):
+            if len(flat) >= low_texture:
+                break
+            flat[len(designs)] = style
+            designs.append((fid, base if k == 0 else make_variant(base, "colour", hrng)))
     items = []
     for i, (fid, d) in enumerate(designs):
         prng = np.random.default_rng([seed, i, 0xBEEF])  # per item: independent of generation order
         cutout = render_product(d)
         pid = f"p{i:05d}"
-        items.append(CatalogItem(pid, _catalog_photo(cutout, prng), _metadata(pid, d, prng), fid, cutout))
+        photo = _catalog_photo(cutout, prng)  # before the metadata: both draw from prng
+        meta = _metadata(pid, d, prng)
+        meta["texture"] = "flat" if i in flat else ("plain" if d.pattern == "solid" else "textured")
+        if i in flat:
+            meta["flatStyle"] = flat[i]
+        items.append(CatalogItem(pid, photo, meta, fid, cutout))
     return items
 
 
@@ -765,6 +795,13 @@ def _paste_warped(frame: np.ndarray, cutout: np.ndarray, H: np.ndarray) -> np.nd
     return alpha
 
 
+def _alpha_box(alpha: np.ndarray) -> list[int]:
+    ys, xs = np.nonzero(alpha > 0.5)
+    if not len(xs):
+        return [0, 0, 0, 0]
+    return [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1]
+
+
 def _downsampled(cutout: Image.Image, target_long: float) -> np.ndarray:
     # resize first (area filter) so the warp is not aliasing a 480 px cut-out into 60 px
     f = min(1.0, max(target_long, 8) * 1.25 / max(cutout.size))
@@ -775,10 +812,83 @@ def _downsampled(cutout: Image.Image, target_long: float) -> np.ndarray:
     return arr
 
 
+def _soften(frame: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, str]:
+    """A soft photo: strong motion blur (a moving hand, 9-21 px) or defocus (sigma 2.5-4.5)."""
+    if rng.random() < 0.6:
+        n = int(rng.integers(9, 22))
+        kern = np.zeros((n, n), np.float32)
+        kern[n // 2, :] = 1.0
+        M = cv2.getRotationMatrix2D((n / 2 - 0.5, n / 2 - 0.5), float(rng.uniform(0, 180)), 1.0)
+        kern = cv2.warpAffine(kern, M, (n, n))
+        return cv2.filter2D(frame, -1, kern / max(1e-6, float(kern.sum()))), f"motion{n}"
+    sigma = float(rng.uniform(2.5, 4.5))
+    return cv2.GaussianBlur(frame, (0, 0), sigma), f"defocus{sigma:.1f}"
+
+
+def _camera(
+    frame: np.ndarray, rng: np.random.Generator, soft: np.random.Generator | None = None
+) -> tuple[Image.Image, int, float, bool]:
+    """The phone camera: white balance, exposure, blur, shake, noise, resampling, JPEG.
+
+    With `soft` (its own random stream), the photo is also strongly motion-blurred or out of
+    focus. Returns the decoded JPEG, its quality, the Gaussian blur sigma and whether it was resampled.
+    """
+    fh, fw = frame.shape[:2]
+    # camera: white balance, exposure, contrast, gamma, vignetting/illumination gradient
+    gains = rng.uniform(0.8, 1.2, 3) * rng.uniform(0.7, 1.2)
+    contrast = rng.uniform(0.75, 1.15)
+    mean = float(frame.mean()) * gains
+    frame = cv2.convertScaleAbs(
+        frame * (gains * contrast).astype(np.float32) + (mean * (1 - contrast)).astype(np.float32)
+    )
+    # gamma through a lookup table: cheaper than a per-pixel power
+    lut = np.clip(255.0 * (np.arange(256) / 255.0) ** rng.uniform(0.8, 1.25), 0, 255).astype(np.uint8)
+    frame = cv2.LUT(frame, lut).astype(np.float32)
+    xx = np.arange(fw, dtype=np.float32)[None, :] / fw - 0.5
+    yy = np.arange(fh, dtype=np.float32)[:, None] / fh - 0.5
+    gdir = rng.uniform(-1, 1, 2).astype(np.float32)
+    illum = 1.0 + 0.25 * (xx * gdir[0] + yy * gdir[1])
+    vign = 1.0 - np.float32(0.6 * rng.random()) * (xx * xx + yy * yy)
+    frame *= (illum * vign)[..., None]
+    blur = 0.0
+    if rng.random() < 0.6:
+        blur = float(rng.uniform(0.4, 1.8))
+        frame = cv2.GaussianBlur(frame, (0, 0), blur)
+    if rng.random() < 0.15:  # hand shake
+        n = int(rng.integers(3, 9))
+        kern = np.zeros((n, n), np.float32)
+        kern[n // 2, :] = 1.0 / n
+        M = cv2.getRotationMatrix2D((n / 2 - 0.5, n / 2 - 0.5), float(rng.uniform(0, 180)), 1.0)
+        kern = cv2.warpAffine(kern, M, (n, n))
+        frame = cv2.filter2D(frame, -1, kern / max(1e-6, kern.sum()))
+    if soft is not None:
+        frame, _ = _soften(frame, soft)
+    frame += rng.standard_normal(frame.shape, dtype=np.float32) * np.float32(rng.uniform(1, 6))
+    img = Image.fromarray(np.clip(frame, 0, 255).astype(np.uint8))
+    resampled = False
+    if rng.random() < 0.2:  # a low-resolution camera or a forwarded, downscaled photo
+        f = float(rng.uniform(0.45, 0.8))
+        img = img.resize((int(fw * f), int(fh * f)), Image.Resampling.BILINEAR).resize(
+            (fw, fh), Image.Resampling.BILINEAR
+        )
+        resampled = True
+    quality = int(rng.integers(35, 91))
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=quality)
+    buf.seek(0)
+    out = Image.open(buf)
+    out.load()
+    return out, quality, blur, resampled
+
+
 def make_wild_query(
-    item: CatalogItem, rng: np.random.Generator, others: Sequence[CatalogItem] = ()
+    item: CatalogItem,
+    rng: np.random.Generator,
+    others: Sequence[CatalogItem] = (),
+    soft: np.random.Generator | None = None,
 ) -> tuple[Image.Image, dict[str, Any]]:
-    """A phone-photo-like picture of `item` in clutter, and the parameters used."""
+    """A phone-photo-like picture of `item` in clutter, and the parameters used; with `soft`
+    (a random stream of its own) a motion-blurred or out-of-focus one."""
     fw, fh = [(640, 480), (480, 640), (800, 600), (600, 800), (720, 720)][int(rng.integers(0, 5))]
     frame_img = Image.fromarray(_background(fh, fw, rng).clip(0, 255).astype(np.uint8))
     _random_clutter(frame_img, rng, int(rng.integers(4, 16)))
@@ -827,6 +937,7 @@ def make_wild_query(
             g = g[::-1]
         prod[..., :3] = np.clip(prod[..., :3] * g[None, :, None], 0, 255)
     alpha = _paste_warped(frame, prod.astype(np.uint8), Hm @ S)
+    paste_box = _alpha_box(alpha)
 
     # partial occlusion: a hand/finger-ish blob or an object in front of the product
     occluded = 0.0
@@ -847,50 +958,10 @@ def make_wild_query(
             frame = frame * (1 - om) + colour.astype(np.float32) * om
             occluded = float((om[..., 0] * alpha).sum() / max(1.0, alpha.sum()))
 
-    # camera: white balance, exposure, contrast, gamma, vignetting/illumination gradient
-    gains = rng.uniform(0.8, 1.2, 3) * rng.uniform(0.7, 1.2)
-    contrast = rng.uniform(0.75, 1.15)
-    mean = float(frame.mean()) * gains
-    frame = cv2.convertScaleAbs(
-        frame * (gains * contrast).astype(np.float32) + (mean * (1 - contrast)).astype(np.float32)
-    )
-    # gamma through a lookup table: cheaper than a per-pixel power
-    lut = np.clip(255.0 * (np.arange(256) / 255.0) ** rng.uniform(0.8, 1.25), 0, 255).astype(np.uint8)
-    frame = cv2.LUT(frame, lut).astype(np.float32)
-    xx = np.arange(fw, dtype=np.float32)[None, :] / fw - 0.5
-    yy = np.arange(fh, dtype=np.float32)[:, None] / fh - 0.5
-    gdir = rng.uniform(-1, 1, 2).astype(np.float32)
-    illum = 1.0 + 0.25 * (xx * gdir[0] + yy * gdir[1])
-    vign = 1.0 - np.float32(0.6 * rng.random()) * (xx * xx + yy * yy)
-    frame *= (illum * vign)[..., None]
-    blur = 0.0
-    if rng.random() < 0.6:
-        blur = float(rng.uniform(0.4, 1.8))
-        frame = cv2.GaussianBlur(frame, (0, 0), blur)
-    if rng.random() < 0.15:  # hand shake
-        n = int(rng.integers(3, 9))
-        kern = np.zeros((n, n), np.float32)
-        kern[n // 2, :] = 1.0 / n
-        M = cv2.getRotationMatrix2D((n / 2 - 0.5, n / 2 - 0.5), float(rng.uniform(0, 180)), 1.0)
-        kern = cv2.warpAffine(kern, M, (n, n))
-        frame = cv2.filter2D(frame, -1, kern / max(1e-6, kern.sum()))
-    frame += rng.standard_normal(frame.shape, dtype=np.float32) * np.float32(rng.uniform(1, 6))
-    img = Image.fromarray(np.clip(frame, 0, 255).astype(np.uint8))
-    resampled = False
-    if rng.random() < 0.2:  # a low-resolution camera or a forwarded, downscaled photo
-        f = float(rng.uniform(0.45, 0.8))
-        img = img.resize((int(fw * f), int(fh * f)), Image.Resampling.BILINEAR).resize(
-            (fw, fh), Image.Resampling.BILINEAR
-        )
-        resampled = True
-    quality = int(rng.integers(35, 91))
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=quality)
-    buf.seek(0)
-    out = Image.open(buf)
-    out.load()
+    out, quality, blur, resampled = _camera(frame, rng, soft)
     params = {
         "frame": [fw, fh],
+        "soft": soft is not None,
         "area_fraction": round(area_frac, 3),
         "angle": round(angle, 1),
         "perspective": round(persp, 3),
@@ -902,11 +973,106 @@ def make_wild_query(
         "other_product_ids": other_ids,
         # cut-out pixel -> query pixel; the cut-out sits centred in the catalog photo (scaled)
         "homography_cutout_to_query": (Hm / Hm[2, 2]).round(6).tolist(),
+        # where the product was pasted: bounds [x0, y0, x1, y1) of its opaque pixels (before occlusion)
+        "paste_box": paste_box,
     }
     return out.convert("RGB"), params
 
 
-def generate_queries(catalog: Sequence[CatalogItem], n_queries: int, seed: int = 0) -> list[WildQuery]:
+# Layouts of a photo of several products: cells (x0, y0, x1, y1) as fractions of the frame.
+_LAYOUTS: dict[int, tuple[tuple[tuple[float, float, float, float], ...], ...]] = {
+    2: (((0, 0, 0.5, 1), (0.5, 0, 1, 1)), ((0, 0, 1, 0.5), (0, 0.5, 1, 1))),
+    3: (
+        ((0, 0, 1 / 3, 1), (1 / 3, 0, 2 / 3, 1), (2 / 3, 0, 1, 1)),
+        ((0, 0, 0.5, 0.5), (0.5, 0, 1, 0.5), (0.25, 0.5, 0.75, 1)),
+    ),
+    4: (((0, 0, 0.5, 0.5), (0.5, 0, 1, 0.5), (0, 0.5, 0.5, 1), (0.5, 0.5, 1, 1)),),
+}
+
+
+def make_multi_query(
+    items: Sequence[CatalogItem], rng: np.random.Generator, others: Sequence[CatalogItem] = ()
+) -> tuple[Image.Image, dict[str, Any]]:
+    """A photo of 2-4 products side by side (a shelf, a desk, an outfit) on clutter.
+
+    Each product fills 35-75% of its own cell of the frame (its rotated bounding box),
+    rotated up to 25 degrees, with perspective; then the same camera as `make_wild_query`.
+    `params["products"]` lists each product's id and paste box.
+    """
+    fw, fh = [(800, 600), (960, 720), (720, 720), (640, 800)][int(rng.integers(0, 4))]
+    frame_img = Image.fromarray(_background(fh, fw, rng).clip(0, 255).astype(np.uint8))
+    _random_clutter(frame_img, rng, int(rng.integers(4, 14)))
+    frame = np.asarray(frame_img, np.float32).copy()
+    layouts = _LAYOUTS[len(items)]
+    cells = layouts[int(rng.integers(len(layouts)))]
+    products = []
+    for item, (u0, v0, u1, v1) in zip(items, cells, strict=True):
+        cw, ch = item.cutout.size
+        cell_w, cell_h = (u1 - u0) * fw, (v1 - v0) * fh
+        fill = float(rng.uniform(0.35, 0.75))
+        angle = float(rng.uniform(-25, 25))
+        a = math.radians(angle)
+        rot_w = abs(cw * math.cos(a)) + abs(ch * math.sin(a))
+        rot_h = abs(cw * math.sin(a)) + abs(ch * math.cos(a))
+        scale = math.sqrt(fill * cell_w * cell_h / (rot_w * rot_h))
+        scale = min(scale, 0.92 * cell_w / rot_w, 0.92 * cell_h / rot_h)
+        mx, my = (cell_w - rot_w * scale) / 2, (cell_h - rot_h * scale) / 2
+        cx = (u0 + u1) / 2 * fw + float(rng.uniform(-1, 1)) * mx
+        cy = (v0 + v1) / 2 * fh + float(rng.uniform(-1, 1)) * my
+        H = _perspective_homography(cw, ch, scale, angle, float(rng.uniform(0.0, 0.08)), (cx, cy), rng)
+        small = _downsampled(item.cutout, scale * max(cw, ch))
+        S = np.diag([cw / small.shape[1], ch / small.shape[0], 1.0])
+        alpha = _paste_warped(frame, small, H @ S)
+        products.append({"product_id": item.id, "paste_box": _alpha_box(alpha), "area_fraction": round(fill, 3)})
+    if rng.random() < 0.3:  # shallow depth of field: the whole shelf a little soft
+        frame = cv2.GaussianBlur(frame, (0, 0), float(rng.uniform(0.5, 1.2)))
+    out, quality, blur, resampled = _camera(frame, rng)
+    params = {
+        "frame": [fw, fh],
+        "products": products,
+        "blur_sigma": round(blur, 2),
+        "jpeg_quality": quality,
+        "resampled": resampled,
+    }
+    return out.convert("RGB"), params
+
+
+@dataclass
+class MultiQuery:
+    id: str
+    product_ids: list[str]
+    image: Image.Image
+    params: dict[str, Any]
+
+
+def generate_multi_queries(catalog: Sequence[CatalogItem], n_queries: int, seed: int = 0) -> list[MultiQuery]:
+    """Photos of 2-4 catalog products each (from different look-alike families), on clutter."""
+    rng = np.random.default_rng([seed, 0x3A17])
+    out = []
+    for qi in range(n_queries):
+        qrng = np.random.default_rng([seed, qi, 0x3A])
+        n = int(rng.integers(2, 5))
+        chosen: list[CatalogItem] = []
+        families: set[str] = set()
+        for pi in rng.permutation(len(catalog)):
+            item = catalog[int(pi)]
+            if item.family not in families:
+                chosen.append(item)
+                families.add(item.family)
+            if len(chosen) == n:
+                break
+        if len(chosen) < 2:
+            raise ValueError("a multi-product photo needs products of at least two look-alike families")
+        img, params = make_multi_query(chosen, qrng, catalog)
+        out.append(MultiQuery(f"m{qi:05d}", [c.id for c in chosen], img, params))
+    return out
+
+
+def generate_queries(
+    catalog: Sequence[CatalogItem], n_queries: int, seed: int = 0, soft: float = 0.0
+) -> list[WildQuery]:
+    """Wild photos of `n_queries` catalog products; a `soft` fraction of them motion-blurred or out
+    of focus (`params["soft"]`). With `soft` 0 the photos do not depend on it."""
     rng = np.random.default_rng([seed, 0x9E7])
     n = len(catalog)
     picks = rng.permutation(n)[:n_queries] if n_queries <= n else rng.integers(0, n, n_queries)
@@ -914,17 +1080,49 @@ def generate_queries(catalog: Sequence[CatalogItem], n_queries: int, seed: int =
     for qi, pi in enumerate(picks):
         qrng = np.random.default_rng([seed, qi, 0x51])
         item = catalog[int(pi)]
-        img, params = make_wild_query(item, qrng, catalog)
+        srng = np.random.default_rng([seed, qi, 0x50F7])
+        img, params = make_wild_query(item, qrng, catalog, srng if soft and srng.random() < soft else None)
         out.append(WildQuery(f"q{qi:05d}", item.id, img, params))
     return out
 
 
+CATEGORIES = ("textured", "low_texture", "blurred", "small_in_frame", "lookalike_distractors")
+
+
+def query_categories(query: WildQuery, catalog: Sequence[CatalogItem]) -> list[str]:
+    """The benchmark categories a query belongs to (they overlap, except textured vs low_texture):
+
+    textured: a patterned product in a sharp photo; low_texture: a flat or plain product;
+    blurred: a soft photo; small_in_frame: under 25% of the frame; lookalike_distractors: the
+    product has look-alikes in the catalog."""
+    item = next(c for c in catalog if c.id == query.product_id)
+    texture = item.metadata.get("texture", "plain" if item.metadata.get("pattern") == "plain" else "textured")
+    out = []
+    if texture == "textured" and not query.params.get("soft"):
+        out.append("textured")
+    if texture in ("flat", "plain"):
+        out.append("low_texture")
+    if query.params.get("soft"):
+        out.append("blurred")
+    if query.params["area_fraction"] < 0.25:
+        out.append("small_in_frame")
+    if sum(1 for c in catalog if c.family == item.family) > 1:
+        out.append("lookalike_distractors")
+    return out
+
+
 def generate_benchmark(
-    n_products: int, n_queries: int, seed: int = 0, out_dir: Path | None = None
+    n_products: int,
+    n_queries: int,
+    seed: int = 0,
+    out_dir: Path | None = None,
+    low_texture: int = 0,
+    soft: float = 0.0,
 ) -> tuple[list[CatalogItem], list[WildQuery]]:
-    """Catalog + queries; with `out_dir`, also PNG/JPEG files and catalog.jsonl / queries.jsonl."""
-    catalog = generate_catalog(n_products, seed)
-    queries = generate_queries(catalog, n_queries, seed)
+    """Catalog (+ `low_texture` flat products) + queries (a `soft` fraction blurred); with `out_dir`,
+    also PNG/JPEG files and catalog.jsonl / queries.jsonl."""
+    catalog = generate_catalog(n_products, seed, low_texture)
+    queries = generate_queries(catalog, n_queries, seed, soft)
     if out_dir is not None:
         out_dir = Path(out_dir)
         (out_dir / "catalog").mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,91 @@
+"""Several products in one photo: regions from repeated verification (pure logic).
+
+Verification of a candidate says *where* in the photo it matched (the projected box of
+`local_features.Verification`). A photo of a shelf verifies several products at several
+places; one product also verifies its look-alikes (colourways share every grey keypoint)
+at the same place. So a region is a verified box that does not overlap an earlier, better
+region, and a region's members are the candidates verified at about the same place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from app.domain.rerank import DEFAULT_PARAMS, RerankParams, counts_as_verified
+
+Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in the query photo's pixels
+
+# Two boxes of the same region overlap at least this much; a new region overlaps every
+# earlier one less than `NEW_REGION_OVERLAP` and its centre lies outside them.
+SAME_REGION_OVERLAP = 0.5
+NEW_REGION_OVERLAP = 0.3
+MAX_REGIONS = 6
+
+
+class LocatedVerification(Protocol):
+    @property
+    def inliers(self) -> int: ...
+
+    @property
+    def homography_ok(self) -> bool: ...
+
+    @property
+    def colour_agreement(self) -> float: ...
+
+    @property
+    def box(self) -> Box | None: ...
+
+
+@dataclass(frozen=True)
+class Region:
+    box: Box
+    product_key: Hashable  # the best candidate verified there
+
+
+def iou(a: Sequence[float], b: Sequence[float]) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _centre_inside(box: Sequence[float], other: Sequence[float]) -> bool:
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    return other[0] <= cx <= other[2] and other[1] <= cy <= other[3]
+
+
+def is_new_place(box: Box, found: Iterable[Region]) -> bool:
+    return all(iou(box, r.box) < NEW_REGION_OVERLAP and not _centre_inside(box, r.box) for r in found)
+
+
+def next_region(
+    ranked: Sequence[tuple[Hashable, float]],
+    verifications: Mapping[Hashable, LocatedVerification],
+    found: Sequence[Region],
+    params: RerankParams = DEFAULT_PARAMS,
+) -> Region | None:
+    """The best-ranked verified candidate found somewhere no earlier region covers."""
+    taken = {r.product_key for r in found}
+    for key, _ in ranked:
+        v = verifications.get(key)
+        if key in taken or v is None or v.box is None or not counts_as_verified(v, params):
+            continue
+        if is_new_place(v.box, found):
+            return Region(v.box, key)
+    return None
+
+
+def members(
+    region: Region,
+    verifications: Mapping[Hashable, LocatedVerification],
+    params: RerankParams = DEFAULT_PARAMS,
+) -> list[Hashable]:
+    """Candidates verified at the region's place (the product and look-alikes of it)."""
+    return [
+        key
+        for key, v in verifications.items()
+        if v.box is not None and counts_as_verified(v, params) and iou(v.box, region.box) >= SAME_REGION_OVERLAP
+    ]
