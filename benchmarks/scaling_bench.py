@@ -43,10 +43,9 @@ import numpy as np
 
 from app.config import Settings
 from app.domain import index_admin
-from app.domain.filters import index_terms
+from app.filters import index_terms
 from app.storage import db, migrate, queue
 from app.storage import search as search_sql
-from app.storage.params import SqlParams
 from app.storage.replicas import Database
 from app.vision.service import VisionService
 from benchmarks.ingest_bench import MODELS
@@ -194,7 +193,7 @@ async def search_qps(primary: Postgres, standby: Postgres, n: int, seconds: floa
                 q = queries[i % len(queries)]
                 t = time.perf_counter()
                 await database.read(
-                    lambda conn, q=q: search_sql.nearest(conn, record, q, "TRUE", SqlParams(), 10, filtered=False)
+                    lambda conn, q=q: search_sql.nearest(conn, record, q, None, 10)
                 )
                 latencies.append(time.perf_counter() - t)
                 i += clients
@@ -202,7 +201,7 @@ async def search_qps(primary: Postgres, standby: Postgres, n: int, seconds: floa
         # warm the caches of the server under test first
         for q in queries[:32]:
             await database.read(
-                lambda conn, q=q: search_sql.nearest(conn, record, q, "TRUE", SqlParams(), 10, filtered=False)
+                lambda conn, q=q: search_sql.nearest(conn, record, q, None, 10)
             )
         before = _load()
         started = time.perf_counter()

@@ -90,8 +90,16 @@ class EmbeddingWorker:
         """Work until stopped; `once`: until the queue is empty; `max_idle_s`: until idle that long."""
         idle_since = time.monotonic()
         while True:
-            done = await self.run_batch()
-            done += await self.backfill.run_once()
+            try:
+                done = await self.run_batch()
+                backfilled = await self.backfill.run_once()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                # the database restarting or failing over: the claim went back (or its lease will lapse)
+                log.warning("worker %s paused by a database error (%s); retrying", self.name, exc.__class__.__name__)
+                await asyncio.sleep(max(poll_interval_s, 1.0))
+                continue
+            self.stats.features += backfilled
+            done += backfilled
             if done:
                 idle_since = time.monotonic()
                 continue
