@@ -204,6 +204,71 @@ def _import(args: argparse.Namespace) -> int:
     return 1 if result.failure_count or result.retry_later else 0
 
 
+def _calibrate(args: argparse.Namespace) -> int:
+    import dataclasses
+    import json
+
+    from app.domain.calibrate import calibrate
+    from app.domain.reverse import ReverseSearchService
+    from app.errors import ApiError
+
+    settings = Settings.from_env()
+    if args.url:
+        settings = dataclasses.replace(settings, database_url=args.url)
+
+    def progress(message: str) -> None:
+        if not args.quiet:
+            print(message, file=sys.stderr, flush=True)
+
+    async def run() -> int:
+        from app.domain.backfill import FeatureBackfill
+        from app.domain.index_admin import IndexAdmin
+        from app.main import resolve_database_url
+        from app.storage import db
+        from app.vision.service import VisionService
+
+        url, embedded = await resolve_database_url(settings)
+        pool = await db.create_pool(url, min_size=1, max_size=4, statement_timeout_ms=settings.statement_timeout_ms)
+        vision = VisionService(settings)
+        try:
+            admin = IndexAdmin(pool, vision, FeatureBackfill(pool, vision))
+            record = await admin.find(args.index)
+            if record is None:
+                print(f"no index named {args.index!r}", file=sys.stderr)
+                return 2
+            if not record.reverse_search_enabled:
+                print(f"reverse image search is not enabled for {args.index!r}", file=sys.stderr)
+                return 2
+            report = await calibrate(ReverseSearchService(pool, vision), record, args.queries, args.seed,
+                                     progress=progress)
+            result = report.as_json()
+            if args.apply:
+                await admin.change_settings(record, {"reverseImageSearch": report.knobs})
+                result["applied"] = True
+                progress(f"stored the knobs in {args.index!r}'s settings")
+        except (ValueError, ApiError) as exc:
+            print(f"calibration failed: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            await vision.aclose()
+            await pool.close()
+            if embedded is not None:
+                db.release_embedded(embedded)
+        if args.json:
+            print(json.dumps(result, indent=2))
+        else:
+            b, a = result["before"], result["after"]
+            print(f"recall@1 {b['recallAt1']:.3f} -> {a['recallAt1']:.3f}, recall@10 {b['recallAt10']:.3f} -> "
+                  f"{a['recallAt10']:.3f} on {result['queries']} photos ({result['seconds']} s)")
+            if "heldOut" in a:
+                print(f"held out ({result['heldOut']} photos): recall@1 {b['heldOut']['recallAt1']:.3f} -> "
+                      f"{a['heldOut']['recallAt1']:.3f}")
+            print("knobs: " + ", ".join(f"{k}={v}" for k, v in result["knobs"].items()))
+        return 0
+
+    return asyncio.run(run())
+
+
 def _log_format_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--log-format",
@@ -273,6 +338,23 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--failures", type=Path, help="failure report (default: FILE.INDEX.failures.csv)")
     imp.add_argument("--quiet", action="store_true", help="no progress bar")
     imp.set_defaults(func=_import)
+
+    cal = sub.add_parser(
+        "calibrate",
+        help="tune an index's reverse image search knobs on wild photos made from its own products",
+        description="Makes in-the-wild photos from a sample of the index's product images, measures "
+        "recall@1/@10 of the current re-ranking knobs and of a sweep (half the photos held out), "
+        "and with --apply stores the best knobs in the index settings.",
+    )
+    cal.add_argument("index", help="the index (reverse image search enabled)")
+    cal.add_argument("--url", help="PostgreSQL URL of the service's database (default: LOOKALIKE_DATABASE_URL, "
+                     "else the embedded database in LOOKALIKE_DATA_DIR)")
+    cal.add_argument("--queries", type=int, default=100, help="calibration photos (default 100)")
+    cal.add_argument("--seed", type=int, default=0, help="which products and photos")
+    cal.add_argument("--apply", action="store_true", help="store the best knobs in the index settings")
+    cal.add_argument("--json", action="store_true", help="print the report as JSON")
+    cal.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    cal.set_defaults(func=_calibrate)
 
     worker = sub.add_parser(
         "worker",

@@ -100,6 +100,10 @@ class Settings:
 
     # Compute
     inference_threads: int = 0  # 0 = torch default (all cores)
+    # auto: ONNX Runtime where installed, else torch (app/vision/backend.py)
+    inference_backend: str = "auto"
+    # auto: int8 where the quality guard passes on the index's images, else fp32; fp32: never int8
+    inference_precision: str = "auto"
     embed_batch_size: int = 32
     cpu_workers: int = 2
 
@@ -154,6 +158,8 @@ class Settings:
             fetch_total_timeout_s=_env_float(env, "LOOKALIKE_FETCH_TIMEOUT_S", base.fetch_total_timeout_s),
             max_image_pixels=_env_int(env, "LOOKALIKE_MAX_IMAGE_PIXELS", base.max_image_pixels),
             inference_threads=_env_int(env, "LOOKALIKE_INFERENCE_THREADS", base.inference_threads),
+            inference_backend=_env_choice(env, "LOOKALIKE_INFERENCE_BACKEND", ("auto", "torch", "onnx")) or "auto",
+            inference_precision=_env_choice(env, "LOOKALIKE_INFERENCE_PRECISION", ("auto", "fp32")) or "auto",
             embed_batch_size=_env_int(env, "LOOKALIKE_EMBED_BATCH_SIZE", base.embed_batch_size),
             pool_max_size=_env_int(env, "LOOKALIKE_POOL_MAX_SIZE", base.pool_max_size),
             replica_max_lag_s=_env_float(env, "LOOKALIKE_REPLICA_MAX_LAG_S", base.replica_max_lag_s),

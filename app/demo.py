@@ -24,12 +24,16 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
 from app.config import Settings
 from app.samples import wild
+
+if TYPE_CHECKING:  # app.main builds the whole service; the demo imports it only when it runs
+    from app.main import Services
+    from app.storage.indexes import IndexRecord
 
 _IMAGE_SIDE = 256  # catalog images as data URLs: small enough that hits stay readable
 _PHOTO_SIDE = 480  # the shopper's photo: its base64 must fit in one shell argument (128 KiB)
@@ -120,7 +124,7 @@ def parse_model_option(raw: str) -> dict[str, Any] | str:
     return raw
 
 
-async def _chosen_model(svc: Any, raw: str) -> tuple[dict[str, Any] | str, str]:
+async def _chosen_model(svc: Services, raw: str) -> tuple[dict[str, Any] | str, str]:
     from app.vision.model import ModelSpec, ModelUnavailableError
 
     model = parse_model_option(raw)
@@ -134,7 +138,7 @@ async def _chosen_model(svc: Any, raw: str) -> tuple[dict[str, Any] | str, str]:
 
 
 async def _choose_model(
-    svc: Any, offline: bool, model: str | None = None
+    svc: Services, offline: bool, model: str | None = None
 ) -> tuple[dict[str, Any] | str | None, str]:
     from app.vision.model import OFFLINE_TEST_MODEL, ModelSpec, ModelUnavailableError
 
@@ -154,7 +158,7 @@ async def _choose_model(
     )
 
 
-async def _create_index(svc: Any, name: str, model: dict[str, Any] | str | None) -> Any:
+async def _create_index(svc: Services, name: str, model: dict[str, Any] | str | None) -> IndexRecord:
     # The same path as POST /api/v1/indexes/{name}, minus the HTTP admin check: the demo runs
     # on the operator's machine, which may not know the generated admin key any more.
     from app.domain import index_admin
@@ -163,7 +167,7 @@ async def _create_index(svc: Any, name: str, model: dict[str, Any] | str | None)
     return await index_admin.create_index(svc.pool, svc.vision, name, body)
 
 
-async def prepare(svc: Any, options: DemoOptions, data_dir: Path, say: Callable[[str], None]) -> DemoInfo:
+async def prepare(svc: Services, options: DemoOptions, data_dir: Path, say: Callable[[str], None]) -> DemoInfo:
     """Create (or reuse) the demo index, load the sample catalog, write the shopper's photo."""
     from app.domain import index_settings
     from app.storage import indexes

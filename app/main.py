@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -17,6 +18,7 @@ from starlette.routing import BaseRoute, Route
 
 from app.auth import AdminKeys, bootstrap_admin_keys
 from app.config import Settings
+from app.domain import inference
 from app.domain.backfill import FeatureBackfill
 from app.domain.documents import DocumentsService
 from app.domain.health import HealthService
@@ -92,6 +94,7 @@ async def _serving(app: Starlette, settings: Settings, url: str) -> AsyncIterato
     vision = VisionService(settings)
     backfill = FeatureBackfill(pool, vision)
     database: Database | None = None
+    warm_up: asyncio.Task[None] | None = None
     try:
         keys = await bootstrap_admin_keys(pool, settings.api_key)
         database = await Database.connect(
@@ -125,10 +128,17 @@ async def _serving(app: Starlette, settings: Settings, url: str) -> AsyncIterato
         app.state.metrics.runtime.database = database  # and the read replicas
         if app.state.start_background_work:
             backfill.start()
+            # Load (and, the first time after an upgrade, export) every index's model before
+            # requests need it; requests arriving meanwhile wait for the same load.
+            warm_up = asyncio.create_task(inference.warm_up(pool, vision), name="lookalike-model-warm-up")
         yield
     finally:
         app.state.metrics.runtime.health = None
         app.state.metrics.runtime.database = None
+        if warm_up is not None:
+            warm_up.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await warm_up
         await backfill.stop()
         if database is not None:
             await database.close()

@@ -52,8 +52,13 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _start_service(data_dir: Path, port: int, database_url: str | None = None) -> subprocess.Popen[bytes]:
-    """`lookalike serve` on 127.0.0.1:port: embedded PostgreSQL in `data_dir`, or `database_url`."""
+def _start_service(
+    data_dir: Path, port: int, database_url: str | None = None, extra_env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """`lookalike serve` on 127.0.0.1:port: embedded PostgreSQL in `data_dir`, or `database_url`.
+
+    The service sees no LOOKALIKE_* variable of this process, only `extra_env`'s (e.g. the backend).
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOOKALIKE_")}
     env.update(
         LOOKALIKE_DATA_DIR=str(data_dir),
@@ -62,6 +67,7 @@ def _start_service(data_dir: Path, port: int, database_url: str | None = None) -
     )
     if database_url:
         env["LOOKALIKE_DATABASE_URL"] = database_url
+    env.update(extra_env or {})
     proc = subprocess.Popen(
         [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--log-level", "warning"],
         env=env,

@@ -132,6 +132,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {
         "benchmark": "quality",
         "model": model,
+        "backend": args.backend,
+        "precision": args.precision,
         "products": len(catalog),
         "queries": len(queries),
         "seed": args.seed,
@@ -160,7 +162,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             )
         query_urls = [server.add(f"/queries/{q.id}.jpg", _jpeg(q.image, 85), "image/jpeg") for q in queries]
         port = _free_port()
-        proc = _start_service(Path(tmp) / "data", port)
+        service_env = {"LOOKALIKE_INFERENCE_BACKEND": args.backend, "LOOKALIKE_INFERENCE_PRECISION": args.precision}
+        proc = _start_service(Path(tmp) / "data", port, extra_env=service_env)
         base = f"http://127.0.0.1:{port}/api/v1/indexes/quality"
         try:
             with httpx.Client(timeout=600) as client:
@@ -174,6 +177,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     r = client.post(f"{base}/documents", json={"documents": docs[start : start + 128]}, headers=headers)
                     failed += sum(1 for item in r.json()["items"] if item["status"] != 200)
                 result["ingest"] = {"seconds": round(time.perf_counter() - t, 1), "failed": failed}
+                result["inference"] = client.get(f"{base}/settings", headers=headers).json().get("inference")
                 client.post(f"{base}/search", json={"q": query_urls[0]}, headers=read)  # warm-up
                 ranks: dict[str, list[int | None]] = {"search_by_image": [], "reverse_image_search": []}
                 samples: dict[str, list[dict[str, Any]]] = {"search_by_image": [], "reverse_image_search": []}
@@ -223,10 +227,17 @@ def main() -> None:
     parser.add_argument("--low-texture", type=int, default=100, help="flat low-texture products added")
     parser.add_argument("--soft", type=float, default=0.2, help="fraction of motion-blurred / soft photos")
     parser.add_argument("--multi", type=int, default=40, help="photos of 2-4 products sent with regions: true")
+    parser.add_argument(
+        "--backend", choices=("auto", "torch", "onnx"), default="auto", help="the service's LOOKALIKE_INFERENCE_BACKEND"
+    )
+    parser.add_argument(
+        "--precision", choices=("auto", "fp32"), default="auto", help="the service's LOOKALIKE_INFERENCE_PRECISION"
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     result = run(args)
-    out = args.out or Path("bench-results") / f"quality-{args.model}.json"
+    suffix = "" if args.backend == "auto" and args.precision == "auto" else f"-{args.backend}-{args.precision}"
+    out = args.out or Path("bench-results") / f"quality-{args.model}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))

@@ -7,7 +7,8 @@ figures read back from its JSON) and prints a short table. A sub-benchmark that 
 does not stop the others; the exit status is 1 if any failed.
 
 `--quick` picks sizes that finish in a few minutes on 2 cores (ANN 20k vectors, scale 50k
-instead of 1M, the offline model for the HTTP benchmarks); without it the published sizes
+instead of 1M, the offline model for the HTTP benchmarks, the default architecture at 64
+products for the inference backend's); without it the published sizes
 run (ANN 100k, scale 1M, both models for e2e and ingest), which takes hours on 2 cores.
 Each run's output is kept in `<out>/logs/<run>.log`.
 """
@@ -27,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-NAMES = ("ann", "e2e", "ingest", "scale", "quality")
+NAMES = ("ann", "e2e", "ingest", "scale", "quality", "inference")
 
 
 def names(text: str) -> list[str]:
@@ -118,6 +119,13 @@ def plan(quick: bool, out: Path) -> list[Run]:
                 ("--model", "offline", "--products", "100", "--queries", "40", "--out", f"{o}/quality-offline.json"),
                 "quality-offline.json",
             ),
+            Run(
+                "inference",
+                "inference-default-arch",
+                "benchmarks.inference_bench",
+                ("--products", "64", "--queries", "16", "--runs", "10", "--out", f"{o}/inference-default-arch.json"),
+                "inference-default-arch.json",
+            ),
         ]
     runs = [Run("ann", "ann", "benchmarks.ann_bench", ("--out", o), "ann.json")]
     for model in ("offline", "default-arch"):
@@ -148,6 +156,15 @@ def plan(quick: bool, out: Path) -> list[Run]:
             "benchmarks.quality_bench",
             ("--model", "offline", "--out", f"{o}/quality-offline.json"),
             "quality-offline.json",
+        )
+    )
+    runs.append(
+        Run(
+            "inference",
+            "inference-default-arch",
+            "benchmarks.inference_bench",
+            ("--out", f"{o}/inference-default-arch.json"),
+            "inference-default-arch.json",
         )
     )
     return runs
@@ -214,7 +231,20 @@ def _quality(d: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _inference(d: dict[str, Any]) -> dict[str, Any]:
+    ref, m, s = d["reference"], d["model_alone"], d["service"]
+    return {
+        "torch_batch1_ms": ref["torch_batch1_ms"],
+        "onnx_fp32_batch1_ms": m["onnx_fp32"]["batch1_p50_ms"],
+        "onnx_int8_batch1_ms": m["onnx_int8"]["batch1_p50_ms"],
+        "index_precision": (s.get("inference") or {}).get("precision"),
+        **d["ratios"],
+        "load_average_at_start": d["load_average_at_start"][0],
+    }
+
+
 KEY_FIGURES: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "inference": _inference,
     "ann": _ann,
     "e2e": _e2e,
     "ingest": _ingest,

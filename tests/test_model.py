@@ -389,7 +389,7 @@ async def test_embedder_errors_and_cancellation(registry: ModelRegistry, monkeyp
         model = await embedder.load_model(TEST_SPEC)
         real = model.embed_tensor
 
-        def broken(batch: torch.Tensor) -> np.ndarray:
+        def broken(batch: torch.Tensor, precision: str = "fp32") -> np.ndarray:
             raise RuntimeError("boom")
 
         monkeypatch.setattr(model, "embed_tensor", broken)

@@ -313,3 +313,19 @@ def test_random_siglip_still_needs_its_tokenizer(tmp_path: Path, no_network: lis
     model = load_model(spec, cache_dir=tmp_path / "hub")
     assert model.embed_texts(["green wool hat"]).shape == (1, 768)
     assert no_network == []
+
+
+def test_models_pull_takes_a_json_setting(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, no_network: list[object]
+) -> None:
+    from app.cli import main
+
+    monkeypatch.delenv("LOOKALIKE_MODEL_WEIGHTS", raising=False)
+    assert main(["models", "pull", json.dumps(OFFLINE_OPEN_CLIP_MODEL)]) == 0
+    assert "ViT-B-32: ready (512-d embeddings, text tower)" in capsys.readouterr().out
+    marqo = {"library": "open_clip", "name": "hf-hub:Marqo/marqo-ecommerce-embeddings-B"}
+    assert main(["models", "pull", json.dumps(marqo)]) == 1  # not cached here, and HF_HUB_OFFLINE
+    assert "LOOKALIKE_MODEL_WEIGHTS" in capsys.readouterr().err
+    assert main(["models", "pull", '{"library": "open_clip", "name": "ViT-B-99"}']) == 2
+    assert "unknown open_clip model" in capsys.readouterr().err
+    assert no_network == []

@@ -134,6 +134,14 @@ def test_search_page_upload_filter_grid_and_errors(
     error = page.text_content("#error")
     assert error.startswith("400:") and "filter" in error and "invalid_filter" in error, error
     assert _hit_ids(page) == []
+
+    # 4. Words in the text box: /search with text (lexical on this image-only model), photo ignored.
+    page.fill("#filter", "")
+    page.fill("#text-q", "Bolt item")
+    page.click("#search-btn")
+    page.wait_for_selector(".hit")
+    ids = _hit_ids(page)
+    assert len(ids) == 6 and all(int(i.split("-")[1]) % 2 == 1 for i in ids), ids
     assert problems == [], problems
     page.close()
 

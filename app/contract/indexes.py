@@ -21,7 +21,36 @@ REVERSE_SEARCH_KNOB_RANGES: dict[str, tuple[int, int, bool]] = {
     "queryCrops": (1, 8, True),
 }
 
+# Re-ranking knobs (`lookalike calibrate --apply` stores them): name -> (minimum, maximum, integer).
+# Absent: the service's defaults (domain.rerank.RerankParams).
+SCORING_KNOB_RANGES: dict[str, tuple[float, float, bool]] = {
+    "aggregateWeight": (0.0, 32.0, False),
+    "verifyWeight": (0.0, 32.0, False),
+    "verifyTop": (0, 1000, True),
+    "minInliers": (0, 100, True),
+    "inlierSaturation": (0.5, 100.0, False),
+}
+
 _SETTINGS = "invalid_settings"
+
+
+def _scoring_knob(name: str) -> BeforeValidator:
+    low, high, integer = SCORING_KNOB_RANGES[name]
+
+    def check(value: Any) -> int | float:
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not number or not low <= value <= high or (integer and not float(value).is_integer()):
+            kind = "an integer" if integer else "a number"
+            raise reject(_SETTINGS, f"reverseImageSearch.{name} must be {kind} from {low:g} to {high:g}")
+        return int(value) if integer else float(value)
+
+    return BeforeValidator(check)
+
+
+def _scoring_field(name: str, description: str) -> Any:
+    low, high, integer = SCORING_KNOB_RANGES[name]
+    schema = {"type": "integer" if integer else "number", "minimum": low, "maximum": high, "description": description}
+    return Annotated[int if integer else float, _scoring_knob(name), WithJsonSchema(schema)]
 
 
 def _knob(name: str) -> BeforeValidator:
@@ -70,13 +99,28 @@ class ReverseImageSearchSettings(ContractModel):
             }
         ),
     ] = omittable()
+    aggregateWeight: _scoring_field(  # type: ignore[valid-type]
+        "aggregateWeight", "prior = embedding cosine + aggregateWeight x keypoint-aggregate cosine"
+    ) = omittable()
+    verifyWeight: _scoring_field(  # type: ignore[valid-type]
+        "verifyWeight", "the largest bonus geometric verification adds to the prior"
+    ) = omittable()
+    verifyTop: _scoring_field(  # type: ignore[valid-type]
+        "verifyTop", "candidates (best by prior) verified per query; 0 = all"
+    ) = omittable()
+    minInliers: _scoring_field(  # type: ignore[valid-type]
+        "minInliers", "distinct inliers below which verification adds nothing"
+    ) = omittable()
+    inlierSaturation: _scoring_field(  # type: ignore[valid-type]
+        "inlierSaturation", "inliers over minInliers at which the bonus reaches 63% of verifyWeight"
+    ) = omittable()
 
     @model_validator(mode="before")
     @classmethod
     def _an_object_of_known_knobs(cls, value: Any) -> Any:
         if not isinstance(value, dict):
             raise reject(_SETTINGS, 'reverseImageSearch must be an object, e.g. {"enabled": true}')
-        known = ["enabled", *REVERSE_SEARCH_KNOB_RANGES]
+        known = ["enabled", *REVERSE_SEARCH_KNOB_RANGES, *SCORING_KNOB_RANGES]
         for key in value:
             if key not in known:
                 raise reject(
@@ -176,6 +220,34 @@ class StoredReverseSearchSettings(ContractResponse):
     queryCrops: int | Literal["auto"] | None = omittable()
 
 
+class InferenceGuard(ContractResponse):
+    """The int8 quality guard's verdict on the index's own images, with its numbers."""
+
+    model_config = ConfigDict(extra="allow")
+
+    status: Literal["pending", "passed", "failed", "off"]
+    reason: str | None = omittable()
+    sample: int | None = omittable(ge=0)
+    cosine: float | None = omittable("mean cosine(fp32, int8) over the sample")
+    cosineMin: float | None = omittable()
+    overlap: float | None = omittable("mean share of top-k neighbours kept by int8", ge=0, le=1)
+    neighbours: int | None = omittable(ge=0)
+    thresholds: dict[str, float] | None = omittable()
+    singleImageMs: dict[str, float] | None = omittable()
+
+
+class InferenceSettings(ContractResponse):
+    """Read-only: the backend and precision the index's model runs at (int8 only where the guard passed)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    backend: Literal["onnx", "torch"] | None = omittable()
+    precision: Literal["fp32", "int8"]
+    guard: InferenceGuard | None = omittable()
+    providers: list[str] | None = omittable("ONNX Runtime execution providers, or torch:<device>")
+    graphKey: str | None = omittable("the exported graph's cache key")
+
+
 class IndexSettings(ContractResponse):
     """Indexes created through the API carry all four; rows written by other means may not."""
 
@@ -183,6 +255,7 @@ class IndexSettings(ContractResponse):
     vectorType: Literal["halfvec", "vector"] | None = omittable()
     dimensions: int | None = omittable(ge=1)
     reverseImageSearch: StoredReverseSearchSettings | None = omittable()
+    inference: InferenceSettings | None = omittable()
 
 
 class CreateIndexResponse(ContractResponse):
@@ -230,3 +303,4 @@ class IndexStats(ContractResponse):
     vectorBytes: int = Field(ge=0)
     reverseImageSearch: ReverseImageSearchStats
     embeddings: EmbeddingStats
+    inference: InferenceSettings | None = omittable()

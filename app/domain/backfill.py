@@ -12,7 +12,9 @@ import asyncio
 import logging
 
 import asyncpg
+from PIL import Image
 
+from app.domain import inference
 from app.errors import ImageError
 from app.storage import products
 from app.vision.service import VisionService
@@ -66,24 +68,34 @@ class FeatureBackfill:
 
     async def run_once(self) -> int:
         """Process one batch; returns how many products it finished."""
+        loaded: dict[int, list[Image.Image]] = {}  # index pk -> this batch's decoded images
         async with self._batch, self.pool.acquire() as conn, conn.transaction():
             claimed = await products.claim_pending_features(conn, BATCH)
             if not claimed:
                 return 0
             outcomes = await asyncio.gather(*(self._extract(url) for _, _, url, _ in claimed))
-            for (product_pk, index_pk, _, _), (features, error) in zip(claimed, outcomes, strict=True):
+            for (product_pk, index_pk, _, _), (features, error, image) in zip(claimed, outcomes, strict=True):
                 await products.finish_features(conn, index_pk, product_pk, features, error)
+                if image is not None:
+                    loaded.setdefault(index_pk, []).append(image)
+        # The images are decoded anyway: an index whose int8 guard is still pending (ingested in
+        # small batches) gets its verdict from them, in the background.
+        for index_pk, images in loaded.items():
+            try:
+                await inference.guard_pending_from_stored(self.pool, self.vision, index_pk, images)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                log.warning("int8 guard during backfill failed; it stays pending", exc_info=True)
         return len(claimed)
 
-    async def _extract(self, url: str) -> tuple[dict | None, str | None]:
+    async def _extract(self, url: str) -> tuple[dict | None, str | None, Image.Image | None]:
         try:
             loaded = await self.vision.load(url)
-            return await self.vision.catalog_features(loaded.image), None
+            return await self.vision.catalog_features(loaded.image), None, loaded.image
         except ImageError as exc:
-            return None, f"image could not be loaded: {exc.message}"
+            return None, f"image could not be loaded: {exc.message}", None
         except Exception as exc:  # one bad image must not stop the backfill
             log.warning("feature extraction failed for %s", url[:80], exc_info=True)
-            return None, f"local features could not be extracted: {exc.__class__.__name__}"
+            return None, f"local features could not be extracted: {exc.__class__.__name__}", None
 
     async def drain(self) -> None:
         """Finish all pending work now (tests, `lookalike index backfill`)."""

@@ -12,7 +12,7 @@ from typing import Any
 import asyncpg
 
 from app.auth import new_index_id
-from app.domain import index_settings
+from app.domain import index_settings, inference
 from app.domain.backfill import FeatureBackfill
 from app.errors import ApiError, bad_request
 from app.storage import indexes, products
@@ -57,6 +57,7 @@ async def create_index(pool: asyncpg.Pool, vision: VisionService, name: str, bod
         "vectorType": create.vector_type,
         "dimensions": model.dim,
         "reverseImageSearch": create.reverse_search,
+        "inference": inference.initial_settings(vision),
     }
     try:
         async with pool.acquire() as conn, conn.transaction():

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from app.domain import inference
 from app.domain.products import DocumentError, document_id, merge_partial, validate_document
 from app.errors import ImageError
 from app.filters import index_terms
@@ -191,13 +192,14 @@ class IngestPipeline:
         images = [w.loaded.image for w in work if w.loaded is not None]
         vectors: list[np.ndarray | None]
         try:
-            vectors = list(await self.vision.embed(spec, images))
+            vectors = list(await inference.embed_for_ingest(self.store.pool, self.vision, index, images))
         except Exception:
             log.warning("batch embedding failed; embedding the %d images one by one", len(work), exc_info=True)
             vectors = []
             for w, image in zip(work, images, strict=True):
                 try:
-                    vectors.append((await self.vision.embed(spec, [image]))[0])
+                    precision = inference.precision_of(index, self.vision)
+                    vectors.append((await self.vision.embed(spec, [image], precision))[0])
                 except Exception as exc:  # reported on the item; the others still land
                     vectors.append(None)
                     w.embed_error = f"image could not be embedded: {exc.__class__.__name__}"

@@ -30,6 +30,7 @@ import asyncpg
 import numpy as np
 from PIL import Image
 
+from app.domain import inference
 from app.domain import regions as regions_mod
 from app.domain.queries import ReverseSearchRequest, shape_hit
 from app.domain.rerank import (
@@ -59,7 +60,6 @@ SCORING_KNOBS = {
     "verifyTop": "verify_top",
     "minInliers": "min_inliers",
     "inlierSaturation": "inlier_saturation",
-    "aggregatePool": "aggregate_pool",
 }
 
 
@@ -195,10 +195,10 @@ class ReverseSearchService:
         self.vision = vision
         self.params = params or RerankParams()
 
-    async def _crop_count(self, knobs: dict[str, Any], spec: ModelSpec, params: RerankParams) -> int:
+    async def _crop_count(self, knobs: dict[str, Any], spec: ModelSpec, params: RerankParams, precision: str) -> int:
         value = knobs.get("queryCrops", "auto")
         if value == "auto":
-            return crops_for_model(await self.vision.single_image_ms(spec), params)
+            return crops_for_model(await self.vision.single_image_ms(spec, precision), params)
         return int(value)
 
     async def _prepare(
@@ -209,7 +209,7 @@ class ReverseSearchService:
         spec = ModelSpec.parse(index.model)
         where = request_filter(request.filter)
         loaded = await self.vision.load(request.q)
-        n_crops = await self._crop_count(knobs, spec, params)
+        n_crops = await self._crop_count(knobs, spec, params, inference.precision_of(index, self.vision))
         return _Query(index, request, spec, loaded.image, where, params, n_crops)
 
     async def _retrieve(
@@ -267,7 +267,7 @@ class ReverseSearchService:
         boxes, crops = await self.vision.run_cpu(_boxes_and_crops, query.image, query.n_crops)
         # Query features are extracted while the crops are embedded (both off the loop).
         features_task = self.vision.run_cpu(local_features.extract_query_features, query.image)
-        embeddings = await self.vision.embed(query.spec, crops)
+        embeddings = await self.vision.embed(query.spec, crops, inference.precision_of(query.index, self.vision))
         timer.lap("embed")
         query_features = await features_task
         aggregates = await self.vision.run_cpu(aggregate.box_aggregates, query_features, boxes)
@@ -342,7 +342,8 @@ class ReverseSearchService:
         if len(residual) < local_features.DEFAULT_VERIFY.min_matches:
             return False
         describe, _, crops = await self.vision.run_cpu(_proposal_boxes, query.image, masked, residual, query.n_crops)
-        embeddings = await self.vision.embed(query.spec, crops) if crops else np.zeros((0, 1), np.float32)
+        precision = inference.precision_of(query.index, self.vision)
+        embeddings = await self.vision.embed(query.spec, crops, precision) if crops else np.zeros((0, 1), np.float32)
         aggregates = await self.vision.run_cpu(aggregate.box_aggregates, residual, describe)
 
         async def residual_candidates(conn: asyncpg.Connection) -> list[Hashable]:
@@ -351,8 +352,10 @@ class ReverseSearchService:
                 old = gathered.candidates.get(key)
                 if old is None or prior_score(cand, p) > prior_score(old, p):
                     gathered.candidates[key] = cand
-            # verified already against the whole photo: those stand; the rest is verified against what is left
-            new = [k for k in select_for_verification(fresh.values(), p) if k not in gathered.verifications]
+            # found somewhere already: that stands; the rest (also those the whole photo did not verify:
+            # its keypoint budget went elsewhere) is verified against what is left
+            located = {k for k, v in gathered.verifications.items() if counts_as_verified(v, p)}
+            new = [k for k in select_for_verification(fresh.values(), p) if k not in located]
             missing = [k for k in new if k not in gathered.details]
             if missing:
                 gathered.details.update(await search_sql.candidate_details(conn, query.index, missing))  # type: ignore[arg-type]
@@ -371,7 +374,7 @@ class ReverseSearchService:
         p = query.params
         boxes = [tuple(int(round(v)) for v in r.box) for r in found]
         crops = await self.vision.run_cpu(crop_images, query.image, boxes)
-        embeddings = await self.vision.embed(query.spec, crops)
+        embeddings = await self.vision.embed(query.spec, crops, inference.precision_of(query.index, self.vision))
         # one aggregate per region (an empty row where too few keypoints describe it)
         per_box = [await self.vision.run_cpu(aggregate.box_aggregates, gathered.query_features, [b]) for b in boxes]
         limit = query.request.limit

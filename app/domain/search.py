@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from app.domain import inference
 from app.domain.queries import SearchRequest, shape_hit
 from app.errors import bad_request
 from app.filters import FilterError, FilterNode, parse_filter
@@ -71,7 +72,7 @@ class SearchService:
             return await self._text_by_vector(index, spec, request, method, where, timer)
         loaded = await self.vision.load(request.q)
         timer.lap("decode")
-        embedding = (await self.vision.embed(spec, [loaded.image]))[0]
+        embedding = (await self.vision.embed(spec, [loaded.image], inference.precision_of(index, self.vision)))[0]
         timer.lap("embed")
         rows = await self.db.read(
             lambda conn: search_sql.nearest(conn, index, embedding, where, request.limit + request.offset)

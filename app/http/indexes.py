@@ -8,7 +8,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from app.auth import bearer_token, can_read, require_admin
-from app.contract.indexes import DeleteIndexResponse, EmbeddingStats, IndexStats, ReverseImageSearchStats
+from app.contract.indexes import (
+    DeleteIndexResponse,
+    EmbeddingStats,
+    IndexStats,
+    InferenceSettings,
+    ReverseImageSearchStats,
+)
+from app.domain import inference
 from app.domain.index_admin import IndexRecord
 from app.errors import not_found, unauthorized
 from app.http.common import json_response, model_response, read_json
@@ -118,5 +125,6 @@ async def index_stats(request: Request) -> JSONResponse:
                 ready=enabled and stats.features_pending == 0,
             ),
             embeddings=EmbeddingStats(pending=stats.embeddings_pending, failed=stats.embeddings_failed),
+            inference=InferenceSettings.model_validate(inference.effective(record, services(request).vision)),
         )
     )

@@ -1086,6 +1086,27 @@ def generate_queries(
     return out
 
 
+def cutout_from_photo(photo: Image.Image) -> Image.Image:
+    """The product alone (RGBA) from a catalog photo: pixels unlike the border colour, cropped.
+
+    Catalog photos show the product on a plain or near-plain background; a photo without one
+    (the product fills the frame) is used whole.
+    """
+    rgb = np.asarray(photo.convert("RGB"))
+    h, w = rgb.shape[:2]
+    border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]]).astype(np.int16)
+    background = np.median(border, axis=0)
+    spread = float(np.abs(border - background).max(axis=1).mean())
+    mask = (np.abs(rgb.astype(np.int16) - background).max(axis=2) > max(18.0, 3 * spread)).astype(np.uint8)
+    mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, np.ones((7, 7), np.uint8))
+    ys, xs = np.nonzero(mask)
+    if len(xs) < 0.05 * h * w:
+        return photo.convert("RGBA")
+    box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+    rgba = np.dstack([rgb, cv2.GaussianBlur(mask * 255, (0, 0), 1.0)])
+    return Image.fromarray(rgba.astype(np.uint8), "RGBA").crop(box)
+
+
 CATEGORIES = ("textured", "low_texture", "blurred", "small_in_frame", "lookalike_distractors")
 
 

@@ -272,10 +272,12 @@
     clearError();
     const index = $("index").value.trim();
     const indexId = $("index-id").value.trim();
-    const mode = form.querySelector('input[name="mode"]:checked').value;
-    const q = imageDataUrl || $("image-url").value.trim();
+    const text = $("text-q").value.trim();
+    // Words go to /search (the index's default text method); a photo to the chosen mode.
+    const mode = text ? "search" : form.querySelector('input[name="mode"]:checked').value;
+    const q = text || imageDataUrl || $("image-url").value.trim();
     if (!index || !indexId) return showError("enter the index name and its index id");
-    if (!q) return showError("drop or pick a photo, or paste an image URL");
+    if (!q) return showError("drop or pick a photo, paste an image URL, or type words");
     const body = { q, limit: parseInt($("limit").value, 10) || 10 };
     const filter = $("filter").value.trim();
     if (filter) body.filter = filter;

@@ -163,6 +163,7 @@ ORDER BY i.name
 """
 
 
+
 async def list_indexes(conn: asyncpg.Connection | asyncpg.Pool) -> list[tuple[IndexRecord, int]]:
     rows = await conn.fetch(LIST_INDEXES)
     return [(_record(r), r["document_count"]) for r in rows]
@@ -173,6 +174,19 @@ UPDATE_SETTINGS = f"UPDATE indexes SET settings = $2::jsonb, updated_at = now() 
 
 async def update_settings(conn: asyncpg.Connection, pk: int, settings: dict[str, Any]) -> IndexRecord:
     row = await conn.fetchrow(UPDATE_SETTINGS, pk, json.dumps(settings))
+    assert row is not None
+    return _record(row)
+
+
+SET_INFERENCE = (
+    "UPDATE indexes SET settings = jsonb_set(settings, '{inference}', $2::jsonb), updated_at = now()"
+    f" WHERE pk = $1 RETURNING {_COLUMNS}"
+)
+
+
+async def set_inference(conn: asyncpg.Connection, pk: int, inference: dict[str, Any]) -> IndexRecord:
+    """Store the `inference` settings (precision, guard numbers) alone: a concurrent PATCH of other keys is kept."""
+    row = await conn.fetchrow(SET_INFERENCE, pk, json.dumps(inference))
     assert row is not None
     return _record(row)
 

@@ -108,8 +108,10 @@ STATEMENTS: dict[str, Callable[[IndexRecord], Statement]] = {
     "indexes.create_index (aggregate hnsw)": lambda ix: indexes.vector_table_ddl(ix)[2],
     "indexes.create_index (comment)": lambda ix: indexes.vector_table_ddl(ix)[3],
     "indexes.get_index": lambda ix: (indexes.GET_INDEX, [ix.name]),
+    "indexes.get_index_by_pk": lambda ix: indexes.GET_INDEX_BY_PK,
     "indexes.list_indexes": lambda ix: indexes.LIST_INDEXES,
     "indexes.update_settings": lambda ix: indexes.UPDATE_SETTINGS,
+    "indexes.set_inference": lambda ix: indexes.SET_INFERENCE,
     "indexes.index_stats": lambda ix: (indexes.index_stats_sql(ix), [ix.pk]),
     "indexes.delete_index (vector table)": lambda ix: indexes.delete_index_sql(ix)[0],
     "indexes.delete_index (row)": lambda ix: (indexes.delete_index_sql(ix)[1], [ix.pk]),
@@ -118,9 +120,8 @@ STATEMENTS: dict[str, Callable[[IndexRecord], Statement]] = {
     "apikeys.active_key_digests (by source)": lambda ix: (apikeys.ACTIVE_KEYS_FROM, ["generated"]),
     "apikeys.store_key": lambda ix: apikeys.STORE_KEY,
     "apikeys.lock_key_bootstrap": lambda ix: apikeys.LOCK_KEY_BOOTSTRAP,
-    # reads: get-documents with the embedding state (queue mode), index by pk (workers)
+    # reads: get-documents with the embedding state (queue mode)
     "products.get_documents_with_state": lambda ix: (products.GET_DOCUMENTS_WITH_STATE, [ix.pk, ["p1", "p2"]]),
-    "indexes.get_index_by_pk": lambda ix: (indexes.GET_INDEX_BY_PK, [ix.pk]),
     # queue: LOOKALIKE_INGEST_MODE=queue stores pending products; `lookalike worker` claims and finishes them
     "queue.enqueue_product": lambda ix: queue.ENQUEUE,
     "queue.enqueue_product (drop vector)": lambda ix: queue.drop_vector_sql(ix),

@@ -54,6 +54,7 @@ class _Job:
 @dataclass
 class _Batcher:
     model: EmbeddingModel
+    precision: str = "fp32"  # the image graph's precision (see EmbeddingModel.embed_tensor)
     text: bool = False  # forward passes through the text tower (token ids), else the image tower
     queue: asyncio.Queue[_Job] = field(default_factory=asyncio.Queue)
     task: asyncio.Task[None] | None = None
@@ -105,27 +106,39 @@ class Embedder:
         """The loaded model for `spec`; the first load takes seconds and runs in a thread."""
         return await self._run(self._load_pool, self.registry.get, spec)
 
-    async def single_image_ms(self, spec: ModelSpec) -> float:
-        """The model's single-image forward time (measured once, on the inference thread)."""
+    async def single_image_ms(self, spec: ModelSpec, precision: str = "fp32") -> float:
+        """The model's single-image forward time at `precision` (measured once, on the inference thread)."""
         model = self.registry.loaded_model(spec) or await self.load_model(spec)
-        measured = model.measured_single_image_ms
+        measured = model.measured_single_image_ms(precision)
         if measured is not None:  # every request after the first: no thread hop
             return measured
-        return await self._run(self._infer_pool, model.single_image_ms)
+        return await self._run(self._infer_pool, model.single_image_ms, precision)
+
+    async def preprocess(self, model: EmbeddingModel, images: Sequence[Image.Image]) -> torch.Tensor:
+        """model.preprocess(images) in the CPU pool."""
+        return await self._run(self._cpu_pool, model.preprocess, list(images))
+
+    async def run_inference(self, fn: Callable[..., T], *args: object) -> T:
+        """Run `fn` on the inference thread (between forward passes, never beside one)."""
+        return await self._run(self._infer_pool, fn, *args)
 
     async def decode(self, data: bytes) -> Image.Image:
         """decode_image(data, settings.max_image_pixels) in the CPU pool; raises ImageError."""
         return await self._run(self._cpu_pool, decode_image, data, self._max_pixels)
 
-    async def embed(self, spec: ModelSpec, images: Sequence[Image.Image]) -> np.ndarray:
-        """float32 (len(images), dim) L2-normalised embeddings, batched with concurrent callers."""
+    async def embed(self, spec: ModelSpec, images: Sequence[Image.Image], precision: str = "fp32") -> np.ndarray:
+        """float32 (len(images), dim) L2-normalised embeddings, batched with concurrent callers.
+
+        `precision` picks the model's graph ("fp32" or "int8", see `EmbeddingModel.embed_tensor`);
+        requests at different precisions never share a forward pass.
+        """
         if self._closed:
             raise RuntimeError("Embedder is closed")
         model = await self.load_model(spec)
         if not images:
             return np.zeros((0, model.dim), dtype=np.float32)
         chunks = [list(images[i : i + self.batch_size]) for i in range(0, len(images), self.batch_size)]
-        parts = await asyncio.gather(*(self._embed_chunk(spec, model, chunk) for chunk in chunks))
+        parts = await asyncio.gather(*(self._embed_chunk(spec, model, chunk, precision) for chunk in chunks))
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     async def embed_texts(self, spec: ModelSpec, texts: Sequence[str]) -> np.ndarray:
@@ -197,13 +210,15 @@ class Embedder:
             if not waiter.done():
                 waiter.set_result(None)
 
-    async def _embed_chunk(self, spec: ModelSpec, model: EmbeddingModel, chunk: list[Image.Image]) -> np.ndarray:
+    async def _embed_chunk(
+        self, spec: ModelSpec, model: EmbeddingModel, chunk: list[Image.Image], precision: str
+    ) -> np.ndarray:
         n = len(chunk)
         await self._admit(n)
         try:
             batch = await self._run(self._cpu_pool, model.preprocess, chunk)
             future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
-            self._batcher(spec, model).queue.put_nowait(_Job(batch, future))
+            self._batcher(spec, model, precision).queue.put_nowait(_Job(batch, future))
             return await future
         finally:
             self._release(n)
@@ -219,15 +234,17 @@ class Embedder:
         finally:
             self._release(n)
 
-    def _batcher(self, spec: ModelSpec, model: EmbeddingModel, *, text: bool = False) -> _Batcher:
+    def _batcher(
+        self, spec: ModelSpec, model: EmbeddingModel, precision: str = "fp32", *, text: bool = False
+    ) -> _Batcher:
         if self._closed:  # closed while this request was being preprocessed
             raise RuntimeError("Embedder is closed")
-        key = f"{spec.cache_key}#text" if text else spec.cache_key
+        key = f"{spec.cache_key}#text" if text else f"{spec.cache_key}/{precision}"
         batcher = self._batchers.get(key)
         loop = asyncio.get_running_loop()
         # A new worker if none, if it died, or if it belongs to another event loop (tests).
         if batcher is None or batcher.task is None or batcher.task.done() or batcher.task.get_loop() is not loop:
-            batcher = _Batcher(model, text=text)
+            batcher = _Batcher(model, precision, text=text)
             batcher.task = loop.create_task(self._work(batcher), name=f"lookalike-embed-{key}")
             self._batchers[key] = batcher
         return batcher
@@ -253,8 +270,10 @@ class Embedder:
                 continue
             batch = jobs[0].batch if len(jobs) == 1 else torch.cat([j.batch for j in jobs])
             try:
-                forward = batcher.model.embed_tokens if batcher.text else batcher.model.embed_tensor  # type: ignore[attr-defined]
-                out = await self._run(self._infer_pool, forward, batch)
+                if batcher.text:
+                    out = await self._run(self._infer_pool, batcher.model.embed_tokens, batch)  # type: ignore[attr-defined]
+                else:
+                    out = await self._run(self._infer_pool, batcher.model.embed_tensor, batch, batcher.precision)
             except asyncio.CancelledError:
                 for j in jobs:
                     j.future.cancel()

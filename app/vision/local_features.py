@@ -179,8 +179,38 @@ def extract_catalog_features(image: Image.Image) -> LocalFeatures:
     return extract_features(image, CATALOG_MAX_KEYPOINTS, CATALOG_MAX_SIDE)
 
 
+# Soft photos (motion blur, defocus) lose the fine-scale keypoints a sharp catalog image has;
+# analysed smaller, the blur shrinks with the image and coarse keypoints match again. Below
+# SOFT_SHARPNESS (variance of the Laplacian on a 256 px grey thumbnail; benchmark photos:
+# soft median ~20, sharp median ~97, 10th percentile ~30) the query also gets SOFT_KEYPOINTS
+# keypoints analysed at SOFT_MAX_SIDE.
+SOFT_SHARPNESS = 35.0
+SOFT_KEYPOINTS = 384
+SOFT_MAX_SIDE = 256
+
+
+def sharpness(image: Image.Image) -> float:
+    """Variance of the Laplacian of a 256 px wide grey thumbnail (low: blurred or out of focus)."""
+    small = image.convert("L").resize((256, max(1, round(256 * image.height / max(1, image.width)))))
+    return float(cv2.Laplacian(np.asarray(small, np.float32), cv2.CV_32F).var())
+
+
+def merged(a: LocalFeatures, b: LocalFeatures) -> LocalFeatures:
+    """The keypoints of both (same image, two analysis sizes)."""
+    return LocalFeatures(
+        np.concatenate([a.keypoints, b.keypoints]),
+        np.concatenate([a.descriptors, b.descriptors]),
+        np.concatenate([a.colours, b.colours]),
+        a.image_width,
+        a.image_height,
+    )
+
+
 def extract_query_features(image: Image.Image) -> LocalFeatures:
-    return extract_features(image, QUERY_MAX_KEYPOINTS, QUERY_MAX_SIDE)
+    features = extract_features(image, QUERY_MAX_KEYPOINTS, QUERY_MAX_SIDE)
+    if sharpness(image) < SOFT_SHARPNESS:
+        features = merged(features, extract_features(image, SOFT_KEYPOINTS, SOFT_MAX_SIDE))
+    return features
 
 
 # --------------------------------------------------------------------------- verification

@@ -20,6 +20,7 @@ says how to provide them; random weights are never substituted silently.
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 import socket
 import threading
@@ -36,6 +37,10 @@ import timm.data
 import torch
 import torch.nn.functional as F
 from PIL import Image
+
+from app.vision.backend import GraphCache, GraphFiles, OnnxRunner, Runner, cuda_provider_available
+
+log = logging.getLogger("lookalike.models")
 
 DEFAULT_ARCH = "vit_small_patch14_dinov2"
 DEFAULT_TAG = "lvd142m"
@@ -389,29 +394,61 @@ class EmbeddingModel:
         with torch.inference_mode():
             probe = self.module(torch.zeros((1, *self.input_size), device=self.device))
         self._dim = int(probe.reshape(1, -1).shape[1])
-        self._single_image_ms: float | None = None
+        self._init_backend_state()
+
+    def _init_backend_state(self) -> None:
+        self._single_image_ms: dict[str, float] = {}
+        # The ONNX Runtime sessions by precision ("fp32", "int8") when the onnx backend runs
+        # this model (`attach_graphs`); empty: plain torch.
+        self._runners: dict[str, Runner] = {}
+        self.graphs: GraphFiles | None = None
+        self.providers: list[str] = []
+
+    def export_module(self) -> torch.nn.Module:
+        """The module mapping preprocessed images to features, as exported to ONNX."""
+        return self.module
 
     @property
-    def measured_single_image_ms(self) -> float | None:
-        """`single_image_ms()` if it was measured already (no work), else None."""
-        return self._single_image_ms
+    def backend(self) -> str:
+        """"onnx" when exported graphs run this model, else "torch"."""
+        return "onnx" if self._runners else "torch"
 
-    def single_image_ms(self) -> float:
+    @property
+    def precisions(self) -> tuple[str, ...]:
+        """The precisions this model can embed at: ("fp32", "int8") with graphs, else ("fp32",)."""
+        return tuple(self._runners) if self._runners else ("fp32",)
+
+    def attach_graphs(self, graphs: GraphFiles, threads: int, *, use_cuda: bool = False) -> None:
+        """Run this model's passes on ONNX Runtime sessions over the exported graphs from now on."""
+        runners: dict[str, Runner] = {"fp32": OnnxRunner(graphs.path("fp32"), threads, use_cuda=use_cuda)}
+        if not use_cuda:  # dynamic int8 ops have no fast CUDA kernels: fp32 only on a GPU
+            runners["int8"] = OnnxRunner(graphs.path("int8"), threads)
+        self.providers = runners["fp32"].providers  # type: ignore[attr-defined]
+        self.graphs = graphs
+        self._runners = runners
+        self._single_image_ms.clear()
+
+    def measured_single_image_ms(self, precision: str = "fp32") -> float | None:
+        """`single_image_ms(precision)` if it was measured already (no work), else None."""
+        return self._single_image_ms.get(self._precision(precision))
+
+    def single_image_ms(self, precision: str = "fp32") -> float:
         """Wall time of one single-image forward pass on this machine, measured once (median of 3).
 
         Reverse image search sizes its crop batch by it: crops are nearly free on a GPU
         or with a small model, and cost a whole forward pass each with a ViT on 2 cores.
         """
-        if self._single_image_ms is None:
+        precision = self._precision(precision)
+        if precision not in self._single_image_ms:
             x = torch.zeros((1, *self.input_size))
-            self.embed_tensor(x)
+            self.embed_tensor(x, precision)
             times = []
             for _ in range(3):
                 started = time.perf_counter()
-                self.embed_tensor(x)
+                self.embed_tensor(x, precision)
                 times.append(time.perf_counter() - started)
-            self._single_image_ms = sorted(times)[1] * 1000.0
-        return self._single_image_ms
+            self._single_image_ms[precision] = sorted(times)[1] * 1000.0
+        return self._single_image_ms[precision]
 
     @property
     def dim(self) -> int:
@@ -474,8 +511,27 @@ class EmbeddingModel:
             return torch.zeros((0, *self.input_size))
         return torch.stack([self.transform(img if img.mode == "RGB" else img.convert("RGB")) for img in images])
 
-    def embed_tensor(self, batch: torch.Tensor) -> np.ndarray:
-        """Preprocessed (n, 3, H, W) -> float32 (n, dim), rows L2-normalised."""
+    def _precision(self, precision: str) -> str:
+        """The precision actually run: what was asked if this model has it, else fp32 (torch)."""
+        return precision if precision in self._runners else "fp32"
+
+    def embed_tensor(self, batch: torch.Tensor, precision: str = "fp32") -> np.ndarray:
+        """Preprocessed (n, 3, H, W) -> float32 (n, dim), rows L2-normalised.
+
+        With exported graphs attached, the ONNX Runtime session of `precision` runs the pass
+        (fp32 where that precision is not available); otherwise torch does.
+        """
+        if batch.shape[0] == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        runner = self._runners.get(self._precision(precision)) if self._runners else None
+        if runner is not None:
+            features = runner(batch.numpy()).reshape(batch.shape[0], -1)
+            norms = np.linalg.norm(features, axis=1, keepdims=True)
+            return (features / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
+        return self.torch_embed_tensor(batch)
+
+    def torch_embed_tensor(self, batch: torch.Tensor) -> np.ndarray:
+        """The plain torch pass (the reference the exported graphs are checked against)."""
         if batch.shape[0] == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
         with torch.inference_mode():
@@ -483,9 +539,9 @@ class EmbeddingModel:
             features = F.normalize(features, dim=1)
         return features.cpu().numpy().astype(np.float32, copy=False)
 
-    def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
+    def embed(self, images: Sequence[Image.Image], precision: str = "fp32") -> np.ndarray:
         """Images -> float32 (n, dim) L2-normalised embeddings."""
-        return self.embed_tensor(self.preprocess(images))
+        return self.embed_tensor(self.preprocess(images), precision)
 
 
 def load_model(
@@ -506,7 +562,13 @@ def load_model(
 
 
 class ModelRegistry:
-    """Loads each model once per process and hands out the shared instance; thread-safe."""
+    """Loads each model once per process and hands out the shared instance; thread-safe.
+
+    `backend="onnx"` (with `graph_dir`) also exports the model's fp32 and int8 ONNX graphs
+    into `graph_dir` (once; cached there across restarts) and runs the passes on ONNX Runtime
+    with `threads` intra-op threads; `backend="torch"` runs plain torch (on CUDA where torch
+    sees a GPU and `device` is "auto").
+    """
 
     def __init__(
         self,
@@ -515,7 +577,19 @@ class ModelRegistry:
         cache_dir: Path | None = None,
         device: str = "cpu",
         allow_download: bool = True,
+        backend: str = "torch",
+        graph_dir: Path | None = None,
+        threads: int = 0,
     ) -> None:
+        if backend not in ("torch", "onnx"):
+            raise ValueError(f"backend must be torch or onnx (resolve auto first), got {backend!r}")
+        if backend == "onnx" and graph_dir is None:
+            raise ValueError("the onnx backend needs a graph_dir for its exported graphs")
+        if device == "auto":
+            device = "cuda" if backend == "torch" and torch.cuda.is_available() else "cpu"
+        self.backend = backend
+        self.graph_cache = GraphCache(graph_dir) if graph_dir is not None else None
+        self._threads = threads
         self.weights_path = weights_path
         self._cache_dir = cache_dir
         self._device = device
@@ -543,8 +617,21 @@ class ModelRegistry:
                     cache_dir=self._cache_dir,
                     allow_download=self._allow_download,
                 )
+                if self.backend == "onnx":
+                    self._attach_graphs(model)
                 self._models[key] = model
             return model
+
+    def _attach_graphs(self, model: EmbeddingModel) -> None:
+        assert self.graph_cache is not None
+        try:
+            graphs = self.graph_cache.ensure(model.spec.cache_key, model.export_module(), model.input_size)
+            threads = self._threads if self._threads > 0 else torch.get_num_threads()
+            model.attach_graphs(graphs, threads, use_cuda=cuda_provider_available())
+        except Exception as exc:  # an architecture the exporter or ONNX Runtime cannot take still runs, on torch
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            log.warning("model %s could not be exported to ONNX (%s: %s); it runs on torch", model.name,
+                        type(exc).__name__, first)  # fmt: skip
 
     def loaded_model(self, spec: ModelSpec) -> EmbeddingModel | None:
         """The model for `spec` if it is loaded already (never loads)."""

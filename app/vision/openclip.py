@@ -25,6 +25,7 @@ import difflib
 import json
 import logging
 import os
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -396,6 +397,15 @@ def _model_cfg(spec: OpenClipSpec, files: _Files) -> dict[str, Any]:
     return dict(_open_clip().get_model_config(spec.name) or {})
 
 
+class _ImageTower(torch.nn.Module):
+    def __init__(self, module: torch.nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module.encode_image(x)
+
+
 class OpenClipModel(EmbeddingModel):
     """A loaded open_clip model: `embed` images (image tower), `embed_texts` text (text tower).
 
@@ -419,10 +429,13 @@ class OpenClipModel(EmbeddingModel):
         self.input_size = tuple(cfg.input_size)  # type: ignore[assignment]
         self.transform = image_transform_v2(cfg, is_train=False)
         self.tokenizer = tokenizer
+        # Hugging Face fast tokenizers set truncation/padding on the shared Rust object per call:
+        # two threads at once fail with "Already borrowed". Tokenising takes well under a millisecond.
+        self._tokenize_lock = threading.Lock()
         with torch.inference_mode():
             probe = self.module.encode_image(torch.zeros((1, *self.input_size), device=self.device))
         self._dim = int(probe.reshape(1, -1).shape[1])
-        self._single_image_ms = None
+        self._init_backend_state()
 
     has_text = True
 
@@ -464,8 +477,12 @@ class OpenClipModel(EmbeddingModel):
         )
         return cls(spec, module, tokenizer, device)
 
-    def embed_tensor(self, batch: torch.Tensor) -> np.ndarray:
-        """Preprocessed images (n, 3, H, W) -> float32 (n, dim), rows L2-normalised (image tower)."""
+    def export_module(self) -> torch.nn.Module:
+        """The image tower (what the ONNX backend exports; the text tower runs on torch)."""
+        return _ImageTower(self.module)
+
+    def torch_embed_tensor(self, batch: torch.Tensor) -> np.ndarray:
+        """Preprocessed images (n, 3, H, W) -> float32 (n, dim), rows L2-normalised (image tower, torch)."""
         if batch.shape[0] == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
         with torch.inference_mode():
@@ -475,7 +492,8 @@ class OpenClipModel(EmbeddingModel):
 
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         """Texts -> (n, context_length) token ids, as the text tower expects."""
-        return self.tokenizer(list(texts))
+        with self._tokenize_lock:
+            return self.tokenizer(list(texts))
 
     def embed_tokens(self, tokens: torch.Tensor) -> np.ndarray:
         """Token ids (n, context_length) -> float32 (n, dim), rows L2-normalised (text tower)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -13,9 +14,14 @@ from PIL import Image
 from threadpoolctl import threadpool_limits
 
 from app.config import Settings
+from app.vision import guard
+from app.vision.backend import resolve_backend
 from app.vision.embedder import Embedder
 from app.vision.fetch import ImageFetcher
+from app.vision.guard import GuardResult
 from app.vision.model import EmbeddingModel, ModelRegistry, ModelSpec
+
+log = logging.getLogger("lookalike.vision")
 
 
 @dataclass(frozen=True)
@@ -28,7 +34,15 @@ class VisionService:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.fetcher = ImageFetcher(settings)
-        self.registry = ModelRegistry(settings.model_weights)
+        # "onnx" or "torch" (LOOKALIKE_INFERENCE_BACKEND=auto resolved here, once per process).
+        self.backend = resolve_backend(settings.inference_backend)
+        self.registry = ModelRegistry(
+            settings.model_weights,
+            backend=self.backend,
+            graph_dir=settings.data_dir / "graphs",
+            threads=settings.inference_threads,
+            device="auto",
+        )
         self.embedder = Embedder(self.registry, settings)
         # numpy's OpenBLAS runs each product on its own thread pool, whose threads spin while
         # waiting; beside torch's inference threads and concurrent requests on 2 cores that turned
@@ -53,15 +67,36 @@ class VisionService:
     async def load_model(self, spec: ModelSpec) -> EmbeddingModel:
         return await self.embedder.load_model(spec)
 
-    async def embed(self, spec: ModelSpec, images: list[Image.Image]) -> np.ndarray:
-        return await self.embedder.embed(spec, images)
+    async def embed(self, spec: ModelSpec, images: list[Image.Image], precision: str = "fp32") -> np.ndarray:
+        return await self.embedder.embed(spec, images, precision)
 
     async def embed_texts(self, spec: ModelSpec, texts: list[str]) -> np.ndarray:
         """Text-tower embeddings (models with `has_text`), in the space of the image embeddings."""
         return await self.embedder.embed_texts(spec, texts)
 
-    async def single_image_ms(self, spec: ModelSpec) -> float:
-        return await self.embedder.single_image_ms(spec)
+    async def single_image_ms(self, spec: ModelSpec, precision: str = "fp32") -> float:
+        return await self.embedder.single_image_ms(spec, precision)
+
+    @property
+    def int8_allowed(self) -> bool:
+        """Whether int8 graphs may be used at all (onnx backend, LOOKALIKE_INFERENCE_PRECISION=auto)."""
+        return self.backend == "onnx" and self.settings.inference_precision == "auto"
+
+    async def guard_int8(self, spec: ModelSpec, images: list[Image.Image]) -> GuardResult | None:
+        """Compare the model's int8 and fp32 graphs on `images` (see app.vision.guard); None if no int8 graph."""
+        model = await self.load_model(spec)
+        if not self.int8_allowed or "int8" not in model.precisions:
+            return None
+        batch = await self.embedder.preprocess(model, images[: guard.MAX_SAMPLE])
+        return await self.embedder.run_inference(guard.check, model, batch)
+
+    async def warm_up(self, specs: list[ModelSpec]) -> None:
+        """Load (and, the first time, export) these models before requests need them."""
+        for spec in dict.fromkeys(specs):
+            try:
+                await self.load_model(spec)
+            except Exception:  # a model that cannot load fails its index's requests, not the start-up
+                log.warning("warm-up: model %s could not be loaded", spec.timm_name, exc_info=True)
 
     async def catalog_features(self, image: Image.Image) -> dict[str, Any]:
         """Local features of a catalog image, as `local_features` column values, plus their `aggregate`."""

@@ -27,6 +27,9 @@ COMMENT ON TABLE vectors_1 IS 'lookalike index shop: image embeddings, one row p
 --   $1 = 'shop'
 SELECT pk, name, index_id, settings, model, dimensions, vector_type, created_at FROM indexes WHERE name = $1;
 
+-- indexes.get_index_by_pk
+SELECT pk, name, index_id, settings, model, dimensions, vector_type, created_at FROM indexes WHERE pk = $1;
+
 -- indexes.list_indexes
 SELECT i.pk, i.name, i.index_id, i.settings, i.model, i.dimensions, i.vector_type, i.created_at,
        (SELECT count(*) FROM products p WHERE p.index_pk = i.pk) AS document_count
@@ -35,6 +38,9 @@ ORDER BY i.name;
 
 -- indexes.update_settings
 UPDATE indexes SET settings = $2::jsonb, updated_at = now() WHERE pk = $1 RETURNING pk, name, index_id, settings, model, dimensions, vector_type, created_at;
+
+-- indexes.set_inference
+UPDATE indexes SET settings = jsonb_set(settings, '{inference}', $2::jsonb), updated_at = now() WHERE pk = $1 RETURNING pk, name, index_id, settings, model, dimensions, vector_type, created_at;
 
 -- indexes.index_stats
 --   $1 = 1
@@ -56,7 +62,3 @@ DROP TABLE IF EXISTS vectors_1;
 -- indexes.delete_index (row)
 --   $1 = 1
 DELETE FROM indexes WHERE pk = $1;
-
--- indexes.get_index_by_pk
---   $1 = 1
-SELECT pk, name, index_id, settings, model, dimensions, vector_type, created_at FROM indexes WHERE pk = $1;

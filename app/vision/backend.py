@@ -1,0 +1,286 @@
+"""Inference backends: plain torch, or the model exported to ONNX and run by ONNX Runtime.
+
+Why ONNX Runtime (measured on this 2-core AVX-512/VNNI machine, DINOv2 ViT-S/14 @224,
+random weights, see benchmarks/inference_bench.py): its fp32 graph runs a batch-1 pass in
+well under torch's time, and the dynamically quantised int8 graph
+(`onnxruntime.quantization.quantize_dynamic`, no calibration data needed) in a fraction of
+it. OpenVINO's fp32 was in the same range as ORT's fp32, but it runs ORT's int8 graph
+slowly, its own int8 path needs calibration data (NNCF), and its wheel is twice the size; ORT
+also has a drop-in CUDA build (`onnxruntime-gpu`).
+
+- `LOOKALIKE_INFERENCE_BACKEND`: `auto` (ONNX Runtime when it is installed, else torch),
+  `torch` or `onnx` (required: fail if it is missing).
+- Exported graphs are cached under `<data dir>/graphs/`, one folder per key: model spec,
+  a digest of the weights (the state dict itself, so a changed seed or weights file is a new
+  key), input size and the versions of torch, onnx, onnxruntime and timm. Export (seconds)
+  happens once, when a model is loaded (index creation or the start-up warm-up), never
+  inside a request; a second process finds the files and only loads them.
+- open_clip models: the image tower is exported (`OpenClipModel.export_module`); the text
+  tower stays on torch (text queries are short and cached).
+- Two graphs per model: `fp32` and `int8` (dynamic quantisation of the MatMul/Gemm weights;
+  see `quantize_int8`). Which one an index uses is decided by the quality guard
+  (`app.domain.inference`), never assumed.
+- Threads: like torch's pool, ORT's intra-op pool gets `LOOKALIKE_INFERENCE_THREADS` (0: as
+  many as torch uses, the physical cores) and one inter-op thread; every pass runs on the
+  embedder's single inference thread, so two passes never fight over the cores. Idle pool
+  threads do not spin (`allow_spinning=0`): on a shared, busy 2-core machine spinning
+  threads steal the cores the pass needs (see `app/__init__.py` for the same finding with
+  libgomp); measured by benchmarks/inference_bench.py.
+- GPU: where the installed onnxruntime offers `CUDAExecutionProvider` (the `onnxruntime-gpu`
+  wheel), sessions run on it, fp32 only (dynamic int8 ops have no fast CUDA kernels); the
+  torch backend uses CUDA when torch sees a GPU. Neither is ever required.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+log = logging.getLogger("lookalike.inference")
+
+BACKENDS = ("auto", "torch", "onnx")
+PRECISIONS = ("fp32", "int8")
+OPSET = 17
+_EXPORT_FORMAT = 1  # bump when the export recipe below changes: old cached graphs are then ignored
+
+
+class BackendUnavailableError(RuntimeError):
+    """The configured backend cannot run here (e.g. `onnx` without onnxruntime installed)."""
+
+
+def onnx_installed() -> bool:
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_backend(configured: str) -> str:
+    """`auto` -> `onnx` where ONNX Runtime is installed, else `torch`; `onnx` must be installed."""
+    if configured not in BACKENDS:
+        raise ValueError(f"LOOKALIKE_INFERENCE_BACKEND must be one of {', '.join(BACKENDS)}, got {configured!r}")
+    if configured == "torch":
+        return "torch"
+    if onnx_installed():
+        return "onnx"
+    if configured == "onnx":
+        raise BackendUnavailableError(
+            "LOOKALIKE_INFERENCE_BACKEND=onnx needs the onnx and onnxruntime packages: pip install onnx onnxruntime"
+        )
+    return "torch"
+
+
+def library_versions() -> dict[str, str]:
+    """The versions an exported graph depends on (part of its cache key)."""
+    out = {}
+    for dist in ("torch", "onnx", "onnxruntime", "timm"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            # onnxruntime-gpu installs the module under another distribution name
+            out[dist] = metadata.version("onnxruntime-gpu") if dist == "onnxruntime" else "none"
+    return out
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    """sha256 of the state dict (names, dtypes, shapes, bytes): the identity of the weights."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def cuda_provider_available() -> bool:
+    import onnxruntime as ort
+
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+# -- the graph cache -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GraphFiles:
+    key: str
+    folder: Path
+    exported: bool  # True if this call exported (and quantised); False if it found the cache
+
+    def path(self, precision: str) -> Path:
+        return self.folder / f"model.{precision}.onnx"
+
+
+class GraphCache:
+    """Exported ONNX graphs under `root`, one folder per cache key; safe across threads and processes."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key_material(
+        model_key: str, digest: str, input_size: tuple[int, ...], versions: dict[str, str]
+    ) -> dict[str, Any]:
+        return {
+            "model": model_key,
+            "weights": digest,
+            "inputSize": list(input_size),
+            "versions": versions,
+            "opset": OPSET,
+            "format": _EXPORT_FORMAT,
+        }
+
+    @staticmethod
+    def key_of(material: dict[str, Any]) -> str:
+        return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:32]
+
+    def ensure(
+        self,
+        model_key: str,
+        module: torch.nn.Module,
+        input_size: tuple[int, ...],
+        *,
+        versions: dict[str, str] | None = None,
+        digest: str | None = None,
+    ) -> GraphFiles:
+        """The fp32 and int8 graphs for this module, exporting and quantising them if not cached."""
+        material = self.key_material(
+            model_key, digest or weights_digest(module), input_size, versions or library_versions()
+        )
+        key = self.key_of(material)
+        folder = self.root / f"{_safe(model_key)}-{key}"
+        with self._lock:
+            if (folder / "meta.json").is_file():
+                return GraphFiles(key, folder, exported=False)
+            self.root.mkdir(parents=True, exist_ok=True)
+            # Build in a private temp folder, then rename: a crash or a second process never
+            # leaves (or sees) half-written graphs.
+            work = Path(tempfile.mkdtemp(prefix=".export-", dir=self.root))
+            try:
+                started = time.perf_counter()
+                log.info("exporting %s to ONNX (once; cached in %s)", model_key, folder)
+                export_onnx(module, input_size, work / "model.fp32.onnx")
+                exported_s = time.perf_counter() - started
+                log.info("exported %s in %.1f s; quantising to int8", model_key, exported_s)
+                quantize_int8(work / "model.fp32.onnx", work / "model.int8.onnx")
+                total_s = time.perf_counter() - started
+                meta = {**material, "exportSeconds": round(exported_s, 2), "totalSeconds": round(total_s, 2)}
+                (work / "meta.json").write_text(json.dumps(meta, indent=2))
+                try:
+                    os.replace(work, folder)
+                except OSError:  # another process finished first: use its files
+                    if not (folder / "meta.json").is_file():
+                        raise
+                    return GraphFiles(key, folder, exported=False)
+                log.info("ONNX graphs for %s ready in %.1f s", model_key, total_s)
+                return GraphFiles(key, folder, exported=True)
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in name)[:80]
+
+
+class _Flatten(torch.nn.Module):
+    """The module's features as (n, dim): what `EmbeddingModel.embed_tensor` takes before normalising."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x).flatten(1)
+
+
+def export_onnx(module: torch.nn.Module, input_size: tuple[int, ...], path: Path) -> None:
+    """torch.onnx.export with the TorchScript exporter (no onnxscript needed), batch axis dynamic."""
+    module = module.eval()
+    dummy = torch.zeros((1, *input_size))
+    # Grad enabled while tracing: under no_grad, nn.MultiheadAttention (open_clip's towers) takes
+    # its fused fast path, whose aten op has no ONNX export.
+    with warnings.catch_warnings(), torch.inference_mode(False), torch.enable_grad():
+        # The exporter warns about traced Python conditionals in timm's blocks; the traced
+        # path is the one inference takes (eval mode, fixed input size).
+        warnings.simplefilter("ignore")
+        # .eval() on the wrapper too: the exporter restores the wrapper's mode afterwards, and a
+        # fresh wrapper is in training mode, which would leave the model's BatchNorm training.
+        torch.onnx.export(
+            _Flatten(module).eval(),
+            (dummy,),
+            str(path),
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=["pixels"],
+            output_names=["features"],
+            dynamic_axes={"pixels": {0: "batch"}, "features": {0: "batch"}},
+        )
+
+
+def quantize_int8(source: Path, target: Path) -> None:
+    """Dynamic int8 quantisation of MatMul/Gemm weights (activations quantised at run time; no calibration).
+
+    Conv is left fp32: ORT's ConvInteger ran resnet18 @96 five times slower than fp32 Conv
+    here (21.4 vs 4.3 ms batch 1), and quantising it failed outright on timm's exported CNNs
+    ("Expected ... to be an initializer"). So CNNs gain little from int8 and the guard's speed
+    check keeps them at fp32; ViTs (all MatMul) gain most.
+    """
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # it logs a "consider pre-processing" warning on the root logger
+    try:
+        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+    finally:
+        root.setLevel(level)
+
+
+# -- running a graph -----------------------------------------------------------------------
+
+
+class OnnxRunner:
+    """One ONNX Runtime session: (n, 3, H, W) float32 -> (n, dim) float32 features (not normalised).
+
+    Thread-safe (ORT sessions allow concurrent `run`); the embedder calls it from one thread.
+    """
+
+    def __init__(self, path: Path, threads: int, *, use_cuda: bool = False) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = max(1, threads)
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.log_severity_level = 3
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if use_cuda else ["CPUExecutionProvider"]
+        self.session = ort.InferenceSession(str(path), options, providers=providers)
+        self.providers = self.session.get_providers()
+        self._input = self.session.get_inputs()[0].name
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        (features,) = self.session.run(None, {self._input: np.ascontiguousarray(batch, dtype=np.float32)})
+        return np.asarray(features, dtype=np.float32)
+
+
+Runner = Callable[[np.ndarray], np.ndarray]

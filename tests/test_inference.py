@@ -1,0 +1,228 @@
+"""The ONNX Runtime backend: parity with torch, the graph cache, the int8 guard, and the API's view of it."""
+
+from __future__ import annotations
+
+import io
+import secrets
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+
+from app.config import Settings
+from app.samples import wild
+from app.vision import backend, guard
+from app.vision.model import OFFLINE_TEST_MODEL, EmbeddingModel, ModelRegistry, ModelSpec
+from app.vision.openclip import OFFLINE_OPEN_CLIP_MODEL
+from tests.conftest import ADMIN
+from tests.helpers import TEST_MODEL
+
+VIT = ModelSpec.parse(OFFLINE_TEST_MODEL)  # vit_tiny_patch16_224 @64, random weights
+CNN = ModelSpec.parse({"name": "resnet18", "pretrained": False, "imageSize": 96, "seed": 0})
+CLIP = ModelSpec.parse(OFFLINE_OPEN_CLIP_MODEL)  # open_clip ViT-B-32 image tower, random weights
+
+
+def _catalog_batch(model: EmbeddingModel, n: int = 32, seed: int = 3) -> torch.Tensor:
+    """Preprocessed product-like images (the wild generator's catalog), not noise."""
+    return model.preprocess([item.image for item in wild.generate_catalog(n, seed=seed)])
+
+
+@pytest.fixture(scope="module")
+def graph_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("graphs")
+
+
+@pytest.fixture(scope="module")
+def onnx_registry(graph_dir: Path) -> ModelRegistry:
+    return ModelRegistry(None, allow_download=False, backend="onnx", graph_dir=graph_dir)
+
+
+@pytest.mark.parametrize("spec", [VIT, CNN, CLIP], ids=["vit_tiny@64", "resnet18@96", "open_clip-ViT-B-32"])
+def test_onnx_matches_torch(onnx_registry: ModelRegistry, spec: ModelSpec) -> None:
+    model = onnx_registry.get(spec)
+    assert model.backend == "onnx" and model.precisions == ("fp32", "int8")
+    assert model.providers == ["CPUExecutionProvider"]
+    batch = _catalog_batch(model)
+    reference = model.torch_embed_tensor(batch)
+    fp32 = model.embed_tensor(batch, "fp32")
+    assert fp32.shape == reference.shape == (32, model.dim)
+    assert np.allclose(np.linalg.norm(fp32, axis=1), 1.0, atol=1e-5)
+    assert float(np.sum(reference * fp32, axis=1).min()) >= 0.999
+    assert guard.top_k_overlap(reference, fp32, 10) >= 0.99
+    # Batch size does not change a graph's answer (the batch axis is dynamic).
+    single = np.concatenate([model.embed_tensor(batch[i : i + 1]) for i in range(4)])
+    assert float(np.sum(single * fp32[:4], axis=1).min()) >= 0.9999
+    # int8: the guard's own numbers against the thresholds it applies.
+    result = guard.check(model, batch)
+    assert result.sample == 32 and result.neighbours == 10
+    assert result.cosine >= guard.COSINE_MIN, result.to_json()  # measured: >= 0.999 for both
+    passed = result.cosine >= guard.COSINE_MIN and result.overlap >= guard.OVERLAP_MIN and (
+        result.int8_ms < result.fp32_ms
+    )
+    assert result.precision == ("int8" if passed else "fp32"), result.to_json()
+    assert np.array_equal(result.vectors, result.int8 if passed else result.fp32)
+
+
+def test_guard_refuses_an_int8_graph_that_disagrees(onnx_registry: ModelRegistry, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    model = onnx_registry.get(VIT)
+    real = model._runners["int8"]
+    rng = np.random.default_rng(0)
+    # A broken quantisation: right shape, wrong directions.
+    monkeypatch.setitem(model._runners, "int8", lambda x: real(x) + rng.normal(0, 5, (x.shape[0], model.dim)))
+    result = guard.check(model, _catalog_batch(model))
+    assert result.precision == "fp32"
+    assert result.cosine < guard.COSINE_MIN and "cosine" in result.reason
+    assert result.to_json()["status"] == "failed"
+
+
+def test_top_k_overlap() -> None:
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=(20, 8)).astype(np.float32)
+    assert guard.top_k_overlap(a, a, 10) == 1.0
+    shuffled = rng.normal(size=(20, 8)).astype(np.float32)
+    assert guard.top_k_overlap(a, shuffled, 10) < 0.8
+    assert guard.top_k_overlap(a[:1], a[:1], 10) == 1.0  # nothing to compare
+
+
+def test_graph_cache_exports_once_and_keys_on_weights_and_versions(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    cache = backend.GraphCache(tmp_path)
+    model = EmbeddingModel.load(VIT)
+    first = cache.ensure(VIT.cache_key, model.module, model.input_size)
+    assert first.exported and first.path("fp32").is_file() and first.path("int8").is_file()
+    assert not list(tmp_path.glob(".export-*"))  # the temp folder is gone
+
+    def no_export(*args: object) -> None:
+        raise AssertionError("exported again")
+
+    monkeypatch.setattr(backend, "export_onnx", no_export)
+    again = backend.GraphCache(tmp_path).ensure(VIT.cache_key, EmbeddingModel.load(VIT).module, model.input_size)
+    assert again.key == first.key and not again.exported
+    # A second registry (a restarted process) loads the cached graphs without exporting.
+    loaded = ModelRegistry(None, backend="onnx", graph_dir=tmp_path).get(VIT)
+    assert loaded.graphs is not None and loaded.graphs.key == first.key and not loaded.graphs.exported
+
+    other_seed = ModelSpec.parse({**OFFLINE_TEST_MODEL, "seed": 1})
+    digest = backend.weights_digest(EmbeddingModel.load(other_seed).module)
+    assert digest != backend.weights_digest(model.module)
+    versions = backend.library_versions()
+    material = backend.GraphCache.key_material(VIT.cache_key, digest, model.input_size, versions)
+    assert backend.GraphCache.key_of(material) != first.key
+    newer = {**versions, "onnxruntime": versions["onnxruntime"] + ".post1"}
+    same_weights = backend.weights_digest(model.module)
+    assert backend.GraphCache.key_of(
+        backend.GraphCache.key_material(VIT.cache_key, same_weights, model.input_size, newer)
+    ) != first.key
+    other_size = backend.GraphCache.key_material(VIT.cache_key, same_weights, (3, 96, 96), versions)
+    assert backend.GraphCache.key_of(other_size) != first.key
+    # ... and the matching material reproduces the cached key.
+    same = backend.GraphCache.key_material(VIT.cache_key, same_weights, model.input_size, versions)
+    assert backend.GraphCache.key_of(same) == first.key
+
+
+def test_backend_setting() -> None:
+    assert Settings.from_env({}).inference_backend == "auto"
+    assert Settings.from_env({"LOOKALIKE_INFERENCE_BACKEND": "torch"}).inference_backend == "torch"
+    assert Settings.from_env({"LOOKALIKE_INFERENCE_PRECISION": "fp32"}).inference_precision == "fp32"
+    with pytest.raises(ValueError, match="LOOKALIKE_INFERENCE_BACKEND"):
+        Settings.from_env({"LOOKALIKE_INFERENCE_BACKEND": "tensorrt"})
+    assert backend.resolve_backend("auto") == "onnx"  # onnxruntime is a dependency
+    assert backend.resolve_backend("torch") == "torch"
+    torch_model = ModelRegistry(None, backend="torch").get(VIT)
+    assert torch_model.backend == "torch" and torch_model.precisions == ("fp32",)
+    # Asking a torch-run model for int8 runs fp32.
+    batch = _catalog_batch(torch_model, 4)
+    assert np.array_equal(torch_model.embed_tensor(batch, "int8"), torch_model.embed_tensor(batch, "fp32"))
+
+
+def _jpeg(image) -> bytes:  # type: ignore[no-untyped-def]
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+async def test_index_guard_decides_on_first_batch_and_shows_in_stats(api: httpx.AsyncClient, images) -> None:  # type: ignore[no-untyped-def]
+    name = f"inf-{secrets.token_hex(3)}"
+    r = await api.post(f"/api/v1/indexes/{name}", json={"model": TEST_MODEL}, headers=ADMIN)
+    assert r.status_code == 200, r.text
+    settings = (await api.get(f"/api/v1/indexes/{name}/settings", headers=ADMIN)).json()
+    pending = {"status": "pending", "sample": 0}
+    assert settings["inference"] == {"backend": "onnx", "precision": "fp32", "guard": pending}
+
+    catalog = wild.generate_catalog(guard.MIN_SAMPLE + 4, seed=11)
+    docs = [
+        {
+            "_id": item.id,
+            "productTitle": item.id,
+            "variantTitle": "default",
+            "price": 10.0,
+            "brand": "acme",
+            "variantImageUrl": images.add(f"/{name}/{item.id}.jpg", _jpeg(item.image)),
+        }
+        for item in catalog
+    ]
+    # A batch smaller than the guard's sample leaves it pending (and stores fp32 vectors).
+    r = await api.post(f"/api/v1/indexes/{name}/documents", json={"documents": docs[:2]}, headers=ADMIN)
+    assert r.json()["errors"] is False, r.text
+    settings = (await api.get(f"/api/v1/indexes/{name}/settings", headers=ADMIN)).json()
+    assert settings["inference"]["guard"]["status"] == "pending"
+
+    r = await api.post(f"/api/v1/indexes/{name}/documents", json={"documents": docs[2:]}, headers=ADMIN)
+    assert r.json()["errors"] is False, r.text
+    settings = (await api.get(f"/api/v1/indexes/{name}/settings", headers=ADMIN)).json()
+    verdict = settings["inference"]
+    g = verdict["guard"]
+    assert g["status"] in ("passed", "failed") and g["sample"] == len(docs) - 2
+    assert g["thresholds"] == {"cosine": guard.COSINE_MIN, "overlap": guard.OVERLAP_MIN}
+    passed = g["cosine"] >= guard.COSINE_MIN and g["overlap"] >= guard.OVERLAP_MIN
+    passed = passed and g["singleImageMs"]["int8"] < g["singleImageMs"]["fp32"]
+    assert verdict["precision"] == ("int8" if passed else "fp32") and g["status"] == ("passed" if passed else "failed")
+
+    stats = (await api.get(f"/api/v1/indexes/{name}/stats", headers=ADMIN)).json()
+    assert stats["inference"]["backend"] == "onnx"
+    assert stats["inference"]["precision"] == verdict["precision"]
+    assert stats["inference"]["guard"] == g
+    assert stats["inference"]["providers"] == ["CPUExecutionProvider"]
+
+    # The stored vectors are the index's precision: a catalog image finds itself first.
+    headers = {"x-marqo-index-id": (await api.get(f"/api/v1/indexes/{name}", headers=ADMIN)).json()["indexId"]}
+    r = await api.post(
+        f"/api/v1/indexes/{name}/search", json={"q": docs[5]["variantImageUrl"], "limit": 3}, headers=headers
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["hits"][0]["_id"] == docs[5]["_id"]
+
+
+async def test_backfill_decides_a_guard_left_pending_by_small_batches(api: httpx.AsyncClient, images) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+
+    name = f"inf-bf-{secrets.token_hex(3)}"
+    r = await api.post(f"/api/v1/indexes/{name}", json={"model": TEST_MODEL}, headers=ADMIN)
+    assert r.status_code == 200, r.text
+    catalog = wild.generate_catalog(guard.MIN_SAMPLE, seed=12)
+    docs = [
+        {
+            "_id": item.id,
+            "productTitle": item.id,
+            "price": 1.0,
+            "variantImageUrl": images.add(f"/{name}/{item.id}.jpg", _jpeg(item.image)),
+        }
+        for item in catalog
+    ]
+    for start in range(0, len(docs), 8):  # never a batch big enough for the guard
+        batch = {"documents": docs[start : start + 8]}
+        r = await api.post(f"/api/v1/indexes/{name}/documents", json=batch, headers=ADMIN)
+        assert r.json()["errors"] is False, r.text
+    settings_url = f"/api/v1/indexes/{name}/settings"
+    assert (await api.get(settings_url, headers=ADMIN)).json()["inference"]["guard"]["status"] == "pending"
+    r = await api.patch(settings_url, json={"reverseImageSearch": {"enabled": True}}, headers=ADMIN)
+    assert r.status_code == 200
+    for _ in range(120):  # the background backfill may hold the batch; wait for its commit
+        await api.app.state.services.backfill.drain()  # type: ignore[attr-defined]
+        g = (await api.get(settings_url, headers=ADMIN)).json()["inference"]["guard"]
+        if g["status"] != "pending":
+            break
+        await asyncio.sleep(0.25)
+    assert g["status"] in ("passed", "failed") and g["sample"] == guard.MIN_SAMPLE, g
+    assert (await api.get(settings_url, headers=ADMIN)).json()["reverseImageSearch"]["enabled"] is True
