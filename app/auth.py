@@ -55,6 +55,9 @@ async def bootstrap_admin_keys(pool: asyncpg.Pool, configured_key: str | None) -
             digests = [apikeys.key_digest(key)]
             # Printed once, to the terminal only (never to the log): only its hash is stored.
             print(admin_key_banner(key, sys.stderr), file=sys.stderr, flush=True)
+        else:
+            # Another process (or an earlier start) created it; it was printed there, once.
+            log.info("a generated admin API key exists (printed once by the process that created it)")
     return AdminKeys(digests)
 
 

@@ -1,4 +1,4 @@
-"""The `lookalike` command: serve, migrate, demo, import, models pull.
+"""The `lookalike` command: serve, migrate, worker, demo, import, models pull.
 
 The benchmark suite is not part of the package: `python -m benchmarks` in a checkout.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -53,6 +54,66 @@ def _migrate(args: argparse.Namespace) -> int:
         db.release_embedded(embedded)
     print("migrations applied", file=sys.stderr)
     return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from app.domain.worker import EmbeddingWorker
+    from app.main import resolve_database_url
+    from app.storage import db, migrate
+    from app.vision.model import ModelUnavailableError
+    from app.vision.service import VisionService
+
+    settings = Settings.from_env()
+    log = logging.getLogger("lookalike.worker")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per image fetched would drown the progress
+
+    async def work(url: str) -> int:
+        pool = await db.create_pool(
+            url, min_size=1, max_size=4, statement_timeout_ms=settings.statement_timeout_ms
+        )
+        vision = VisionService(settings)
+        worker = EmbeddingWorker(
+            pool,
+            vision,
+            batch_size=args.batch_size or settings.embed_batch_size,
+            lease_s=settings.worker_lease_s,
+            max_attempts=settings.worker_max_attempts,
+            fetch_concurrency=settings.fetch_concurrency,
+        )
+        # SIGTERM (docker stop, Kubernetes) cancels the run: the batch in hand gives its claim back.
+        runner = asyncio.current_task()
+        assert runner is not None
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, runner.cancel)
+        try:
+            log.info("worker %s started (batch %d, lease %.0f s)", worker.name, worker.batch_size, worker.lease_s)
+            await worker.check_models()
+            stats = await worker.run(poll_interval_s=args.poll_interval, once=args.once, max_idle_s=args.max_idle)
+        except ModelUnavailableError as exc:
+            print(f"lookalike worker: {exc}", file=sys.stderr, flush=True)
+            return 1
+        except asyncio.CancelledError:
+            log.info("worker %s stopped by a signal; unfinished claims were given back", worker.name)
+            stats = worker.stats
+        finally:
+            await vision.aclose()
+            await pool.close()
+        log.info(
+            "worker %s done: %d batches, %d embedded, %d failed, %d lost claims, %d features backfilled",
+            worker.name, stats.batches, stats.embedded, stats.failed, stats.lost, stats.features,
+        )
+        return 0
+
+    url, embedded = asyncio.run(resolve_database_url(settings))
+    try:
+        migrate.upgrade(url)  # under the migration lock: waits for a migrating peer, else a no-op
+        return asyncio.run(work(url))
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        if embedded is not None:
+            db.release_embedded(embedded)
 
 
 def _models_pull(args: argparse.Namespace) -> int:
@@ -294,6 +355,21 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--json", action="store_true", help="print the report as JSON")
     cal.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     cal.set_defaults(func=_calibrate)
+
+    worker = sub.add_parser(
+        "worker",
+        help="embed queued products (LOOKALIKE_INGEST_MODE=queue) and run feature backfills; any number, any host",
+        description="Claims pending products from the database (FOR UPDATE SKIP LOCKED, under a lease of "
+        "LOOKALIKE_WORKER_LEASE_S), fetches and embeds their images with the index's model, stores the results. "
+        "Exit status 1 when an index's model cannot be loaded here.",
+    )
+    worker.add_argument(
+        "--batch-size", type=int, default=0, help="products per claim (default: LOOKALIKE_EMBED_BATCH_SIZE)"
+    )
+    worker.add_argument("--poll-interval", type=float, default=2.0, help="seconds between polls of an empty queue")
+    worker.add_argument("--once", action="store_true", help="exit when the queue is empty")
+    worker.add_argument("--max-idle", type=float, default=None, metavar="S", help="exit after S seconds without work")
+    worker.set_defaults(func=_worker)
 
     models = sub.add_parser("models", help="model weights")
     models_sub = models.add_subparsers(dest="models_command", required=True)

@@ -78,6 +78,9 @@ def _origins(raw: str | None, default: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(o.strip().rstrip("/") for o in raw.split(",") if o.strip())
 
 
+INGEST_MODES = ("inline", "queue")
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str | None = None
@@ -120,6 +123,31 @@ class Settings:
     pool_max_size: int = 10
     statement_timeout_ms: int = 30_000
 
+    # Read replicas (LOOKALIKE_DATABASE_READ_URL): skipped while their replay lag exceeds
+    # replica_max_lag_s or they do not answer a check within replica_check_timeout_s.
+    replica_max_lag_s: float = 5.0
+    replica_check_interval_s: float = 1.0
+    replica_check_timeout_s: float = 2.0
+
+    # Ingest: "inline" embeds inside add-documents; "queue" stores products pending and
+    # answers 202, and `lookalike worker` processes embed them.
+    ingest_mode: str = "inline"
+    # A worker's claim on a batch of queued products lapses after this long (a killed
+    # worker's products return to the queue then); a product claimed this many times
+    # without finishing is marked failed.
+    worker_lease_s: float = 120.0
+    worker_max_attempts: int = 5
+
+    def __post_init__(self) -> None:
+        if self.ingest_mode not in INGEST_MODES:
+            choices = ", ".join(INGEST_MODES)
+            raise ValueError(f"LOOKALIKE_INGEST_MODE must be one of {choices}, got {self.ingest_mode!r}")
+
+    @property
+    def read_urls(self) -> list[str]:
+        """The replica URLs of LOOKALIKE_DATABASE_READ_URL (comma-separated)."""
+        return [u.strip() for u in (self.database_read_url or "").split(",") if u.strip()]
+
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
         env = dict(os.environ if env is None else env)
@@ -147,4 +175,13 @@ class Settings:
             pool_max_size=_env_int(env, "LOOKALIKE_POOL_MAX_SIZE", base.pool_max_size),
             cors_origins=_origins(env.get("LOOKALIKE_CORS_ORIGINS"), base.cors_origins),
             admin_cors_origins=_origins(env.get("LOOKALIKE_ADMIN_CORS_ORIGINS"), base.admin_cors_origins),
+
+
+            replica_max_lag_s=_env_float(env, "LOOKALIKE_REPLICA_MAX_LAG_S", base.replica_max_lag_s),
+            replica_check_interval_s=_env_float(
+                env, "LOOKALIKE_REPLICA_CHECK_INTERVAL_S", base.replica_check_interval_s
+            ),
+            ingest_mode=(env.get("LOOKALIKE_INGEST_MODE") or base.ingest_mode).strip().lower(),
+            worker_lease_s=_env_float(env, "LOOKALIKE_WORKER_LEASE_S", base.worker_lease_s),
+            worker_max_attempts=_env_int(env, "LOOKALIKE_WORKER_MAX_ATTEMPTS", base.worker_max_attempts),
         )

@@ -32,6 +32,7 @@ from app.http.admission import Admission, AdmissionLimits, AdmissionMiddleware
 from app.http.cors import PathCORSMiddleware
 from app.storage import db, migrate
 from app.storage.catalog import CatalogStore
+from app.storage.replicas import Database
 from app.vision.service import VisionService
 
 log = logging.getLogger("lookalike")
@@ -45,7 +46,8 @@ class Services:
 
     settings: Settings
     database_url: str
-    pool: asyncpg.Pool
+    pool: asyncpg.Pool  # the primary: writes and the admin reads that must see them
+    database: Database  # the primary plus read replicas, for the read endpoints
     vision: VisionService
     admin_keys: AdminKeys
     backfill: FeatureBackfill
@@ -92,24 +94,39 @@ async def _serving(app: Starlette, settings: Settings, url: str) -> AsyncIterato
     )
     vision = VisionService(settings)
     backfill = FeatureBackfill(pool, vision)
+    database: Database | None = None
     warm_up: asyncio.Task[None] | None = None
     try:
         keys = await bootstrap_admin_keys(pool, settings.api_key)
+        database = await Database.connect(
+            pool,
+            settings.read_urls,
+            max_size=settings.pool_max_size,
+            statement_timeout_ms=settings.statement_timeout_ms,
+            max_lag_s=settings.replica_max_lag_s,
+            check_interval_s=settings.replica_check_interval_s,
+            check_timeout_s=settings.replica_check_timeout_s,
+        )
+        database.start()  # replica health checks (routing depends on them, so always on)
         app.state.services = Services(
             settings=settings,
             database_url=url,
             pool=pool,
+            database=database,
             vision=vision,
             admin_keys=keys,
             backfill=backfill,
             indexes=IndexAdmin(pool, vision, backfill),
-            documents=DocumentsService(pool),
-            ingest=IngestPipeline(vision, CatalogStore(pool), settings.fetch_concurrency),
-            search=SearchService(pool, vision),
-            reverse=ReverseSearchService(pool, vision),
+            documents=DocumentsService(database),
+            ingest=IngestPipeline(
+                vision, CatalogStore(pool), settings.fetch_concurrency, queue=settings.ingest_mode == "queue"
+            ),
+            search=SearchService(database, vision),
+            reverse=ReverseSearchService(database, vision),
             health=HealthService(pool, vision),
         )
         app.state.metrics.runtime.health = app.state.services.health  # scrape-time gauges: queue, pool
+        app.state.metrics.runtime.database = database  # and the read replicas
         if app.state.start_background_work:
             backfill.start()
             # Load (and, the first time after an upgrade, export) every index's model before
@@ -118,11 +135,14 @@ async def _serving(app: Starlette, settings: Settings, url: str) -> AsyncIterato
         yield
     finally:
         app.state.metrics.runtime.health = None
+        app.state.metrics.runtime.database = None
         if warm_up is not None:
             warm_up.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await warm_up
         await backfill.stop()
+        if database is not None:
+            await database.close()
         await vision.aclose()
         await pool.close()
 

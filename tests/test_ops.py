@@ -222,3 +222,25 @@ def test_docker_compose_runs_migrations_before_the_api() -> None:
     assert "LOOKALIKE_DATABASE_URL" in api["environment"]
     grace = int(str(api["stop_grace_period"]).rstrip("s"))
     assert grace > 30  # longer than serve's default --graceful-timeout
+
+
+def test_docker_compose_has_workers_and_an_optional_streaming_replica() -> None:
+    compose = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    api, worker, replica, primary = services["api"], services["worker"], services["replica"], services["db"]
+    assert worker["command"] == ["lookalike", "worker"]
+    assert worker["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    assert worker["environment"]["LOOKALIKE_DATABASE_URL"] == api["environment"]["LOOKALIKE_DATABASE_URL"]
+    assert "worker" not in services["worker"].get("profiles", [])  # always on
+    assert {"LOOKALIKE_INGEST_MODE", "LOOKALIKE_DATABASE_READ_URL"} <= set(api["environment"])
+    # the replica: same image as the primary, only with the profile, cloned by pg_basebackup -R
+    assert replica["profiles"] == ["replica"] and replica["image"] == primary["image"]
+    assert replica["depends_on"]["db"]["condition"] == "service_healthy"
+    assert replica["user"] == "postgres"
+    mounts = {m.split(":")[1]: m.split(":")[0] for m in replica["volumes"]}
+    script = (REPO_ROOT / mounts[replica["entrypoint"][-1]]).read_text()
+    assert "pg_basebackup -h db" in script and " -R " in script and "exec postgres" in script
+    assert "replicadata" in compose["volumes"]
+    init = [m for m in primary["volumes"] if "docker-entrypoint-initdb.d" in m]
+    assert init and "host replication" in (REPO_ROOT / init[0].split(":")[0]).read_text()
+

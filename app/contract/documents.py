@@ -332,12 +332,24 @@ class DocumentsResponse(ContractResponse):
     processingTimeMs: int = Field(ge=0)
 
 
+class EmbeddingState(ContractResponse):
+    """Queue mode: why a stored product is not searchable yet."""
+
+    status: Literal["pending", "failed"] = Field(
+        description="`pending`: waiting for a `lookalike worker`; `failed`: its image could not be embedded"
+    )
+    message: str
+
+
 class FoundDocument(ContractResponse):
     model_config = ConfigDict(extra="allow")
     __pydantic_extra__: dict[str, FieldValue] = Field(init=False)  # type: ignore[assignment]
 
     id: str = Field(alias="_id")
     found: Literal[True] = Field(alias="_found")
+    embedding: EmbeddingState | None = omittable(
+        "only on a product not searchable yet (LOOKALIKE_INGEST_MODE=queue)", alias="_embedding"
+    )
 
 
 class MissingDocument(ContractResponse):

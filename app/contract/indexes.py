@@ -289,9 +289,18 @@ class ReverseImageSearchStats(ContractResponse):
     ready: bool
 
 
+class EmbeddingStats(ContractResponse):
+    """Queue mode (LOOKALIKE_INGEST_MODE=queue): products waiting for a worker, and those whose
+    embedding failed (the reason is in get-documents' `_embedding` and the DBA views)."""
+
+    pending: int = Field(ge=0)
+    failed: int = Field(ge=0)
+
+
 class IndexStats(ContractResponse):
     numberOfDocuments: int = Field(ge=0)
     numberOfVectors: int = Field(ge=0)
     vectorBytes: int = Field(ge=0)
     reverseImageSearch: ReverseImageSearchStats
+    embeddings: EmbeddingStats
     inference: InferenceSettings | None = omittable()

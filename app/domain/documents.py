@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import asyncpg
-
 from app.storage import products
 from app.storage.indexes import IndexRecord
+from app.storage.replicas import Database
 
 
 def _storable(ids: list[str]) -> list[str]:
@@ -17,13 +16,22 @@ def _storable(ids: list[str]) -> list[str]:
 
 
 class DocumentsService:
-    def __init__(self, pool: asyncpg.Pool):
-        self.pool = pool
+    def __init__(self, database: Database):
+        self.db = database
 
     async def get(self, index: IndexRecord, ids: list[str]) -> dict[str, dict[str, Any]]:
-        """The stored documents among `ids`, by id."""
-        return await products.get_documents(self.pool, index, _storable(ids))
+        """The stored documents among `ids`, by id (read from a replica when one is usable).
+
+        A product that is not searchable yet (queue mode) carries `_embedding`:
+        `{"status": "pending" | "failed", "message": ...}`.
+        """
+        wanted = _storable(ids)
+        found = await self.db.read(lambda conn: products.get_documents_with_state(conn, index, wanted))
+        return {
+            product_id: {**doc, "_embedding": state} if state is not None else doc
+            for product_id, (doc, state) in found.items()
+        }
 
     async def delete(self, index: IndexRecord, ids: list[str]) -> set[str]:
         """Delete the products among `ids` (vectors and features cascade); the ids that existed."""
-        return await products.delete_documents(self.pool, index, _storable(ids))
+        return await products.delete_documents(self.db.primary, index, _storable(ids))

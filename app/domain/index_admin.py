@@ -82,6 +82,8 @@ class IndexStatistics:
     features_ready: int
     features_pending: int
     features_failed: int
+    embeddings_pending: int
+    embeddings_failed: int
 
 
 class IndexAdmin:
@@ -135,4 +137,6 @@ class IndexAdmin:
             features_ready=stats["ready"],
             features_pending=stats["pending"],
             features_failed=stats["failed"],
+            embeddings_pending=stats["embeddings_pending"],
+            embeddings_failed=stats["embeddings_failed"],
         )

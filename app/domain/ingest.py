@@ -51,10 +51,16 @@ class _Work:
     embed_error: str | None = None
 
 
+QUEUED_MESSAGE = "queued for embedding; searchable once a worker has embedded it"
+
+
 class IngestPipeline:
-    def __init__(self, vision: VisionService, store: CatalogStore, fetch_concurrency: int):
+    """Inline (default): fetch, embed and store before answering. Queue: store pending, answer 202."""
+
+    def __init__(self, vision: VisionService, store: CatalogStore, fetch_concurrency: int, *, queue: bool = False):
         self.vision = vision
         self.store = store
+        self.queue = queue
         self._fetch_slots = asyncio.Semaphore(max(1, fetch_concurrency))
 
     async def _load(self, url: str) -> LoadedImage:
@@ -107,6 +113,9 @@ class IngestPipeline:
 
     async def _process(self, index: IndexRecord, work: list[_Work], results: list[ItemResult | None]) -> None:
         if not work:
+            return
+        if self.queue:
+            await self._enqueue(index, work, results)
             return
         loaded = await asyncio.gather(
             *(self._load(w.doc["variantImageUrl"]) for w in work), return_exceptions=True
@@ -166,6 +175,15 @@ class IngestPipeline:
                 results[w.position] = ItemResult(w.doc["_id"], 500, errors[offset])
             else:
                 results[w.position] = ItemResult(w.doc["_id"], 200)
+
+    async def _enqueue(self, index: IndexRecord, work: list[_Work], results: list[ItemResult | None]) -> None:
+        """Queue mode: the validated documents are stored durably, pending; workers embed them."""
+        errors = await self.store.enqueue(index, [(w.doc, index_terms(w.doc)) for w in work])
+        for offset, w in enumerate(work):
+            if offset in errors:
+                results[w.position] = ItemResult(w.doc["_id"], 500, errors[offset])
+            else:
+                results[w.position] = ItemResult(w.doc["_id"], 202, QUEUED_MESSAGE)
 
     async def _embed(self, index: IndexRecord, work: list[_Work]) -> None:
         """Embed the batch; when that fails, each image on its own, so one bad image fails only

@@ -47,6 +47,7 @@ from app.domain.search import StageTimer, request_filter
 from app.filters import FilterNode
 from app.storage import search as search_sql
 from app.storage.indexes import IndexRecord
+from app.storage.replicas import Database
 from app.vision import aggregate, local_features
 from app.vision.crops import crop_boxes, crop_images, keypoint_cluster_boxes, query_boxes, window_boxes
 from app.vision.model import ModelSpec
@@ -189,8 +190,8 @@ class _Query:
 
 
 class ReverseSearchService:
-    def __init__(self, pool: asyncpg.Pool, vision: VisionService, params: RerankParams | None = None):
-        self.pool = pool
+    def __init__(self, database: Database, vision: VisionService, params: RerankParams | None = None):
+        self.db = database
         self.vision = vision
         self.params = params or RerankParams()
 
@@ -272,11 +273,15 @@ class ReverseSearchService:
         aggregates = await self.vision.run_cpu(aggregate.box_aggregates, query_features, boxes)
         timer.lap("features")
         p = query.params
-        async with self.pool.acquire() as conn, conn.transaction(readonly=True):
+
+        async def pool_and_details(conn: asyncpg.Connection) -> tuple[dict[Hashable, Candidate], list[Any], Any]:
             candidates = await self._retrieve(conn, query, embeddings, aggregates, p.pool_size, p.aggregate_pool)
             # the final top `limit` always comes from the verified set (unverified priors are lower)
             to_verify = select_for_verification(candidates.values(), p)
             details = await search_sql.candidate_details(conn, index, to_verify)  # type: ignore[arg-type]
+            return candidates, to_verify, details
+
+        candidates, to_verify, details = await self.db.read(pool_and_details)
         timer.lap("sql")
         gathered = Gathered(candidates, {}, details, query_features)  # type: ignore[arg-type]
         await self._verify(gathered, to_verify, query_features)
@@ -340,7 +345,8 @@ class ReverseSearchService:
         precision = inference.precision_of(query.index, self.vision)
         embeddings = await self.vision.embed(query.spec, crops, precision) if crops else np.zeros((0, 1), np.float32)
         aggregates = await self.vision.run_cpu(aggregate.box_aggregates, residual, describe)
-        async with self.pool.acquire() as conn, conn.transaction(readonly=True):
+
+        async def residual_candidates(conn: asyncpg.Connection) -> list[Hashable]:
             fresh = await self._retrieve(conn, query, embeddings, aggregates, p.pool_size, max(p.aggregate_pool, 10))
             for key, cand in fresh.items():
                 old = gathered.candidates.get(key)
@@ -353,6 +359,9 @@ class ReverseSearchService:
             missing = [k for k in new if k not in gathered.details]
             if missing:
                 gathered.details.update(await search_sql.candidate_details(conn, query.index, missing))  # type: ignore[arg-type]
+            return new
+
+        new = await self.db.read(residual_candidates)
         await self._verify(gathered, new, residual)
         return True
 
@@ -369,7 +378,8 @@ class ReverseSearchService:
         # one aggregate per region (an empty row where too few keypoints describe it)
         per_box = [await self.vision.run_cpu(aggregate.box_aggregates, gathered.query_features, [b]) for b in boxes]
         limit = query.request.limit
-        async with self.pool.acquire() as conn, conn.transaction(readonly=True):
+
+        async def region_candidates(conn: asyncpg.Connection) -> list[list[tuple[Hashable, float]]]:
             found_by_crop = await search_sql.nearest_many(
                 conn,
                 query.index,
@@ -395,6 +405,9 @@ class ReverseSearchService:
             missing = [k for ranked in out_keys for k, _ in ranked if k not in gathered.details]
             if missing:
                 gathered.details.update(await search_sql.candidate_details(conn, query.index, missing))  # type: ignore[arg-type]
+            return out_keys
+
+        out_keys = await self.db.read(region_candidates)
         out = []
         for region, ranked in zip(found, out_keys, strict=True):
             x0, y0, x1, y1 = region.box

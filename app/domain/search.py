@@ -6,7 +6,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import asyncpg
 import numpy as np
 
 from app.contract.storefront import CollectionsRequest, SimilarRequest
@@ -18,6 +17,7 @@ from app.filters import ID_FIELD, And, FilterError, FilterNode, In, Not, Term, p
 from app.storage import search as search_sql
 from app.storage import storefront as storefront_sql
 from app.storage.indexes import IndexRecord
+from app.storage.replicas import Database
 from app.vision.model import ModelSpec
 from app.vision.service import VisionService
 
@@ -61,8 +61,14 @@ def plan_for(request: SearchRequest, filter_node: FilterNode | None) -> Storefro
 
 
 class SearchService:
-    def __init__(self, pool: asyncpg.Pool, vision: VisionService):
-        self.pool = pool
+    """The read endpoints' database work, on a replica when one is usable (`Database.read`).
+
+    A read may run twice (a replica fails, the primary answers), so each is a function of the
+    connection only.
+    """
+
+    def __init__(self, database: Database, vision: VisionService):
+        self.db = database
         self.vision = vision
 
     async def search(self, index: IndexRecord, request: SearchRequest, timer: StageTimer) -> SearchOutcome:
@@ -73,8 +79,9 @@ class SearchService:
         method = None if request.q is None or request.is_image else search_method(request.search_method, spec)
         if request.q is None or method == "LEXICAL":
             source: storefront_sql.Source = "browse" if request.q is None else "text"
-            result = await storefront_sql.storefront_query(
-                self.pool, index, plan, source, words=query_words(request.q or "")
+            words = query_words(request.q or "")
+            result = await self.db.read(
+                lambda conn: storefront_sql.storefront_query(conn, index, plan, source, words=words)
             )
             timer.lap("sql")
             hits = [shape_hit(r.doc, r.score, request.attributes) for r in result.rows]
@@ -83,21 +90,24 @@ class SearchService:
         window = plan.sort_depth if reorder else request.limit + request.offset
         if method is not None:  # TENSOR or HYBRID: ranked by the text embedding (and the words)
             assert request.q is not None
-            embedding = (await self.vision.embed_texts(spec, [request.q]))[0]
+            text = request.q
+            text_embedding = (await self.vision.embed_texts(spec, [text]))[0]
             timer.lap("embed")  # tokenize + text tower (a repeated query: the cache)
-            async with self.pool.acquire() as conn, conn.transaction(readonly=True):
-                if method == "TENSOR":
-                    rows = await search_sql.nearest(conn, index, embedding, filter_node, window)
-                else:
-                    rows = await search_sql.hybrid_search(conn, index, request.q, embedding, filter_node, window)
+            if method == "TENSOR":
+                rows = await self.db.read(
+                    lambda conn: search_sql.nearest(conn, index, text_embedding, filter_node, window)
+                )
+            else:
+                rows = await self.db.read(
+                    lambda conn: search_sql.hybrid_search(conn, index, text, text_embedding, filter_node, window)
+                )
             return await self._finish(index, request, plan, rows, facets, timer)
         assert request.q is not None
         loaded = await self.vision.load(request.q)
         timer.lap("decode")
         embedding = (await self.vision.embed(spec, [loaded.image], inference.precision_of(index, self.vision)))[0]
         timer.lap("embed")
-        async with self.pool.acquire() as conn, conn.transaction(readonly=True):
-            rows = await search_sql.nearest(conn, index, embedding, filter_node, window)
+        rows = await self.db.read(lambda conn: search_sql.nearest(conn, index, embedding, filter_node, window))
         return await self._finish(index, request, plan, rows, facets, timer)
 
     async def _finish(
@@ -114,12 +124,17 @@ class SearchService:
         timer.lap("sql")
         if plan.sort or plan.collapse is not None:
             candidates = ([r.product_pk for r in rows], [r.score for r in rows])
-            result = await storefront_sql.storefront_query(self.pool, index, plan, "candidates", candidates=candidates)
+            result = await self.db.read(
+                lambda conn: storefront_sql.storefront_query(conn, index, plan, "candidates", candidates=candidates)
+            )
             hits = [shape_hit(r.doc, r.score, request.attributes) for r in result.rows]
         else:
             hits = [shape_hit(r.doc, r.score, request.attributes) for r in rows[request.offset :]]
         if facets is not None:
-            facets = (await storefront_sql.storefront_query(self.pool, index, plan, "browse", hits=False)).facets
+            counted = await self.db.read(
+                lambda conn: storefront_sql.storefront_query(conn, index, plan, "browse", hits=False)
+            )
+            facets = counted.facets
         timer.lap("sql")
         return SearchOutcome(hits, facets)
 
@@ -136,7 +151,7 @@ class SearchService:
             limit=request.limit,
             offset=request.offset,
         )
-        result = await storefront_sql.storefront_query(self.pool, index, plan, "browse")
+        result = await self.db.read(lambda conn: storefront_sql.storefront_query(conn, index, plan, "browse"))
         timer.lap("sql")
         hits = [shape_hit(r.doc, None, request.attributes) for r in result.rows]
         return SearchOutcome(hits, result.facets if request.facets is not None else None)
@@ -144,7 +159,8 @@ class SearchService:
     async def similar(self, index: IndexRecord, request: SimilarRequest, timer: StageTimer) -> list[dict[str, Any]]:
         """Products nearest to the mean of the given products' stored embeddings, the given ones excluded."""
         ids = list(dict.fromkeys(request.document_ids))
-        vectors = await search_sql.stored_embeddings(self.pool, index, [i for i in ids if "\x00" not in i])
+        wanted = [i for i in ids if "\x00" not in i]
+        vectors = await self.db.read(lambda conn: search_sql.stored_embeddings(conn, index, wanted))
         missing = [i for i in ids if i not in vectors]
         if missing:
             names = ", ".join(map(repr, missing))
@@ -156,8 +172,7 @@ class SearchService:
         exclude: FilterNode = Not(In(ID_FIELD, tuple(ids)))
         filter_node = exclude if user_filter is None else And((exclude, user_filter))
         timer.lap("vectors")
-        async with self.pool.acquire() as conn, conn.transaction(readonly=True):
-            rows = await search_sql.nearest(conn, index, query, filter_node, request.limit)
+        rows = await self.db.read(lambda conn: search_sql.nearest(conn, index, query, filter_node, request.limit))
         timer.lap("sql")
         return [shape_hit(r.doc, r.score, request.attributes) for r in rows]
 

@@ -8,7 +8,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from app.auth import bearer_token, can_read, require_admin
-from app.contract.indexes import DeleteIndexResponse, IndexStats, InferenceSettings, ReverseImageSearchStats
+from app.contract.indexes import (
+    DeleteIndexResponse,
+    EmbeddingStats,
+    IndexStats,
+    InferenceSettings,
+    ReverseImageSearchStats,
+)
 from app.domain import inference
 from app.domain.index_admin import IndexRecord
 from app.errors import not_found, unauthorized
@@ -118,6 +124,7 @@ async def index_stats(request: Request) -> JSONResponse:
                 featuresFailed=stats.features_failed,
                 ready=enabled and stats.features_pending == 0,
             ),
+            embeddings=EmbeddingStats(pending=stats.embeddings_pending, failed=stats.embeddings_failed),
             inference=InferenceSettings.model_validate(inference.effective(record, services(request).vision)),
         )
     )

@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.contract.ops import Health, HealthUnavailable, ModelsStatus, PoolStatus
+from app.contract.ops import Health, HealthUnavailable, ModelsStatus, PoolStatus, ReplicaStatus
 from app.domain.health import HealthService
 from app.http.common import model_response
 from app.logs import request_id_var
@@ -41,6 +41,7 @@ class _RuntimeCollector(Collector):
 
     def __init__(self) -> None:
         self.health: HealthService | None = None  # set by the lifespan once the pool and models exist
+        self.database: Any = None  # app.storage.replicas.Database, set by the lifespan too
 
     def collect(self) -> Iterator[Any]:
         if self.health is None:
@@ -61,6 +62,30 @@ class _RuntimeCollector(Collector):
             "lookalike_db_pool_in_use", "Database connections in use", value=now.pool_size - now.pool_idle
         )
         yield GaugeMetricFamily("lookalike_db_pool_max", "Pool maximum size", value=now.pool_max)
+        if self.database is not None:
+            yield from _replica_metrics(self.database)
+
+
+def _replica_metrics(database: Any) -> Iterator[Any]:
+    """Where reads ran, and each read replica's state (labelled by its URL, password redacted)."""
+    reads = CounterMetricFamily(
+        "lookalike_db_reads", "Read-endpoint statement groups by where they ran", labels=["target"]
+    )
+    reads.add_metric(["primary"], database.primary_reads)
+    reads.add_metric(["replica"], sum(replica.reads for replica in database.replicas))
+    usable = GaugeMetricFamily("lookalike_replica_usable", "1 while the replica serves reads", labels=["replica"])
+    lag = GaugeMetricFamily(
+        "lookalike_replica_lag_seconds", "Replica replay lag (seconds; NaN when unknown)", labels=["replica"]
+    )
+    lag_bytes = GaugeMetricFamily(
+        "lookalike_replica_lag_bytes", "WAL bytes the replica has not replayed", labels=["replica"]
+    )
+    for replica in database.replicas:
+        label = [replica.label]
+        usable.add_metric(label, 1.0 if replica.usable else 0.0)
+        lag.add_metric(label, float("nan") if replica.lag_s is None else replica.lag_s)
+        lag_bytes.add_metric(label, float("nan") if replica.lag_bytes is None else float(replica.lag_bytes))
+    yield from (reads, usable, lag, lag_bytes)
 
 
 class Metrics:
@@ -200,4 +225,8 @@ async def health(request: Request) -> JSONResponse:
             pool=pool,
         )
         return model_response(down, 503, {"Retry-After": "2"})
-    return model_response(Health(status="ok", database="ok", models=models, pool=pool))
+    database = request.app.state.services.database
+    replicas = [ReplicaStatus(**replica) for replica in database.describe()]
+    return model_response(
+        Health(status="ok", database="ok", models=models, pool=pool, reads=database.reads_from, replicas=replicas)
+    )

@@ -50,9 +50,14 @@ async def store_key(conn: asyncpg.Connection | asyncpg.Pool, key: str, source: s
     )
 
 
+# Advisory lock serialising first-start key generation: the bytes of "lookakey" as a bigint
+# (beside app.storage.migrate.MIGRATION_LOCK_KEY, "lookalik").
+KEY_BOOTSTRAP_LOCK_KEY = 7813586385497711993
+
+
 async def lock_key_bootstrap(conn: asyncpg.Connection) -> None:
-    """Serialise first-start key generation between processes (inside a transaction)."""
+    """Serialise first-start key generation between processes (held until the transaction ends)."""
     await conn.execute(LOCK_KEY_BOOTSTRAP)
 
 
-LOCK_KEY_BOOTSTRAP = "SELECT pg_advisory_xact_lock(hashtext('lookalike.api_keys'))"
+LOCK_KEY_BOOTSTRAP = f"SELECT pg_advisory_xact_lock({KEY_BOOTSTRAP_LOCK_KEY})"

@@ -7,10 +7,18 @@ from collections.abc import Sequence
 
 import asyncpg
 
-from app.storage import products
+from app.storage import products, queue
 from app.storage.indexes import IndexRecord
 
 log = logging.getLogger("lookalike.storage")
+
+
+# A row the database refuses (bad data, a constraint, a value over a limit) fails its item only.
+_ITEM_ERRORS = (
+    asyncpg.DataError,
+    asyncpg.IntegrityConstraintViolationError,
+    asyncpg.ProgramLimitExceededError,
+)
 
 
 class CatalogStore:
@@ -52,6 +60,28 @@ class CatalogStore:
                 asyncpg.IntegrityConstraintViolationError,
                 asyncpg.ProgramLimitExceededError,
             ) as exc:
+                errors[position] = f"product could not be stored: {exc.__class__.__name__}"
+        return errors
+
+    async def enqueue(
+        self, index: IndexRecord, docs: Sequence[tuple[dict, list[str]]]
+    ) -> dict[int, str]:
+        """Store documents as pending embedding (queue mode); {position: error} as for `write`."""
+        if not docs:
+            return {}
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                for doc, terms in docs:
+                    await queue.enqueue_product(conn, index, doc, terms)
+            return {}
+        except _ITEM_ERRORS:
+            log.warning("batch enqueue failed; retrying items one by one", exc_info=True)
+        errors: dict[int, str] = {}
+        for position, (doc, terms) in enumerate(docs):
+            try:
+                async with self.pool.acquire() as conn, conn.transaction():
+                    await queue.enqueue_product(conn, index, doc, terms)
+            except _ITEM_ERRORS as exc:
                 errors[position] = f"product could not be stored: {exc.__class__.__name__}"
         return errors
 

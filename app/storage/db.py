@@ -147,8 +147,8 @@ async def ensure_database(url: str) -> None:
             # CREATE DATABASE takes no bind parameters; quote_ident-equivalent quoting of a name we chose.
             quoted = '"' + name.replace('"', '""') + '"'
             await admin.execute(f"CREATE DATABASE {quoted}")
-        except asyncpg.DuplicateDatabaseError:
-            pass
+        except (asyncpg.DuplicateDatabaseError, asyncpg.UniqueViolationError):
+            pass  # a peer process created it at the same moment
         finally:
             await admin.close()
     else:

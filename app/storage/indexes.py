@@ -147,6 +147,14 @@ async def get_index(conn: asyncpg.Connection | asyncpg.Pool, name: str) -> Index
     return _record(row) if row else None
 
 
+GET_INDEX_BY_PK = f"SELECT {_COLUMNS} FROM indexes WHERE pk = $1"
+
+
+async def get_index_by_pk(conn: asyncpg.Connection | asyncpg.Pool, pk: int) -> IndexRecord | None:
+    row = await conn.fetchrow(GET_INDEX_BY_PK, pk)
+    return _record(row) if row else None
+
+
 LIST_INDEXES = f"""
 SELECT {", ".join("i." + c.strip() for c in _COLUMNS.split(","))},
        (SELECT count(*) FROM products p WHERE p.index_pk = i.pk) AS document_count
@@ -154,13 +162,6 @@ FROM indexes i
 ORDER BY i.name
 """
 
-
-GET_INDEX_BY_PK = f"SELECT {_COLUMNS} FROM indexes WHERE pk = $1"
-
-
-async def get_index_by_pk(conn: asyncpg.Connection | asyncpg.Pool, pk: int) -> IndexRecord | None:
-    row = await conn.fetchrow(GET_INDEX_BY_PK, pk)
-    return _record(row) if row else None
 
 
 async def list_indexes(conn: asyncpg.Connection | asyncpg.Pool) -> list[tuple[IndexRecord, int]]:
@@ -210,6 +211,10 @@ def index_stats_sql(record: IndexRecord) -> str:
           (SELECT count(*) FROM products WHERE index_pk = $1 AND features_status = 'pending') AS pending,
           (SELECT count(*) FROM products WHERE index_pk = $1 AND features_status = 'failed') AS failed,
           (SELECT count(*) FROM products WHERE index_pk = $1 AND features_status = 'ready') AS ready,
+          (SELECT count(*) FROM products WHERE index_pk = $1 AND embedding_status = 'pending')
+            AS embeddings_pending,
+          (SELECT count(*) FROM products WHERE index_pk = $1 AND embedding_status = 'failed')
+            AS embeddings_failed,
           pg_total_relation_size('{record.vectors_table}'::regclass) AS vector_bytes
     """
 

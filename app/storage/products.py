@@ -41,6 +41,8 @@ ON CONFLICT (index_pk, product_id) DO UPDATE SET
   variant_image_url = EXCLUDED.variant_image_url, image_sha256 = EXCLUDED.image_sha256,
   doc = EXCLUDED.doc, filter_terms = EXCLUDED.filter_terms,
   features_status = EXCLUDED.features_status, features_error = EXCLUDED.features_error,
+  embedding_status = 'ready', embedding_error = NULL, embedding_attempts = 0,
+  claimed_by = NULL, claimed_at = NULL, lease_expires_at = NULL,
   updated_at = now()
 RETURNING pk
 """
@@ -197,6 +199,32 @@ async def get_documents(
     return {r["product_id"]: json.loads(r["doc"]) for r in rows}
 
 
+GET_DOCUMENTS_WITH_STATE = (
+    "SELECT product_id, doc, embedding_status, embedding_error FROM products "
+    "WHERE index_pk = $1 AND product_id = ANY($2::text[])"
+)
+
+
+async def get_documents_with_state(
+    conn: asyncpg.Connection | asyncpg.Pool, index: IndexRecord, product_ids: Sequence[str]
+) -> dict[str, tuple[dict[str, Any], dict[str, str] | None]]:
+    """Documents by id, each with its embedding state when it is not 'ready' (queue mode)."""
+    rows = await conn.fetch(
+        GET_DOCUMENTS_WITH_STATE,
+        index.pk,
+        list(product_ids),
+    )
+    found: dict[str, tuple[dict[str, Any], dict[str, str] | None]] = {}
+    for r in rows:
+        state: dict[str, str] | None = None
+        if r["embedding_status"] == "pending":
+            state = {"status": "pending", "message": "queued for embedding; not searchable yet"}
+        elif r["embedding_status"] == "failed":
+            state = {"status": "failed", "message": r["embedding_error"] or "embedding failed"}
+        found[r["product_id"]] = (json.loads(r["doc"]), state)
+    return found
+
+
 GET_PRODUCT_STATES = (
     "SELECT product_id, doc, image_sha256 FROM products WHERE index_pk = $1 AND product_id = ANY($2::text[])"
 )
@@ -281,7 +309,7 @@ async def clear_features_wanted(conn: asyncpg.Connection | asyncpg.Pool, index: 
 CLAIM_PENDING_FEATURES = """
 SELECT p.pk, p.index_pk, p.variant_image_url, p.image_sha256
 FROM products p
-WHERE p.features_status = 'pending'
+WHERE p.features_status = 'pending' AND p.embedding_status = 'ready'
 ORDER BY p.index_pk, p.pk
 LIMIT $1
 FOR UPDATE SKIP LOCKED

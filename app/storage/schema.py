@@ -62,12 +62,23 @@ products = sa.Table(
     # Local-feature state for reverse image search: NULL = not wanted (flag off).
     sa.Column("features_status", sa.Text),
     sa.Column("features_error", sa.Text),
+    # Embedding state (migration 0006): 'pending' products (queue mode) wait for `lookalike worker`,
+    # have no vector row and are not searchable; a worker's claim is `claimed_by` until `lease_expires_at`.
+    sa.Column("embedding_status", sa.Text, nullable=False, server_default="ready"),
+    sa.Column("embedding_error", sa.Text),
+    sa.Column("embedding_attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("claimed_by", sa.Text),
+    sa.Column("claimed_at", sa.DateTime(timezone=True)),
+    sa.Column("lease_expires_at", sa.DateTime(timezone=True)),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     sa.UniqueConstraint("index_pk", "product_id", name="products_index_product_key"),
     sa.CheckConstraint(
         "features_status IS NULL OR features_status IN ('pending', 'ready', 'failed')",
         name="products_features_status_check",
+    ),
+    sa.CheckConstraint(
+        "embedding_status IN ('pending', 'ready', 'failed')", name="products_embedding_status_check"
     ),
 )
 sa.Index("products_index_image_sha256_idx", products.c.index_pk, products.c.image_sha256)
@@ -96,6 +107,12 @@ sa.Index(
     products.c.index_pk,
     products.c.pk,
     postgresql_where=sa.text("features_status = 'pending'"),
+)
+
+sa.Index(
+    "products_embedding_pending_idx",
+    products.c.pk,
+    postgresql_where=sa.text("embedding_status = 'pending'"),
 )
 
 local_features = sa.Table(

@@ -96,7 +96,8 @@ def lexical_leg_sql(
     return f"""
         SELECT {columns}, ts_rank_cd('{storefront.RANK_WEIGHTS}', p.search_tsv, q.query, 1)::float8 AS score
         FROM products p, (SELECT {tsquery} AS query) AS q
-        WHERE p.index_pk = {index_param} AND p.search_tsv @@ q.query AND ({where_sql})
+        WHERE p.index_pk = {index_param} AND p.embedding_status = 'ready' AND p.search_tsv @@ q.query
+          AND ({where_sql})
         ORDER BY score DESC, p.product_id COLLATE "C"
     """
 

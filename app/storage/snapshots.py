@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from app.filters import parse_filter
-from app.storage import apikeys, db, indexes, products, search, storefront
+from app.storage import apikeys, db, indexes, products, queue, replicas, search, storefront
 from app.storage.indexes import IndexRecord
 
 QUERIES_DIR = Path("sql") / "queries"  # relative to the checkout root, where the command runs
@@ -158,6 +158,22 @@ STATEMENTS: dict[str, Callable[[IndexRecord], Statement]] = {
     "apikeys.active_key_digests (by source)": lambda ix: (apikeys.ACTIVE_KEYS_FROM, ["generated"]),
     "apikeys.store_key": lambda ix: apikeys.STORE_KEY,
     "apikeys.lock_key_bootstrap": lambda ix: apikeys.LOCK_KEY_BOOTSTRAP,
+    # reads: get-documents with the embedding state (queue mode)
+    "products.get_documents_with_state": lambda ix: (products.GET_DOCUMENTS_WITH_STATE, [ix.pk, ["p1", "p2"]]),
+    # queue: LOOKALIKE_INGEST_MODE=queue stores pending products; `lookalike worker` claims and finishes them
+    "queue.enqueue_product": lambda ix: queue.ENQUEUE,
+    "queue.enqueue_product (drop vector)": lambda ix: queue.drop_vector_sql(ix),
+    "queue.enqueue_product (drop features)": lambda ix: queue.DROP_FEATURES,
+    "queue.claim_batch (give up)": lambda ix: (queue.GIVE_UP, [5]),
+    "queue.claim_batch": lambda ix: (queue.CLAIM, [16, "host:123:ab12#1", 120.0]),
+    "queue.release_claim": lambda ix: (queue.RELEASE_CLAIM, ["host:123:ab12#1"]),
+    "queue.finish": lambda ix: queue.MARK_READY,
+    "queue.finish (vector)": lambda ix: queue.store_vector_sql(ix),
+    "queue.fail": lambda ix: queue.MARK_FAILED,
+    "queue.pending_indexes": lambda ix: queue.PENDING_INDEXES,
+    # replicas: the health check's lag measurement (primary, then each replica)
+    "replicas.primary_wal_position": lambda ix: replicas.PRIMARY_WAL_POSITION,
+    "replicas.replica_status": lambda ix: replicas.REPLICA_STATUS,
 }
 
 

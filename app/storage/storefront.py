@@ -291,7 +291,10 @@ class _Builder:
             self.ctes.append(f"tq AS MATERIALIZED (SELECT {tsquery_sql(p, words, index_param)} AS q)")
             tsquery = "(SELECT q FROM tq)"
             score = f"ts_rank_cd('{RANK_WEIGHTS}', p.search_tsv, {tsquery}, 1)::float8"
-            source_sql = f"FROM products p WHERE p.index_pk = {index_param} AND p.search_tsv @@ {tsquery} AND {where}"
+            source_sql = (
+                f"FROM products p WHERE p.index_pk = {index_param} AND p.embedding_status = 'ready'"
+                f" AND p.search_tsv @@ {tsquery} AND {where}"
+            )
         elif self.source == "candidates":
             assert candidates is not None
             pks, scores = candidates
@@ -302,7 +305,9 @@ class _Builder:
             )
         else:
             score = "NULL::float8"
-            source_sql = f"FROM products p WHERE p.index_pk = {index_param} AND {where}"
+            source_sql = (
+                f"FROM products p WHERE p.index_pk = {index_param} AND p.embedding_status = 'ready' AND {where}"
+            )
         extracted = "".join(", " + c for c in self.columns)
         # m carries the extracted values, not the documents: only the page's are fetched.
         self.ctes.append(

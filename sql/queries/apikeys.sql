@@ -14,4 +14,4 @@ INSERT INTO api_keys (key_sha256, key_prefix, source) VALUES ($1, $2, $3)
 ON CONFLICT (key_sha256) DO UPDATE SET revoked_at = NULL, key_prefix = EXCLUDED.key_prefix;
 
 -- apikeys.lock_key_bootstrap
-SELECT pg_advisory_xact_lock(hashtext('lookalike.api_keys'));
+SELECT pg_advisory_xact_lock(7813586385497711993);

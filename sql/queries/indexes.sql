@@ -50,6 +50,10 @@ SELECT
   (SELECT count(*) FROM products WHERE index_pk = $1 AND features_status = 'pending') AS pending,
   (SELECT count(*) FROM products WHERE index_pk = $1 AND features_status = 'failed') AS failed,
   (SELECT count(*) FROM products WHERE index_pk = $1 AND features_status = 'ready') AS ready,
+  (SELECT count(*) FROM products WHERE index_pk = $1 AND embedding_status = 'pending')
+    AS embeddings_pending,
+  (SELECT count(*) FROM products WHERE index_pk = $1 AND embedding_status = 'failed')
+    AS embeddings_failed,
   pg_total_relation_size('vectors_1'::regclass) AS vector_bytes;
 
 -- indexes.delete_index (vector table)

@@ -14,6 +14,8 @@ ON CONFLICT (index_pk, product_id) DO UPDATE SET
   variant_image_url = EXCLUDED.variant_image_url, image_sha256 = EXCLUDED.image_sha256,
   doc = EXCLUDED.doc, filter_terms = EXCLUDED.filter_terms,
   features_status = EXCLUDED.features_status, features_error = EXCLUDED.features_error,
+  embedding_status = 'ready', embedding_error = NULL, embedding_attempts = 0,
+  claimed_by = NULL, claimed_at = NULL, lease_expires_at = NULL,
   updated_at = now()
 RETURNING pk;
 
@@ -84,7 +86,7 @@ UPDATE products SET features_status = NULL WHERE index_pk = $1 AND features_stat
 --   $1 = 16
 SELECT p.pk, p.index_pk, p.variant_image_url, p.image_sha256
 FROM products p
-WHERE p.features_status = 'pending'
+WHERE p.features_status = 'pending' AND p.embedding_status = 'ready'
 ORDER BY p.index_pk, p.pk
 LIMIT $1
 FOR UPDATE SKIP LOCKED;
@@ -96,3 +98,8 @@ WHERE pk = $1 AND features_status = 'pending';
 -- products.finish_features (failed)
 UPDATE products SET features_status = 'failed', features_error = $2
 WHERE pk = $1 AND features_status = 'pending';
+
+-- products.get_documents_with_state
+--   $1 = 1
+--   $2 = ['p1', 'p2']
+SELECT product_id, doc, embedding_status, embedding_error FROM products WHERE index_pk = $1 AND product_id = ANY($2::text[]);

@@ -99,7 +99,8 @@ WITH lexical AS MATERIALIZED (
     FROM (
         SELECT p.pk, p.product_id, ts_rank_cd('{0.1, 0.4, 0.7, 1.0}', p.search_tsv, q.query, 1)::float8 AS score
         FROM products p, (SELECT (plainto_tsquery('lookalike_text'::regconfig, $9::text) || to_tsquery('lookalike_text'::regconfig, $10::text) || (SELECT websearch_to_tsquery('lookalike_text'::regconfig, coalesce(string_agg(c.word, ' or '), '')) FROM (SELECT s.word FROM search_words s WHERE NOT EXISTS (SELECT 1 FROM search_words k WHERE k.index_pk = $6 AND k.word >= lookalike_fold($11::text) AND k.word < lookalike_fold($11::text) || chr(1114111)) AND s.index_pk = $6 AND s.word % lookalike_fold($11::text) ORDER BY similarity(s.word, lookalike_fold($11::text)) DESC, s.word LIMIT 3) c)) AS query) AS q
-        WHERE p.index_pk = $6 AND p.search_tsv @@ q.query AND (((p.filter_terms && $1::text[]) AND (p.price BETWEEN $2::float8 AND $3::float8) AND (NOT (p.filter_terms && $4::text[]))))
+        WHERE p.index_pk = $6 AND p.embedding_status = 'ready' AND p.search_tsv @@ q.query
+          AND (((p.filter_terms && $1::text[]) AND (p.price BETWEEN $2::float8 AND $3::float8) AND (NOT (p.filter_terms && $4::text[]))))
         ORDER BY score DESC, p.product_id COLLATE "C"
         LIMIT $7
     ) l
@@ -141,7 +142,8 @@ WITH lexical AS MATERIALIZED (
     FROM (
         SELECT p.pk, p.product_id, ts_rank_cd('{0.1, 0.4, 0.7, 1.0}', p.search_tsv, q.query, 1)::float8 AS score
         FROM products p, (SELECT (plainto_tsquery('lookalike_text'::regconfig, $9::text) || to_tsquery('lookalike_text'::regconfig, $10::text) || (SELECT websearch_to_tsquery('lookalike_text'::regconfig, coalesce(string_agg(c.word, ' or '), '')) FROM (SELECT s.word FROM search_words s WHERE NOT EXISTS (SELECT 1 FROM search_words k WHERE k.index_pk = $6 AND k.word >= lookalike_fold($11::text) AND k.word < lookalike_fold($11::text) || chr(1114111)) AND s.index_pk = $6 AND s.word % lookalike_fold($11::text) ORDER BY similarity(s.word, lookalike_fold($11::text)) DESC, s.word LIMIT 3) c)) AS query) AS q
-        WHERE p.index_pk = $6 AND p.search_tsv @@ q.query AND (((p.filter_terms && $1::text[]) AND (p.price BETWEEN $2::float8 AND $3::float8) AND (NOT (p.filter_terms && $4::text[]))))
+        WHERE p.index_pk = $6 AND p.embedding_status = 'ready' AND p.search_tsv @@ q.query
+          AND (((p.filter_terms && $1::text[]) AND (p.price BETWEEN $2::float8 AND $3::float8) AND (NOT (p.filter_terms && $4::text[]))))
         ORDER BY score DESC, p.product_id COLLATE "C"
         LIMIT $7
     ) l
