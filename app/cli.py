@@ -225,6 +225,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         from app.domain.index_admin import IndexAdmin
         from app.main import resolve_database_url
         from app.storage import db
+        from app.storage.replicas import Database
         from app.vision.service import VisionService
 
         url, embedded = await resolve_database_url(settings)
@@ -239,7 +240,17 @@ def _calibrate(args: argparse.Namespace) -> int:
             if not record.reverse_search_enabled:
                 print(f"reverse image search is not enabled for {args.index!r}", file=sys.stderr)
                 return 2
-            report = await calibrate(ReverseSearchService(pool, vision), record, args.queries, args.seed,
+            # The primary only: calibration reads the catalog once and must see what was just written.
+            database = await Database.connect(
+                pool,
+                [],
+                max_size=1,
+                statement_timeout_ms=settings.statement_timeout_ms,
+                max_lag_s=settings.replica_max_lag_s,
+                check_interval_s=settings.replica_check_interval_s,
+                check_timeout_s=settings.replica_check_timeout_s,
+            )
+            report = await calibrate(ReverseSearchService(database, vision), record, args.queries, args.seed,
                                      progress=progress)
             result = report.as_json()
             if args.apply:

@@ -157,7 +157,8 @@ async def calibrate(
     started = time.perf_counter()
     rows: list[search_sql.Row] = []
     while True:  # the whole catalog's ids and image URLs, in id order
-        page = await search_sql.browse(service.pool, index, None, 1000, len(rows))
+        offset = len(rows)
+        page = await service.db.read(lambda conn, at=offset: search_sql.catalog_page(conn, index, 1000, at))
         rows += page
         if len(page) < 1000 or len(rows) >= 10_000:
             break

@@ -86,6 +86,22 @@ def _rows(records: list[asyncpg.Record]) -> list[Row]:
     ]
 
 
+# One page of the searchable catalog in id order (calibration samples its products from it).
+CATALOG_PAGE = """
+    SELECT p.pk, p.product_id, p.doc, NULL::float8 AS score
+    FROM products p
+    WHERE p.index_pk = $1 AND p.embedding_status = 'ready'
+    ORDER BY p.product_id COLLATE "C"
+    LIMIT $2 OFFSET $3
+"""
+
+
+async def catalog_page(
+    conn: asyncpg.Connection | asyncpg.Pool, index: IndexRecord, limit: int, offset: int
+) -> list[Row]:
+    return _rows(await conn.fetch(CATALOG_PAGE, index.pk, limit, offset))
+
+
 def lexical_leg_sql(
     params: SqlParams, query: str, index_param: str, where_sql: str, *, columns: str = "p.pk"
 ) -> str:

@@ -87,6 +87,7 @@ Statement = str | tuple[str, Sequence[Any]]
 STATEMENTS: dict[str, Callable[[IndexRecord], Statement]] = {
     # search: browse, text, filtered nearest neighbours (both plans), reverse search's UNION
     "search.estimated_matches": lambda ix: search.estimated_matches_sql(ix, SAMPLE_FILTER),
+    "search.catalog_page": lambda ix: (search.CATALOG_PAGE, [ix.pk, 1000, 0]),
     "search.configure_scan (hnsw)": lambda ix: (
         search.CONFIGURE_SCAN,
         search.configure_scan_values(exact=False, ef_search=search.DEFAULT_EF_SEARCH),

@@ -10,6 +10,16 @@
 --   $5 = 1
 EXPLAIN (FORMAT JSON) SELECT 1 FROM products p WHERE p.index_pk = $5 AND (((p.filter_terms && $1::text[]) AND (p.price BETWEEN $2::float8 AND $3::float8) AND (NOT (p.filter_terms && $4::text[]))));
 
+-- search.catalog_page
+--   $1 = 1
+--   $2 = 1000
+--   $3 = 0
+SELECT p.pk, p.product_id, p.doc, NULL::float8 AS score
+FROM products p
+WHERE p.index_pk = $1 AND p.embedding_status = 'ready'
+ORDER BY p.product_id COLLATE "C"
+LIMIT $2 OFFSET $3;
+
 -- search.configure_scan (hnsw)
 --   $1 = '100'
 --   $2 = '50000'
