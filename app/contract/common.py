@@ -134,6 +134,10 @@ class ContractRequest(ContractModel):
             raise first_error(cls, exc) from None
 
 
+# Keys Marqo clients send that the read endpoints accept and ignore (Marqo falls back to defaults too).
+MARQO_IGNORED_KEYS = frozenset({"userId", "sessionId", "profileId"})
+
+
 class ContractResponse(ContractModel):
     """A response body: the schema the OpenAPI document publishes for it."""
 

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 from pydantic import BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
 
 from app.contract.common import (
+    MARQO_IGNORED_KEYS,
     AttributeNames,
     ContractRequest,
     ContractResponse,
@@ -67,7 +68,7 @@ class MarqoSearchRequest(ContractRequest):
     """A search request a Marqo client may send: its personalisation keys are accepted and ignored
     (Marqo falls back to its default configuration without them too)."""
 
-    ignored_keys = frozenset({"userId", "sessionId", "profileId"})
+    ignored_keys = MARQO_IGNORED_KEYS
 
 
 def _search_q(value: Any) -> str | None:

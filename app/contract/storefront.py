@@ -22,7 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-from app.contract.common import reject
+from app.contract.common import MARQO_IGNORED_KEYS, integral, optional_string, reject, string_list
 from app.errors import ApiError, bad_request
 
 # `reject`'s error types carry this prefix (app.contract.common maps them to the SPEC body).
@@ -95,13 +95,10 @@ def _finite(value: float | None, where: str, code: str) -> float | None:
 
 
 def _integer(value: Any, where: str, code: str, low: int, high: int) -> int:
-    if isinstance(value, bool) or not (
-        isinstance(value, int) or (isinstance(value, float) and math.isfinite(value) and value.is_integer())
-    ):
-        raise reject(code, f"{where} must be an integer")
-    if not low <= int(value) <= high:
+    number = integral(where, code)(value)
+    if not low <= number <= high:
         raise reject(code, f"{where} must be between {low} and {high}")
-    return int(value)
+    return number
 
 
 # --------------------------------------------------------------------------- facets
@@ -289,13 +286,33 @@ FacetResult = Annotated[
 
 _Limit = Annotated[int, Field(description=f"1-{MAX_SEARCH_LIMIT}")]
 
+_check_filter = optional_string("filter must be a string", "invalid_filter")
+_check_attributes = string_list("attributesToRetrieve must be an array of strings", "invalid_attributes")
+
+
+def _known_keys(model: type[BaseModel], data: Any) -> dict[str, Any]:
+    """The body as an object without the ignored keys; an unknown key is a 400 naming it."""
+    if not isinstance(data, dict):
+        raise reject("invalid_request", "request body must be a JSON object")
+    data = {k: v for k, v in data.items() if k not in MARQO_IGNORED_KEYS}
+    unknown = sorted(set(data) - {info.alias or name for name, info in model.model_fields.items()})
+    if unknown:
+        raise reject("unknown_parameter", f"unknown parameter {unknown[0]!r}")
+    return data
+
+
+def _check_filter_and_attributes(data: dict[str, Any]) -> None:
+    """The checks /search makes of these keys, with its messages and codes."""
+    _check_filter(data.get("filter"))
+    if "attributesToRetrieve" in data:
+        _check_attributes(data["attributesToRetrieve"])
+
 
 class CollectionsRequest(StorefrontModel):
     """POST /collections (and GET /collections?body=<base64 of this JSON>)."""
 
     error_code = "invalid_request"
     where = ""
-    ignored_keys: ClassVar[frozenset[str]] = frozenset({"userId", "sessionId", "profileId"})
 
     collection_name: str = Field(alias="collectionName", min_length=1)
     limit: _Limit = 10
@@ -309,12 +326,7 @@ class CollectionsRequest(StorefrontModel):
     @classmethod
     def _codes(cls, data: Any) -> Any:
         # The SPEC codes of the keys shared with /search, before pydantic's generic ones.
-        if not isinstance(data, dict):
-            raise reject("invalid_request", "request body must be a JSON object")
-        data = {k: v for k, v in data.items() if k not in cls.ignored_keys}
-        unknown = sorted(set(data) - {info.alias or name for name, info in cls.model_fields.items()})
-        if unknown:
-            raise reject("unknown_parameter", f"unknown parameter {unknown[0]!r}")
+        data = _known_keys(cls, data)
         name = data.get("collectionName")
         if not isinstance(name, str) or not name:
             raise reject("invalid_collection", "collectionName must be a non-empty string")
@@ -324,13 +336,7 @@ class CollectionsRequest(StorefrontModel):
             data["offset"] = _integer(data["offset"], "offset", "invalid_offset", 0, MAX_SEARCH_WINDOW)
         if data.get("limit", 10) + data.get("offset", 0) > MAX_SEARCH_WINDOW:
             raise reject("invalid_offset", f"limit + offset must not exceed {MAX_SEARCH_WINDOW}")
-        if data.get("filter") is not None and not isinstance(data["filter"], str):
-            raise reject("invalid_filter", "filter must be a string")
-        attributes = data.get("attributesToRetrieve")
-        if "attributesToRetrieve" in data and (
-            not isinstance(attributes, list) or not all(isinstance(a, str) for a in attributes)
-        ):
-            raise reject("invalid_attributes", "attributesToRetrieve must be an array of strings")
+        _check_filter_and_attributes(data)
         return data
 
 
@@ -348,12 +354,7 @@ class SimilarRequest(StorefrontModel):
     @model_validator(mode="before")
     @classmethod
     def _codes(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            raise reject("invalid_request", "request body must be a JSON object")
-        data = {k: v for k, v in data.items() if k not in CollectionsRequest.ignored_keys}
-        unknown = sorted(set(data) - {info.alias or name for name, info in cls.model_fields.items()})
-        if unknown:
-            raise reject("unknown_parameter", f"unknown parameter {unknown[0]!r}")
+        data = _known_keys(cls, data)
         ids = data.get("documentIds")
         if (
             not isinstance(ids, list)
@@ -365,13 +366,7 @@ class SimilarRequest(StorefrontModel):
             )
         if "limit" in data:
             data["limit"] = _integer(data["limit"], "limit", "invalid_limit", 1, MAX_SIMILAR_LIMIT)
-        if data.get("filter") is not None and not isinstance(data["filter"], str):
-            raise reject("invalid_filter", "filter must be a string")
-        attributes = data.get("attributesToRetrieve")
-        if "attributesToRetrieve" in data and (
-            not isinstance(attributes, list) or not all(isinstance(a, str) for a in attributes)
-        ):
-            raise reject("invalid_attributes", "attributesToRetrieve must be an array of strings")
+        _check_filter_and_attributes(data)
         return data
 
 
