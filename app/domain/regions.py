@@ -13,7 +13,7 @@ from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from app.domain.rerank import DEFAULT_PARAMS, RerankParams, counts_as_verified
+from app.domain.rerank import DEFAULT_PARAMS, RerankParams, VerificationLike, counts_as_verified
 
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in the query photo's pixels
 
@@ -24,15 +24,8 @@ NEW_REGION_OVERLAP = 0.3
 MAX_REGIONS = 6
 
 
-class LocatedVerification(Protocol):
-    @property
-    def inliers(self) -> int: ...
-
-    @property
-    def homography_ok(self) -> bool: ...
-
-    @property
-    def colour_agreement(self) -> float: ...
+class LocatedVerification(VerificationLike, Protocol):
+    """A verification that also says where in the photo it matched."""
 
     @property
     def box(self) -> Box | None: ...

@@ -68,16 +68,8 @@ async def write_product(conn: asyncpg.Connection, index: IndexRecord, item: Prod
         item.features_status,
         item.features_error,
     )
-    aggregate = item.features.get("aggregate") if item.features is not None else None
-    await conn.execute(
-        upsert_vectors_sql(index),
-        pk,
-        item.embedding.astype(np.float32),
-        _aggregate_value(aggregate),
-    )
-    if item.features is not None:
-        await _upsert_feature_row(conn, pk, item.features)
-    else:
+    await write_vectors(conn, index, pk, item.embedding, item.features)
+    if item.features is None:
         await conn.execute(DELETE_FEATURES, pk)
     return int(pk)
 
@@ -93,6 +85,17 @@ def upsert_vectors_sql(index: IndexRecord) -> str:
 
 
 DELETE_FEATURES = "DELETE FROM local_features WHERE product_pk = $1"
+
+
+async def write_vectors(
+    conn: asyncpg.Connection, index: IndexRecord, pk: int, embedding: np.ndarray, features: dict[str, Any] | None
+) -> None:
+    """A product's embedding and aggregate in its vector table, and its local features when it has them
+    (ingest and the embedding workers both store a product this way)."""
+    aggregate = features.get("aggregate") if features is not None else None
+    await conn.execute(upsert_vectors_sql(index), pk, embedding.astype(np.float32), _aggregate_value(aggregate))
+    if features is not None:
+        await _upsert_feature_row(conn, pk, features)
 
 
 def _aggregate_value(aggregate: Any) -> np.ndarray | None:

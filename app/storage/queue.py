@@ -20,8 +20,8 @@ from typing import Any
 import asyncpg
 import numpy as np
 
-from app.storage.indexes import AGGREGATE_CAST, IndexRecord
-from app.storage.products import _aggregate_value, _upsert_feature_row
+from app.storage.indexes import IndexRecord
+from app.storage.products import write_vectors
 
 
 @dataclass(frozen=True)
@@ -154,15 +154,6 @@ RETURNING pk
 """
 
 
-def store_vector_sql(index: IndexRecord) -> str:
-    return (
-        f"INSERT INTO {index.vectors_table} (product_pk, embedding, local_aggregate) "
-        f"VALUES ($1, $2::{index.vector_cast}, $3::{AGGREGATE_CAST}) "
-        "ON CONFLICT (product_pk) DO UPDATE SET embedding = EXCLUDED.embedding, "
-        "local_aggregate = EXCLUDED.local_aggregate"
-    )
-
-
 async def finish(conn: asyncpg.Connection, index: IndexRecord, claim: str, result: EmbeddingResult) -> bool:
     """Store a claimed product's embedding (and features) and mark it ready; False if the claim was lost."""
     pk = await conn.fetchval(
@@ -175,15 +166,7 @@ async def finish(conn: asyncpg.Connection, index: IndexRecord, claim: str, resul
     )
     if pk is None:
         return False
-    aggregate = result.features.get("aggregate") if result.features is not None else None
-    await conn.execute(
-        store_vector_sql(index),
-        pk,
-        result.embedding.astype(np.float32),
-        _aggregate_value(aggregate),
-    )
-    if result.features is not None:
-        await _upsert_feature_row(conn, pk, result.features)
+    await write_vectors(conn, index, pk, result.embedding, result.features)
     return True
 
 

@@ -169,7 +169,6 @@ STATEMENTS: dict[str, Callable[[IndexRecord], Statement]] = {
     "queue.claim_batch": lambda ix: (queue.CLAIM, [16, "host:123:ab12#1", 120.0]),
     "queue.release_claim": lambda ix: (queue.RELEASE_CLAIM, ["host:123:ab12#1"]),
     "queue.finish": lambda ix: queue.MARK_READY,
-    "queue.finish (vector)": lambda ix: queue.store_vector_sql(ix),
     "queue.fail": lambda ix: queue.MARK_FAILED,
     "queue.pending_indexes": lambda ix: queue.PENDING_INDEXES,
     # replicas: the health check's lag measurement (primary, then each replica)

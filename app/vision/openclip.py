@@ -439,10 +439,6 @@ class OpenClipModel(EmbeddingModel):
 
     has_text = True
 
-    @property
-    def name(self) -> str:
-        return self.spec.timm_name
-
     @classmethod
     def load(  # type: ignore[override]
         cls,

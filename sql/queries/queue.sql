@@ -67,9 +67,6 @@ SET embedding_status = 'ready', embedding_error = NULL, image_sha256 = $3,
 WHERE pk = $1 AND claimed_by = $2 AND embedding_status = 'pending'
 RETURNING pk;
 
--- queue.finish (vector)
-INSERT INTO vectors_1 (product_pk, embedding, local_aggregate) VALUES ($1, $2::halfvec(384), $3::halfvec(512)) ON CONFLICT (product_pk) DO UPDATE SET embedding = EXCLUDED.embedding, local_aggregate = EXCLUDED.local_aggregate;
-
 -- queue.fail
 UPDATE products SET embedding_status = 'failed', embedding_error = $3,
        claimed_by = NULL, claimed_at = NULL, lease_expires_at = NULL, updated_at = now()
