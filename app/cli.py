@@ -254,6 +254,8 @@ def _calibrate(args: argparse.Namespace) -> int:
                                      progress=progress)
             result = report.as_json()
             if args.apply:
+                # read again: calibration stored the int8 guard's new verdict in the settings
+                record = await admin.find(args.index) or record
                 await admin.change_settings(record, {"reverseImageSearch": report.knobs})
                 result["applied"] = True
                 progress(f"stored the knobs in {args.index!r}'s settings")

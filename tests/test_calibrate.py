@@ -101,6 +101,13 @@ async def test_calibrate_command_reports_and_applies(api: httpx.AsyncClient, ima
     assert (tuned_after["recallAt1"], tuned_after["mrrAt10"]) >= (tuned_before["recallAt1"], tuned_before["mrrAt10"])
     assert report["before"]["knobs"]["aggregateWeight"] == rerank.DEFAULT_PARAMS.aggregate_weight
     assert set(report["knobs"]) == set(cal.SCORING_KNOBS) and report["applied"] is True
+    # the int8 guard was checked again on the calibration sample; its verdict is stored and shown
+    guard = report["int8Guard"]
+    assert guard["sample"] == 8 and guard["status"] in ("passed", "failed"), guard
+    assert guard["precision"] == ("int8" if guard["status"] == "passed" else "fp32")
+    inference = (await api.get(f"/api/v1/indexes/{name}/settings", headers=ADMIN)).json()["inference"]
+    assert inference["guard"]["checkedOn"] == "calibration" and inference["guard"]["sample"] == 8
+    assert inference["precision"] == guard["precision"]
 
     # --apply stored them; reverse search reads them (a validated, visible setting)
     settings = (await api.get(f"/api/v1/indexes/{name}", headers=ADMIN)).json()["settings"]["reverseImageSearch"]

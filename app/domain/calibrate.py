@@ -6,7 +6,8 @@ inlierSaturation) were measured with random-weight models; real weights, and eac
 catalog, want others. Calibration measures them on the index itself:
 
 1. a sample of the index's own products: their images (as the service fetches them) turned
-   into in-the-wild photos by the generator's wild-photo code (`app.samples.wild`);
+   into in-the-wild photos by the generator's wild-photo code (`app.samples.wild`); the int8
+   guard is re-run on these catalog images first (`inference.recheck`), and its verdict stored;
 2. each photo run once through the real pipeline (`ReverseSearchService.gather`) with every
    candidate of the pool verified, so each candidate's signals (embedding cosine, aggregate
    cosine, inliers) are known;
@@ -26,10 +27,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from app.domain import inference
 from app.domain.rerank import RerankParams
 from app.domain.reverse import SCORING_KNOBS, ReverseSearchService, params_for
 from app.domain.search import StageTimer
 from app.samples import wild
+from app.storage import indexes
 from app.storage import search as search_sql
 from app.storage.indexes import IndexRecord
 
@@ -174,6 +177,13 @@ async def calibrate(
         items.append(wild.CatalogItem(row.product_id, photo, {}, row.product_id, wild.cutout_from_photo(photo)))
         if (i + 1) % 25 == 0:
             progress(f"fetched {i + 1}/{len(sample)} product images")
+    # The int8 guard again, on these images of the index's own catalog: calibration measures the
+    # index as it will run, so at the precision this verdict picks.
+    guard = await inference.recheck(
+        service.db.primary, service.vision, index, [item.image for item in items], "calibration"
+    )
+    if guard is not None:
+        index = await indexes.get_index_by_pk(service.db.primary, index.pk) or index
     current = params_for(index.reverse_search, service.params)
     gather_params = replace(current, verify_top=0)  # verify the whole pool: every sweep point is a lookup
     signals: list[QuerySignals] = []
@@ -206,6 +216,11 @@ async def calibrate(
             "tunedOn": len(tune),
             "heldOut": len(held),
             "sweepPoints": points,
+            "int8Guard": (
+                {"precision": guard.precision, **guard.to_json()}
+                if guard is not None
+                else {"precision": inference.precision_of(index, service.vision), "status": "off"}
+            ),
             "seconds": round(time.perf_counter() - started, 1),
         },
     )

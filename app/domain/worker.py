@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
+from app.domain import inference
 from app.domain.backfill import FeatureBackfill
 from app.errors import ImageError
 from app.storage import indexes, products, queue
@@ -186,9 +187,12 @@ class EmbeddingWorker:
             else:
                 to_embed.append((item, image))
         if to_embed:
-            vectors = await self.vision.embed(ModelSpec.parse(index.model), [image.image for _, image in to_embed])
+            images = [image.image for _, image in to_embed]
+            # the index's precision (its int8 guard's verdict), as inline ingest embeds
+            vectors = await inference.embed_for_ingest(self.vision, index, images)
             for (item, image), vector in zip(to_embed, vectors, strict=True):
                 results[item.product_pk] = EmbeddingResult(item.product_pk, image.sha256, vector, None, None)
+            await inference.guard_after_ingest(self.pool, self.vision, index, images, vectors)
         if want_features:
             images = {item.product_pk: image for item, image in loaded}
             await asyncio.gather(

@@ -65,6 +65,10 @@ class BackendUnavailableError(RuntimeError):
     """The configured backend cannot run here (e.g. `onnx` without onnxruntime installed)."""
 
 
+class ExportCancelledError(RuntimeError):
+    """The process is shutting down: an export in progress stopped at its next step (nothing cached)."""
+
+
 def onnx_installed() -> bool:
     try:
         import onnx  # noqa: F401
@@ -162,8 +166,18 @@ class GraphCache:
         *,
         versions: dict[str, str] | None = None,
         digest: str | None = None,
+        cancelled: threading.Event | None = None,
     ) -> GraphFiles:
-        """The fp32 and int8 graphs for this module, exporting and quantising them if not cached."""
+        """The fp32 and int8 graphs for this module, exporting and quantising them if not cached.
+
+        `cancelled` (set at shutdown) is checked between the steps: a set event stops the export
+        with ExportCancelledError and leaves nothing in the cache (a step already running finishes).
+        """
+
+        def check_cancelled() -> None:
+            if cancelled is not None and cancelled.is_set():
+                raise ExportCancelledError(f"export of {model_key} cancelled (shutting down)")
+
         material = self.key_material(
             model_key, digest or weights_digest(module), input_size, versions or library_versions()
         )
@@ -172,6 +186,7 @@ class GraphCache:
         with self._lock:
             if (folder / "meta.json").is_file():
                 return GraphFiles(key, folder, exported=False)
+            check_cancelled()
             self.root.mkdir(parents=True, exist_ok=True)
             # Build in a private temp folder, then rename: a crash or a second process never
             # leaves (or sees) half-written graphs.
@@ -181,6 +196,7 @@ class GraphCache:
                 log.info("exporting %s to ONNX (once; cached in %s)", model_key, folder)
                 export_onnx(module, input_size, work / "model.fp32.onnx")
                 exported_s = time.perf_counter() - started
+                check_cancelled()
                 log.info("exported %s in %.1f s; quantising to int8", model_key, exported_s)
                 quantize_int8(work / "model.fp32.onnx", work / "model.int8.onnx")
                 total_s = time.perf_counter() - started
