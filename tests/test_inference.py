@@ -278,3 +278,15 @@ async def test_shutdown_stops_an_export_in_progress(tmp_path: Path, monkeypatch)
     assert os.listdir(tmp_path) == []  # nothing cached, no temp folder left
     with pytest.raises(asyncio.CancelledError):
         await warm_up
+
+
+def test_best_batch_size_is_measured_once_per_precision(onnx_registry: ModelRegistry) -> None:
+    from app.vision.model import BATCH_CANDIDATES
+
+    model = onnx_registry.get(VIT)
+    assert model.measured_batch_size("fp32", 16) is None
+    best = model.best_batch_size("fp32", 16)
+    assert best in BATCH_CANDIDATES and best <= 16
+    assert model.measured_batch_size("fp32", 16) == best  # cached: the embedder's pass size from now on
+    assert model.best_batch_size("int8", 16) == 1  # row by row anyway: the smallest size
+    assert model.best_batch_size("fp32", 2) == 1  # only the candidates within the limit

@@ -31,7 +31,7 @@ from app.storage import indexes
 from app.storage.indexes import IndexRecord
 from app.vision import guard
 from app.vision.guard import GuardResult
-from app.vision.model import ModelSpec
+from app.vision.model import EmbeddingModel, ModelSpec
 from app.vision.service import VisionService
 
 log = logging.getLogger("lookalike.inference")
@@ -39,10 +39,14 @@ log = logging.getLogger("lookalike.inference")
 _guard_locks: dict[int, asyncio.Lock] = {}
 
 
-def initial_settings(vision: VisionService) -> dict[str, Any]:
-    """The `inference` settings of a new index."""
+def initial_settings(vision: VisionService, model: EmbeddingModel | None = None) -> dict[str, Any]:
+    """The `inference` settings of a new index (`model`: its loaded model, if known)."""
     if not vision.int8_allowed:
         why = "backend torch" if vision.backend != "onnx" else "LOOKALIKE_INFERENCE_PRECISION=fp32"
+        return {"backend": vision.backend, "precision": "fp32", "guard": {"status": "off", "reason": why}}
+    if model is not None and "int8" not in model.precisions:
+        # on CUDA only the fp32 graph runs; a model the exporter could not take runs on torch
+        why = "CUDA runs the fp32 graph only" if model.backend == "onnx" else "the model runs on torch (export failed)"
         return {"backend": vision.backend, "precision": "fp32", "guard": {"status": "off", "reason": why}}
     return {"backend": vision.backend, "precision": "fp32", "guard": {"status": "pending", "sample": 0}}
 

@@ -29,8 +29,21 @@ against ORT's 78 MB; ORT also has a drop-in CUDA build (`onnxruntime-gpu`).
   libgomp). Measured at load 4-8, ViT-S/14 fp32 batch 1: 93-124 ms without spinning, 226-336
   ms with it; one intra-op thread: 181-272 ms.
 - GPU: where the installed onnxruntime offers `CUDAExecutionProvider` (the `onnxruntime-gpu`
-  wheel), sessions run on it, fp32 only (dynamic int8 ops have no fast CUDA kernels); the
-  torch backend uses CUDA when torch sees a GPU. Neither is ever required.
+  wheel), sessions run on it, fp32 only (dynamic int8 ops have no fast CUDA kernels; a new
+  index's guard then says `off`); the torch backend uses CUDA when torch sees a GPU. Neither
+  is ever required, and no GPU figure has been measured for this project.
+- Tried and not adopted (no gain measured; the recipe, and so the cache keys, stay as they
+  are): ONNX Runtime's transformer optimizer (`onnxruntime.transformers.optimizer`,
+  model_type vit, 6 heads, 384 wide) fuses SkipLayerNormalization (24) and BiasGelu (12) in
+  DINOv2 ViT-S/14 but no Attention: timm's single qkv Linear + unbind (and torch's SDPA
+  export, which scales q and k by sqrt(sqrt(d)) each) match none of its attention patterns,
+  with timm's manual attention neither. Interleaved, 20 rounds, 2 threads, load 2.7, batch-1
+  p50 / batch-16 images/s: exported as today 62.0 ms / 14.8, optimised 68.2 / 15.4, manual
+  attention 64.7 / 17.0, manual + optimised 69.6 / 16.9: within the noise of a shared
+  machine (cosines to the plain export >= 0.9999998). ORT's own ORT_ENABLE_ALL already fuses
+  LayerNorm and Gelu; the MatMuls (~90% of the FLOPs) run on MLAS's AVX-512 kernels at a
+  large share of this CPU's peak, so fusing the rest has little left to win. Batch size: see
+  `EmbeddingModel.best_batch_size` (bigger is not faster here).
 """
 
 from __future__ import annotations
