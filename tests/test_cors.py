@@ -56,6 +56,7 @@ async def test_read_endpoints_answer_preflights_admin_ones_do_not(api: httpx.Asy
         ("GET", "/api/v1/indexes"),
         ("POST", "/api/v1/indexes/x"),
         ("POST", "/api/v1/indexes/x/documents"),
+        ("POST", "/api/v1/indexes/x/calibrate"),
         ("DELETE", "/api/v1/indexes/x"),
     ]:
         r = await api.options(path, headers=_preflight(method, "authorization, content-type"))
