@@ -277,3 +277,21 @@ def live_server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> 
     settings = api_settings(database_url, tmp_path_factory.mktemp("live"))
     with LiveServer(settings) as server:
         yield server
+
+
+# --- a real browser (tests/browser.py) -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    """Headless chromium, launched once per test module that asks for it."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.browser import CHROMIUM, CHROMIUM_ARGS
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()

@@ -69,7 +69,7 @@ async def test_served_document_and_docs_page(api: httpx.AsyncClient) -> None:
     init = (await api.get("/static/swagger-ui-init.js")).text
     assert '"/openapi.json"' in init and "validatorUrl: null" in init
     # Self-contained: no CDN (unreachable on air-gapped installs and from the tests).
-    for name in ("swagger-ui.html", "swagger-ui-init.js", "index.html", "app.js", "style.css"):
+    for name in ("swagger-ui.html", "swagger-ui-init.js", "index.html", "cards.js", "app.js", "shop.js", "style.css"):
         body = (await api.get(f"/static/{name}")).text
         assert not re.search(r"(src|href)=\"https?://", body), name
     missing = await api.get("/static/nope.js")
