@@ -241,3 +241,23 @@ def test_a_client_that_goes_away_ends_the_run(live_server, images, caplog) -> No
             time.sleep(0.1)
     r = httpx.post(f"{base}/{name}/calibrate", json={"queries": 2}, headers=ADMIN, timeout=120)
     assert r.status_code == 200, r.text  # the lock was given back
+
+
+async def test_calibrate_waits_for_pending_embeddings(database_url: str, tmp_path, images) -> None:  # type: ignore[no-untyped-def]
+    """Queue mode: products waiting for a worker would be missing from the measurement: 409."""
+    from tests.conftest import api_settings, running_app
+
+    async with running_app(api_settings(database_url, tmp_path, ingest_mode="queue")) as client:
+        name = f"cal-queued-{secrets.token_hex(3)}"
+        body = {"model": TEST_MODEL, "reverseImageSearch": {"enabled": True}}
+        assert (await client.post(f"/api/v1/indexes/{name}", json=body, headers=ADMIN)).status_code == 200
+        catalog = wild.generate_catalog(3, seed=5)
+        docs = [product(c.id, images.add(f"/{name}/{c.id}.jpg", _jpeg(c.image))) for c in catalog]
+        r = await client.post(f"/api/v1/indexes/{name}/documents", json={"documents": docs}, headers=ADMIN)
+        assert {item["status"] for item in r.json()["items"]} == {202}, r.text
+        try:
+            r = await client.post(f"/api/v1/indexes/{name}/calibrate", headers=ADMIN)
+            assert r.status_code == 409 and r.json()["code"] == "index_not_ready", r.text
+            assert "3 embeddings" in r.json()["error"]
+        finally:  # no worker of another test should find these products
+            await client.delete(f"/api/v1/indexes/{name}", headers=ADMIN)
