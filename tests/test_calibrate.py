@@ -14,6 +14,7 @@ import subprocess
 import sys
 from dataclasses import replace
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
@@ -261,3 +262,25 @@ async def test_calibrate_waits_for_pending_embeddings(database_url: str, tmp_pat
             assert "3 embeddings" in r.json()["error"]
         finally:  # no worker of another test should find these products
             await client.delete(f"/api/v1/indexes/{name}", headers=ADMIN)
+
+
+async def test_images_that_no_longer_load(api: httpx.AsyncClient, images) -> None:  # type: ignore[no-untyped-def]
+    """A product whose image is gone is skipped and counted; with fewer than two left the run fails:
+    a 409 in JSON, the last line (SPEC error shape) of a stream that had begun."""
+    name, docs = await _calibration_index(api, images, products=3)
+    path = f"/api/v1/indexes/{name}/calibrate"
+    gone = [urlsplit(d["variantImageUrl"]).path for d in docs]
+    images.routes.pop(gone[0])
+    r = await api.post(path, json={"queries": 3}, headers=ADMIN)
+    assert r.status_code == 200, r.text
+    assert r.json()["skipped"] == 1 and r.json()["queries"] == 2
+    images.routes.pop(gone[1])
+    r = await api.post(path, json={"queries": 3}, headers=ADMIN)
+    assert r.status_code == 409 and r.json()["code"] == "not_enough_products", r.text
+    r = await api.post(path, json={"queries": 3}, headers={**ADMIN, "Accept": "application/x-ndjson"})
+    assert r.status_code == 200
+    lines = [json.loads(line) for line in r.text.splitlines()]
+    assert lines[0]["progress"]["stage"] == "start"
+    assert lines[-1]["code"] == "not_enough_products" and set(lines[-1]) == {"error", "code"}
+    # the lock was released with the failed run
+    assert (await api.post(path, json={"queries": 3}, headers=ADMIN)).json()["code"] == "not_enough_products"
