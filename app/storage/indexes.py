@@ -229,7 +229,9 @@ async def index_stats(conn: asyncpg.Connection | asyncpg.Pool, record: IndexReco
 
 # One calibration per index at a time, across every `lookalike serve` process: a session-level
 # advisory lock on a key derived from the index's pk, held on a connection of its own for the
-# run (a crashed process's connection ends, and PostgreSQL releases the lock with it).
+# run (a crashed process's connection ends, and PostgreSQL releases the lock with it; a run
+# cancelled before its unlock is covered by asyncpg's shielded release, whose reset runs
+# pg_advisory_unlock_all()).
 TRY_LOCK_CALIBRATION = "SELECT pg_try_advisory_lock(hashtextextended('lookalike.calibrate:' || $1::bigint, 0))"
 UNLOCK_CALIBRATION = "SELECT pg_advisory_unlock(hashtextextended('lookalike.calibrate:' || $1::bigint, 0))"
 
