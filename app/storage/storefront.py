@@ -2,9 +2,12 @@
 
 `storefront_sql` builds one statement per request (the shapes are in sql/storefront.sql):
 
-    WITH m AS MATERIALIZED (every product the query matches under the filter, or under any
+    WITH tw, tl, tk, tq, ranked (text: the query's words, lexemes, tsquery, postings scores),
+         m AS MATERIALIZED (every product the query matches under the filter, or under any
                             facet's filter variant: one boolean flag column per variant),
          h  (the hits' set: m under the request's filter),
+         best (text without filter or collapse, instead of h: the hits best first from the
+               postings, only as deep as the page or sortBy's depth needs, ties included),
          c  (collapse: DISTINCT ON the collapse key, the group's first by its order),
          top(relevance + sortBy: the best `sort_depth` candidates by score),
          page (ORDER BY the final order, LIMIT/OFFSET),
@@ -22,7 +25,9 @@ Text matching (migration 0005): OR-semantics over the query's words on the weigh
 has (a misspelling) replaced by the most similar words of the catalog's titles
 (`search_words`, pg_trgm). The score is `ts_rank_cd` (title A, variant title B,
 description C; length-normalised): equal scores mean equal matches (the same words in
-the same fields at the same positions).
+the same fields at the same positions). Without a filter or collapse it is read as the sum
+of the matching lexemes' `search_postings` weights (migration 0007), the same value, so
+only the products a page shows are ever visited for their score.
 """
 
 from __future__ import annotations
