@@ -231,7 +231,7 @@ def text_ctes(p: SqlParams, words: tuple[str, ...], index_param: str, *, ranked:
     ]
     if ranked:
         ctes.append(
-            "ranked AS MATERIALIZED (SELECT sp.product_pk AS pk, sum(sp.weight)::real::float8 AS score"
+            "ranked AS (SELECT sp.product_pk AS pk, sum(sp.weight)::real::float8 AS score"
             " FROM tk CROSS JOIN LATERAL ("
             f"SELECT x.product_pk, x.weight FROM search_postings x WHERE NOT tk.prefix AND x.index_pk = {index_param}"
             " AND x.lexeme = tk.lexeme UNION ALL"
