@@ -77,6 +77,8 @@ async def load(conn: asyncpg.Connection, docs: list[dict[str, Any]], name: str =
     await copy_products(conn, record.pk, docs)
     await conn.execute("VACUUM (ANALYZE) products")
     await conn.execute("ANALYZE search_words")
+    # the text postings' index-only scans need the visibility map (autovacuum's job in service)
+    await conn.execute("VACUUM (ANALYZE) search_postings")
     return record
 
 
