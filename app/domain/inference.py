@@ -81,7 +81,7 @@ def _guard_pending(index: IndexRecord) -> bool:
     return stored_settings(index).get("guard", {}).get("status") == "pending"
 
 
-async def _store(
+async def store_verdict(
     pool: asyncpg.Pool, index: IndexRecord, vision: VisionService, result: GuardResult, checked_on: str
 ) -> IndexRecord:
     verdict = {**result.to_json(), "checkedOn": checked_on}
@@ -119,7 +119,7 @@ async def guard_after_ingest(
             return
         result = await vision.guard_int8(ModelSpec.parse(index.model), images, fp32)
         if result is not None:
-            await _store(pool, current, vision, result, "ingest")
+            await store_verdict(pool, current, vision, result, "ingest")
 
 
 async def warm_up(pool: asyncpg.Pool, vision: VisionService) -> None:
@@ -165,5 +165,5 @@ async def recheck(
         return None
     result = await vision.guard_int8(ModelSpec.parse(index.model), images)
     if result is not None:
-        await _store(pool, index, vision, result, checked_on)
+        await store_verdict(pool, index, vision, result, checked_on)
     return result
