@@ -3,8 +3,8 @@
 The index settings carry `inference`: `{"backend", "precision", "guard"}`. A new index starts
 at fp32 with the guard `pending`; the first ingest batch with at least
 `guard.MIN_SAMPLE` new images runs the guard on them (up to `guard.MAX_SAMPLE`; only the int8
-pass, their fp32 vectors are the ones ingest computed and stores) and stores its verdict and
-numbers. An index
+pass: their fp32 vectors are the ones ingest computed) and stores its verdict and numbers; the
+call's vectors are stored at the chosen precision. An index
 ingested in smaller batches gets its verdict from the local-feature backfill (the images
 it decodes anyway, when reverse search is turned on). From then
 on every embedding for that index (ingest, Search by Image, reverse image search) runs at
@@ -103,23 +103,31 @@ async def embed_for_ingest(vision: VisionService, index: IndexRecord, images: li
 
 async def guard_after_ingest(
     pool: asyncpg.Pool, vision: VisionService, index: IndexRecord, images: list[Image.Image], fp32: np.ndarray
-) -> None:
-    """Decide a pending guard on an ingest call's new images (>= guard.MIN_SAMPLE of them).
+) -> np.ndarray:
+    """Decide a pending guard on an ingest call's new images (>= guard.MIN_SAMPLE of them); returns the
+    vectors to store for them.
 
     `fp32`: their embeddings, computed at fp32 (the precision of a pending index), so the guard
-    only runs the int8 pass. They are stored as they are whatever the verdict: int8 is chosen
-    only where it agrees with them.
+    only runs the int8 pass. Where it chooses int8, the call stores int8 vectors (the sample's
+    from the guard, the rest embedded now), so that stored vectors and queries share a precision
+    from the first batch on; otherwise `fp32` as given.
     """
     if not vision.int8_allowed or not _guard_pending(index) or len(images) < guard.MIN_SAMPLE:
-        return
+        return fp32
     lock = _guard_locks.setdefault(index.pk, asyncio.Lock())
     async with lock:
         current = await indexes.get_index_by_pk(pool, index.pk)
         if current is None or not _guard_pending(current):  # a concurrent call decided it meanwhile
-            return
-        result = await vision.guard_int8(ModelSpec.parse(index.model), images, fp32)
-        if result is not None:
-            await store_verdict(pool, current, vision, result, "ingest")
+            return fp32
+        spec = ModelSpec.parse(index.model)
+        result = await vision.guard_int8(spec, images, fp32)
+        if result is None:
+            return fp32
+        await store_verdict(pool, current, vision, result, "ingest")
+    if result.precision != "int8":
+        return fp32
+    rest = images[result.sample :]
+    return np.concatenate([result.int8, await vision.embed(spec, rest, "int8")]) if rest else result.int8
 
 
 async def warm_up(pool: asyncpg.Pool, vision: VisionService) -> None:

@@ -141,13 +141,15 @@ class IngestPipeline:
             return
         embedded = [w for w in ready if w.embedded_here and w.loaded is not None and w.embedding is not None]
         if embedded:
-            await inference.guard_after_ingest(
+            vectors = await inference.guard_after_ingest(
                 self.store.pool,
                 self.vision,
                 index,
                 [w.loaded.image for w in embedded if w.loaded is not None],
                 np.stack([w.embedding for w in embedded if w.embedding is not None]),
             )
+            for w, vector in zip(embedded, vectors, strict=True):
+                w.embedding = vector
         if index.reverse_search_enabled:
             await asyncio.gather(*(self._features(w) for w in ready if w.features is None))
             for w in ready:

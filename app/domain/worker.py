@@ -151,7 +151,7 @@ class EmbeddingWorker:
         as soon as its images are in), then store the whole claim in one transaction."""
         spec = ModelSpec.parse(index.model)
         group = max(MIN_GROUP, await self.vision.ingest_batch_size(spec, inference.precision_of(index, self.vision)))
-        fresh: list[tuple[Image.Image, np.ndarray]] = []
+        fresh: list[tuple[Image.Image, np.ndarray, EmbeddingResult]] = []
 
         async def load_and_compute(part: list[QueuedProduct]) -> list[EmbeddingResult]:
             loaded = await self.load_images(index, claim, part)
@@ -163,10 +163,12 @@ class EmbeddingWorker:
         for part in parts:
             if isinstance(part, BaseException):
                 raise part
-        if fresh:
-            images, vectors = [image for image, _ in fresh], np.stack([vector for _, vector in fresh])
-            await inference.guard_after_ingest(self.pool, self.vision, index, images, vectors)
         results = [result for part in parts if not isinstance(part, BaseException) for result in part]
+        if fresh:
+            images, vectors = [image for image, _, _ in fresh], np.stack([vector for _, vector, _ in fresh])
+            stored = await inference.guard_after_ingest(self.pool, self.vision, index, images, vectors)
+            for (_, _, result), vector in zip(fresh, stored, strict=True):
+                result.embedding = vector
         if results:
             await self.store(index, claim, results)
 
@@ -194,7 +196,7 @@ class EmbeddingWorker:
         self,
         index: IndexRecord,
         loaded: list[tuple[QueuedProduct, LoadedImage]],
-        fresh: list[tuple[Image.Image, np.ndarray]] | None = None,
+        fresh: list[tuple[Image.Image, np.ndarray, EmbeddingResult]] | None = None,
     ) -> list[EmbeddingResult]:
         """Vectors (reused or embedded) and local features; appends what it embedded to `fresh`."""
         reusable = await products.reusable_images(self.pool, index, list({image.sha256 for _, image in loaded}))
@@ -216,8 +218,8 @@ class EmbeddingWorker:
             vectors = await inference.embed_for_ingest(self.vision, index, images)
             for (item, image), vector in zip(to_embed, vectors, strict=True):
                 results[item.product_pk] = EmbeddingResult(item.product_pk, image.sha256, vector, None, None)
-            if fresh is not None:
-                fresh.extend(zip(images, vectors, strict=True))
+                if fresh is not None:
+                    fresh.append((image.image, vector, results[item.product_pk]))
         if want_features:
             images = {item.product_pk: image for item, image in loaded}
             await asyncio.gather(
