@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import random
+from dataclasses import dataclass, replace
 
 import pytest
 
@@ -17,6 +18,7 @@ from app.domain.rerank import (
     prior_score,
     select_for_verification,
     verification_bonus,
+    verification_settled,
 )
 
 
@@ -140,3 +142,50 @@ def test_crop_count_follows_the_model_speed() -> None:
     assert crops_for_model(25.0, p) == 3
     assert crops_for_model(111.0, p) == 1  # a ViT-S on 2 cores: the whole photo only
     assert crops_for_model(0.0, p) == 4
+
+
+def _early_exit(cands: list[Candidate], verify: dict, top: int, chunk: int, p: RerankParams) -> tuple[list, int]:
+    """Verification in best-prior-first chunks, stopped once `verification_settled` says so,
+    exactly as the reverse search service runs it: (ranking, candidates verified)."""
+    order = select_for_verification(cands, p)
+    by_key = {c.product_key: c for c in cands}
+    done: dict = {}
+    for end in range(chunk, len(order) + chunk, chunk):
+        done.update({k: verify[k] for k in order[end - chunk : end]})
+        settled = [replace(by_key[k], verification=done[k]) for k in order[:end]]
+        rest = order[end:]
+        if verification_settled(settled, prior_score(by_key[rest[0]], p) if rest else None, top, p):
+            break
+    ranked = combine_scores([replace(c, verification=done.get(c.product_key)) for c in cands], p)
+    return ranked, len(done)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_early_exit_keeps_the_settled_top_exactly(seed: int) -> None:
+    """Whatever the unverified candidates would verify to, the first `top` hits of the early
+    exit are those of full verification, same order and scores; and it does stop early."""
+    rng = random.Random(seed)
+    p = RerankParams(verify_top=0)
+    cands = [Candidate(i, rng.uniform(0.2, 0.9), None, rng.uniform(0.5, 0.8)) for i in range(60)]
+    # a few true matches with many inliers among chance-level ones
+    verify = {
+        c.product_key: V(rng.choice([40, 80, 200]) if rng.random() < 0.08 else rng.randint(0, 9)) for c in cands
+    }
+    full = combine_scores([replace(c, verification=verify[c.product_key]) for c in cands], p)
+    for top in (1, 3, 10):
+        ranked, verified = _early_exit(cands, verify, top, 10, p)
+        assert ranked[:top] == full[:top], (top, ranked[:top], full[:top])
+        assert verified <= len(cands)
+
+
+def test_early_exit_stops_once_a_clear_match_outscores_every_bound() -> None:
+    p = RerankParams(verify_top=0)
+    cands = [Candidate(0, 0.9, None, 0.8)] + [Candidate(i, 0.3 - 0.002 * i, None, 0.2) for i in range(1, 60)]
+    verify = {c.product_key: V(200 if c.product_key == 0 else 3) for c in cands}
+    ranked, verified = _early_exit(cands, verify, 1, 10, p)
+    assert verified == 10 and ranked[0][0] == 0
+    # a decisive prior alone settles nothing: the bound is prior + verify_weight
+    assert not verification_settled([cands[0]], prior_score(cands[1], p), 1, p)
+    assert not verification_settled([], 0.0, 1, p)
+    assert verification_settled([], None, 1, p)  # nothing left to verify
+    assert not verification_settled([replace(cands[0], verification=V(200))], 0.0, 0, p)  # top 0: never stops

@@ -427,3 +427,28 @@ async def test_explain_returns_the_inlier_pairs(api: httpx.AsyncClient, images, 
         assert len(match["pairs"]) >= match["inliers"]  # distinct locations <= inlier pairs
         for qx, qy, cx, cy in match["pairs"]:
             assert x0 - 2 <= qx <= x1 + 2 and y0 - 2 <= qy <= y1 + 2 and 0 <= cx <= cw and 0 <= cy <= ch
+
+
+async def test_early_exit_returns_the_hits_of_full_verification(api: httpx.AsyncClient, images, shop: dict) -> None:
+    """Verification that stops once the top hits are settled (verifySettle) returns them exactly
+    as verifying all verifyTop candidates (verifySettle 0) does, on generated wild photos."""
+    settings = f"/api/v1/indexes/{shop['name']}/settings"
+
+    async def hits_with(settle: int) -> list[list[tuple[str, float]]]:
+        r = await api.patch(settings, json={"reverseImageSearch": {"verifySettle": settle}}, headers=ADMIN)
+        assert r.status_code == 200, r.text
+        out = []
+        for i in range(len(shop["queries"])):
+            r = await _reverse(api, shop, {"q": _query_url(images, shop, i)})
+            assert r.status_code == 200, r.text
+            out.append([(h["_id"], h["_score"]) for h in r.json()["hits"]])
+        return out
+
+    try:
+        full, first, ten = await hits_with(0), await hits_with(1), await hits_with(10)
+    finally:
+        await api.patch(settings, json={"reverseImageSearch": {"verifySettle": 1}}, headers=ADMIN)
+    assert [h[:1] for h in first] == [h[:1] for h in full]
+    assert ten == full  # limit 10: the whole page is settled
+    r = await api.patch(settings, json={"reverseImageSearch": {"verifySettle": -1}}, headers=ADMIN)
+    assert r.status_code == 400 and r.json()["code"] == "invalid_settings", r.text

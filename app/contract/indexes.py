@@ -19,6 +19,8 @@ REVERSE_SEARCH_KNOB_RANGES: dict[str, tuple[int, int, bool]] = {
     "candidatePool": (10, 1000, False),
     # "auto": as many crops as the model's measured speed allows (domain.rerank.crops_for_model)
     "queryCrops": (1, 8, True),
+    # early exit of verification: the first N hits are kept exactly as full verification ranks them
+    "verifySettle": (0, 1000, False),
 }
 
 # Re-ranking knobs (`lookalike calibrate --apply` stores them): name -> (minimum, maximum, integer).
@@ -84,6 +86,19 @@ class ReverseImageSearchSettings(ContractModel):
         Field(ge=10, le=1000, description="candidates re-ranked per query"),
         _knob("candidatePool"),
         WithJsonSchema({"type": "integer", "minimum": 10, "maximum": 1000}),
+    ] = omittable()
+    verifySettle: Annotated[
+        int,
+        _knob("verifySettle"),
+        WithJsonSchema(
+            {
+                "type": "integer",
+                "minimum": 0,
+                "maximum": 1000,
+                "description": "verification stops early once the first verifySettle hits provably rank as "
+                "verifying all verifyTop candidates would (default 1); 0 = always verify all verifyTop",
+            }
+        ),
     ] = omittable()
     queryCrops: Annotated[
         int | Literal["auto"],

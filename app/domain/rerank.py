@@ -69,6 +69,9 @@ class RerankParams:
     # How many of the merged pool's best (by prior) to verify; 0 = all. A cap on the
     # matching cost, which is linear in it.
     verify_top: int = 60
+    # Early exit: verification runs best-first in chunks and stops once the `settle_top` best
+    # final scores provably cannot change (see `verification_settled`); 0 = verify all verify_top.
+    settle_top: int = 1
     # Extra model time reverse search may spend on crops beyond the whole image, in ms.
     crop_budget_ms: float = 60.0
 
@@ -77,6 +80,8 @@ class RerankParams:
             raise ValueError("pool_size and n_crops must be at least 1, aggregate_pool >= 0")
         if self.verify_weight < 0 or self.inlier_saturation <= 0 or self.min_inliers < 0:
             raise ValueError("verify_weight and min_inliers must be >= 0, inlier_saturation > 0")
+        if self.settle_top < 0:
+            raise ValueError("settle_top must be >= 0")
         if self.aggregate_weight < 0 or self.crop_budget_ms < 0:
             raise ValueError("aggregate_weight and crop_budget_ms must be >= 0")
 
@@ -128,6 +133,25 @@ def select_for_verification(
     ordered = sorted(candidates, key=lambda c: -prior_score(c, params))
     limit = params.verify_top or len(ordered)
     return [c.product_key for c in ordered[:limit]]
+
+
+def verification_settled(
+    settled: Sequence[Candidate], next_prior: float | None, top: int, params: RerankParams = DEFAULT_PARAMS
+) -> bool:
+    """Whether verifying the rest can no longer change the `top` best of the final ranking.
+
+    `settled`: candidates whose final score is known (verified, or with nothing to verify);
+    `next_prior`: the best prior among those still unverified (None: none left). The bonus
+    is below `verify_weight`, so no unverified candidate can end above `next_prior +
+    verify_weight`; once the `top` best settled finals are all above that bound, they are the
+    final ranking's first `top`, in the same order, whatever the rest would verify to.
+    """
+    if next_prior is None:
+        return True
+    if top < 1 or len(settled) < top:
+        return False
+    finals = sorted((final_score(c, params) for c in settled), reverse=True)
+    return finals[top - 1] > next_prior + params.verify_weight
 
 
 def crops_for_model(single_image_ms: float, params: RerankParams = DEFAULT_PARAMS) -> int:

@@ -42,6 +42,7 @@ from app.domain.rerank import (
     merge_crop_neighbours,
     prior_score,
     select_for_verification,
+    verification_settled,
 )
 from app.domain.search import StageTimer, request_filter
 from app.filters import FilterNode
@@ -68,6 +69,8 @@ def params_for(knobs: dict[str, Any], base: RerankParams) -> RerankParams:
     changes = {field_name: knobs[name] for name, field_name in SCORING_KNOBS.items() if name in knobs}
     if "candidatePool" in knobs:
         changes["pool_size"] = int(knobs["candidatePool"])
+    if "verifySettle" in knobs:
+        changes["settle_top"] = int(knobs["verifySettle"])
     return replace(base, **changes) if changes else base
 
 
@@ -153,6 +156,11 @@ def _proposal_boxes(
     return describe, embed_boxes, crop_images(image, embed_boxes)
 
 
+# candidates verified per pass when verification may stop early: small enough to stop soon,
+# large enough that the batched matching keeps its efficiency
+VERIFY_CHUNK = 10
+
+
 @dataclass
 class Gathered:
     """Everything the final scoring needs, computed once: any knobs can then re-score it."""
@@ -194,6 +202,9 @@ class ReverseSearchService:
         self.db = database
         self.vision = vision
         self.params = params or RerankParams()
+
+    def params_of(self, index: IndexRecord) -> RerankParams:
+        return params_for(index.reverse_search, self.params)
 
     async def _crop_count(self, knobs: dict[str, Any], spec: ModelSpec, params: RerankParams, precision: str) -> int:
         value = knobs.get("queryCrops", "auto")
@@ -254,14 +265,35 @@ class ReverseSearchService:
         )
         gathered.verifications.update(zip(with_features, verifications, strict=True))
 
+    async def _verify_settling(
+        self, gathered: Gathered, keys: list[Hashable], params: RerankParams, top: int
+    ) -> None:
+        """Verify `keys` (best prior first) in chunks, stopping once the `top` best hits cannot change."""
+        if top < 1:
+            await self._verify(gathered, keys, gathered.query_features)
+            return
+        for end in range(VERIFY_CHUNK, len(keys) + VERIFY_CHUNK, VERIFY_CHUNK):
+            await self._verify(gathered, keys[end - VERIFY_CHUNK : end], gathered.query_features)
+            settled = [
+                replace(gathered.candidates[k], verification=gathered.verifications.get(k))
+                for k in keys[:end]
+                if k in gathered.details
+            ]
+            rest = keys[end:]
+            next_prior = prior_score(gathered.candidates[rest[0]], params) if rest else None
+            if verification_settled(settled, next_prior, top, params):
+                return
+
     async def gather(
         self,
         index: IndexRecord,
         request: ReverseSearchRequest,
         timer: StageTimer,
         params: RerankParams | None = None,
+        settle_top: int = 0,
     ) -> tuple[_Query, Gathered]:
-        """Crops, features, candidate pool and verification of the `verify_top` best by prior."""
+        """Crops, features, candidate pool and verification of the `verify_top` best by prior;
+        with `settle_top`, only until the ranking's first `settle_top` cannot change (0: all of them)."""
         query = await self._prepare(index, request, params)
         timer.lap("decode")
         boxes, crops = await self.vision.run_cpu(_boxes_and_crops, query.image, query.n_crops)
@@ -284,7 +316,7 @@ class ReverseSearchService:
         candidates, to_verify, details = await self.db.read(pool_and_details)
         timer.lap("sql")
         gathered = Gathered(candidates, {}, details, query_features)  # type: ignore[arg-type]
-        await self._verify(gathered, to_verify, query_features)
+        await self._verify_settling(gathered, to_verify, p, settle_top)
         timer.lap("verify")
         return query, gathered
 
@@ -304,7 +336,9 @@ class ReverseSearchService:
     async def search(
         self, index: IndexRecord, request: ReverseSearchRequest, timer: StageTimer
     ) -> ReverseResult:
-        query, gathered = await self.gather(index, request, timer)
+        # regions read every verification (where else products lie): those verify all verify_top
+        settle = 0 if request.regions else min(self.params_of(index).settle_top, request.limit)
+        query, gathered = await self.gather(index, request, timer, settle_top=settle)
         ranked = gathered.ranked(query.params)
         hits = [self._hit(gathered, k, score, query) for k, score in ranked[: request.limit]]
         timer.lap("rerank")
