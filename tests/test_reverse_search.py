@@ -447,7 +447,7 @@ async def test_early_exit_returns_the_hits_of_full_verification(api: httpx.Async
     try:
         full, first, ten = await hits_with(0), await hits_with(1), await hits_with(10)
     finally:
-        await api.patch(settings, json={"reverseImageSearch": {"verifySettle": 1}}, headers=ADMIN)
+        await api.patch(settings, json={"reverseImageSearch": {"verifySettle": 0}}, headers=ADMIN)
     assert [h[:1] for h in first] == [h[:1] for h in full]
     assert ten == full  # limit 10: the whole page is settled
     r = await api.patch(settings, json={"reverseImageSearch": {"verifySettle": -1}}, headers=ADMIN)

@@ -96,7 +96,7 @@ class ReverseImageSearchSettings(ContractModel):
                 "minimum": 0,
                 "maximum": 1000,
                 "description": "verification stops early once the first verifySettle hits provably rank as "
-                "verifying all verifyTop candidates would (default 1); 0 = always verify all verifyTop",
+                "verifying all verifyTop candidates would; 0 (the default) = always verify all verifyTop",
             }
         ),
     ] = omittable()

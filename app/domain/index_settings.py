@@ -22,7 +22,7 @@ _KNOB_DEFAULTS: dict[str, int | str] = {
     "candidatePool": DEFAULT_PARAMS.pool_size,
     # "auto": as many crops as the model's measured speed allows (rerank.crops_for_model)
     "queryCrops": "auto",
-    # verification stops once the first hit provably cannot change (rerank.verification_settled)
+    # 0: verify all verifyTop; N: stop once the first N hits provably cannot change (rerank.verification_settled)
     "verifySettle": DEFAULT_PARAMS.settle_top,
 }
 
