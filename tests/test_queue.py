@@ -224,14 +224,19 @@ async def test_two_workers_share_the_queue_and_a_killed_workers_claims_return(
             # here only bounds a worker the test fails to stop
             workers = [_start_worker(queue_db, log, "--batch-size", "3", "--max-idle", "120") for log in logs]
 
+            def tails() -> str:
+                texts = [log.read_text()[-2000:] if log.exists() else "(no log)" for log in logs]
+                return f"exit codes {[w.poll() for w in workers]}, logs: {texts}"
+
             async def both_started() -> bool:
+                if any(w.poll() is not None for w in workers):
+                    raise AssertionError("a worker exited while the test waited for both to start")
                 return all(log.exists() and "started" in log.read_text() for log in logs)
 
             try:
                 await _wait_for(both_started, 240, "both workers to start")
             except AssertionError as exc:
-                tails = [log.read_text()[-2000:] if log.exists() else "(no log)" for log in logs]
-                raise AssertionError(f"{exc}; exit codes {[w.poll() for w in workers]}, logs: {tails}") from None
+                raise AssertionError(f"{exc}; {tails()}") from None
             docs = [product(f"s{i}", data_url(product_image(200 + i))) for i in range(24)]
             assert {i["status"] for i in await _add(api, name, docs)} == {202}
 
