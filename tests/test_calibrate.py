@@ -115,6 +115,13 @@ async def test_calibrate_command_reports_and_applies(api: httpx.AsyncClient, ima
     assert "searched 8/8 calibration photos" in done.stderr  # progress, streamed from the service
     _check_report(report, 8)
     assert report["applied"] is True and report["skipped"] == 0
+    # the int8 guard was checked again on the calibration sample; its verdict is stored and shown
+    guard = report["int8Guard"]
+    assert guard.get("sample") == 8 and guard["status"] in ("passed", "failed"), guard
+    assert guard["precision"] == ("int8" if guard["status"] == "passed" else "fp32")
+    inference = (await api.get(f"/api/v1/indexes/{name}/settings", headers=ADMIN)).json()["inference"]
+    assert inference["guard"]["checkedOn"] == "calibration" and inference["guard"]["sample"] == 8
+    assert inference["precision"] == guard["precision"]
 
     # --apply stored them; reverse search reads them (a validated, visible setting)
     described = (await api.get(f"/api/v1/indexes/{name}", headers=ADMIN)).json()

@@ -83,6 +83,32 @@ class CalibrationSide(RecallMetrics):
     knobs: ScoringKnobs
 
 
+class GuardThresholds(ContractResponse):
+    cosine: float
+    overlap: float
+
+
+class GuardTimings(ContractResponse):
+    fp32: float = Field(ge=0)
+    int8: float = Field(ge=0)
+
+
+class Int8GuardCheck(ContractResponse):
+    """The int8 quality guard, checked again on the calibration sample; with `apply` its verdict is
+    stored in the index settings' `inference` (`checkedOn: calibration`). `off`: no int8 graph here."""
+
+    precision: Literal["fp32", "int8"] = Field(description="the precision this verdict picks")
+    status: Literal["passed", "failed", "off"]
+    reason: str | None = omittable()
+    sample: int | None = omittable(ge=0)
+    cosine: float | None = omittable(description="mean cosine(fp32, int8) over the sample")
+    cosineMin: float | None = omittable()
+    overlap: float | None = omittable(description="mean top-k neighbour overlap within the sample")
+    neighbours: int | None = omittable(ge=0)
+    thresholds: GuardThresholds | None = omittable()
+    singleImageMs: GuardTimings | None = omittable()
+
+
 class CalibrationReport(ContractResponse):
     before: CalibrationSide = Field(description="the index's current knobs")
     after: CalibrationSide = Field(description="the best knobs of the sweep")
@@ -93,6 +119,7 @@ class CalibrationReport(ContractResponse):
     heldOut: int = Field(ge=0)
     skipped: int = Field(ge=0, description="sampled products whose image could not be fetched or decoded")
     sweepPoints: int = Field(ge=1)
+    int8Guard: Int8GuardCheck
     seconds: float = Field(ge=0)
     applied: bool = Field(description="whether the knobs were stored in the index settings")
 

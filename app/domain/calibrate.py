@@ -7,7 +7,8 @@ inlierSaturation) were measured with random-weight models; real weights, and eac
 catalog, want others. Calibration measures them on the index itself:
 
 1. a sample of the index's own products: their images (as the service fetches them) turned
-   into in-the-wild photos by the generator's wild-photo code (`app.samples.wild`);
+   into in-the-wild photos by the generator's wild-photo code (`app.samples.wild`); the int8
+   guard is re-run on these catalog images (reported as `int8Guard`, stored by `apply`);
 2. each photo run once through the real pipeline (`ReverseSearchService.gather`) with every
    candidate of the pool verified, so each candidate's signals (embedding cosine, aggregate
    cosine, inliers) are known;
@@ -38,6 +39,7 @@ import numpy as np
 from PIL import Image
 
 from app.contract.search import ReverseSearchRequest
+from app.domain import inference
 from app.domain.index_admin import IndexAdmin
 from app.domain.rerank import RerankParams
 from app.domain.reverse import SCORING_KNOBS, ReverseSearchService, params_for
@@ -47,6 +49,8 @@ from app.samples import wild
 from app.storage import indexes as indexes_sql
 from app.storage import search as search_sql
 from app.storage.indexes import IndexRecord
+from app.vision.guard import GuardResult
+from app.vision.model import ModelSpec
 
 log = logging.getLogger("lookalike.calibrate")
 
@@ -174,6 +178,7 @@ class CalibrationReport:
     after: dict[str, Any]
     knobs: dict[str, Any]
     detail: dict[str, Any]
+    guard: GuardResult | None = None  # the int8 guard on the sample (stored by apply)
     applied: bool = False
 
     def as_json(self) -> dict[str, Any]:
@@ -229,6 +234,9 @@ async def calibrate(
             yield Progress("fetch", i + 1, len(sample), f"fetched {i + 1}/{len(sample)} product images")
     if len(items) < 2:
         raise _not_enough(len(items))
+    # The int8 guard again, on these images of the index's own catalog (stored with the knobs by
+    # `apply`; the photos below are searched at the precision the index runs at now).
+    guard = await service.vision.guard_int8(ModelSpec.parse(index.model), [item.image for item in items])
     current = params_for(index.reverse_search, service.params)
     gather_params = replace(current, verify_top=0)  # verify the whole pool: every sweep point is a lookup
     signals: list[QuerySignals] = []
@@ -262,7 +270,13 @@ async def calibrate(
             "skipped": len(sample) - len(kept),
             "sweepPoints": points,
             "seconds": round(time.perf_counter() - started, 1),
+            "int8Guard": (
+                {"precision": guard.precision, **guard.to_json()}
+                if guard is not None
+                else {"precision": inference.precision_of(index, service.vision), "status": "off"}
+            ),
         },
+        guard=guard,
     )
 
 
@@ -317,4 +331,6 @@ class CalibrationService:
         if current is None or current.pk != index.pk:
             raise ApiError(409, "index_changed", f"index {index.name!r} was deleted during the calibration")
         await self.indexes.change_settings(current, {"reverseImageSearch": report.knobs})
+        if report.guard is not None:
+            await inference.store_verdict(self.pool, current, self.reverse.vision, report.guard, "calibration")
         report.applied = True
