@@ -14,6 +14,7 @@ class V:
     box: regions.Box | None
     homography_ok: bool = True
     colour_agreement: float = 1.0
+    matches: int = 0
 
 
 def test_next_region_skips_places_already_found() -> None:

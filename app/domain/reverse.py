@@ -63,6 +63,8 @@ SCORING_KNOBS = {
     "verifyTop": "verify_top",
     "minInliers": "min_inliers",
     "inlierSaturation": "inlier_saturation",
+    "matchWeight": "match_weight",
+    "matchSaturation": "match_saturation",
 }
 
 
