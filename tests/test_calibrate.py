@@ -138,11 +138,11 @@ async def test_scoring_knobs_are_validated_and_used(api: httpx.AsyncClient) -> N
     assert r.status_code == 200
     path = f"/api/v1/indexes/{name}/settings"
     for bad in ({"verifyTop": 2.5}, {"aggregateWeight": -1}, {"verifyWeight": "2"}, {"inlierSaturation": 0},
-                {"matchWeight": -0.5}, {"matchSaturation": 0}):
+                {"matchWeight": -0.5}, {"matchSaturation": 0}, {"regionMinInliers": 2.5}):
         r = await api.patch(path, json={"reverseImageSearch": bad}, headers=ADMIN)
         assert r.status_code == 400 and r.json()["code"] == "invalid_settings", (bad, r.text)
     knobs = {"aggregateWeight": 2.5, "verifyWeight": 3, "verifyTop": 30, "minInliers": 5, "inlierSaturation": 6,
-             "matchWeight": 1.5, "matchSaturation": 12}
+             "matchWeight": 1.5, "matchSaturation": 12, "regionMinInliers": 3}
     r = await api.patch(path, json={"reverseImageSearch": knobs}, headers=ADMIN)
     assert r.status_code == 200, r.text
     from app.domain.reverse import params_for
@@ -150,5 +150,5 @@ async def test_scoring_knobs_are_validated_and_used(api: httpx.AsyncClient) -> N
     stored = (await api.get(f"/api/v1/indexes/{name}", headers=ADMIN)).json()["settings"]["reverseImageSearch"]
     p = params_for(stored, rerank.DEFAULT_PARAMS)
     used = (p.aggregate_weight, p.verify_weight, p.verify_top, p.min_inliers, p.inlier_saturation,
-            p.match_weight, p.match_saturation)
-    assert used == (2.5, 3.0, 30, 5, 6.0, 1.5, 12.0)
+            p.match_weight, p.match_saturation, p.region_min_inliers)
+    assert used == (2.5, 3.0, 30, 5, 6.0, 1.5, 12.0, 3)

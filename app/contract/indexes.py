@@ -31,6 +31,7 @@ SCORING_KNOB_RANGES: dict[str, tuple[float, float, bool]] = {
     "inlierSaturation": (0.5, 100.0, False),
     "matchWeight": (0.0, 32.0, False),
     "matchSaturation": (0.5, 100.0, False),
+    "regionMinInliers": (0, 100, True),
 }
 
 _SETTINGS = "invalid_settings"
@@ -121,6 +122,9 @@ class ReverseImageSearchSettings(ContractModel):
     ) = omittable()
     matchSaturation: _scoring_field(  # type: ignore[valid-type]
         "matchSaturation", "ratio-test matches at which the match bonus reaches 63% of matchWeight"
+    ) = omittable()
+    regionMinInliers: _scoring_field(  # type: ignore[valid-type]
+        "regionMinInliers", "with regions: true, the minInliers of a region (a product found at a place)"
     ) = omittable()
 
     @model_validator(mode="before")

@@ -91,6 +91,11 @@ def next_region(
     return None
 
 
+def region_params(params: RerankParams = DEFAULT_PARAMS) -> RerankParams:
+    """What counts as verified at a place (`next_region`, `members`): `region_min_inliers`."""
+    return replace(params, min_inliers=params.region_min_inliers)
+
+
 def identity_params(params: RerankParams = DEFAULT_PARAMS) -> RerankParams:
     """The scoring of a region's own hits: verification decides between look-alikes at one place."""
     return replace(params, inlier_saturation=params.inlier_saturation * REGION_SATURATION_FACTOR)

@@ -80,6 +80,9 @@ class RerankParams:
     # Weak-texture evidence: ratio-test matches, whether or not RANSAC found a homography.
     match_weight: float = 3.0
     match_saturation: float = 8.0
+    # `regions`: the min_inliers of a region. Lower than the overall ranking's: a product there
+    # is a fraction of the frame and must also be verified where no earlier region is.
+    region_min_inliers: int = 4
     # How many of the merged pool's best (by prior) to verify; 0 = all. A cap on the
     # matching cost, which is linear in it.
     verify_top: int = 60
@@ -89,7 +92,7 @@ class RerankParams:
     def __post_init__(self) -> None:
         if self.pool_size < 1 or self.n_crops < 1 or self.aggregate_pool < 0:
             raise ValueError("pool_size and n_crops must be at least 1, aggregate_pool >= 0")
-        if self.verify_weight < 0 or self.inlier_saturation <= 0 or self.min_inliers < 0:
+        if self.verify_weight < 0 or self.inlier_saturation <= 0 or self.min_inliers < 0 or self.region_min_inliers < 0:
             raise ValueError("verify_weight and min_inliers must be >= 0, inlier_saturation > 0")
         if self.aggregate_weight < 0 or self.crop_budget_ms < 0:
             raise ValueError("aggregate_weight and crop_budget_ms must be >= 0")

@@ -73,6 +73,8 @@ def params_for(knobs: dict[str, Any], base: RerankParams) -> RerankParams:
     changes = {field_name: knobs[name] for name, field_name in SCORING_KNOBS.items() if name in knobs}
     if "candidatePool" in knobs:
         changes["pool_size"] = int(knobs["candidatePool"])
+    if "regionMinInliers" in knobs:  # regions only: calibration measures one product per photo
+        changes["region_min_inliers"] = int(knobs["regionMinInliers"])
     return replace(base, **changes) if changes else base
 
 
@@ -303,12 +305,14 @@ class ReverseSearchService:
         timer.lap("verify")
         return query, gathered
 
-    def _hit(self, gathered: Gathered, key: Hashable, score: float, query: _Query) -> dict[str, Any]:
+    def _hit(
+        self, gathered: Gathered, key: Hashable, score: float, query: _Query, params: RerankParams | None = None
+    ) -> dict[str, Any]:
         hit = shape_hit(gathered.details[key].doc, score, query.request.attributes)
         explain = query.request.explain
         match = match_of(
             gathered.verifications.get(key),
-            query.params,
+            params or query.params,
             gathered.features_of.get(key) if explain else None,
             gathered.query_features if explain else None,
         )
@@ -340,10 +344,11 @@ class ReverseSearchService:
     ) -> list[regions_mod.Region]:
         """Regions best-first: verified places, then residual passes (one per found region at most)."""
         p = query.params
+        at_a_place = regions_mod.region_params(p)
         found: list[regions_mod.Region] = []
         passes = 0
         while len(found) < regions_mod.MAX_REGIONS:
-            region = regions_mod.next_region(ranked, gathered.verifications, found, p)
+            region = regions_mod.next_region(ranked, gathered.verifications, found, at_a_place)
             if region is not None:
                 found.append(region)
                 continue
@@ -409,6 +414,7 @@ class ReverseSearchService:
         if not found:
             return []
         p = query.params
+        at_a_place = regions_mod.region_params(p)
         identity = regions_mod.identity_params(p)
         boxes = [tuple(int(round(v)) for v in r.box) for r in found]
         crops = await self.vision.run_cpu(crop_images, query.image, boxes)
@@ -445,7 +451,7 @@ class ReverseSearchService:
         async def region_candidates(conn: asyncpg.Connection) -> list[list[tuple[Hashable, float]]]:
             out_keys: list[list[tuple[Hashable, float]]] = []
             for i, region in enumerate(found):
-                at_place = regions_mod.members(region, gathered.verifications, p)
+                at_place = regions_mod.members(region, gathered.verifications, at_a_place)
                 keys = list(dict.fromkeys([*at_place, *by_crop[i], *by_aggregate[i]]))
                 vectors = await search_sql.candidate_vectors(conn, query.index, keys)  # type: ignore[arg-type]
                 cands = []
@@ -465,9 +471,9 @@ class ReverseSearchService:
         for region, ranked in zip(found, out_keys, strict=True):
             top = gathered.verifications.get(ranked[0][0]) if ranked else None
             # the region is where its identity was verified (its own box, when it has one there)
-            located = top is not None and top.box is not None and counts_as_verified(top, p)
+            located = top is not None and top.box is not None and counts_as_verified(top, at_a_place)
             x0, y0, x1, y1 = top.box if located else region.box  # type: ignore[union-attr]
             box = [int(np.floor(x0)), int(np.floor(y0)), int(np.ceil(x1)), int(np.ceil(y1))]
-            hits = [self._hit(gathered, k, s, query) for k, s in ranked if k in gathered.details]
+            hits = [self._hit(gathered, k, s, query, at_a_place) for k, s in ranked if k in gathered.details]
             out.append({"box": box, "hits": hits})
         return out
