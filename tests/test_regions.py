@@ -56,3 +56,12 @@ def test_verified_members_come_before_unverified_neighbours() -> None:
     assert [k for k, _ in ranked] == ["here", "crop neighbour"]
     scores = [s for _, s in ranked]
     assert scores == sorted(scores, reverse=True)
+
+
+def test_the_verify_budget_is_one_pass_per_region() -> None:
+    budget = regions.VerifyBudget(per_region=10)
+    assert budget.take(list(range(25)), regions=0) == list(range(10))  # one pass when nothing is found yet
+    assert budget.take(list(range(25)), regions=0) == []
+    assert len(budget.take(list(range(25)), regions=2, reserve=4)) == 6  # 20 allowed, 10 spent, 4 kept back
+    assert len(budget.take(list(range(25)), regions=2)) == 4
+    assert budget.left(2) == 0 and budget.left(3) == 10

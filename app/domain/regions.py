@@ -91,6 +91,24 @@ def next_region(
     return None
 
 
+@dataclass
+class VerifyBudget:
+    """What the regions stage may verify: one more pass (`per_region` candidates) per region found,
+    one pass when none is, all its passes together (residual passes and the regions' own)."""
+
+    per_region: int
+    spent: int = 0
+
+    def left(self, regions: int) -> int:
+        return max(0, self.per_region * max(1, regions) - self.spent)
+
+    def take(self, keys: Sequence[Hashable], regions: int, reserve: int = 0) -> list[Hashable]:
+        """The first of `keys` the budget allows (keeping `reserve` for later), counted as spent."""
+        allowed = list(keys[: max(0, self.left(regions) - reserve)])
+        self.spent += len(allowed)
+        return allowed
+
+
 def region_params(params: RerankParams = DEFAULT_PARAMS) -> RerankParams:
     """What counts as verified at a place (`next_region`, `members`): `region_min_inliers`."""
     return replace(params, min_inliers=params.region_min_inliers)

@@ -16,11 +16,12 @@ With `regions`, repeated verification finds further products (domain.regions). T
 gets keypoints of its own for it (`region_features`: more of them, at more resolution, since
 each product is a fraction of the frame); the keypoints of each found product are removed,
 and what is left is searched again — keypoint-cluster, saliency and window boxes of the
-residual keypoints, retrieved by their aggregates and their crops' embeddings — one more
-verification pass per found region at most. Then each region's crop retrieves its own
-neighbours (by embedding and by its keypoints' aggregate), those not verified yet are
-verified in one pass for all regions, and the candidates verified at its place compete as
-that object's identity (`regions.rank_members`), ahead of unverified neighbours.
+residual keypoints, retrieved by their aggregates and their crops' embeddings. Then each
+region's crop retrieves its own neighbours (by embedding and by its keypoints' aggregate),
+those not verified yet are verified in one pass for all regions, and the candidates verified
+at its place compete as that object's identity (`regions.rank_members`), ahead of unverified
+neighbours. All the regions stage verifies is bounded by one more pass (`verify_top`
+candidates) per found region (`regions.VerifyBudget`).
 """
 
 from __future__ import annotations
@@ -330,8 +331,9 @@ class ReverseSearchService:
         if not request.regions:
             return ReverseResult(hits)
         features = await self.vision.run_cpu(region_features, query.image)
-        found = await self._find_regions(query, gathered, ranked, features)
-        regions = await self._region_hits(query, gathered, found, features)
+        budget = regions_mod.VerifyBudget(query.params.verify_top or len(gathered.candidates))
+        found = await self._find_regions(query, gathered, ranked, features, budget)
+        regions = await self._region_hits(query, gathered, found, features, budget)
         timer.lap("regions")
         return ReverseResult(hits, regions)
 
@@ -341,8 +343,9 @@ class ReverseSearchService:
         gathered: Gathered,
         ranked: list[tuple[Hashable, float]],
         features: local_features.LocalFeatures,
+        budget: regions_mod.VerifyBudget,
     ) -> list[regions_mod.Region]:
-        """Regions best-first: verified places, then residual passes (one per found region at most)."""
+        """Regions best-first: verified places, then residual passes while the budget allows."""
         p = query.params
         at_a_place = regions_mod.region_params(p)
         found: list[regions_mod.Region] = []
@@ -352,10 +355,10 @@ class ReverseSearchService:
             if region is not None:
                 found.append(region)
                 continue
-            if passes >= max(1, len(found)):
+            if passes >= max(1, len(found)) or budget.left(len(found)) == 0:
                 break
             passes += 1
-            if not await self._residual_pass(query, gathered, found, features):
+            if not await self._residual_pass(query, gathered, found, features, budget):
                 break
             ranked = gathered.ranked(p)
         return found
@@ -366,6 +369,7 @@ class ReverseSearchService:
         gathered: Gathered,
         found: list[regions_mod.Region],
         features: local_features.LocalFeatures,
+        budget: regions_mod.VerifyBudget,
     ) -> bool:
         """Search what is left of the photo once the found products' keypoints are removed; False: nothing to search."""
         p = query.params
@@ -386,7 +390,9 @@ class ReverseSearchService:
             # found somewhere already: that stands; the rest (also those the whole photo did not verify:
             # its keypoint budget went elsewhere) is verified against what is left
             located = {k for k, v in gathered.verifications.items() if counts_as_verified(v, p)}
-            new = [k for k in select_for_verification(fresh.values(), p) if k not in located]
+            # the regions' own pass (their look-alikes) is kept its share of the budget
+            unlocated = [k for k in select_for_verification(fresh.values(), p) if k not in located]
+            new = budget.take(unlocated, len(found), reserve=regions_mod.REGION_POOL * len(found))
             missing = [k for k in new if k not in gathered.details]
             if missing:
                 gathered.details.update(await search_sql.candidate_details(conn, query.index, missing))  # type: ignore[arg-type]
@@ -402,6 +408,7 @@ class ReverseSearchService:
         gathered: Gathered,
         found: list[regions_mod.Region],
         features: local_features.LocalFeatures,
+        budget: regions_mod.VerifyBudget,
     ) -> list[dict[str, Any]]:
         """Each region's hits: its place's own candidates verified there, best-first.
 
@@ -445,6 +452,7 @@ class ReverseSearchService:
         unverified = list(
             dict.fromkeys(k for d in (*by_crop, *by_aggregate) for k in d if k not in gathered.verifications)
         )
+        unverified = budget.take(unverified, len(found))
         if unverified:  # the regions' own verification pass (one for all of them)
             await self._verify(gathered, unverified, features)
 
