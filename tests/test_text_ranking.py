@@ -111,3 +111,113 @@ async def test_odd_text_is_only_data(pool: asyncpg.Pool, text_catalog) -> None:
     for q in ["':* & | ! ( ) <->", "a", "日本語 テスト", "boots:*", "\\", "x" * 300, "-- ; DROP TABLE products"]:
         await _search(pool, record, q)  # no error, whatever comes back
     assert await _search(pool, record, "!!!") == []
+
+
+# --- the postings (migration 0007): kept by every write, equal to ts_rank_cd ---------------------
+
+_POSTINGS_DRIFT = """
+SELECT count(*) FROM (
+  (SELECT p.pk, l.lexeme, l.weight FROM products p, lookalike_postings(p.search_tsv) l WHERE p.index_pk = $1
+   EXCEPT ALL SELECT s.product_pk, s.lexeme, s.weight FROM search_postings s WHERE s.index_pk = $1)
+  UNION ALL
+  (SELECT s.product_pk, s.lexeme, s.weight FROM search_postings s WHERE s.index_pk = $1
+   EXCEPT ALL SELECT p.pk, l.lexeme, l.weight FROM products p, lookalike_postings(p.search_tsv) l WHERE p.index_pk = $1)
+) drift
+"""
+
+
+async def test_postings_follow_every_write(pool: asyncpg.Pool) -> None:
+    from app.storage import products
+
+    docs = [
+        {
+            "_id": f"p{i}",
+            "productTitle": f"Leather boot {i}",
+            "description": "red suede",
+            "price": 1.0,
+            "variantImageUrl": "u",
+        }
+        for i in range(5)
+    ]
+    async with pool.acquire() as conn:
+        record = await text_bench.load(conn, docs)  # COPY: the statement trigger
+        try:
+            assert await conn.fetchval("SELECT count(*) FROM search_postings WHERE index_pk = $1", record.pk) > 0
+            assert await conn.fetchval(_POSTINGS_DRIFT, record.pk) == 0
+            async with conn.transaction():  # an upsert that replaces the text, one that inserts
+                await conn.execute(
+                    "INSERT INTO products (index_pk, product_id, product_title, description, price,"
+                    " variant_image_url, doc) VALUES ($1, 'p1', 'Canvas tote', NULL, 1, 'u', '{}'),"
+                    " ($1, 'p9', 'Wool hat', 'warm', 1, 'u', '{}')"
+                    " ON CONFLICT (index_pk, product_id) DO UPDATE SET product_title = EXCLUDED.product_title,"
+                    " description = EXCLUDED.description",
+                    record.pk,
+                )
+            doc = {
+                "_id": "p2",
+                "productTitle": "Linen shirt",
+                "variantTitle": "blue",
+                "price": 2.0,
+                "variantImageUrl": "u",
+            }
+            async with conn.transaction():
+                assert await products.update_document_only(conn, record, "p2", doc, [])
+            await products.delete_documents(conn, record, ["p3"])
+            await conn.execute("UPDATE products SET price = 5 WHERE index_pk = $1", record.pk)  # no text change
+            assert await conn.fetchval(_POSTINGS_DRIFT, record.pk) == 0
+            lexemes = {
+                r["lexeme"]
+                for r in await conn.fetch(
+                    "SELECT s.lexeme FROM search_postings s JOIN products p ON p.pk = s.product_pk"
+                    " WHERE p.index_pk = $1 AND p.product_id IN ('p1', 'p2')",
+                    record.pk,
+                )
+            }
+            assert lexemes == {"canva", "tote", "linen", "shirt", "blue"}, lexemes
+        finally:
+            async with conn.transaction():
+                await indexes.delete_index(conn, record)
+            assert await conn.fetchval("SELECT count(*) FROM search_postings WHERE index_pk = $1", record.pk) == 0
+
+
+async def _all_matches_by_ts_rank_cd(pool: asyncpg.Pool, record: IndexRecord, q: str) -> list[tuple[str, float]]:
+    """Every ready match ranked by ts_rank_cd itself over the statement's own tsquery (`tq`)."""
+    from app.storage.params import SqlParams
+    from app.storage.storefront import RANK_WEIGHTS, text_ctes
+
+    params = SqlParams()
+    index_param = params.add(record.pk)
+    ctes = text_ctes(params, query_words(q), index_param, ranked=False)
+    rows = await pool.fetch(
+        "WITH " + ",\n".join(ctes) + f"\nSELECT p.product_id, ts_rank_cd('{RANK_WEIGHTS}', p.search_tsv,"
+        " (SELECT q FROM tq), 1)::float8 AS score FROM products p"
+        f" WHERE p.index_pk = {index_param} AND p.embedding_status = 'ready' AND p.search_tsv @@ (SELECT q FROM tq)"
+        ' ORDER BY score DESC, p.product_id COLLATE "C"',
+        *params.values,
+    )
+    return [(r["product_id"], r["score"]) for r in rows]
+
+
+@pytest.mark.parametrize("q", ["boots", "red boots", "hiking bo", "wireles headphnes", "leather boots red"])
+async def test_postings_rank_exactly_as_ts_rank_cd(pool: asyncpg.Pool, text_catalog, q: str) -> None:
+    record, _ = text_catalog
+    expected = await _all_matches_by_ts_rank_cd(pool, record, q)
+    assert expected
+    for limit, offset in ((10, 0), (7, 3), (300, 0)):
+        plan = build_plan(filter_node=None, facets=None, sort=None, collapse=None, limit=limit, offset=offset)
+        result = await storefront_query(pool, record, plan, "text", words=query_words(q))
+        assert [(r.product_id, r.score) for r in result.rows] == expected[offset : offset + limit], (q, limit)
+
+
+async def test_best_first_skips_products_not_ready(pool: asyncpg.Pool, text_catalog) -> None:
+    record, _ = text_catalog
+    plan = build_plan(filter_node=None, facets=None, sort=None, collapse=None, limit=5, offset=0)
+    words = query_words("wireless headphones")
+    assert (await storefront_query(pool, record, plan, "text", words=words)).rows[0].product_id == "w1"
+    pending = "UPDATE products SET embedding_status = $2 WHERE index_pk = $1 AND product_id = 'w1'"
+    await pool.execute(pending, record.pk, "pending")
+    try:
+        result = await storefront_query(pool, record, plan, "text", words=words)
+        assert "w1" not in [r.product_id for r in result.rows] and len(result.rows) == 5
+    finally:
+        await pool.execute(pending, record.pk, "ready")

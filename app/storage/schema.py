@@ -89,7 +89,12 @@ sa.Index(
     postgresql_with={"fastupdate": "off"},
 )
 sa.Index("products_index_price_idx", products.c.index_pk, products.c.price)
-sa.Index("products_search_tsv_idx", products.c.search_tsv, postgresql_using="gin")
+sa.Index(
+    "products_search_tsv_idx",
+    products.c.search_tsv,
+    postgresql_using="gin",
+    postgresql_with={"fastupdate": "off"},  # migration 0007
+)
 
 # The folded words of an index's product and variant titles (trigger `products_title_words`,
 # migration 0005): what a misspelt query word is corrected to, through a trigram index.
@@ -100,8 +105,31 @@ search_words = sa.Table(
     sa.Column("word", sa.Text(collation="C"), primary_key=True),  # byte order: prefix lookups are range scans
 )
 sa.Index(
-    "search_words_word_trgm_idx", search_words.c.word, postgresql_using="gin", postgresql_ops={"word": "gin_trgm_ops"}
+    "search_words_word_trgm_idx",
+    search_words.c.word,
+    postgresql_using="gin",
+    postgresql_ops={"word": "gin_trgm_ops"},
+    postgresql_with={"fastupdate": "off"},  # no pending list the planner costs above a scan (0007)
 )
+
+# Each product's share of ts_rank_cd per distinct lexeme of its search_tsv (`lookalike_postings`,
+# triggers `products_postings_insert`/`_update`, migration 0007): text scores are sums over the
+# covering btree, not ts_rank_cd over every matching tsvector.
+search_postings = sa.Table(
+    "search_postings",
+    metadata,
+    sa.Column("product_pk", sa.BigInteger, sa.ForeignKey("products.pk", ondelete="CASCADE"), nullable=False),
+    sa.Column("index_pk", sa.BigInteger, nullable=False),
+    sa.Column("lexeme", sa.Text(collation="C"), nullable=False),  # byte order: a prefix is a range scan
+    sa.Column("weight", sa.Float(precision=53), nullable=False),
+)
+sa.Index(
+    "search_postings_lexeme_idx",
+    search_postings.c.index_pk,
+    search_postings.c.lexeme,
+    postgresql_include=["product_pk", "weight"],
+)
+sa.Index("search_postings_product_idx", search_postings.c.product_pk)
 sa.Index(
     "products_features_pending_idx",
     products.c.index_pk,

@@ -8,7 +8,6 @@ walked with pgvector's iterative scan until `limit` rows pass the filter.
 from __future__ import annotations
 
 import json
-import textwrap
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -102,20 +101,43 @@ async def catalog_page(
     return _rows(await conn.fetch(CATALOG_PAGE, index.pk, limit, offset))
 
 
-def lexical_leg_sql(
-    params: SqlParams, query: str, index_param: str, where_sql: str, *, columns: str = "p.pk"
-) -> str:
-    """The lexical ranking of a text query (storage.storefront's: OR of the words, the last a
-    prefix, misspellings corrected): `columns` plus `score` of the products matching the text and
-    the filter, best first (ORDER BY, no LIMIT). The lexical leg of hybrid search."""
-    tsquery = storefront.tsquery_sql(params, storefront.query_words(query), index_param)
-    return f"""
-        SELECT {columns}, ts_rank_cd('{storefront.RANK_WEIGHTS}', p.search_tsv, q.query, 1)::float8 AS score
-        FROM products p, (SELECT {tsquery} AS query) AS q
-        WHERE p.index_pk = {index_param} AND p.embedding_status = 'ready' AND p.search_tsv @@ q.query
-          AND ({where_sql})
-        ORDER BY score DESC, p.product_id COLLATE "C"
+def lexical_leg_ctes(params: SqlParams, query: str, index_param: str, where_sql: str | None, k_param: str) -> str:
+    """The lexical leg of hybrid search: the text query's CTEs (storage.storefront.text_ctes: OR of
+    the words, the last a prefix, misspellings corrected) and `lexical` (pk, rank), the `k` best
+    products matching the text and the filter by (ts_rank_cd score, product_id).
+
+    Unfiltered, the scores are the postings' sums for every match (`ranked`, an index-only scan),
+    and only the best of them meet products: walked best first, each probing products_pkey for
+    its id and state until `k` are taken and every product tied with the k-th (WITH TIES, so the
+    id order among equal scores is exact). Under a filter, ts_rank_cd over the products matching
+    both (the filter's and the text's GIN bitmaps): fewer rows than the postings of every match.
     """
+    words = storefront.query_words(query)
+    ctes = storefront.text_ctes(params, words, index_param, ranked=where_sql is None)
+    if where_sql is None:
+        best = f"""
+                SELECT r.pk, p.product_id, r.score
+                FROM (SELECT r.pk, r.score FROM ranked r ORDER BY r.score DESC) r
+                JOIN products p ON p.pk = r.pk
+                WHERE p.index_pk = {index_param} AND p.embedding_status = 'ready'
+                ORDER BY r.score DESC
+                FETCH FIRST {k_param} ROWS WITH TIES"""
+    else:
+        best = f"""
+                SELECT p.pk, p.product_id,
+                       ts_rank_cd('{storefront.RANK_WEIGHTS}', p.search_tsv, (SELECT q FROM tq), 1)::float8 AS score
+                FROM products p
+                WHERE p.index_pk = {index_param} AND p.embedding_status = 'ready'
+                  AND p.search_tsv @@ (SELECT q FROM tq) AND ({where_sql})"""
+    lexical = f"""lexical AS MATERIALIZED (
+            SELECT l.pk, l.rank FROM (
+                SELECT b.pk, row_number() OVER (ORDER BY b.score DESC, b.product_id COLLATE "C") AS rank
+                FROM ({best}
+                ) b
+            ) l
+            WHERE l.rank <= {k_param}
+        )"""
+    return ",\n        ".join([*ctes, lexical])
 
 
 # Reciprocal rank fusion's constant (Cormack et al. 2009; the value Marqo and most engines use):
@@ -167,20 +189,11 @@ def hybrid_sql(
     k_param = local.add(k)
     rrf_param = local.add(RRF_K)
     table = index.vectors_table
-    lexical = textwrap.indent(
-        textwrap.dedent(lexical_leg_sql(local, query, index_param, where_sql, columns="p.pk, p.product_id")).strip(),
-        " " * 16,
-    )
+    lexical = lexical_leg_ctes(local, query, index_param, None if where is None else where_sql, k_param)
     # exact: `+ 0` makes the ordering unindexable, so the filtered rows are scanned (see nearest_sql)
     vector_order = f"({col} <=> {vector_param}) + 0, p.pk" if exact else f"{col} <=> {vector_param}"
     sql = f"""
-        WITH lexical AS MATERIALIZED (
-            SELECT l.pk, row_number() OVER (ORDER BY l.score DESC, l.product_id COLLATE "C") AS rank
-            FROM (
-{lexical}
-                LIMIT {k_param}
-            ) l
-        ),
+        WITH {lexical},
         vector AS MATERIALIZED (
             SELECT c.product_pk AS pk, row_number() OVER (ORDER BY c.distance, c.product_pk) AS rank
             FROM (

@@ -59,19 +59,21 @@ def _crops(index: IndexRecord) -> list[search.VectorQuery]:
     ]
 
 
-def _plan(*, facets: bool = False, sort: bool = False, collapse: bool = False) -> storefront.StorefrontPlan:
-    """A storefront request's plan under the sample filter; with facets, the brand facet counts under
-    a variant without `brand:acme` (its excludeTerms), as a multi-select sidebar asks."""
+def _plan(
+    *, facets: bool = False, sort: bool = False, collapse: bool = False, filtered: bool = True
+) -> storefront.StorefrontPlan:
+    """A storefront request's plan under the sample filter (or none); with facets, the brand facet
+    counts under a variant without `brand:acme` (its excludeTerms), as a multi-select sidebar asks."""
     without_brand = parse_filter("price:[10 TO 50] AND NOT productCollections:sale")
     price_buckets = (storefront.RangeBucket("*:50", None, 50.0), storefront.RangeBucket("50:*", 50.0, None))
     facet_plans = (
-        storefront.FacetPlan("brand", "brand", "string", None, 10, False, 1),
+        storefront.FacetPlan("brand", "brand", "string", None, 10, False, 1 if filtered else 0),
         storefront.FacetPlan("collections", "productCollections", "array", None, 100, False, 0),
         storefront.FacetPlan("price", "price", "number", price_buckets, 100, False, 0),
         storefront.FacetPlan("rating", "rating", "number", None, 100, False, 0),
     )
     return storefront.StorefrontPlan(
-        filters=(SAMPLE_FILTER, without_brand) if facets else (SAMPLE_FILTER,),
+        filters=(SAMPLE_FILTER, without_brand) if facets and filtered else (SAMPLE_FILTER if filtered else None,),
         facets=facet_plans if facets else (),
         sort=(storefront.SortKey("price", True, False), storefront.SortKey("color", False, True)) if sort else (),
         collapse=storefront.CollapsePlan("parentProductId", ()) if collapse else None,
@@ -102,6 +104,9 @@ STATEMENTS: dict[str, Callable[[IndexRecord], Statement]] = {
     # hybrid text search (searchMethod HYBRID): lexical + vector legs fused by reciprocal rank
     "search.hybrid (hnsw)": lambda ix: search.hybrid_sql(ix, "red shoe", _vector(ix), SAMPLE_FILTER, 10, exact=False),
     "search.hybrid (exact)": lambda ix: search.hybrid_sql(ix, "red shoe", _vector(ix), SAMPLE_FILTER, 10, exact=True),
+    "search.hybrid (hnsw, no filter: postings)": lambda ix: search.hybrid_sql(
+        ix, "red shoe", _vector(ix), None, 10, exact=False
+    ),
     "search.nearest_many (hnsw)": lambda ix: search.nearest_many_sql(ix, _crops(ix), SAMPLE_FILTER, exact=False),
     "search.nearest_many (exact)": lambda ix: search.nearest_many_sql(ix, _crops(ix), SAMPLE_FILTER, exact=True),
     "search.candidate_vectors": lambda ix: (search.candidate_vectors_sql(ix), [[11, 12]]),
@@ -115,6 +120,9 @@ STATEMENTS: dict[str, Callable[[IndexRecord], Statement]] = {
     "storefront.text": lambda ix: storefront.storefront_sql(ix, _plan(), "text", words=("red", "runing", "sho")),
     "storefront.text (facets, sortBy)": lambda ix: storefront.storefront_sql(
         ix, _plan(facets=True, sort=True), "text", words=("red", "runing", "sho")
+    ),
+    "storefront.text (no filter: postings; facets, sortBy, collapse)": lambda ix: storefront.storefront_sql(
+        ix, _plan(facets=True, sort=True, collapse=True, filtered=False), "text", words=("red", "runing", "sho")
     ),
     "storefront.candidates (image query: sortBy, collapse)": lambda ix: storefront.storefront_sql(
         ix, _plan(sort=True, collapse=True), "candidates", candidates=([11, 12], [0.9, 0.8])
@@ -152,6 +160,8 @@ STATEMENTS: dict[str, Callable[[IndexRecord], Statement]] = {
     "indexes.index_stats": lambda ix: (indexes.index_stats_sql(ix), [ix.pk]),
     "indexes.delete_index (vector table)": lambda ix: indexes.delete_index_sql(ix)[0],
     "indexes.delete_index (row)": lambda ix: (indexes.delete_index_sql(ix)[1], [ix.pk]),
+    "indexes.calibration_lock": lambda ix: (indexes.TRY_LOCK_CALIBRATION, [ix.pk]),
+    "indexes.calibration_lock (release)": lambda ix: (indexes.UNLOCK_CALIBRATION, [ix.pk]),
     # db: the health probe
     "db.ping": lambda ix: db.PING,
     # apikeys: admin authentication and first-start key generation

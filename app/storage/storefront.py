@@ -2,9 +2,12 @@
 
 `storefront_sql` builds one statement per request (the shapes are in sql/storefront.sql):
 
-    WITH m AS MATERIALIZED (every product the query matches under the filter, or under any
+    WITH tw, tl, tk, tq, ranked (text: the query's words, lexemes, tsquery, postings scores),
+         m AS MATERIALIZED (every product the query matches under the filter, or under any
                             facet's filter variant: one boolean flag column per variant),
          h  (the hits' set: m under the request's filter),
+         best (text without filter or collapse, instead of h: the hits best first from the
+               postings, only as deep as the page or sortBy's depth needs, ties included),
          c  (collapse: DISTINCT ON the collapse key, the group's first by its order),
          top(relevance + sortBy: the best `sort_depth` candidates by score),
          page (ORDER BY the final order, LIMIT/OFFSET),
@@ -22,7 +25,9 @@ Text matching (migration 0005): OR-semantics over the query's words on the weigh
 has (a misspelling) replaced by the most similar words of the catalog's titles
 (`search_words`, pg_trgm). The score is `ts_rank_cd` (title A, variant title B,
 description C; length-normalised): equal scores mean equal matches (the same words in
-the same fields at the same positions).
+the same fields at the same positions). Without a filter or collapse it is read as the sum
+of the matching lexemes' `search_postings` weights (migration 0007), the same value, so
+only the products a page shows are ever visited for their score.
 """
 
 from __future__ import annotations
@@ -48,6 +53,8 @@ MIN_FUZZY_WORD = 4
 CORRECTIONS = 3
 # ts_rank_cd weights for D, C, B, A: description (C) 0.4, variant title (B) 0.7, title (A) 1.0.
 RANK_WEIGHTS = "{0.1, 0.4, 0.7, 1.0}"
+# A lexeme of `tk` as tsquery text: single-quoted, quotes doubled, backslashes escaped.
+_TSQUERY_QUOTED = r"'''' || replace(replace(tk.lexeme, '\', '\\'), '''', '''''') || ''''"
 
 Source = Literal["browse", "text", "candidates"]
 
@@ -173,31 +180,29 @@ def _facet_column(params: SqlParams, facet: FacetPlan) -> str:
     return f"(CASE WHEN jsonb_typeof(p.doc -> {field}) = '{kind}' THEN p.doc {extract} {field} END)"
 
 
-def tsquery_sql(p: SqlParams, words: tuple[str, ...], index_param: str) -> str:
-    """The text query's tsquery expression (a CTE's value, one InitPlan for all its uses).
+def text_ctes(p: SqlParams, words: tuple[str, ...], index_param: str, *, ranked: bool) -> list[str]:
+    """The text query's common table expressions: `tq` (its tsquery, one row `q`) and, with
+    `ranked`, `ranked` (pk, score) of every product of the index that matches it.
 
-    OR of the words (the last one a prefix), plus, for each word of MIN_FUZZY_WORD or more
-    letters that is no title word of the index (the last: starts none; a misspelling),
-    its CORRECTIONS most similar title words (`search_words`, pg_trgm `%`, similarity
-    order). Knowing a word is a primary-key lookup; the trigram lookup runs only for
-    unknown words (a one-time filter); the rest is the weighted tsvector's GIN index: no
-    trigram comparison with every title.
+    tw: the query's words (the last one a prefix: it may be unfinished) and, for each word of
+        MIN_FUZZY_WORD or more letters that is no title word of the index (the last: starts
+        none; a misspelling), its CORRECTIONS most similar title words (`search_words`, pg_trgm
+        `%`, similarity order). Knowing a word is a primary-key lookup; the trigram lookup runs
+        only for unknown words (a one-time filter) and reads the trigram index.
+    tl, tk: their lexemes in the text configuration (`to_tsvector`: what `search_tsv` holds),
+        each exact or a prefix, without those another prefix covers (a product's matching
+        lexeme counts once, as in ts_rank_cd).
+    tq: the OR of tk (NULL, which matches nothing, when there is none).
+    ranked: per product, the sum of its matching lexemes' `search_postings` weights (migration
+        0007) as real: ts_rank_cd(RANK_WEIGHTS, search_tsv, tq, 1) for these OR queries, read
+        from the postings' covering btree instead of computed from every matching tsvector.
     """
-    usable = [w for w in words if storable(w)]
-    if not usable:
-        return "''::tsquery"
     cfg = f"'{TEXT_CONFIG}'::regconfig"
-    parts = []
+    usable = [w for w in words if storable(w)]
+    sources = []
     for position, word in enumerate(usable):
         last = position == len(usable) - 1
-        # The last word may be unfinished: a prefix query (a word is letters and digits
-        # only, so `word:*` is always valid tsquery syntax).
-        own = (
-            f"to_tsquery({cfg}, {p.add(word + ':*', 'text')})"
-            if last
-            else f"plainto_tsquery({cfg}, {p.add(word, 'text')})"
-        )
-        parts.append(own)
+        sources.append(f"SELECT {p.add(word, 'text')}, {'TRUE' if last else 'FALSE'}")
         if len(word) < MIN_FUZZY_WORD:
             continue
         folded = f"lookalike_fold({p.add(word, 'text')})"
@@ -206,15 +211,35 @@ def tsquery_sql(p: SqlParams, words: tuple[str, ...], index_param: str) -> str:
         known = f"k.word = {folded}"
         if last:
             known = f"k.word >= {folded} AND k.word < {folded} || chr(1114111)"
-        parts.append(
-            f"(SELECT websearch_to_tsquery({cfg}, coalesce(string_agg(c.word, ' or '), '')) FROM"
-            f" (SELECT s.word FROM search_words s WHERE NOT EXISTS (SELECT 1 FROM search_words k"
+        sources.append(
+            f"(SELECT s.word::text, FALSE FROM search_words s WHERE NOT EXISTS (SELECT 1 FROM search_words k"
             f" WHERE k.index_pk = {index_param} AND {known})"
             f" AND s.index_pk = {index_param} AND s.word % {folded}"
-            f" ORDER BY similarity(s.word, {folded}) DESC, s.word LIMIT {CORRECTIONS}) c)"
+            f" ORDER BY similarity(s.word, {folded}) DESC, s.word LIMIT {CORRECTIONS})"
         )
-    return "(" + " || ".join(parts) + ")"
-
+    if not sources:
+        sources.append("SELECT NULL::text, FALSE WHERE FALSE")
+    ctes = [
+        "tw (word, prefix) AS MATERIALIZED (" + " UNION ALL ".join(sources) + ")",
+        'tl AS MATERIALIZED (SELECT DISTINCT l.lexeme COLLATE "C" AS lexeme, w.prefix FROM tw w'
+        f" CROSS JOIN LATERAL unnest(tsvector_to_array(to_tsvector({cfg}, w.word))) AS l(lexeme))",
+        "tk AS MATERIALIZED (SELECT a.lexeme, a.prefix FROM tl a WHERE NOT EXISTS (SELECT 1 FROM tl b"
+        " WHERE b.prefix AND starts_with(a.lexeme, b.lexeme) AND (b.lexeme <> a.lexeme OR NOT a.prefix)))",
+        # tsquery text: each lexeme quoted (quotes doubled, backslashes escaped), a prefix `:*`
+        f"tq AS MATERIALIZED (SELECT string_agg({_TSQUERY_QUOTED}"
+        " || CASE WHEN tk.prefix THEN ':*' ELSE '' END, ' | ')::tsquery AS q FROM tk)",
+    ]
+    if ranked:
+        ctes.append(
+            "ranked AS (SELECT sp.product_pk AS pk, sum(sp.weight)::real::float8 AS score"
+            " FROM tk CROSS JOIN LATERAL ("
+            f"SELECT x.product_pk, x.weight FROM search_postings x WHERE NOT tk.prefix AND x.index_pk = {index_param}"
+            " AND x.lexeme = tk.lexeme UNION ALL"
+            f" SELECT x.product_pk, x.weight FROM search_postings x WHERE tk.prefix AND x.index_pk = {index_param}"
+            " AND x.lexeme >= tk.lexeme AND x.lexeme < tk.lexeme || chr(1114111) AND starts_with(x.lexeme, tk.lexeme)"
+            ") sp GROUP BY sp.product_pk)"
+        )
+    return ctes
 
 
 class _Builder:
@@ -287,10 +312,15 @@ class _Builder:
         if self.collapsed:
             assert self.plan.collapse is not None
             group_columns = f', {_group_key(p, self.plan.collapse.field)} COLLATE "C" AS g'
+        # Relevance hits without a filter or collapse: the best first, straight from the postings
+        # (`best`, below); the scan of every match (m) is then only for the facets, unscored.
+        best_first = self.source == "text" and hits and not self.collapsed and self.plan.filters[0] is None
         if self.source == "text":
-            self.ctes.append(f"tq AS MATERIALIZED (SELECT {tsquery_sql(p, words, index_param)} AS q)")
+            self.ctes.extend(text_ctes(p, words, index_param, ranked=best_first))
             tsquery = "(SELECT q FROM tq)"
             score = f"ts_rank_cd('{RANK_WEIGHTS}', p.search_tsv, {tsquery}, 1)::float8"
+            if best_first:
+                score = "NULL::float8"  # m only counts facets
             source_sql = (
                 f"FROM products p WHERE p.index_pk = {index_param} AND p.embedding_status = 'ready'"
                 f" AND p.search_tsv @@ {tsquery} AND {where}"
@@ -310,11 +340,25 @@ class _Builder:
             )
         extracted = "".join(", " + c for c in self.columns)
         # m carries the extracted values, not the documents: only the page's are fetched.
-        self.ctes.append(
-            f"m AS MATERIALIZED (SELECT p.pk, p.product_id, p.price, {score} AS score"
-            f"{flag_columns}{group_columns}{extracted} {source_sql})"
-        )
+        if not best_first or self.plan.facets:
+            self.ctes.append(
+                f"m AS MATERIALIZED (SELECT p.pk, p.product_id, p.price, {score} AS score"
+                f"{flag_columns}{group_columns}{extracted} {source_sql})"
+            )
         hits_set = "m" if self.variants == 1 else "(SELECT * FROM m WHERE f0)"
+        if best_first:
+            # The products in score order (the postings' sums, sorted), each probing products_pkey
+            # for its state and values, until the page (or sortBy's candidate depth) is full and
+            # every product tied with the last one is in: the exact (score, _id) order of all
+            # matches, from a few hundred probes instead of ts_rank_cd over every match.
+            depth = self.plan.sort_depth if self.plan.sort else self.plan.limit + self.plan.offset
+            self.ctes.append(
+                f"best AS MATERIALIZED (SELECT p.pk, p.product_id, p.price, r.score{extracted}"
+                " FROM (SELECT r.pk, r.score FROM ranked r ORDER BY r.score DESC) r JOIN products p ON p.pk = r.pk"
+                f" WHERE p.index_pk = {index_param} AND p.embedding_status = 'ready'"
+                f" ORDER BY r.score DESC FETCH FIRST {p.add(depth)} ROWS WITH TIES)"
+            )
+            hits_set = "best"
         if self.collapsed:
             order = ", ".join(self.group_order())
             self.ctes.append(f"c AS (SELECT DISTINCT ON (g) * FROM {hits_set} h ORDER BY g, {order})")

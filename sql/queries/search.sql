@@ -102,18 +102,24 @@ ORDER BY c.distance, p.pk;
 --   $7 = 10
 --   $8 = 60
 --   $9 = 'red'
---   $10 = 'shoe:*'
+--   $10 = 'shoe'
 --   $11 = 'shoe'
-WITH lexical AS MATERIALIZED (
-    SELECT l.pk, row_number() OVER (ORDER BY l.score DESC, l.product_id COLLATE "C") AS rank
-    FROM (
-        SELECT p.pk, p.product_id, ts_rank_cd('{0.1, 0.4, 0.7, 1.0}', p.search_tsv, q.query, 1)::float8 AS score
-        FROM products p, (SELECT (plainto_tsquery('lookalike_text'::regconfig, $9::text) || to_tsquery('lookalike_text'::regconfig, $10::text) || (SELECT websearch_to_tsquery('lookalike_text'::regconfig, coalesce(string_agg(c.word, ' or '), '')) FROM (SELECT s.word FROM search_words s WHERE NOT EXISTS (SELECT 1 FROM search_words k WHERE k.index_pk = $6 AND k.word >= lookalike_fold($11::text) AND k.word < lookalike_fold($11::text) || chr(1114111)) AND s.index_pk = $6 AND s.word % lookalike_fold($11::text) ORDER BY similarity(s.word, lookalike_fold($11::text)) DESC, s.word LIMIT 3) c)) AS query) AS q
-        WHERE p.index_pk = $6 AND p.embedding_status = 'ready' AND p.search_tsv @@ q.query
-          AND (((p.filter_terms && $1::text[]) AND (p.price BETWEEN $2::float8 AND $3::float8) AND (NOT (p.filter_terms && $4::text[]))))
-        ORDER BY score DESC, p.product_id COLLATE "C"
-        LIMIT $7
+WITH tw (word, prefix) AS MATERIALIZED (SELECT $9::text, FALSE UNION ALL SELECT $10::text, TRUE UNION ALL (SELECT s.word::text, FALSE FROM search_words s WHERE NOT EXISTS (SELECT 1 FROM search_words k WHERE k.index_pk = $6 AND k.word >= lookalike_fold($11::text) AND k.word < lookalike_fold($11::text) || chr(1114111)) AND s.index_pk = $6 AND s.word % lookalike_fold($11::text) ORDER BY similarity(s.word, lookalike_fold($11::text)) DESC, s.word LIMIT 3)),
+tl AS MATERIALIZED (SELECT DISTINCT l.lexeme COLLATE "C" AS lexeme, w.prefix FROM tw w CROSS JOIN LATERAL unnest(tsvector_to_array(to_tsvector('lookalike_text'::regconfig, w.word))) AS l(lexeme)),
+tk AS MATERIALIZED (SELECT a.lexeme, a.prefix FROM tl a WHERE NOT EXISTS (SELECT 1 FROM tl b WHERE b.prefix AND starts_with(a.lexeme, b.lexeme) AND (b.lexeme <> a.lexeme OR NOT a.prefix))),
+tq AS MATERIALIZED (SELECT string_agg('''' || replace(replace(tk.lexeme, '\', '\\'), '''', '''''') || '''' || CASE WHEN tk.prefix THEN ':*' ELSE '' END, ' | ')::tsquery AS q FROM tk),
+lexical AS MATERIALIZED (
+    SELECT l.pk, l.rank FROM (
+        SELECT b.pk, row_number() OVER (ORDER BY b.score DESC, b.product_id COLLATE "C") AS rank
+        FROM (
+        SELECT p.pk, p.product_id,
+               ts_rank_cd('{0.1, 0.4, 0.7, 1.0}', p.search_tsv, (SELECT q FROM tq), 1)::float8 AS score
+        FROM products p
+        WHERE p.index_pk = $6 AND p.embedding_status = 'ready'
+          AND p.search_tsv @@ (SELECT q FROM tq) AND (((p.filter_terms && $1::text[]) AND (p.price BETWEEN $2::float8 AND $3::float8) AND (NOT (p.filter_terms && $4::text[]))))
+        ) b
     ) l
+    WHERE l.rank <= $7
 ),
 vector AS MATERIALIZED (
     SELECT c.product_pk AS pk, row_number() OVER (ORDER BY c.distance, c.product_pk) AS rank
@@ -145,18 +151,24 @@ LIMIT $7;
 --   $7 = 10
 --   $8 = 60
 --   $9 = 'red'
---   $10 = 'shoe:*'
+--   $10 = 'shoe'
 --   $11 = 'shoe'
-WITH lexical AS MATERIALIZED (
-    SELECT l.pk, row_number() OVER (ORDER BY l.score DESC, l.product_id COLLATE "C") AS rank
-    FROM (
-        SELECT p.pk, p.product_id, ts_rank_cd('{0.1, 0.4, 0.7, 1.0}', p.search_tsv, q.query, 1)::float8 AS score
-        FROM products p, (SELECT (plainto_tsquery('lookalike_text'::regconfig, $9::text) || to_tsquery('lookalike_text'::regconfig, $10::text) || (SELECT websearch_to_tsquery('lookalike_text'::regconfig, coalesce(string_agg(c.word, ' or '), '')) FROM (SELECT s.word FROM search_words s WHERE NOT EXISTS (SELECT 1 FROM search_words k WHERE k.index_pk = $6 AND k.word >= lookalike_fold($11::text) AND k.word < lookalike_fold($11::text) || chr(1114111)) AND s.index_pk = $6 AND s.word % lookalike_fold($11::text) ORDER BY similarity(s.word, lookalike_fold($11::text)) DESC, s.word LIMIT 3) c)) AS query) AS q
-        WHERE p.index_pk = $6 AND p.embedding_status = 'ready' AND p.search_tsv @@ q.query
-          AND (((p.filter_terms && $1::text[]) AND (p.price BETWEEN $2::float8 AND $3::float8) AND (NOT (p.filter_terms && $4::text[]))))
-        ORDER BY score DESC, p.product_id COLLATE "C"
-        LIMIT $7
+WITH tw (word, prefix) AS MATERIALIZED (SELECT $9::text, FALSE UNION ALL SELECT $10::text, TRUE UNION ALL (SELECT s.word::text, FALSE FROM search_words s WHERE NOT EXISTS (SELECT 1 FROM search_words k WHERE k.index_pk = $6 AND k.word >= lookalike_fold($11::text) AND k.word < lookalike_fold($11::text) || chr(1114111)) AND s.index_pk = $6 AND s.word % lookalike_fold($11::text) ORDER BY similarity(s.word, lookalike_fold($11::text)) DESC, s.word LIMIT 3)),
+tl AS MATERIALIZED (SELECT DISTINCT l.lexeme COLLATE "C" AS lexeme, w.prefix FROM tw w CROSS JOIN LATERAL unnest(tsvector_to_array(to_tsvector('lookalike_text'::regconfig, w.word))) AS l(lexeme)),
+tk AS MATERIALIZED (SELECT a.lexeme, a.prefix FROM tl a WHERE NOT EXISTS (SELECT 1 FROM tl b WHERE b.prefix AND starts_with(a.lexeme, b.lexeme) AND (b.lexeme <> a.lexeme OR NOT a.prefix))),
+tq AS MATERIALIZED (SELECT string_agg('''' || replace(replace(tk.lexeme, '\', '\\'), '''', '''''') || '''' || CASE WHEN tk.prefix THEN ':*' ELSE '' END, ' | ')::tsquery AS q FROM tk),
+lexical AS MATERIALIZED (
+    SELECT l.pk, l.rank FROM (
+        SELECT b.pk, row_number() OVER (ORDER BY b.score DESC, b.product_id COLLATE "C") AS rank
+        FROM (
+        SELECT p.pk, p.product_id,
+               ts_rank_cd('{0.1, 0.4, 0.7, 1.0}', p.search_tsv, (SELECT q FROM tq), 1)::float8 AS score
+        FROM products p
+        WHERE p.index_pk = $6 AND p.embedding_status = 'ready'
+          AND p.search_tsv @@ (SELECT q FROM tq) AND (((p.filter_terms && $1::text[]) AND (p.price BETWEEN $2::float8 AND $3::float8) AND (NOT (p.filter_terms && $4::text[]))))
+        ) b
     ) l
+    WHERE l.rank <= $7
 ),
 vector AS MATERIALIZED (
     SELECT c.product_pk AS pk, row_number() OVER (ORDER BY c.distance, c.product_pk) AS rank
@@ -177,6 +189,53 @@ SELECT p.pk, p.product_id, p.doc, f.score::float8 AS score, (SELECT count(*) FRO
 FROM fused f JOIN products p ON p.pk = f.pk
 ORDER BY f.score DESC, p.product_id COLLATE "C"
 LIMIT $7;
+
+-- search.hybrid (hnsw, no filter: postings)
+--   $1 = <vector of 384 floats>
+--   $2 = 1
+--   $3 = 10
+--   $4 = 60
+--   $5 = 'red'
+--   $6 = 'shoe'
+--   $7 = 'shoe'
+WITH tw (word, prefix) AS MATERIALIZED (SELECT $5::text, FALSE UNION ALL SELECT $6::text, TRUE UNION ALL (SELECT s.word::text, FALSE FROM search_words s WHERE NOT EXISTS (SELECT 1 FROM search_words k WHERE k.index_pk = $2 AND k.word >= lookalike_fold($7::text) AND k.word < lookalike_fold($7::text) || chr(1114111)) AND s.index_pk = $2 AND s.word % lookalike_fold($7::text) ORDER BY similarity(s.word, lookalike_fold($7::text)) DESC, s.word LIMIT 3)),
+tl AS MATERIALIZED (SELECT DISTINCT l.lexeme COLLATE "C" AS lexeme, w.prefix FROM tw w CROSS JOIN LATERAL unnest(tsvector_to_array(to_tsvector('lookalike_text'::regconfig, w.word))) AS l(lexeme)),
+tk AS MATERIALIZED (SELECT a.lexeme, a.prefix FROM tl a WHERE NOT EXISTS (SELECT 1 FROM tl b WHERE b.prefix AND starts_with(a.lexeme, b.lexeme) AND (b.lexeme <> a.lexeme OR NOT a.prefix))),
+tq AS MATERIALIZED (SELECT string_agg('''' || replace(replace(tk.lexeme, '\', '\\'), '''', '''''') || '''' || CASE WHEN tk.prefix THEN ':*' ELSE '' END, ' | ')::tsquery AS q FROM tk),
+ranked AS (SELECT sp.product_pk AS pk, sum(sp.weight)::real::float8 AS score FROM tk CROSS JOIN LATERAL (SELECT x.product_pk, x.weight FROM search_postings x WHERE NOT tk.prefix AND x.index_pk = $2 AND x.lexeme = tk.lexeme UNION ALL SELECT x.product_pk, x.weight FROM search_postings x WHERE tk.prefix AND x.index_pk = $2 AND x.lexeme >= tk.lexeme AND x.lexeme < tk.lexeme || chr(1114111) AND starts_with(x.lexeme, tk.lexeme)) sp GROUP BY sp.product_pk),
+lexical AS MATERIALIZED (
+    SELECT l.pk, l.rank FROM (
+        SELECT b.pk, row_number() OVER (ORDER BY b.score DESC, b.product_id COLLATE "C") AS rank
+        FROM (
+        SELECT r.pk, p.product_id, r.score
+        FROM (SELECT r.pk, r.score FROM ranked r ORDER BY r.score DESC) r
+        JOIN products p ON p.pk = r.pk
+        WHERE p.index_pk = $2 AND p.embedding_status = 'ready'
+        ORDER BY r.score DESC
+        FETCH FIRST $3 ROWS WITH TIES
+        ) b
+    ) l
+    WHERE l.rank <= $3
+),
+vector AS MATERIALIZED (
+    SELECT c.product_pk AS pk, row_number() OVER (ORDER BY c.distance, c.product_pk) AS rank
+    FROM (
+        SELECT v.product_pk, v.embedding <=> $1::halfvec(384) AS distance
+        FROM vectors_1 v JOIN products p ON p.pk = v.product_pk
+        WHERE p.index_pk + 0 = $2 AND (TRUE)
+        ORDER BY v.embedding <=> $1::halfvec(384)
+        LIMIT $3
+    ) c
+),
+fused AS (
+    SELECT legs.pk, sum(1.0 / ($4::int + legs.rank)) AS score
+    FROM (SELECT pk, rank FROM lexical UNION ALL SELECT pk, rank FROM vector) legs
+    GROUP BY legs.pk
+)
+SELECT p.pk, p.product_id, p.doc, f.score::float8 AS score, (SELECT count(*) FROM vector) AS vector_rows
+FROM fused f JOIN products p ON p.pk = f.pk
+ORDER BY f.score DESC, p.product_id COLLATE "C"
+LIMIT $3;
 
 -- search.nearest_many (hnsw)
 --   $1 = ['brand\x1fs:acme']

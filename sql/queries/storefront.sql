@@ -60,10 +60,13 @@ SELECT 1, 3, NULL::bigint, NULL::text, NULL::text, NULL::float8, payload::text F
 --   $6 = 'red'
 --   $7 = 'runing'
 --   $8 = 'runing'
---   $9 = 'sho:*'
+--   $9 = 'sho'
 --   $10 = 20
 --   $11 = 0
-WITH tq AS MATERIALIZED (SELECT (plainto_tsquery('lookalike_text'::regconfig, $6::text) || plainto_tsquery('lookalike_text'::regconfig, $7::text) || (SELECT websearch_to_tsquery('lookalike_text'::regconfig, coalesce(string_agg(c.word, ' or '), '')) FROM (SELECT s.word FROM search_words s WHERE NOT EXISTS (SELECT 1 FROM search_words k WHERE k.index_pk = $1 AND k.word = lookalike_fold($8::text)) AND s.index_pk = $1 AND s.word % lookalike_fold($8::text) ORDER BY similarity(s.word, lookalike_fold($8::text)) DESC, s.word LIMIT 3) c) || to_tsquery('lookalike_text'::regconfig, $9::text)) AS q),
+WITH tw (word, prefix) AS MATERIALIZED (SELECT $6::text, FALSE UNION ALL SELECT $7::text, FALSE UNION ALL (SELECT s.word::text, FALSE FROM search_words s WHERE NOT EXISTS (SELECT 1 FROM search_words k WHERE k.index_pk = $1 AND k.word = lookalike_fold($8::text)) AND s.index_pk = $1 AND s.word % lookalike_fold($8::text) ORDER BY similarity(s.word, lookalike_fold($8::text)) DESC, s.word LIMIT 3) UNION ALL SELECT $9::text, TRUE),
+tl AS MATERIALIZED (SELECT DISTINCT l.lexeme COLLATE "C" AS lexeme, w.prefix FROM tw w CROSS JOIN LATERAL unnest(tsvector_to_array(to_tsvector('lookalike_text'::regconfig, w.word))) AS l(lexeme)),
+tk AS MATERIALIZED (SELECT a.lexeme, a.prefix FROM tl a WHERE NOT EXISTS (SELECT 1 FROM tl b WHERE b.prefix AND starts_with(a.lexeme, b.lexeme) AND (b.lexeme <> a.lexeme OR NOT a.prefix))),
+tq AS MATERIALIZED (SELECT string_agg('''' || replace(replace(tk.lexeme, '\', '\\'), '''', '''''') || '''' || CASE WHEN tk.prefix THEN ':*' ELSE '' END, ' | ')::tsquery AS q FROM tk),
 m AS MATERIALIZED (SELECT p.pk, p.product_id, p.price, ts_rank_cd('{0.1, 0.4, 0.7, 1.0}', p.search_tsv, (SELECT q FROM tq), 1)::float8 AS score FROM products p WHERE p.index_pk = $1 AND p.embedding_status = 'ready' AND p.search_tsv @@ (SELECT q FROM tq) AND ((p.filter_terms && $2::text[]) AND (p.price BETWEEN $3::float8 AND $4::float8) AND (NOT (p.filter_terms && $5::text[])))),
 page AS (SELECT *, row_number() OVER (ORDER BY score DESC, product_id COLLATE "C") AS ord FROM (SELECT * FROM m s ORDER BY score DESC, product_id COLLATE "C" LIMIT $10 OFFSET $11) q)
 SELECT 0 AS kind, s.ord, s.pk, s.product_id, d.doc::text AS doc, s.score, NULL::text AS payload FROM page s JOIN products d ON d.pk = s.pk;
@@ -83,7 +86,7 @@ SELECT 0 AS kind, s.ord, s.pk, s.product_id, d.doc::text AS doc, s.score, NULL::
 --   $12 = 'red'
 --   $13 = 'runing'
 --   $14 = 'runing'
---   $15 = 'sho:*'
+--   $15 = 'sho'
 --   $16 = 60
 --   $17 = 20
 --   $18 = 0
@@ -93,7 +96,10 @@ SELECT 0 AS kind, s.ord, s.pk, s.product_id, d.doc::text AS doc, s.score, NULL::
 --   $22 = '*:50'
 --   $23 = 50.0
 --   $24 = '50:*'
-WITH tq AS MATERIALIZED (SELECT (plainto_tsquery('lookalike_text'::regconfig, $12::text) || plainto_tsquery('lookalike_text'::regconfig, $13::text) || (SELECT websearch_to_tsquery('lookalike_text'::regconfig, coalesce(string_agg(c.word, ' or '), '')) FROM (SELECT s.word FROM search_words s WHERE NOT EXISTS (SELECT 1 FROM search_words k WHERE k.index_pk = $4 AND k.word = lookalike_fold($14::text)) AND s.index_pk = $4 AND s.word % lookalike_fold($14::text) ORDER BY similarity(s.word, lookalike_fold($14::text)) DESC, s.word LIMIT 3) c) || to_tsquery('lookalike_text'::regconfig, $15::text)) AS q),
+WITH tw (word, prefix) AS MATERIALIZED (SELECT $12::text, FALSE UNION ALL SELECT $13::text, FALSE UNION ALL (SELECT s.word::text, FALSE FROM search_words s WHERE NOT EXISTS (SELECT 1 FROM search_words k WHERE k.index_pk = $4 AND k.word = lookalike_fold($14::text)) AND s.index_pk = $4 AND s.word % lookalike_fold($14::text) ORDER BY similarity(s.word, lookalike_fold($14::text)) DESC, s.word LIMIT 3) UNION ALL SELECT $15::text, TRUE),
+tl AS MATERIALIZED (SELECT DISTINCT l.lexeme COLLATE "C" AS lexeme, w.prefix FROM tw w CROSS JOIN LATERAL unnest(tsvector_to_array(to_tsvector('lookalike_text'::regconfig, w.word))) AS l(lexeme)),
+tk AS MATERIALIZED (SELECT a.lexeme, a.prefix FROM tl a WHERE NOT EXISTS (SELECT 1 FROM tl b WHERE b.prefix AND starts_with(a.lexeme, b.lexeme) AND (b.lexeme <> a.lexeme OR NOT a.prefix))),
+tq AS MATERIALIZED (SELECT string_agg('''' || replace(replace(tk.lexeme, '\', '\\'), '''', '''''') || '''' || CASE WHEN tk.prefix THEN ':*' ELSE '' END, ' | ')::tsquery AS q FROM tk),
 m AS MATERIALIZED (SELECT p.pk, p.product_id, p.price, ts_rank_cd('{0.1, 0.4, 0.7, 1.0}', p.search_tsv, (SELECT q FROM tq), 1)::float8 AS score, ((p.filter_terms && $5::text[]) AND (p.price BETWEEN $6::float8 AND $7::float8) AND (NOT (p.filter_terms && $8::text[]))) AS f0, ((p.price BETWEEN $9::float8 AND $10::float8) AND (NOT (p.filter_terms && $11::text[]))) AS f1, p.price AS c0, NULLIF(p.doc -> $1::text, 'null'::jsonb) AS c1, (CASE WHEN jsonb_typeof(p.doc -> $2::text) = 'string' THEN p.doc ->> $2::text END) AS c2, p.product_collections AS c3, p.price AS c4, (CASE WHEN jsonb_typeof((p.doc -> $3::text)) = 'number' AND abs((p.doc -> $3::text)::numeric) < 1e308 THEN (p.doc -> $3::text)::float8 END) AS c5 FROM products p WHERE p.index_pk = $4 AND p.embedding_status = 'ready' AND p.search_tsv @@ (SELECT q FROM tq) AND (((p.filter_terms && $5::text[]) AND (p.price BETWEEN $6::float8 AND $7::float8) AND (NOT (p.filter_terms && $8::text[]))) OR ((p.price BETWEEN $9::float8 AND $10::float8) AND (NOT (p.filter_terms && $11::text[]))))),
 top AS (SELECT * FROM (SELECT * FROM m WHERE f0) t ORDER BY score DESC, product_id COLLATE "C" LIMIT $16),
 page AS (SELECT *, row_number() OVER (ORDER BY c0 DESC NULLS LAST, c1 ASC NULLS FIRST, score DESC, product_id COLLATE "C") AS ord FROM (SELECT * FROM top s ORDER BY c0 DESC NULLS LAST, c1 ASC NULLS FIRST, score DESC, product_id COLLATE "C" LIMIT $17 OFFSET $18) q),
@@ -101,6 +107,46 @@ f0 AS (SELECT json_agg(json_build_array(v, n) ORDER BY n DESC, v COLLATE "C") AS
 f1 AS (SELECT json_agg(json_build_array(v, n) ORDER BY n DESC, v COLLATE "C") AS payload FROM (SELECT v, n FROM (SELECT v, sum(n)::bigint AS n FROM (SELECT DISTINCT e.v, x.a, x.n FROM (SELECT x.c3 AS a, count(*) AS n FROM m x WHERE x.f0 GROUP BY 1) x CROSS JOIN LATERAL unnest(x.a) AS e(v)) q WHERE v IS NOT NULL GROUP BY v) r ORDER BY n DESC, v COLLATE "C" LIMIT $20) t),
 f2 AS (SELECT json_build_array(json_build_array($22::text, count(*) FILTER (WHERE x.c4 IS NOT NULL AND x.c4 < $21::float8)), json_build_array($24::text, count(*) FILTER (WHERE x.c4 IS NOT NULL AND x.c4 >= $23::float8))) AS payload FROM m x WHERE x.f0),
 f3 AS (SELECT json_build_object('min', min(v), 'max', max(v), 'avg', avg(v), 'sum', sum(v), 'count', count(v)) AS payload FROM (SELECT x.c5 AS v FROM m x WHERE x.f0) s)
+SELECT 0 AS kind, s.ord, s.pk, s.product_id, d.doc::text AS doc, s.score, NULL::text AS payload FROM page s JOIN products d ON d.pk = s.pk
+UNION ALL
+SELECT 1, 0, NULL::bigint, NULL::text, NULL::text, NULL::float8, payload::text FROM f0
+UNION ALL
+SELECT 1, 1, NULL::bigint, NULL::text, NULL::text, NULL::float8, payload::text FROM f1
+UNION ALL
+SELECT 1, 2, NULL::bigint, NULL::text, NULL::text, NULL::float8, payload::text FROM f2
+UNION ALL
+SELECT 1, 3, NULL::bigint, NULL::text, NULL::text, NULL::float8, payload::text FROM f3;
+
+-- storefront.text (no filter: postings; facets, sortBy, collapse)
+--   $1 = 'color'
+--   $2 = 'brand'
+--   $3 = 'rating'
+--   $4 = 1
+--   $5 = 'red'
+--   $6 = 'runing'
+--   $7 = 'runing'
+--   $8 = 'sho'
+--   $9 = 60
+--   $10 = 20
+--   $11 = 0
+--   $12 = 10
+--   $13 = 100
+--   $14 = 50.0
+--   $15 = '*:50'
+--   $16 = 50.0
+--   $17 = '50:*'
+WITH tw (word, prefix) AS MATERIALIZED (SELECT $5::text, FALSE UNION ALL SELECT $6::text, FALSE UNION ALL (SELECT s.word::text, FALSE FROM search_words s WHERE NOT EXISTS (SELECT 1 FROM search_words k WHERE k.index_pk = $4 AND k.word = lookalike_fold($7::text)) AND s.index_pk = $4 AND s.word % lookalike_fold($7::text) ORDER BY similarity(s.word, lookalike_fold($7::text)) DESC, s.word LIMIT 3) UNION ALL SELECT $8::text, TRUE),
+tl AS MATERIALIZED (SELECT DISTINCT l.lexeme COLLATE "C" AS lexeme, w.prefix FROM tw w CROSS JOIN LATERAL unnest(tsvector_to_array(to_tsvector('lookalike_text'::regconfig, w.word))) AS l(lexeme)),
+tk AS MATERIALIZED (SELECT a.lexeme, a.prefix FROM tl a WHERE NOT EXISTS (SELECT 1 FROM tl b WHERE b.prefix AND starts_with(a.lexeme, b.lexeme) AND (b.lexeme <> a.lexeme OR NOT a.prefix))),
+tq AS MATERIALIZED (SELECT string_agg('''' || replace(replace(tk.lexeme, '\', '\\'), '''', '''''') || '''' || CASE WHEN tk.prefix THEN ':*' ELSE '' END, ' | ')::tsquery AS q FROM tk),
+m AS MATERIALIZED (SELECT p.pk, p.product_id, p.price, ts_rank_cd('{0.1, 0.4, 0.7, 1.0}', p.search_tsv, (SELECT q FROM tq), 1)::float8 AS score, coalesce('s' || p.parent_product_id, '#' || p.pk) COLLATE "C" AS g, p.price AS c0, NULLIF(p.doc -> $1::text, 'null'::jsonb) AS c1, (CASE WHEN jsonb_typeof(p.doc -> $2::text) = 'string' THEN p.doc ->> $2::text END) AS c2, p.product_collections AS c3, p.price AS c4, (CASE WHEN jsonb_typeof((p.doc -> $3::text)) = 'number' AND abs((p.doc -> $3::text)::numeric) < 1e308 THEN (p.doc -> $3::text)::float8 END) AS c5 FROM products p WHERE p.index_pk = $4 AND p.embedding_status = 'ready' AND p.search_tsv @@ (SELECT q FROM tq) AND TRUE),
+c AS (SELECT DISTINCT ON (g) * FROM m h ORDER BY g, score DESC, product_id COLLATE "C"),
+top AS (SELECT * FROM c t ORDER BY score DESC, product_id COLLATE "C" LIMIT $9),
+page AS (SELECT *, row_number() OVER (ORDER BY c0 DESC NULLS LAST, c1 ASC NULLS FIRST, score DESC, product_id COLLATE "C") AS ord FROM (SELECT * FROM top s ORDER BY c0 DESC NULLS LAST, c1 ASC NULLS FIRST, score DESC, product_id COLLATE "C" LIMIT $10 OFFSET $11) q),
+f0 AS (SELECT json_agg(json_build_array(v, n) ORDER BY n DESC, v COLLATE "C") AS payload FROM (SELECT v, n FROM (SELECT v, count(*) AS n FROM (SELECT DISTINCT * FROM (SELECT x.c2 AS v, x.g FROM m x WHERE TRUE) q WHERE v IS NOT NULL) d GROUP BY v) r ORDER BY n DESC, v COLLATE "C" LIMIT $12) t),
+f1 AS (SELECT json_agg(json_build_array(v, n) ORDER BY n DESC, v COLLATE "C") AS payload FROM (SELECT v, n FROM (SELECT v, count(*) AS n FROM (SELECT DISTINCT * FROM (SELECT a.v, x.g FROM m x CROSS JOIN LATERAL unnest(x.c3) AS a(v) WHERE TRUE) q WHERE v IS NOT NULL) d GROUP BY v) r ORDER BY n DESC, v COLLATE "C" LIMIT $13) t),
+f2 AS (SELECT json_build_array(json_build_array($15::text, count(DISTINCT x.g) FILTER (WHERE x.c4 IS NOT NULL AND x.c4 < $14::float8)), json_build_array($17::text, count(DISTINCT x.g) FILTER (WHERE x.c4 IS NOT NULL AND x.c4 >= $16::float8))) AS payload FROM m x WHERE TRUE),
+f3 AS (SELECT json_build_object('min', min(v), 'max', max(v), 'avg', avg(v), 'sum', sum(v), 'count', count(v)) AS payload FROM (SELECT x.c5 AS v FROM c x) s)
 SELECT 0 AS kind, s.ord, s.pk, s.product_id, d.doc::text AS doc, s.score, NULL::text AS payload FROM page s JOIN products d ON d.pk = s.pk
 UNION ALL
 SELECT 1, 0, NULL::bigint, NULL::text, NULL::text, NULL::float8, payload::text FROM f0
