@@ -25,6 +25,7 @@ class V:
     inliers: int
     homography_ok: bool = True
     colour_agreement: float = 1.0
+    matches: int = 0
 
 
 def keys(ranked: list[tuple[object, float]]) -> list[object]:
@@ -140,3 +141,17 @@ def test_crop_count_follows_the_model_speed() -> None:
     assert crops_for_model(25.0, p) == 3
     assert crops_for_model(111.0, p) == 1  # a ViT-S on 2 cores: the whole photo only
     assert crops_for_model(0.0, p) == 4
+
+
+def test_ratio_test_matches_lift_a_product_that_cannot_verify() -> None:
+    """A flat product (or a soft photo) keeps a few ratio-test matches but no homography: those
+    matches are weak evidence that beats a slightly better global score, never a verified match."""
+    flat = Candidate("flat truth", 0.60, V(0, homography_ok=False, matches=7))
+    other = Candidate("other", 0.70, V(0, homography_ok=False, matches=1))
+    verified = Candidate("verified", 0.40, V(30, matches=34))
+    assert keys(combine_scores([other, flat])) == ["flat truth", "other"]
+    assert keys(combine_scores([flat, verified])) == ["verified", "flat truth"]
+    off = RerankParams(match_weight=0.0)
+    assert keys(combine_scores([other, flat], off)) == ["other", "flat truth"]
+    with pytest.raises(ValueError):
+        RerankParams(match_saturation=0)
