@@ -28,8 +28,9 @@ from tests.helpers import TEST_MODEL, product
 
 
 class _V:
-    def __init__(self, inliers: int, agree: float, ok: bool):
+    def __init__(self, inliers: int, agree: float, ok: bool, matches: int = 0):
         self.inliers, self.colour_agreement, self.homography_ok = inliers, agree, ok
+        self.matches = matches
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -43,7 +44,9 @@ def test_sweep_ranks_exactly_as_the_service(seed: int) -> None:
         agg = None if rng.random() < 0.2 else float(rng.uniform(-0.1, 0.4))
         cands[k] = rerank.Candidate(k, float(rng.uniform(-0.2, 0.9)), None, agg)
         if rng.random() < 0.6:
-            verifications[k] = _V(int(rng.integers(0, 40)), float(rng.uniform(0, 1)), bool(rng.random() < 0.8))
+            inliers = int(rng.integers(0, 40))
+            agree, ok = float(rng.uniform(0, 1)), bool(rng.random() < 0.8)
+            verifications[k] = _V(inliers, agree, ok, inliers + int(rng.integers(0, 12)))
     truth = int(rng.integers(n))
     p = rerank.RerankParams(
         aggregate_weight=float(rng.choice([0.0, 1.0, 4.0])),
@@ -51,6 +54,8 @@ def test_sweep_ranks_exactly_as_the_service(seed: int) -> None:
         verify_top=int(rng.choice([0, 5, 20])),
         min_inliers=int(rng.choice([2, 6])),
         inlier_saturation=float(rng.choice([4.0, 8.0])),
+        match_weight=float(rng.choice([0.0, 2.0])),
+        match_saturation=float(rng.choice([8.0, 16.0])),
     )
     signals = cal.signals_of(cands, verifications, truth)
     verified = set(rerank.select_for_verification(cands.values(), p))
@@ -154,6 +159,28 @@ async def test_calibrate_on_the_database_directly(api: httpx.AsyncClient, images
     assert done.returncode == 2 and "no index named" in done.stderr
     done = await asyncio.to_thread(_cli, name, "--database-url", database_url, "--queries", "1", **allow)
     assert done.returncode == 1 and "queries must be between 2 and 1000" in done.stderr
+
+
+async def test_scoring_knobs_are_validated_and_used(api: httpx.AsyncClient) -> None:
+    name = f"knobs-{secrets.token_hex(3)}"
+    r = await api.post(f"/api/v1/indexes/{name}", json={"model": TEST_MODEL}, headers=ADMIN)
+    assert r.status_code == 200
+    path = f"/api/v1/indexes/{name}/settings"
+    for bad in ({"verifyTop": 2.5}, {"aggregateWeight": -1}, {"verifyWeight": "2"}, {"inlierSaturation": 0},
+                {"matchWeight": -0.5}, {"matchSaturation": 0}, {"regionMinInliers": 2.5}):
+        r = await api.patch(path, json={"reverseImageSearch": bad}, headers=ADMIN)
+        assert r.status_code == 400 and r.json()["code"] == "invalid_settings", (bad, r.text)
+    knobs = {"aggregateWeight": 2.5, "verifyWeight": 3, "verifyTop": 30, "minInliers": 5, "inlierSaturation": 6,
+             "matchWeight": 1.5, "matchSaturation": 12, "regionMinInliers": 3}
+    r = await api.patch(path, json={"reverseImageSearch": knobs}, headers=ADMIN)
+    assert r.status_code == 200, r.text
+    from app.domain.reverse import params_for
+
+    stored = (await api.get(f"/api/v1/indexes/{name}", headers=ADMIN)).json()["settings"]["reverseImageSearch"]
+    p = params_for(stored, rerank.DEFAULT_PARAMS)
+    used = (p.aggregate_weight, p.verify_weight, p.verify_top, p.min_inliers, p.inlier_saturation,
+            p.match_weight, p.match_saturation, p.region_min_inliers)
+    assert used == (2.5, 3.0, 30, 5, 6.0, 1.5, 12.0, 3)
 
 
 async def test_calibrate_endpoint_json_and_stream(api: httpx.AsyncClient, images) -> None:  # type: ignore[no-untyped-def]

@@ -218,19 +218,40 @@ async def test_two_workers_share_the_queue_and_a_killed_workers_claims_return(
     try:
         async with queue_app(queue_db, tmp_path) as api:
             name, _ = await _index(api)
-            # both workers running before the work arrives, so that both take part
-            workers = [_start_worker(queue_db, log, "--batch-size", "3", "--max-idle", "6") for log in logs]
+            # both workers running before the work arrives, so that both take part; they are
+            # stopped once it is done (SIGTERM), not by --max-idle: a short idle limit could end
+            # the first worker before a loaded machine has started the second, the longer one
+            # here only bounds a worker the test fails to stop
+            workers = [_start_worker(queue_db, log, "--batch-size", "3", "--max-idle", "120") for log in logs]
+
+            def tails() -> str:
+                texts = [log.read_text()[-2000:] if log.exists() else "(no log)" for log in logs]
+                return f"exit codes {[w.poll() for w in workers]}, logs: {texts}"
 
             async def both_started() -> bool:
+                if any(w.poll() is not None for w in workers):
+                    raise AssertionError("a worker exited while the test waited for both to start")
                 return all(log.exists() and "started" in log.read_text() for log in logs)
 
-            await _wait_for(both_started, 120, "both workers to start")
+            try:
+                await _wait_for(both_started, 240, "both workers to start")
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}; {tails()}") from None
             docs = [product(f"s{i}", data_url(product_image(200 + i))) for i in range(24)]
             assert {i["status"] for i in await _add(api, name, docs)} == {202}
+
+        async def all_embedded() -> bool:
+            states = await _states(queue_db, name)
+            return len(states) == 24 and all(status == "ready" for status, _ in states.values())
+
+        await _wait_for(all_embedded, 240, "the workers to embed all 24 products")
         for proc in workers:
-            proc.wait(timeout=240)
+            proc.terminate()
+        for proc in workers:
+            proc.wait(timeout=60)
         texts = [log.read_text() for log in logs]
         assert [p.returncode for p in workers] == [0, 0], texts
+        assert all("done: " in text for text in texts), texts
         claimed = [_claimed(log) for log in logs]
         # every product claimed exactly once over both workers, and both took part
         assert sum(claimed) == 24 and min(claimed) > 0, claimed

@@ -27,6 +27,7 @@ class V:
     inliers: int
     homography_ok: bool = True
     colour_agreement: float = 1.0
+    matches: int = 0
 
 
 def keys(ranked: list[tuple[object, float]]) -> list[object]:
@@ -181,11 +182,25 @@ def test_early_exit_keeps_the_settled_top_exactly(seed: int) -> None:
 def test_early_exit_stops_once_a_clear_match_outscores_every_bound() -> None:
     p = RerankParams(verify_top=0)
     cands = [Candidate(0, 0.9, None, 0.8)] + [Candidate(i, 0.3 - 0.002 * i, None, 0.2) for i in range(1, 60)]
-    verify = {c.product_key: V(200 if c.product_key == 0 else 3) for c in cands}
+    verify = {c.product_key: V(200, matches=200) if c.product_key == 0 else V(3, matches=3) for c in cands}
     ranked, verified = _early_exit(cands, verify, 1, 10, p)
     assert verified == 10 and ranked[0][0] == 0
-    # a decisive prior alone settles nothing: the bound is prior + verify_weight
+    # a decisive prior alone settles nothing: the bound is prior + verify_weight + match_weight
     assert not verification_settled([cands[0]], prior_score(cands[1], p), 1, p)
     assert not verification_settled([], 0.0, 1, p)
     assert verification_settled([], None, 1, p)  # nothing left to verify
     assert not verification_settled([replace(cands[0], verification=V(200))], 0.0, 0, p)  # top 0: never stops
+
+
+def test_ratio_test_matches_lift_a_product_that_cannot_verify() -> None:
+    """A flat product (or a soft photo) keeps a few ratio-test matches but no homography: those
+    matches are weak evidence that beats a slightly better global score, never a verified match."""
+    flat = Candidate("flat truth", 0.60, V(0, homography_ok=False, matches=7))
+    other = Candidate("other", 0.70, V(0, homography_ok=False, matches=1))
+    verified = Candidate("verified", 0.40, V(30, matches=34))
+    assert keys(combine_scores([other, flat])) == ["flat truth", "other"]
+    assert keys(combine_scores([flat, verified])) == ["verified", "flat truth"]
+    off = RerankParams(match_weight=0.0)
+    assert keys(combine_scores([other, flat], off)) == ["other", "flat truth"]
+    with pytest.raises(ValueError):
+        RerankParams(match_saturation=0)

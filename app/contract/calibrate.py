@@ -72,6 +72,8 @@ class ScoringKnobs(ContractResponse):
     verifyTop: int = Field(ge=0)
     minInliers: int = Field(ge=0)
     inlierSaturation: float
+    matchWeight: float
+    matchSaturation: float
 
 
 class CalibrationSide(RecallMetrics):

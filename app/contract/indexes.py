@@ -31,6 +31,9 @@ SCORING_KNOB_RANGES: dict[str, tuple[float, float, bool]] = {
     "verifyTop": (0, 1000, True),
     "minInliers": (0, 100, True),
     "inlierSaturation": (0.5, 100.0, False),
+    "matchWeight": (0.0, 32.0, False),
+    "matchSaturation": (0.5, 100.0, False),
+    "regionMinInliers": (0, 100, True),
 }
 
 _SETTINGS = "invalid_settings"
@@ -128,6 +131,15 @@ class ReverseImageSearchSettings(ContractModel):
     ) = omittable()
     inlierSaturation: _scoring_field(  # type: ignore[valid-type]
         "inlierSaturation", "inliers over minInliers at which the bonus reaches 63% of verifyWeight"
+    ) = omittable()
+    matchWeight: _scoring_field(  # type: ignore[valid-type]
+        "matchWeight", "the largest bonus ratio-test matches add to a verified candidate (weak-texture evidence)"
+    ) = omittable()
+    matchSaturation: _scoring_field(  # type: ignore[valid-type]
+        "matchSaturation", "ratio-test matches at which the match bonus reaches 63% of matchWeight"
+    ) = omittable()
+    regionMinInliers: _scoring_field(  # type: ignore[valid-type]
+        "regionMinInliers", "with regions: true, the minInliers of a region (a product found at a place)"
     ) = omittable()
 
     @model_validator(mode="before")

@@ -3,8 +3,9 @@
 
 The re-ranking knobs (prior = embedding cosine + aggregateWeight x aggregate cosine, a
 verification bonus up to verifyWeight, verifyTop candidates verified, minInliers,
-inlierSaturation) were measured with random-weight models; real weights, and each
-catalog, want others. Calibration measures them on the index itself:
+inlierSaturation, a weak-texture bonus up to matchWeight saturating at matchSaturation)
+were measured with random-weight models; real weights, and each catalog, want others.
+Calibration measures them on the index itself:
 
 1. a sample of the index's own products: their images (as the service fetches them) turned
    into in-the-wild photos by the generator's wild-photo code (`app.samples.wild`); the int8
@@ -61,6 +62,8 @@ SWEEP: dict[str, list[float]] = {
     "verify_top": [10, 20, 40, 60, 100, 200],
     "min_inliers": [2, 4, 6, 8, 10, 14],
     "inlier_saturation": [2.0, 4.0, 8.0, 16.0, 32.0],
+    "match_weight": [0.0, 0.5, 1.0, 2.0, 4.0],
+    "match_saturation": [4.0, 8.0, 16.0, 32.0],
 }
 ROUNDS = 2
 _FIELD_TO_KNOB = {v: k for k, v in SCORING_KNOBS.items()}
@@ -74,6 +77,7 @@ class QuerySignals:
     a: np.ndarray  # aggregate cosine clipped at 0 (0 without one)
     inliers: np.ndarray  # colour-weighted distinct inliers where the homography is plausible, else 0
     truth: int
+    matches: np.ndarray | None = None  # ratio-test matches of verified candidates (0 when not verified)
 
 
 def signals_of(candidates: dict[Hashable, Any], verifications: dict[Hashable, Any], truth: Hashable) -> QuerySignals:
@@ -81,11 +85,14 @@ def signals_of(candidates: dict[Hashable, Any], verifications: dict[Hashable, An
     g = np.array([float(candidates[k].global_score) for k in keys], np.float64)
     a = np.array([max(0.0, float(candidates[k].aggregate_score or 0.0)) for k in keys], np.float64)
     eff = np.zeros(len(keys), np.float64)
+    matches = np.zeros(len(keys), np.float64)
     for i, k in enumerate(keys):
         v = verifications.get(k)
+        if v is not None:
+            matches[i] = v.matches
         if v is not None and v.homography_ok:
             eff[i] = v.inliers * v.colour_agreement
-    return QuerySignals(g, a, eff, keys.index(truth) if truth in candidates else -1)
+    return QuerySignals(g, a, eff, keys.index(truth) if truth in candidates else -1, matches)
 
 
 def rank_of_truth(q: QuerySignals, p: RerankParams) -> int | None:
@@ -101,6 +108,8 @@ def rank_of_truth(q: QuerySignals, p: RerankParams) -> int | None:
     excess = np.maximum(0.0, q.inliers[top] - p.min_inliers)
     bonus = np.where(excess > 0, 1.0 - np.exp(-excess / p.inlier_saturation), 0.0)
     final = prior[top] + p.verify_weight * bonus
+    if q.matches is not None:
+        final = final + p.match_weight * (1.0 - np.exp(-q.matches[top] / p.match_saturation))
     ranked = top[np.lexsort((top, -prior[top], -final))]
     return int(np.nonzero(ranked == q.truth)[0][0])
 

@@ -10,10 +10,17 @@ region, and a region's members are the candidates verified at about the same pla
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
-from app.domain.rerank import DEFAULT_PARAMS, RerankParams, VerificationLike, counts_as_verified
+from app.domain.rerank import (
+    DEFAULT_PARAMS,
+    Candidate,
+    RerankParams,
+    VerificationLike,
+    combine_scores,
+    counts_as_verified,
+)
 
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in the query photo's pixels
 
@@ -22,6 +29,19 @@ Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in the query photo's p
 SAME_REGION_OVERLAP = 0.5
 NEW_REGION_OVERLAP = 0.3
 MAX_REGIONS = 6
+# Within a region the candidates verified there are rivals for one object (a product and its
+# look-alikes, which share keypoints): the one whose colour-consistent inliers explain more of
+# it is the object. The bonus saturates this many times more slowly there than in the overall
+# ranking, so 50 inliers beat 40 by more than the global score separates look-alikes.
+REGION_SATURATION_FACTOR = 4.0
+# Candidates retrieved per region (by its crop's embedding and by its keypoints' aggregate) and
+# verified in the region's own pass.
+REGION_POOL = 20
+# Keypoints of the photo for finding several products (its regions stage extracts them once):
+# each product of a shelf is a fraction of the frame, so more of the photo's resolution and a
+# larger budget than one product's search (local_features.QUERY_MAX_*).
+REGION_MAX_KEYPOINTS = 1536
+REGION_MAX_SIDE = 1024
 
 
 class LocatedVerification(VerificationLike, Protocol):
@@ -71,6 +91,34 @@ def next_region(
     return None
 
 
+@dataclass
+class VerifyBudget:
+    """What the regions stage may verify: one more pass (`per_region` candidates) per region found,
+    one pass when none is, all its passes together (residual passes and the regions' own)."""
+
+    per_region: int
+    spent: int = 0
+
+    def left(self, regions: int) -> int:
+        return max(0, self.per_region * max(1, regions) - self.spent)
+
+    def take(self, keys: Sequence[Hashable], regions: int, reserve: int = 0) -> list[Hashable]:
+        """The first of `keys` the budget allows (keeping `reserve` for later), counted as spent."""
+        allowed = list(keys[: max(0, self.left(regions) - reserve)])
+        self.spent += len(allowed)
+        return allowed
+
+
+def region_params(params: RerankParams = DEFAULT_PARAMS) -> RerankParams:
+    """What counts as verified at a place (`next_region`, `members`): `region_min_inliers`."""
+    return replace(params, min_inliers=params.region_min_inliers)
+
+
+def identity_params(params: RerankParams = DEFAULT_PARAMS) -> RerankParams:
+    """The scoring of a region's own hits: verification decides between look-alikes at one place."""
+    return replace(params, inlier_saturation=params.inlier_saturation * REGION_SATURATION_FACTOR)
+
+
 def members(
     region: Region,
     verifications: Mapping[Hashable, LocatedVerification],
@@ -82,3 +130,14 @@ def members(
         for key, v in verifications.items()
         if v.box is not None and counts_as_verified(v, params) and iou(v.box, region.box) >= SAME_REGION_OVERLAP
     ]
+
+
+def rank_members(
+    candidates: Sequence[Candidate], at_place: Iterable[Hashable], params: RerankParams = DEFAULT_PARAMS
+) -> list[tuple[Hashable, float]]:
+    """A region's hits best-first: the candidates verified at its place (scored with
+    `identity_params`) lifted by a full verification bonus above the crop's unverified
+    neighbours, so appearance alone never names what verification found there."""
+    here = set(at_place)
+    lifted = [(k, s + (params.verify_weight if k in here else 0.0)) for k, s in combine_scores(candidates, params)]
+    return sorted(lifted, key=lambda t: -t[1])

@@ -14,7 +14,11 @@ inlier count weighted by colour agreement (a colourway matches every grey keypoi
 the colours):
 
     prior = g + aggregate_weight * a
-    final = prior + verify_weight * v(n),  v(n) = 1 - exp(-max(0, n - min_inliers) / inlier_saturation)
+    final = prior + verify_weight * v(n) + match_weight * (1 - exp(-m / match_saturation)),
+    v(n) = 1 - exp(-max(0, n - min_inliers) / inlier_saturation)
+
+with `m` the candidate's one-to-one tentative matches that passed the ratio test (before
+RANSAC).
 
 The `verify_top` candidates with the best prior are verified (verification is the
 expensive stage, linear in their number).
@@ -24,7 +28,11 @@ expensive stage, linear in their number).
 - above it the bonus grows quickly and saturates, so a clearly verified product
   beats any unverified one, while among look-alikes that verify alike (colourways
   share every keypoint in grey) the global score still decides;
-- `final` is monotone in both `g` and `n`: higher is more similar.
+- flat products and soft photos rarely reach `min_inliers` (a plain body has a few corners,
+  blur removes the fine ones), but their true product still keeps more ratio-test matches
+  than the rest of the pool: the match term is that weak-texture evidence, small next to
+  a verified match's bonus;
+- `final` is monotone in `g`, `n` and `m`: higher is more similar.
 
 The defaults come from `benchmarks/offline_eval.py` (its JSON records the sweep).
 """
@@ -49,6 +57,9 @@ class VerificationLike(Protocol):
     @property
     def colour_agreement(self) -> float: ...
 
+    @property
+    def matches(self) -> int: ...
+
 
 @dataclass(frozen=True)
 class RerankParams:
@@ -66,6 +77,12 @@ class RerankParams:
     verify_weight: float = 4.0
     min_inliers: int = 6
     inlier_saturation: float = 8.0
+    # Weak-texture evidence: ratio-test matches, whether or not RANSAC found a homography.
+    match_weight: float = 3.0
+    match_saturation: float = 8.0
+    # `regions`: the min_inliers of a region. Lower than the overall ranking's: a product there
+    # is a fraction of the frame and must also be verified where no earlier region is.
+    region_min_inliers: int = 4
     # How many of the merged pool's best (by prior) to verify; 0 = all. A cap on the
     # matching cost, which is linear in it.
     verify_top: int = 60
@@ -81,12 +98,14 @@ class RerankParams:
     def __post_init__(self) -> None:
         if self.pool_size < 1 or self.n_crops < 1 or self.aggregate_pool < 0:
             raise ValueError("pool_size and n_crops must be at least 1, aggregate_pool >= 0")
-        if self.verify_weight < 0 or self.inlier_saturation <= 0 or self.min_inliers < 0:
+        if self.verify_weight < 0 or self.inlier_saturation <= 0 or self.min_inliers < 0 or self.region_min_inliers < 0:
             raise ValueError("verify_weight and min_inliers must be >= 0, inlier_saturation > 0")
         if self.settle_top < 0:
             raise ValueError("settle_top must be >= 0")
         if self.aggregate_weight < 0 or self.crop_budget_ms < 0:
             raise ValueError("aggregate_weight and crop_budget_ms must be >= 0")
+        if self.match_weight < 0 or self.match_saturation <= 0:
+            raise ValueError("match_weight must be >= 0, match_saturation > 0")
 
 
 DEFAULT_PARAMS = RerankParams()
@@ -114,10 +133,18 @@ def prior_score(candidate: Candidate, params: RerankParams = DEFAULT_PARAMS) -> 
     return float(candidate.global_score) + (params.aggregate_weight * max(0.0, float(a)) if a is not None else 0.0)
 
 
+def match_bonus(matches: float, params: RerankParams = DEFAULT_PARAMS) -> float:
+    """In [0, 1): the weak-texture evidence of `matches` ratio-test matches."""
+    return 1.0 - math.exp(-max(0.0, matches) / params.match_saturation)
+
+
 def final_score(candidate: Candidate, params: RerankParams = DEFAULT_PARAMS) -> float:
     prior = prior_score(candidate, params)
     v = candidate.verification
-    if v is None or not v.homography_ok:
+    if v is None:
+        return prior
+    prior += params.match_weight * match_bonus(v.matches, params)
+    if not v.homography_ok:
         return prior
     # inliers whose colours disagree (a colourway of the product) do not count
     bonus = verification_bonus(v.inliers * v.colour_agreement, params)
@@ -145,16 +172,17 @@ def verification_settled(
 
     `settled`: candidates whose final score is known (verified, or with nothing to verify);
     `next_prior`: the best prior among those still unverified (None: none left). The bonus
-    is below `verify_weight`, so no unverified candidate can end above `next_prior +
-    verify_weight`; once the `top` best settled finals are all above that bound, they are the
-    final ranking's first `top`, in the same order, whatever the rest would verify to.
+    is below `verify_weight` and the match bonus below `match_weight`, so no unverified
+    candidate can end above `next_prior + verify_weight + match_weight`; once the `top` best
+    settled finals are all above that bound, they are the final ranking's first `top`, in the
+    same order, whatever the rest would verify to.
     """
     if next_prior is None:
         return True
     if top < 1 or len(settled) < top:
         return False
     finals = sorted((final_score(c, params) for c in settled), reverse=True)
-    return finals[top - 1] > next_prior + params.verify_weight
+    return finals[top - 1] > next_prior + params.verify_weight + params.match_weight
 
 
 def crops_for_model(single_image_ms: float, params: RerankParams = DEFAULT_PARAMS) -> int:

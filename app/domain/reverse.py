@@ -12,12 +12,16 @@
 4. a final score combining global similarity, aggregate similarity and verification
    (domain.rerank), with the index's own knobs (index settings, `lookalike calibrate`).
 
-With `regions`, repeated verification finds further products (domain.regions): the
-keypoints of each found product are removed, and what is left is searched again —
-keypoint-cluster, saliency and window boxes of the residual keypoints, retrieved by
-their aggregates and their crops' embeddings — one more verification pass per found
-region at most. Each region then ranks its own hits: the candidates verified at its
-place and its crop's own nearest neighbours.
+With `regions`, repeated verification finds further products (domain.regions). The photo
+gets keypoints of its own for it (`region_features`: more of them, at more resolution, since
+each product is a fraction of the frame); the keypoints of each found product are removed,
+and what is left is searched again — keypoint-cluster, saliency and window boxes of the
+residual keypoints, retrieved by their aggregates and their crops' embeddings. Then each
+region's crop retrieves its own neighbours (by embedding and by its keypoints' aggregate),
+those not verified yet are verified in one pass for all regions, and the candidates verified
+at its place compete as that object's identity (`regions.rank_members`), ahead of unverified
+neighbours. All the regions stage verifies is bounded by one more pass (`verify_top`
+candidates) per found region (`regions.VerifyBudget`).
 """
 
 from __future__ import annotations
@@ -61,6 +65,8 @@ SCORING_KNOBS = {
     "verifyTop": "verify_top",
     "minInliers": "min_inliers",
     "inlierSaturation": "inlier_saturation",
+    "matchWeight": "match_weight",
+    "matchSaturation": "match_saturation",
 }
 
 
@@ -71,6 +77,8 @@ def params_for(knobs: dict[str, Any], base: RerankParams) -> RerankParams:
         changes["pool_size"] = int(knobs["candidatePool"])
     if "verifySettle" in knobs:
         changes["settle_top"] = int(knobs["verifySettle"])
+    if "regionMinInliers" in knobs:  # regions only: calibration measures one product per photo
+        changes["region_min_inliers"] = int(knobs["regionMinInliers"])
     return replace(base, **changes) if changes else base
 
 
@@ -120,24 +128,34 @@ def _painted_over(image: Image.Image, boxes: list[regions_mod.Box]) -> Image.Ima
     return masked
 
 
-def _residual(image: Image.Image, boxes: list[regions_mod.Box]) -> tuple[Image.Image, local_features.LocalFeatures]:
-    """What is left once the found products are removed: the painted-over photo and its own keypoints
-    (extracted anew, so the query's keypoint budget goes to the rest of the photo), none near a found box."""
-    masked = _painted_over(image, boxes)
-    features = local_features.extract_query_features(masked)
+def region_features(image: Image.Image) -> local_features.LocalFeatures:
+    """The photo's keypoints for finding several products: more of them, at more of its resolution,
+    than one product's search uses (each product of a shelf is a fraction of the frame)."""
+    return local_features.extract_features(image, regions_mod.REGION_MAX_KEYPOINTS, regions_mod.REGION_MAX_SIDE)
+
+
+def _outside(features: local_features.LocalFeatures, boxes: list[regions_mod.Box]) -> local_features.LocalFeatures:
+    """The keypoints away from the found products' boxes."""
     x, y = features.keypoints[:, 0], features.keypoints[:, 1]
-    margin = 0.02 * max(image.size)  # the painted edges make keypoints of their own
+    margin = 0.02 * max(features.image_width, features.image_height)
     keep = np.ones(len(features), bool)
     for x0, y0, x1, y1 in boxes:
         keep &= ~((x >= x0 - margin) & (x < x1 + margin) & (y >= y0 - margin) & (y < y1 + margin))
-    residual = local_features.LocalFeatures(
+    return local_features.LocalFeatures(
         features.keypoints[keep],
         features.descriptors[keep],
         features.colours[keep],
         features.image_width,
         features.image_height,
     )
-    return masked, residual
+
+
+def _residual(
+    image: Image.Image, features: local_features.LocalFeatures, boxes: list[regions_mod.Box]
+) -> tuple[Image.Image, local_features.LocalFeatures]:
+    """What is left once the found products are removed: the photo with them painted over (for
+    saliency) and the region keypoints away from them."""
+    return _painted_over(image, boxes), _outside(features, boxes)
 
 
 def _proposal_boxes(
@@ -320,12 +338,14 @@ class ReverseSearchService:
         timer.lap("verify")
         return query, gathered
 
-    def _hit(self, gathered: Gathered, key: Hashable, score: float, query: _Query) -> dict[str, Any]:
+    def _hit(
+        self, gathered: Gathered, key: Hashable, score: float, query: _Query, params: RerankParams | None = None
+    ) -> dict[str, Any]:
         hit = shape_hit(gathered.details[key].doc, score, query.request.attributes)
         explain = query.request.explain
         match = match_of(
             gathered.verifications.get(key),
-            query.params,
+            params or query.params,
             gathered.features_of.get(key) if explain else None,
             gathered.query_features if explain else None,
         )
@@ -344,35 +364,50 @@ class ReverseSearchService:
         timer.lap("rerank")
         if not request.regions:
             return ReverseResult(hits)
-        found = await self._find_regions(query, gathered, ranked, timer)
-        regions = await self._region_hits(query, gathered, found)
+        features = await self.vision.run_cpu(region_features, query.image)
+        budget = regions_mod.VerifyBudget(query.params.verify_top or len(gathered.candidates))
+        found = await self._find_regions(query, gathered, ranked, features, budget)
+        regions = await self._region_hits(query, gathered, found, features, budget)
         timer.lap("regions")
         return ReverseResult(hits, regions)
 
     async def _find_regions(
-        self, query: _Query, gathered: Gathered, ranked: list[tuple[Hashable, float]], timer: StageTimer
+        self,
+        query: _Query,
+        gathered: Gathered,
+        ranked: list[tuple[Hashable, float]],
+        features: local_features.LocalFeatures,
+        budget: regions_mod.VerifyBudget,
     ) -> list[regions_mod.Region]:
-        """Regions best-first: verified places, then residual passes (one per found region at most)."""
+        """Regions best-first: verified places, then residual passes while the budget allows."""
         p = query.params
+        at_a_place = regions_mod.region_params(p)
         found: list[regions_mod.Region] = []
         passes = 0
         while len(found) < regions_mod.MAX_REGIONS:
-            region = regions_mod.next_region(ranked, gathered.verifications, found, p)
+            region = regions_mod.next_region(ranked, gathered.verifications, found, at_a_place)
             if region is not None:
                 found.append(region)
                 continue
-            if passes >= max(1, len(found)):
+            if passes >= max(1, len(found)) or budget.left(len(found)) == 0:
                 break
             passes += 1
-            if not await self._residual_pass(query, gathered, found):
+            if not await self._residual_pass(query, gathered, found, features, budget):
                 break
             ranked = gathered.ranked(p)
         return found
 
-    async def _residual_pass(self, query: _Query, gathered: Gathered, found: list[regions_mod.Region]) -> bool:
+    async def _residual_pass(
+        self,
+        query: _Query,
+        gathered: Gathered,
+        found: list[regions_mod.Region],
+        features: local_features.LocalFeatures,
+        budget: regions_mod.VerifyBudget,
+    ) -> bool:
         """Search what is left of the photo once the found products' keypoints are removed; False: nothing to search."""
         p = query.params
-        masked, residual = await self.vision.run_cpu(_residual, query.image, [r.box for r in found])
+        masked, residual = await self.vision.run_cpu(_residual, query.image, features, [r.box for r in found])
         if len(residual) < local_features.DEFAULT_VERIFY.min_matches:
             return False
         describe, _, crops = await self.vision.run_cpu(_proposal_boxes, query.image, masked, residual, query.n_crops)
@@ -389,7 +424,9 @@ class ReverseSearchService:
             # found somewhere already: that stands; the rest (also those the whole photo did not verify:
             # its keypoint budget went elsewhere) is verified against what is left
             located = {k for k, v in gathered.verifications.items() if counts_as_verified(v, p)}
-            new = [k for k in select_for_verification(fresh.values(), p) if k not in located]
+            # the regions' own pass (their look-alikes) is kept its share of the budget
+            unlocated = [k for k in select_for_verification(fresh.values(), p) if k not in located]
+            new = budget.take(unlocated, len(found), reserve=regions_mod.REGION_POOL * len(found))
             missing = [k for k in new if k not in gathered.details]
             if missing:
                 gathered.details.update(await search_sql.candidate_details(conn, query.index, missing))  # type: ignore[arg-type]
@@ -400,52 +437,85 @@ class ReverseSearchService:
         return True
 
     async def _region_hits(
-        self, query: _Query, gathered: Gathered, found: list[regions_mod.Region]
+        self,
+        query: _Query,
+        gathered: Gathered,
+        found: list[regions_mod.Region],
+        features: local_features.LocalFeatures,
+        budget: regions_mod.VerifyBudget,
     ) -> list[dict[str, Any]]:
-        """Each region's hits: the candidates verified at its place and its crop's own neighbours."""
+        """Each region's hits: its place's own candidates verified there, best-first.
+
+        A region's crop retrieves its nearest neighbours by embedding and by the aggregate of the
+        keypoints inside it (the look-alikes of what was found there, which the whole photo's pool
+        may have missed); those not verified yet are verified in one pass for all regions. The
+        candidates verified at the region's place then compete as one object's identity
+        (`regions.identity_params`), ahead of the crop's unverified neighbours.
+        """
         if not found:
             return []
         p = query.params
+        at_a_place = regions_mod.region_params(p)
+        identity = regions_mod.identity_params(p)
         boxes = [tuple(int(round(v)) for v in r.box) for r in found]
         crops = await self.vision.run_cpu(crop_images, query.image, boxes)
         embeddings = await self.vision.embed(query.spec, crops, inference.precision_of(query.index, self.vision))
         # one aggregate per region (an empty row where too few keypoints describe it)
         per_box = [await self.vision.run_cpu(aggregate.box_aggregates, gathered.query_features, [b]) for b in boxes]
         limit = query.request.limit
+        pool = max(limit, regions_mod.REGION_POOL)
+
+        Scores = list[dict[Hashable, float]]  # per region: product key -> cosine
+
+        async def region_pools(conn: asyncpg.Connection) -> tuple[Scores, Scores]:
+            queries = [search_sql.VectorQuery(e, "embedding", pool) for e in embeddings]
+            described = [i for i, a in enumerate(per_box) if len(a)]
+            queries += [search_sql.VectorQuery(per_box[i][0], "local_aggregate", pool) for i in described]
+            nearest = await search_sql.nearest_many(conn, query.index, queries, query.where)
+            by_crop = [dict(n) for n in nearest[: len(embeddings)]]
+            by_aggregate: Scores = [{} for _ in found]
+            for i, n in zip(described, nearest[len(embeddings) :], strict=True):
+                by_aggregate[i] = dict(n)
+            keys = {k for d in (*by_crop, *by_aggregate) for k in d}
+            missing = [k for k in keys if k not in gathered.details]
+            if missing:
+                gathered.details.update(await search_sql.candidate_details(conn, query.index, missing))  # type: ignore[arg-type]
+            return by_crop, by_aggregate
+
+        by_crop, by_aggregate = await self.db.read(region_pools)
+        unverified = list(
+            dict.fromkeys(k for d in (*by_crop, *by_aggregate) for k in d if k not in gathered.verifications)
+        )
+        unverified = budget.take(unverified, len(found))
+        if unverified:  # the regions' own verification pass (one for all of them)
+            await self._verify(gathered, unverified, features)
 
         async def region_candidates(conn: asyncpg.Connection) -> list[list[tuple[Hashable, float]]]:
-            found_by_crop = await search_sql.nearest_many(
-                conn,
-                query.index,
-                [search_sql.VectorQuery(e, "embedding", limit) for e in embeddings],
-                query.where,
-            )
             out_keys: list[list[tuple[Hashable, float]]] = []
             for i, region in enumerate(found):
-                at_place = regions_mod.members(region, gathered.verifications, p)
-                crop_scores = dict(found_by_crop[i])
-                keys = list(dict.fromkeys([*at_place, *crop_scores]))
+                at_place = regions_mod.members(region, gathered.verifications, at_a_place)
+                keys = list(dict.fromkeys([*at_place, *by_crop[i], *by_aggregate[i]]))
                 vectors = await search_sql.candidate_vectors(conn, query.index, keys)  # type: ignore[arg-type]
                 cands = []
                 for key in keys:
                     embedding, agg = vectors.get(key, (None, None))
-                    g = crop_scores.get(key)
+                    g = by_crop[i].get(key)
                     if g is None and embedding is not None:
                         g = _best_cosines(embedding, embeddings[i : i + 1])
                     a = _best_cosines(agg, per_box[i]) if agg is not None and len(per_box[i]) else None
                     v = gathered.verifications.get(key) if key in at_place else None
                     cands.append(Candidate(key, g or 0.0, v, a))
-                out_keys.append(combine_scores(cands, p)[:limit])
-            missing = [k for ranked in out_keys for k, _ in ranked if k not in gathered.details]
-            if missing:
-                gathered.details.update(await search_sql.candidate_details(conn, query.index, missing))  # type: ignore[arg-type]
+                out_keys.append(regions_mod.rank_members(cands, at_place, identity)[:limit])
             return out_keys
 
         out_keys = await self.db.read(region_candidates)
         out = []
         for region, ranked in zip(found, out_keys, strict=True):
-            x0, y0, x1, y1 = region.box
+            top = gathered.verifications.get(ranked[0][0]) if ranked else None
+            # the region is where its identity was verified (its own box, when it has one there)
+            located = top is not None and top.box is not None and counts_as_verified(top, at_a_place)
+            x0, y0, x1, y1 = top.box if located else region.box  # type: ignore[union-attr]
             box = [int(np.floor(x0)), int(np.floor(y0)), int(np.ceil(x1)), int(np.ceil(y1))]
-            hits = [self._hit(gathered, k, s, query) for k, s in ranked if k in gathered.details]
+            hits = [self._hit(gathered, k, s, query, at_a_place) for k, s in ranked if k in gathered.details]
             out.append({"box": box, "hits": hits})
         return out

@@ -261,8 +261,10 @@ class Database:
             replica.state = "ok" if replica.lag_s <= self.max_lag_s else "lagging"
         replica.checked_at = time.time()
         if replica.state != before:
-            log.info("replica %s: %s -> %s (lag %s s)", replica.label, before, replica.state,
-                     None if replica.lag_s is None else round(replica.lag_s, 2))
+            # the error says why a replica went down (TimeoutError: no answer within the check timeout)
+            log.info("replica %s: %s -> %s (lag %s s%s)", replica.label, before, replica.state,
+                     None if replica.lag_s is None else round(replica.lag_s, 2),
+                     "" if replica.error is None else f", {replica.error}")
 
     async def _status(self, replica: Replica) -> asyncpg.Record:
         async with replica.pool.acquire(timeout=self.check_timeout_s) as conn:
