@@ -106,22 +106,22 @@ def lexical_leg_ctes(params: SqlParams, query: str, index_param: str, where_sql:
     the words, the last a prefix, misspellings corrected) and `lexical` (pk, rank), the `k` best
     products matching the text and the filter by (ts_rank_cd score, product_id).
 
-    Unfiltered, the scores are the postings' sums for every match (`ranked`, an index-only scan),
-    and only the best of them meet products: walked best first, each probing products_pkey for
-    its id and state until `k` are taken and every product tied with the k-th (WITH TIES, so the
-    id order among equal scores is exact). Under a filter, ts_rank_cd over the products matching
-    both (the filter's and the text's GIN bitmaps): fewer rows than the postings of every match.
+    Unfiltered, the scores and ids are the postings' (`ranked`, an index-only scan summed per
+    product), and only the best of them meet products: walked in (score, id) order, each probing
+    products_pkey for its state until `k` are taken. Under a filter, ts_rank_cd over the products
+    matching both (the filter's and the text's GIN bitmaps): fewer rows than the postings of
+    every match.
     """
     words = storefront.query_words(query)
     ctes = storefront.text_ctes(params, words, index_param, ranked=where_sql is None)
     if where_sql is None:
         best = f"""
-                SELECT r.pk, p.product_id, r.score
-                FROM (SELECT r.pk, r.score FROM ranked r ORDER BY r.score DESC) r
+                SELECT r.pk, r.product_id, r.score
+                FROM (SELECT r.pk, r.product_id, r.score FROM ranked r ORDER BY r.score DESC, r.product_id) r
                 JOIN products p ON p.pk = r.pk
                 WHERE p.index_pk = {index_param} AND p.embedding_status = 'ready'
-                ORDER BY r.score DESC
-                FETCH FIRST {k_param} ROWS WITH TIES"""
+                ORDER BY r.score DESC, r.product_id
+                LIMIT {k_param}"""
     else:
         best = f"""
                 SELECT p.pk, p.product_id,

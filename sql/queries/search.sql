@@ -202,17 +202,17 @@ WITH tw (word, prefix) AS MATERIALIZED (SELECT $5::text, FALSE UNION ALL SELECT 
 tl AS MATERIALIZED (SELECT DISTINCT l.lexeme COLLATE "C" AS lexeme, w.prefix FROM tw w CROSS JOIN LATERAL unnest(tsvector_to_array(to_tsvector('lookalike_text'::regconfig, w.word))) AS l(lexeme)),
 tk AS MATERIALIZED (SELECT a.lexeme, a.prefix FROM tl a WHERE NOT EXISTS (SELECT 1 FROM tl b WHERE b.prefix AND starts_with(a.lexeme, b.lexeme) AND (b.lexeme <> a.lexeme OR NOT a.prefix))),
 tq AS MATERIALIZED (SELECT string_agg('''' || replace(replace(tk.lexeme, '\', '\\'), '''', '''''') || '''' || CASE WHEN tk.prefix THEN ':*' ELSE '' END, ' | ')::tsquery AS q FROM tk),
-ranked AS (SELECT sp.product_pk AS pk, sum(sp.weight)::real::float8 AS score FROM tk CROSS JOIN LATERAL (SELECT x.product_pk, x.weight FROM search_postings x WHERE NOT tk.prefix AND x.index_pk = $2 AND x.lexeme = tk.lexeme UNION ALL SELECT x.product_pk, x.weight FROM search_postings x WHERE tk.prefix AND x.index_pk = $2 AND x.lexeme >= tk.lexeme AND x.lexeme < tk.lexeme || chr(1114111) AND starts_with(x.lexeme, tk.lexeme)) sp GROUP BY sp.product_pk),
+ranked AS (SELECT sp.product_pk AS pk, sp.product_id, sum(sp.weight)::real::float8 AS score FROM tk CROSS JOIN LATERAL (SELECT x.product_pk, x.product_id, x.weight FROM search_postings x WHERE NOT tk.prefix AND x.index_pk = $2 AND x.lexeme = tk.lexeme UNION ALL SELECT x.product_pk, x.product_id, x.weight FROM search_postings x WHERE tk.prefix AND x.index_pk = $2 AND x.lexeme >= tk.lexeme AND x.lexeme < tk.lexeme || chr(1114111) AND starts_with(x.lexeme, tk.lexeme)) sp GROUP BY sp.product_pk, sp.product_id),
 lexical AS MATERIALIZED (
     SELECT l.pk, l.rank FROM (
         SELECT b.pk, row_number() OVER (ORDER BY b.score DESC, b.product_id COLLATE "C") AS rank
         FROM (
-        SELECT r.pk, p.product_id, r.score
-        FROM (SELECT r.pk, r.score FROM ranked r ORDER BY r.score DESC) r
+        SELECT r.pk, r.product_id, r.score
+        FROM (SELECT r.pk, r.product_id, r.score FROM ranked r ORDER BY r.score DESC, r.product_id) r
         JOIN products p ON p.pk = r.pk
         WHERE p.index_pk = $2 AND p.embedding_status = 'ready'
-        ORDER BY r.score DESC
-        FETCH FIRST $3 ROWS WITH TIES
+        ORDER BY r.score DESC, r.product_id
+        LIMIT $3
         ) b
     ) l
     WHERE l.rank <= $3
