@@ -231,7 +231,8 @@ def text_ctes(p: SqlParams, words: tuple[str, ...], index_param: str, *, ranked:
     ]
     if ranked:
         ctes.append(
-            "ranked AS (SELECT sp.product_pk AS pk, sp.product_id, sum(sp.weight)::real::float8 AS score"
+            "ranked AS NOT MATERIALIZED (SELECT sp.product_pk AS pk, sp.product_id,"
+            " sum(sp.weight)::real::float8 AS score"
             " FROM tk CROSS JOIN LATERAL ("
             "SELECT x.product_pk, x.product_id, x.weight FROM search_postings x"
             f" WHERE NOT tk.prefix AND x.index_pk = {index_param} AND x.lexeme = tk.lexeme UNION ALL"
@@ -241,6 +242,38 @@ def text_ctes(p: SqlParams, words: tuple[str, ...], index_param: str, *, ranked:
             ") sp GROUP BY sp.product_pk, sp.product_id)"
         )
     return ctes
+
+
+def best_first_ctes(name: str, p: SqlParams, index_param: str, depth: int, columns: str) -> list[str]:
+    """CTEs ending in `name`: the `depth` best ready products of `ranked` (text_ctes) in (score,
+    product_id) order, as `columns` of products `p` and ranked `r`.
+
+    The first 2 x depth + 32 of ranked by that order (a bounded sort: fully sorting every match
+    compared the ids of thousands of products tied on score, 9 ms at 100k) are probed for their
+    state; when they hold `depth` ready products, or are all of ranked, those are the answer.
+    Otherwise (more products not ready at the top than that) every match is walked in order.
+    """
+    depth_param = p.add(depth)
+    cut_param = p.add(2 * depth + 32)
+
+    def walk(source: str) -> str:
+        return (
+            f"SELECT {columns} FROM {source} r JOIN products p ON p.pk = r.pk"
+            f" WHERE p.index_pk = {index_param} AND p.embedding_status = 'ready'"
+            f" ORDER BY r.score DESC, r.product_id LIMIT {depth_param}"
+        )
+
+    enough = (
+        f"((SELECT count(*) FROM {name}_quick) >= {depth_param} OR (SELECT count(*) FROM {name}_cut) < {cut_param})"
+    )
+    everything = "(SELECT r.pk, r.product_id, r.score FROM ranked r ORDER BY r.score DESC, r.product_id)"
+    return [
+        f"{name}_cut AS MATERIALIZED (SELECT r.pk, r.product_id, r.score FROM ranked r"
+        f" ORDER BY r.score DESC, r.product_id LIMIT {cut_param})",
+        f"{name}_quick AS MATERIALIZED ({walk(name + '_cut')})",
+        f"{name} AS MATERIALIZED (SELECT * FROM {name}_quick WHERE {enough}"
+        f" UNION ALL SELECT * FROM ({walk(everything)}) f WHERE NOT {enough})",
+    ]
 
 
 class _Builder:
@@ -353,11 +386,8 @@ class _Builder:
             # is full: the exact order of all matches, from that many probes instead of ts_rank_cd
             # over every match.
             depth = self.plan.sort_depth if self.plan.sort else self.plan.limit + self.plan.offset
-            self.ctes.append(
-                f"best AS MATERIALIZED (SELECT p.pk, p.product_id, p.price, r.score{extracted}"
-                ' FROM (SELECT r.pk, r.product_id, r.score FROM ranked r ORDER BY r.score DESC, r.product_id) r'
-                f" JOIN products p ON p.pk = r.pk WHERE p.index_pk = {index_param} AND p.embedding_status = 'ready'"
-                f" ORDER BY r.score DESC, r.product_id LIMIT {p.add(depth)})"
+            self.ctes.extend(
+                best_first_ctes("best", p, index_param, depth, f"p.pk, p.product_id, p.price, r.score{extracted}")
             )
             hits_set = "best"
         if self.collapsed:
