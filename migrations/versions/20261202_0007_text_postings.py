@@ -13,12 +13,9 @@ pair has a fixed share of any query's score:
     weight = sum of the field weights of the lexeme's positions / ln(positions of the product + 1)
 
 `search_postings` stores it, one row per distinct lexeme of a product, with a covering btree
-(index_pk, lexeme) INCLUDE (product_pk, product_id, weight): a query's scores are an index-only
-scan of its lexemes' rows summed per product (cast to real, as ts_rank_cd returns), the same
-values as ts_rank_cd gives (checked equal for all 15,105 matches of `leather | boot:*` at 100k).
-The product id rides along so the best products sort by (score, _id) without visiting
-products: with it the generated hybrid catalog's top 10 (7,300 products tied on score for
-`warm premium`) cost 16 ms instead of 27 ms probing every tied product for its id.
+(index_pk, lexeme) INCLUDE (product_pk, weight): a query's scores are an index-only scan of its
+lexemes' rows summed per product (cast to real, as ts_rank_cd returns), the same values as
+ts_rank_cd gives (checked equal for all 15,105 matches of `leather | boot:*` at 100k).
 
 The rows follow `search_tsv` in the writing transaction: a statement trigger on INSERT (one
 insert for a whole COPY or batch), a row trigger on UPDATE of the text columns, and
@@ -73,29 +70,26 @@ def upgrade() -> None:
           product_pk bigint NOT NULL REFERENCES products(pk) ON DELETE CASCADE,
           index_pk bigint NOT NULL,
           lexeme text COLLATE "C" NOT NULL,  -- byte order: a prefix is a range scan
-          product_id text COLLATE "C" NOT NULL,  -- the (score, _id) order without the product row
           weight float8 NOT NULL
         )
         """
     )
     op.execute(
         """
-        INSERT INTO search_postings (product_pk, index_pk, lexeme, product_id, weight)
-        SELECT p.pk, p.index_pk, l.lexeme, p.product_id, l.weight FROM products p, lookalike_postings(p.search_tsv) AS l
+        INSERT INTO search_postings (product_pk, index_pk, lexeme, weight)
+        SELECT p.pk, p.index_pk, l.lexeme, l.weight FROM products p, lookalike_postings(p.search_tsv) AS l
         """
     )
     op.execute(
-        "CREATE INDEX search_postings_lexeme_idx ON search_postings (index_pk, lexeme)"
-        " INCLUDE (product_pk, product_id, weight)"
+        "CREATE INDEX search_postings_lexeme_idx ON search_postings (index_pk, lexeme) INCLUDE (product_pk, weight)"
     )
     op.execute("CREATE INDEX search_postings_product_idx ON search_postings (product_pk)")
     op.execute(
         """
         CREATE FUNCTION lookalike_postings_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN
-          INSERT INTO search_postings (product_pk, index_pk, lexeme, product_id, weight)
-          SELECT n.pk, n.index_pk, l.lexeme, n.product_id, l.weight
-          FROM inserted n, lookalike_postings(n.search_tsv) AS l;
+          INSERT INTO search_postings (product_pk, index_pk, lexeme, weight)
+          SELECT n.pk, n.index_pk, l.lexeme, l.weight FROM inserted n, lookalike_postings(n.search_tsv) AS l;
           RETURN NULL;
         END $$
         """
@@ -108,20 +102,17 @@ def upgrade() -> None:
         """
         CREATE FUNCTION lookalike_postings_updated() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN
-          IF NEW.search_tsv IS DISTINCT FROM OLD.search_tsv OR NEW.index_pk <> OLD.index_pk
-             OR NEW.product_id <> OLD.product_id THEN
+          IF NEW.search_tsv IS DISTINCT FROM OLD.search_tsv OR NEW.index_pk <> OLD.index_pk THEN
             DELETE FROM search_postings WHERE product_pk = OLD.pk;
-            INSERT INTO search_postings (product_pk, index_pk, lexeme, product_id, weight)
-            SELECT NEW.pk, NEW.index_pk, l.lexeme, NEW.product_id, l.weight
-            FROM lookalike_postings(NEW.search_tsv) AS l;
+            INSERT INTO search_postings (product_pk, index_pk, lexeme, weight)
+            SELECT NEW.pk, NEW.index_pk, l.lexeme, l.weight FROM lookalike_postings(NEW.search_tsv) AS l;
           END IF;
           RETURN NULL;
         END $$
         """
     )
     op.execute(
-        "CREATE TRIGGER products_postings_update"
-        " AFTER UPDATE OF product_title, variant_title, description, index_pk, product_id"
+        "CREATE TRIGGER products_postings_update AFTER UPDATE OF product_title, variant_title, description, index_pk"
         " ON products FOR EACH ROW EXECUTE FUNCTION lookalike_postings_updated()"
     )
     op.execute("ALTER INDEX search_words_word_trgm_idx SET (fastupdate = off)")
