@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
 from app.config import Settings
 from app.logs import LOG_FORMATS, choose_format, configure_logging
@@ -205,79 +209,128 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    import dataclasses
-    import json
-
-    from app.domain.calibrate import calibrate
-    from app.domain.reverse import ReverseSearchService
-    from app.errors import ApiError
-
-    settings = Settings.from_env()
-    if args.url:
-        settings = dataclasses.replace(settings, database_url=args.url)
+    """Through the running service (`--url`, the admin key), or straight on its database
+    (`--database-url`, an operator's fallback: the calibration then runs in this process)."""
 
     def progress(message: str) -> None:
         if not args.quiet:
             print(message, file=sys.stderr, flush=True)
 
-    async def run() -> int:
-        from app.domain.backfill import FeatureBackfill
-        from app.domain.index_admin import IndexAdmin
-        from app.main import resolve_database_url
-        from app.storage import db
-        from app.storage.replicas import Database
-        from app.vision.service import VisionService
+    if args.database_url:
+        status, result = asyncio.run(_calibrate_on_database(args, progress))
+    else:
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+        status, result = _calibrate_through_service(args, progress)
+    if result is None:
+        return status
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        b, a = result["before"], result["after"]
+        print(f"recall@1 {b['recallAt1']:.3f} -> {a['recallAt1']:.3f}, recall@10 {b['recallAt10']:.3f} -> "
+              f"{a['recallAt10']:.3f} on {result['queries']} photos ({result['seconds']} s)")
+        if "heldOut" in a:
+            print(f"held out ({result['heldOut']} photos): recall@1 {b['heldOut']['recallAt1']:.3f} -> "
+                  f"{a['heldOut']['recallAt1']:.3f}")
+        print("knobs: " + ", ".join(f"{k}={v}" for k, v in result["knobs"].items()))
+        if result["applied"]:
+            print(f"stored in {args.index!r}'s settings")
+    return 0
 
-        url, embedded = await resolve_database_url(settings)
-        pool = await db.create_pool(url, min_size=1, max_size=4, statement_timeout_ms=settings.statement_timeout_ms)
-        vision = VisionService(settings)
-        try:
-            admin = IndexAdmin(pool, vision, FeatureBackfill(pool, vision))
-            record = await admin.find(args.index)
-            if record is None:
-                print(f"no index named {args.index!r}", file=sys.stderr)
-                return 2
-            if not record.reverse_search_enabled:
-                print(f"reverse image search is not enabled for {args.index!r}", file=sys.stderr)
-                return 2
-            # The primary only: calibration reads the catalog once and must see what was just written.
-            database = await Database.connect(
-                pool,
-                [],
-                max_size=1,
-                statement_timeout_ms=settings.statement_timeout_ms,
-                max_lag_s=settings.replica_max_lag_s,
-                check_interval_s=settings.replica_check_interval_s,
-                check_timeout_s=settings.replica_check_timeout_s,
-            )
-            report = await calibrate(ReverseSearchService(database, vision), record, args.queries, args.seed,
-                                     progress=progress)
-            result = report.as_json()
-            if args.apply:
-                await admin.change_settings(record, {"reverseImageSearch": report.knobs})
-                result["applied"] = True
-                progress(f"stored the knobs in {args.index!r}'s settings")
-        except (ValueError, ApiError) as exc:
-            print(f"calibration failed: {exc}", file=sys.stderr)
-            return 1
-        finally:
-            await vision.aclose()
-            await pool.close()
-            if embedded is not None:
-                db.release_embedded(embedded)
-        if args.json:
-            print(json.dumps(result, indent=2))
-        else:
-            b, a = result["before"], result["after"]
-            print(f"recall@1 {b['recallAt1']:.3f} -> {a['recallAt1']:.3f}, recall@10 {b['recallAt10']:.3f} -> "
-                  f"{a['recallAt10']:.3f} on {result['queries']} photos ({result['seconds']} s)")
-            if "heldOut" in a:
-                print(f"held out ({result['heldOut']} photos): recall@1 {b['heldOut']['recallAt1']:.3f} -> "
-                      f"{a['heldOut']['recallAt1']:.3f}")
-            print("knobs: " + ", ".join(f"{k}={v}" for k, v in result["knobs"].items()))
-        return 0
 
-    return asyncio.run(run())
+# Refusals that mean "this index cannot be calibrated" (exit 2) rather than "the run failed" (exit 1).
+_CALIBRATE_USAGE_CODES = ("index_not_found", "reverse_search_disabled", "invalid_index_name")
+
+
+def _calibration_failed(code: str, message: str) -> tuple[int, None]:
+    print(f"calibration failed: {message} ({code})", file=sys.stderr)
+    return (2 if code in _CALIBRATE_USAGE_CODES else 1), None
+
+
+def _calibrate_through_service(args: argparse.Namespace, progress: Callable[[str], None]) -> tuple[int, Any]:
+    import httpx
+
+    from app.contract.calibrate import NDJSON
+
+    url = f"{args.url.rstrip('/')}/api/v1/indexes/{quote(args.index, safe='')}/calibrate"
+    key = args.api_key or Settings.from_env().api_key
+    headers = {"Accept": NDJSON, **({"Authorization": f"Bearer {key}"} if key else {})}
+    body = {"queries": args.queries, "seed": args.seed, "apply": args.apply}
+    # No overall deadline (a run takes minutes); a silence of 10 minutes between lines is a hang.
+    timeout = httpx.Timeout(30.0, read=600.0)
+    try:
+        with httpx.stream("POST", url, json=body, headers=headers, timeout=timeout) as response:
+            if response.status_code != 200:
+                response.read()
+                try:
+                    error = response.json()
+                    return _calibration_failed(str(error["code"]), str(error["error"]))
+                except (ValueError, KeyError, TypeError):
+                    return _calibration_failed(f"http_{response.status_code}", response.text[:300])
+            for line in response.iter_lines():
+                if not line.strip():
+                    continue
+                event = json.loads(line)
+                if "progress" in event:
+                    progress(event["progress"]["message"])
+                elif "report" in event:
+                    return 0, event["report"]
+                else:
+                    return _calibration_failed(str(event.get("code")), str(event.get("error")))
+    except httpx.HTTPError as exc:
+        print(f"calibration failed: {url}: {exc.__class__.__name__}: {exc}", file=sys.stderr)
+        return 1, None
+    print("calibration failed: the service ended the stream without a report", file=sys.stderr)
+    return 1, None
+
+
+async def _calibrate_on_database(args: argparse.Namespace, progress: Callable[[str], None]) -> tuple[int, Any]:
+    import dataclasses
+
+    from app.contract.calibrate import CalibrateRequest
+    from app.domain.backfill import FeatureBackfill
+    from app.domain.calibrate import CalibrationReport, CalibrationService
+    from app.domain.index_admin import IndexAdmin
+    from app.domain.reverse import ReverseSearchService
+    from app.errors import ApiError
+    from app.main import resolve_database_url
+    from app.storage import db
+    from app.storage.replicas import Database
+    from app.vision.service import VisionService
+
+    try:  # the checks the service makes of its request
+        CalibrateRequest.parse({"queries": args.queries, "seed": args.seed, "apply": args.apply})
+    except ApiError as exc:
+        return _calibration_failed(exc.code, exc.message)
+    settings = dataclasses.replace(Settings.from_env(), database_url=args.database_url)
+    url, embedded = await resolve_database_url(settings)
+    pool = await db.create_pool(url, min_size=1, max_size=4, statement_timeout_ms=settings.statement_timeout_ms)
+    vision = VisionService(settings)
+    try:
+        admin = IndexAdmin(pool, vision, FeatureBackfill(pool, vision))
+        record = await admin.find(args.index)
+        if record is None:
+            return _calibration_failed("index_not_found", f"no index named {args.index!r}")
+        primary_only = Database(
+            pool,
+            [],
+            max_lag_s=settings.replica_max_lag_s,
+            check_interval_s=settings.replica_check_interval_s,
+            check_timeout_s=settings.replica_check_timeout_s,
+        )
+        service = CalibrationService(pool, ReverseSearchService(primary_only, vision), admin)
+        async for event in service.run(record, args.queries, args.seed, args.apply):
+            if isinstance(event, CalibrationReport):
+                return 0, event.as_json()
+            progress(event.message)
+    except ApiError as exc:
+        return _calibration_failed(exc.code, exc.message)
+    finally:
+        await vision.aclose()
+        await pool.close()
+        if embedded is not None:
+            db.release_embedded(embedded)
+    return 1, None
 
 
 def _log_format_option(parser: argparse.ArgumentParser) -> None:
@@ -353,14 +406,23 @@ def build_parser() -> argparse.ArgumentParser:
     cal = sub.add_parser(
         "calibrate",
         help="tune an index's reverse image search knobs on wild photos made from its own products",
-        description="Makes in-the-wild photos from a sample of the index's product images, measures "
-        "recall@1/@10 of the current re-ranking knobs and of a sweep (half the photos held out), "
-        "and with --apply stores the best knobs in the index settings.",
+        description="Asks the running service (POST /api/v1/indexes/INDEX/calibrate) to make in-the-wild "
+        "photos from a sample of the index's product images, measure recall@1/@10 of the current "
+        "re-ranking knobs and of a sweep (half the photos held out), and with --apply store the best "
+        "knobs in the index settings; progress lines go to stderr. Exit status: 0 done, 1 the run "
+        "failed, 2 no such index or reverse image search off.",
     )
     cal.add_argument("index", help="the index (reverse image search enabled)")
-    cal.add_argument("--url", help="PostgreSQL URL of the service's database (default: LOOKALIKE_DATABASE_URL, "
-                     "else the embedded database in LOOKALIKE_DATA_DIR)")
-    cal.add_argument("--queries", type=int, default=100, help="calibration photos (default 100)")
+    where = cal.add_mutually_exclusive_group()
+    where.add_argument("--url", default="http://127.0.0.1:8000", help="the service's base URL (default %(default)s)")
+    where.add_argument(
+        "--database-url",
+        metavar="DB",
+        help="instead: run the calibration in this process, on the service's PostgreSQL database directly "
+        "(no running service needed; loads the index's model here)",
+    )
+    cal.add_argument("--api-key", help="admin key for --url (default: LOOKALIKE_API_KEY)")
+    cal.add_argument("--queries", type=int, default=100, help="calibration photos, 2 to 1000 (default 100)")
     cal.add_argument("--seed", type=int, default=0, help="which products and photos")
     cal.add_argument("--apply", action="store_true", help="store the best knobs in the index settings")
     cal.add_argument("--json", action="store_true", help="print the report as JSON")

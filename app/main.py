@@ -20,6 +20,7 @@ from app.auth import AdminKeys, bootstrap_admin_keys
 from app.config import Settings
 from app.domain import inference
 from app.domain.backfill import FeatureBackfill
+from app.domain.calibrate import CalibrationService
 from app.domain.documents import DocumentsService
 from app.domain.health import HealthService
 from app.domain.index_admin import IndexAdmin
@@ -27,7 +28,7 @@ from app.domain.ingest import IngestPipeline
 from app.domain.reverse import ReverseSearchService
 from app.domain.search import SearchService
 from app.errors import ApiError, unavailable
-from app.http import documents, indexes, openapi, ops, search, storefront, ui
+from app.http import calibrate, documents, indexes, openapi, ops, search, storefront, ui
 from app.http.admission import Admission, AdmissionLimits, AdmissionMiddleware
 from app.http.cors import PathCORSMiddleware
 from app.storage import db, migrate
@@ -56,6 +57,7 @@ class Services:
     ingest: IngestPipeline
     search: SearchService
     reverse: ReverseSearchService
+    calibration: CalibrationService
     health: HealthService
 
 
@@ -108,6 +110,16 @@ async def _serving(app: Starlette, settings: Settings, url: str) -> AsyncIterato
             check_timeout_s=settings.replica_check_timeout_s,
         )
         database.start()  # replica health checks (routing depends on them, so always on)
+        index_admin = IndexAdmin(pool, vision, backfill)
+        # Calibration reads the primary only: it must see the catalog as just written, and its
+        # hundreds of reads stay off the replicas that serve the storefront.
+        primary_only = Database(
+            pool,
+            [],
+            max_lag_s=settings.replica_max_lag_s,
+            check_interval_s=settings.replica_check_interval_s,
+            check_timeout_s=settings.replica_check_timeout_s,
+        )
         app.state.services = Services(
             settings=settings,
             database_url=url,
@@ -116,13 +128,14 @@ async def _serving(app: Starlette, settings: Settings, url: str) -> AsyncIterato
             vision=vision,
             admin_keys=keys,
             backfill=backfill,
-            indexes=IndexAdmin(pool, vision, backfill),
+            indexes=index_admin,
             documents=DocumentsService(database),
             ingest=IngestPipeline(
                 vision, CatalogStore(pool), settings.fetch_concurrency, queue=settings.ingest_mode == "queue"
             ),
             search=SearchService(database, vision),
             reverse=ReverseSearchService(database, vision),
+            calibration=CalibrationService(pool, ReverseSearchService(primary_only, vision), index_admin),
             health=HealthService(pool, vision),
         )
         app.state.metrics.runtime.health = app.state.services.health  # scrape-time gauges: queue, pool
@@ -209,6 +222,7 @@ def routes() -> list[BaseRoute]:
         Route(base + "/settings", indexes.get_settings, methods=["GET"]),
         Route(base + "/settings", indexes.patch_settings, methods=["PATCH"]),
         Route(base + "/stats", indexes.index_stats, methods=["GET"]),
+        Route(base + "/calibrate", calibrate.calibrate, methods=["POST"]),
         Route(base + "/documents", documents.add_documents, methods=["POST"]),
         Route(base + "/documents", documents.update_documents, methods=["PATCH"]),
         Route(base + "/documents", documents.delete_documents, methods=["DELETE"]),

@@ -5,8 +5,8 @@
 
 Generates a catalog (`app.samples.wild`), serves its images from a loopback image server,
 runs `lookalike serve` on embedded PostgreSQL in a temp dir, ingests the catalog into one
-index per model (reverse search on), then runs `lookalike calibrate INDEX --json` against
-the same database and records its report (before/after recall@1/@10 on all photos, on the
+index per model (reverse search on), then runs `lookalike calibrate INDEX --url ... --json`
+(the service runs the calibration) and records its report (before/after recall@1/@10 on all photos, on the
 half it tuned on and on the held-out half), the chosen knobs and the wall time. Random
 weights: which knobs win differs with the architecture, which is the point. Writes
 bench-results/calibrate.json.
@@ -87,10 +87,10 @@ def main() -> None:
                         raise RuntimeError(f"{failed} products failed to ingest: {r.text[:300]}")
                     ingest_s = time.perf_counter() - t
                     env = {k: v for k, v in os.environ.items() if not k.startswith("LOOKALIKE_")}
-                    env.update(LOOKALIKE_DATA_DIR=str(data_dir), LOOKALIKE_IMAGE_FETCH_ALLOWLIST="127.0.0.1")
                     t = time.perf_counter()
                     done = subprocess.run(
-                        [sys.executable, "-m", "app.cli", "calibrate", name, "--queries", str(args.queries), "--json"],
+                        [sys.executable, "-m", "app.cli", "calibrate", name, "--url", f"http://127.0.0.1:{port}",
+                         "--api-key", KEY, "--queries", str(args.queries), "--json"],
                         env=env, capture_output=True, text=True, timeout=3600,
                     )  # fmt: skip
                     wall = time.perf_counter() - t

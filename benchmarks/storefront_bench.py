@@ -29,11 +29,12 @@ import asyncpg
 
 from app.contract.storefront import CollapseField, Facets, SortBy
 from app.domain.storefront import build_plan, query_words
-from app.filters import index_terms, parse_filter
+from app.filters import parse_filter
 from app.storage import db, indexes
 from app.storage.indexes import IndexRecord
 from app.storage.storefront import Source, storefront_query, storefront_sql
 from benchmarks import synthetic, text_bench
+from benchmarks.bulk import copy_products
 
 FACETS = {
     "fields": {
@@ -73,40 +74,7 @@ async def load(conn: asyncpg.Connection, docs: list[dict[str, Any]], name: str =
             dimensions=4,
             vector_type="halfvec",
         )
-    for start in range(0, len(docs), 20_000):
-        chunk = docs[start : start + 20_000]
-        await conn.copy_records_to_table(
-            "products",
-            records=[
-                (
-                    record.pk,
-                    d["_id"],
-                    d["productTitle"],
-                    d["variantTitle"],
-                    d["description"],
-                    d["price"],
-                    d["parentProductId"],
-                    d["productCollections"],
-                    d["variantImageUrl"],
-                    json.dumps(d),
-                    index_terms(d),
-                )
-                for d in chunk
-            ],
-            columns=[
-                "index_pk",
-                "product_id",
-                "product_title",
-                "variant_title",
-                "description",
-                "price",
-                "parent_product_id",
-                "product_collections",
-                "variant_image_url",
-                "doc",
-                "filter_terms",
-            ],
-        )
+    await copy_products(conn, record.pk, docs)
     await conn.execute("VACUUM (ANALYZE) products")
     await conn.execute("ANALYZE search_words")
     # the text postings' index-only scans need the visibility map (autovacuum's job in service)

@@ -30,11 +30,11 @@ from typing import Any
 import asyncpg
 
 from app.domain.storefront import build_plan, query_words
-from app.filters import index_terms
 from app.storage import db, indexes
 from app.storage.indexes import IndexRecord
 from app.storage.storefront import storefront_query
 from benchmarks import synthetic
+from benchmarks.bulk import copy_products
 
 CATEGORIES = ("exact", "misspelling", "prefix", "partial", "accents")
 
@@ -190,34 +190,7 @@ async def load(conn: asyncpg.Connection, docs: list[dict[str, Any]], name: str |
             dimensions=4,
             vector_type="halfvec",
         )
-    await conn.copy_records_to_table(
-        "products",
-        records=[
-            (
-                record.pk,
-                d["_id"],
-                d["productTitle"],
-                d.get("variantTitle"),
-                d.get("description"),
-                d["price"],
-                d["variantImageUrl"],
-                json.dumps(d),
-                index_terms(d),
-            )
-            for d in docs
-        ],
-        columns=[
-            "index_pk",
-            "product_id",
-            "product_title",
-            "variant_title",
-            "description",
-            "price",
-            "variant_image_url",
-            "doc",
-            "filter_terms",
-        ],
-    )
+    await copy_products(conn, record.pk, docs)
     await conn.execute("ANALYZE products")
     return record
 

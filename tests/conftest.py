@@ -187,12 +187,17 @@ class OpenApiValidator:
             content: dict[str, dict[str, object]] = response.get("content") or {}  # type: ignore[assignment]
             if not content:
                 return
-            media = next(iter(content))
+            # The response's own media type when the document lists several (JSON or NDJSON), else the first.
+            given = content_type.split(";")[0].strip()
+            media = given if given in content else next(iter(content))
             schema = content[media].get("schema")  # type: ignore[assignment]
         if not content_type.split(";")[0].strip() == media:
             raise AssertionError(f"{where}: content type {content_type!r}, /openapi.json says {media!r}")
         if media == "application/json" and schema is not None:
             self._schema_check(schema, json.loads(body), where)
+        if media == "application/x-ndjson" and schema is not None:  # every line is one of the schema's
+            for number, line in enumerate(body.decode().splitlines(), start=1):
+                self._schema_check(schema, json.loads(line), f"{where} (line {number})")
 
 
 @pytest.fixture(scope="session")
@@ -272,3 +277,21 @@ def live_server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> 
     settings = api_settings(database_url, tmp_path_factory.mktemp("live"))
     with LiveServer(settings) as server:
         yield server
+
+
+# --- a real browser (tests/browser.py) -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    """Headless chromium, launched once per test module that asks for it."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.browser import CHROMIUM, CHROMIUM_ARGS
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()

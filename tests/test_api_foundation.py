@@ -269,6 +269,7 @@ ENDPOINTS = [
     ("GET", "/api/v1/indexes/{name}/settings", None),
     ("PATCH", "/api/v1/indexes/{name}/settings", {"reverseImageSearch": {"enabled": True}}),
     ("GET", "/api/v1/indexes/{name}/stats", None),
+    ("POST", "/api/v1/indexes/{name}/calibrate", {"queries": 2}),
     ("POST", "/api/v1/indexes/{name}/documents", {"documents": []}),
     ("PATCH", "/api/v1/indexes/{name}/documents", {"documents": []}),
     ("DELETE", "/api/v1/indexes/{name}/documents", {"ids": ["a"]}),

@@ -12,6 +12,7 @@ from app.contract.common import ContractRequest
 from app.contract.documents import DocumentError, Product, documents_request, get_documents_request
 from app.contract.indexes import CreateIndexRequest, SettingsPatch
 from app.contract.search import Q_ERROR, ReverseImageSearchRequest, SearchRequest
+from app.contract.storefront import CollectionsRequest, parse_body
 from app.errors import ApiError
 
 IMAGE = "https://shop.example/p.jpg"
@@ -50,6 +51,19 @@ def test_reverse_search_refusals_are_exact(body: Any, code: str, message: str | 
         assert got_message == message
     else:
         assert "'tensorFields'" in got_message
+
+
+@pytest.mark.parametrize(
+    "paging",
+    [{"limit": 0}, {"limit": 1001}, {"limit": True}, {"limit": 2.5}, {"offset": -1}, {"offset": 0.5},
+     {"offset": "3"}, {"offset": 20_000}, {"limit": 1000, "offset": 9001}],
+)
+def test_collections_paging_errors_are_the_search_ones(paging: dict[str, Any]) -> None:
+    """The same misuse of limit/offset gets the same code and message on /search and /collections."""
+    with pytest.raises(ApiError) as collections:
+        parse_body(CollectionsRequest, {"collectionName": "shoes", **paging})
+    assert collections.value.status == 400
+    assert (collections.value.code, collections.value.message) == refused(SearchRequest, {"q": "*", **paging})
 
 
 @pytest.mark.parametrize(("given", "effective"), [(0, 1), (-3, 1), (5, 5), (5.0, 5), (50, 10), (10**20, 10)])

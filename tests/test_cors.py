@@ -4,17 +4,15 @@ LOOKALIKE_ADMIN_CORS_ORIGINS; and a real browser page on another loopback origin
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
-import pytest
 
 from app.config import Settings
+from tests.browser import needs_chromium
 from tests.conftest import ADMIN, LiveServer, api_settings, running_app
 from tests.helpers import TEST_MODEL, data_url, product, product_image
 from tests.imageserver import ImageServer
-from tests.test_ui_browser import CHROMIUM, CHROMIUM_ARGS
 
 SHOP = "https://shop.example"
 READ = ["search", "reverse-image-search", "get-documents", "collections", "recommendations/similar"]
@@ -56,6 +54,7 @@ async def test_read_endpoints_answer_preflights_admin_ones_do_not(api: httpx.Asy
         ("GET", "/api/v1/indexes"),
         ("POST", "/api/v1/indexes/x"),
         ("POST", "/api/v1/indexes/x/documents"),
+        ("POST", "/api/v1/indexes/x/calibrate"),
         ("DELETE", "/api/v1/indexes/x"),
     ]:
         r = await api.options(path, headers=_preflight(method, "authorization, content-type"))
@@ -106,17 +105,7 @@ async function call(path, body, headers) {
 </script>"""
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield b
-        b.close()
-
-
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (apt-get install -y chromium)")
+@needs_chromium
 def test_browser_page_on_another_origin(browser: Any, live_server: LiveServer) -> None:
     name = "cors-shop"
     base = f"{live_server.url}/api/v1/indexes/{name}"

@@ -4,7 +4,6 @@ against the reference evaluator, hostile input, and the query plans at catalog s
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import random
 import secrets
@@ -33,6 +32,7 @@ from app.filters import (
 )
 from app.storage.filter_sql import compile_filter
 from app.storage.params import SqlParams
+from benchmarks.bulk import copy_products, product_row
 from tests.filter_reference import matches
 
 # ------------------------------------------------------------------- helpers
@@ -49,28 +49,6 @@ INSERT INTO products (index_pk, product_id, product_title, variant_title, descri
                       parent_product_id, product_collections, variant_image_url, doc, filter_terms)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::text::jsonb, $11)
 """
-
-
-def _text_or_none(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
-
-
-def product_row(index_pk: int, doc: dict[str, Any]) -> tuple[Any, ...]:
-    """The products row the ingest code would store for `doc` (typed columns mirror the doc)."""
-    collections = doc.get("productCollections")
-    return (
-        index_pk,
-        doc["_id"],
-        doc["productTitle"],
-        _text_or_none(doc.get("variantTitle")),
-        _text_or_none(doc.get("description")),
-        float(doc["price"]),
-        _text_or_none(doc.get("parentProductId")),
-        [c for c in collections if isinstance(c, str)] if isinstance(collections, list) else [],
-        "https://img.test/p.jpg",
-        json.dumps(doc),
-        index_terms(doc),
-    )
 
 
 async def create_index(conn: asyncpg.Connection, prefix: str = "flt") -> int:
@@ -737,24 +715,7 @@ async def bulk_index(database_url: str) -> AsyncIterator[int]:
     connection = await asyncpg.connect(database_url)
     try:
         index_pk = await create_index(connection, "bulk")
-        records = [product_row(index_pk, doc) for doc in _bulk_docs(BULK_PRODUCTS)]
-        await connection.copy_records_to_table(
-            "products",
-            records=records,
-            columns=[
-                "index_pk",
-                "product_id",
-                "product_title",
-                "variant_title",
-                "description",
-                "price",
-                "parent_product_id",
-                "product_collections",
-                "variant_image_url",
-                "doc",
-                "filter_terms",
-            ],
-        )
+        await copy_products(connection, index_pk, _bulk_docs(BULK_PRODUCTS))
         await connection.execute("ANALYZE products")
         yield index_pk
         await connection.execute("DELETE FROM indexes WHERE pk = $1", index_pk)

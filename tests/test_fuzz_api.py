@@ -239,6 +239,16 @@ def bodies(world: World, kind: str) -> st.SearchStrategy[Any]:
                 "attributesToRetrieve": maybe(st.lists(weird_text, max_size=4)),
             },
         )
+    if kind == "calibrate":
+        # small runs (the scratch index holds a few products): a run of minutes would read as a hang
+        return st.fixed_dictionaries(
+            {},
+            optional={
+                "queries": maybe(st.integers(min_value=-3, max_value=6)),
+                "seed": maybe(st.integers(min_value=-(2**40), max_value=2**40)),
+                "apply": maybe(st.booleans()),
+            },
+        )
     if kind in ("add", "update"):
         return st.fixed_dictionaries({"documents": documents(world)})
     if kind == "get":
@@ -290,6 +300,7 @@ ENDPOINTS = [
     Endpoint("GET", "/settings", "none", "admin"),
     Endpoint("PATCH", "/settings", "settings", "admin", writes=True),
     Endpoint("GET", "/stats", "none", "admin"),
+    Endpoint("POST", "/calibrate", "calibrate", "admin", writes=True),
     Endpoint("POST", "/documents", "add", "admin", writes=True),
     Endpoint("PATCH", "/documents", "update", "admin", writes=True),
     Endpoint("DELETE", "/documents", "delete-docs", "admin", writes=True),

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+import os
 import secrets
 from pathlib import Path
 
@@ -182,6 +184,8 @@ async def test_index_guard_decides_on_first_batch_and_shows_in_stats(api: httpx.
     passed = passed and g["singleImageMs"]["int8"] < g["singleImageMs"]["fp32"]
     assert verdict["precision"] == ("int8" if passed else "fp32") and g["status"] == ("passed" if passed else "failed")
 
+    assert g["checkedOn"] == "ingest"
+
     stats = (await api.get(f"/api/v1/indexes/{name}/stats", headers=ADMIN)).json()
     assert stats["inference"]["backend"] == "onnx"
     assert stats["inference"]["precision"] == verdict["precision"]
@@ -196,10 +200,23 @@ async def test_index_guard_decides_on_first_batch_and_shows_in_stats(api: httpx.
     assert r.status_code == 200, r.text
     assert r.json()["hits"][0]["_id"] == docs[5]["_id"]
 
+    # Turning reverse search on: the backfill decodes the stored images and checks the guard again.
+    settings_url = f"/api/v1/indexes/{name}/settings"
+    r = await api.patch(settings_url, json={"reverseImageSearch": {"enabled": True}}, headers=ADMIN)
+    assert r.status_code == 200
+    for _ in range(120):  # the background backfill may hold the batch; wait for its commit
+        await api.app.state.services.backfill.drain()  # type: ignore[attr-defined]
+        again = (await api.get(settings_url, headers=ADMIN)).json()["inference"]
+        if again["guard"]["checkedOn"] == "backfill":
+            break
+        await asyncio.sleep(0.25)
+    assert again["guard"]["checkedOn"] == "backfill" and again["guard"]["sample"] >= guard.MIN_SAMPLE, again
+    assert again["precision"] == ("int8" if again["guard"]["status"] == "passed" else "fp32")
+    stats = (await api.get(f"/api/v1/indexes/{name}/stats", headers=ADMIN)).json()
+    assert stats["inference"]["guard"] == again["guard"]
+
 
 async def test_backfill_decides_a_guard_left_pending_by_small_batches(api: httpx.AsyncClient, images) -> None:  # type: ignore[no-untyped-def]
-    import asyncio
-
     name = f"inf-bf-{secrets.token_hex(3)}"
     r = await api.post(f"/api/v1/indexes/{name}", json={"model": TEST_MODEL}, headers=ADMIN)
     assert r.status_code == 200, r.text
@@ -229,3 +246,47 @@ async def test_backfill_decides_a_guard_left_pending_by_small_batches(api: httpx
         await asyncio.sleep(0.25)
     assert g["status"] in ("passed", "failed") and g["sample"] == guard.MIN_SAMPLE, g
     assert (await api.get(settings_url, headers=ADMIN)).json()["reverseImageSearch"]["enabled"] is True
+
+
+async def test_shutdown_stops_an_export_in_progress(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A model export still running at shutdown (the start-up warm-up's) stops at its next step,
+    and `aclose` returns only once its thread is done: nothing exports (or logs) after the app."""
+    import threading
+    import time
+
+    from app.vision.embedder import Embedder
+
+    started, quantised = threading.Event(), []
+    real_export = backend.export_onnx
+
+    def slow_export(*args: object) -> None:
+        started.set()
+        time.sleep(0.5)  # shutdown arrives while this step runs
+        real_export(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(backend, "export_onnx", slow_export)
+    monkeypatch.setattr(backend, "quantize_int8", lambda *args: quantised.append(args))
+    registry = ModelRegistry(None, allow_download=False, backend="onnx", graph_dir=tmp_path)
+    embedder = Embedder(registry, Settings.from_env({}))
+    warm_up = asyncio.create_task(embedder.load_model(VIT))
+    assert await asyncio.to_thread(started.wait, 60)
+    warm_up.cancel()
+    await embedder.aclose()
+    assert not embedder._loads  # the export thread has finished
+    assert quantised == []  # stopped after the step that was running
+    assert registry.loaded_model(VIT) is None
+    assert os.listdir(tmp_path) == []  # nothing cached, no temp folder left
+    with pytest.raises(asyncio.CancelledError):
+        await warm_up
+
+
+def test_best_batch_size_is_measured_once_per_precision(onnx_registry: ModelRegistry) -> None:
+    from app.vision.model import BATCH_CANDIDATES
+
+    model = onnx_registry.get(VIT)
+    assert model.measured_batch_size("fp32", 16) is None
+    best = model.best_batch_size("fp32", 16)
+    assert best in BATCH_CANDIDATES and best <= 16
+    assert model.measured_batch_size("fp32", 16) == best  # cached: the embedder's pass size from now on
+    assert model.best_batch_size("int8", 16) == 1  # row by row anyway: the smallest size
+    assert model.best_batch_size("fp32", 2) == 1  # only the candidates within the limit

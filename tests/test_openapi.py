@@ -69,7 +69,7 @@ async def test_served_document_and_docs_page(api: httpx.AsyncClient) -> None:
     init = (await api.get("/static/swagger-ui-init.js")).text
     assert '"/openapi.json"' in init and "validatorUrl: null" in init
     # Self-contained: no CDN (unreachable on air-gapped installs and from the tests).
-    for name in ("swagger-ui.html", "swagger-ui-init.js", "index.html", "app.js", "style.css"):
+    for name in ("swagger-ui.html", "swagger-ui-init.js", "index.html", "cards.js", "app.js", "shop.js", "style.css"):
         body = (await api.get(f"/static/{name}")).text
         assert not re.search(r"(src|href)=\"https?://", body), name
     missing = await api.get("/static/nope.js")
@@ -180,6 +180,11 @@ async def test_every_endpoint_answers_as_documented(api: httpx.AsyncClient) -> N
     assert [r["_found"] for r in got.json()["results"]] == [True, False]
     assert (await api.post(base + "/get-documents", json={"documentIds": ["a"]})).status_code == 401
     assert (await api.get(base + "/stats", headers=ADMIN)).status_code == 200
+    assert (await api.post(base + "/calibrate", json={"queries": 2}, headers=ADMIN)).status_code == 200
+    streamed = await api.post(base + "/calibrate", json={"queries": 2},
+                              headers={**ADMIN, "Accept": "application/x-ndjson"})  # fmt: skip
+    assert streamed.status_code == 200 and "report" in streamed.text.splitlines()[-1]
+    assert (await api.post(base + "/calibrate", json={"queries": 0}, headers=ADMIN)).status_code == 400
     for body in ({"q": "*", "filter": "brand:Acme"}, {"q": "Product"}, {"q": data_url(product_image(1, 64))}):
         r = await api.post(base + "/search", json=body, headers=read)
         assert r.status_code == 200, r.text

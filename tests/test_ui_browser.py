@@ -1,13 +1,9 @@
-"""The web page in a real headless Chromium (Debian's `chromium`, driven by Playwright).
-
-`.ci/run` installs chromium when /usr/bin/chromium is missing; never `playwright install`
-(it downloads browsers). The screenshot lands in bench-results/tmp/ui-screenshot.png.
-"""
+"""The web page in a real headless Chromium (tests/browser.py). The screenshot lands in
+bench-results/tmp/ui-screenshot.png."""
 
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,37 +11,15 @@ import httpx
 import pytest
 
 from app.http.openapi import openapi_document
+from tests.browser import needs_chromium
 from tests.conftest import ADMIN, REPO_ROOT, LiveServer
 from tests.helpers import TEST_MODEL, product, product_image
 from tests.imageserver import ImageServer
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SCREENSHOT = REPO_ROOT / "bench-results" / "tmp" / "ui-screenshot.png"
 INDEX = "ui-test"
 
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists(), reason="needs Debian's chromium (apt-get install -y chromium; .ci/run does it)"
-)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield b
-        b.close()
+pytestmark = needs_chromium
 
 
 @pytest.fixture(scope="module")

@@ -9,14 +9,14 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.browser import needs_chromium
 from tests.conftest import ADMIN, REPO_ROOT, LiveServer
 from tests.helpers import TEST_MODEL, data_url, product, product_image
-from tests.test_ui_browser import CHROMIUM, browser  # noqa: F401 - the module's browser fixture
 
 SCREENSHOT = REPO_ROOT / "bench-results" / "ui-storefront.png"
 INDEX = "ui-shop"
 
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (apt-get install -y chromium)")
+pytestmark = needs_chromium
 
 
 @pytest.fixture(scope="module")

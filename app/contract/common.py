@@ -161,6 +161,30 @@ def integral(name: str, code: str | None = None) -> Callable[[Any], int]:
     return check
 
 
+# Paging of /search and /collections: the same limits, checks and messages for both.
+MAX_SEARCH_LIMIT = 1000
+MAX_SEARCH_WINDOW = 10_000
+
+
+def search_limit(value: Any) -> int:
+    limit = integral("limit")(value)
+    if not 1 <= limit <= MAX_SEARCH_LIMIT:
+        raise reject("invalid_limit", f"limit must be between 1 and {MAX_SEARCH_LIMIT}")
+    return limit
+
+
+def search_offset(value: Any) -> int:
+    offset = integral("offset")(value)
+    if offset < 0:
+        raise reject("invalid_offset", "offset must not be negative")
+    return offset
+
+
+def check_search_window(limit: int, offset: int) -> None:
+    if limit + offset > MAX_SEARCH_WINDOW:
+        raise reject("invalid_offset", f"limit + offset must not exceed {MAX_SEARCH_WINDOW}")
+
+
 def string_list(message: str, code: str) -> Callable[[Any], list[str]]:
     def check(value: Any) -> list[str]:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):

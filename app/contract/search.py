@@ -15,14 +15,19 @@ from pydantic import BeforeValidator, ConfigDict, Field, WithJsonSchema, model_v
 
 from app.contract.common import (
     MARQO_IGNORED_KEYS,
+    MAX_SEARCH_LIMIT,
+    MAX_SEARCH_WINDOW,
     AttributeNames,
     ContractRequest,
     ContractResponse,
     FilterText,
     OnMissing,
+    check_search_window,
     integral,
     omittable,
     reject,
+    search_limit,
+    search_offset,
 )
 from app.contract.multimodal import SearchMethod
 from app.contract.storefront import CollapseField, FacetResult, Facets, SortBy, collapse_list
@@ -32,8 +37,6 @@ _DATA_URL_RE = re.compile(r"data:image/[A-Za-z0-9.+-]+(?:;[A-Za-z0-9=._+-]+)*;ba
 
 Q_ERROR = "q must be an image URL or base64 data URI"
 
-MAX_SEARCH_LIMIT = 1000
-MAX_SEARCH_WINDOW = 10_000
 MAX_REVERSE_LIMIT = 10
 # Text queries longer than this are refused: a megabyte of words overflows PostgreSQL's tsquery
 # (a 500) or runs into the statement timeout, and no shopper types that much.
@@ -90,20 +93,6 @@ def _search_q(value: Any) -> str | None:
     return q
 
 
-def _search_limit(value: Any) -> int:
-    limit = integral("limit")(value)
-    if not 1 <= limit <= MAX_SEARCH_LIMIT:
-        raise reject("invalid_limit", f"limit must be between 1 and {MAX_SEARCH_LIMIT}")
-    return limit
-
-
-def _offset(value: Any) -> int:
-    offset = integral("offset")(value)
-    if offset < 0:
-        raise reject("invalid_offset", "offset must not be negative")
-    return offset
-
-
 class SearchRequest(MarqoSearchRequest):
     """POST /search. `q` absent, empty or `*` browses."""
 
@@ -117,9 +106,9 @@ class SearchRequest(MarqoSearchRequest):
             f"browse; text at most {MAX_TEXT_QUERY_CHARS} characters",
         ),
     ] = None
-    limit: Annotated[int, Field(ge=1, le=MAX_SEARCH_LIMIT), BeforeValidator(_search_limit)] = 10
+    limit: Annotated[int, Field(ge=1, le=MAX_SEARCH_LIMIT), BeforeValidator(search_limit)] = 10
     offset: Annotated[
-        int, Field(ge=0, description=f"limit + offset at most {MAX_SEARCH_WINDOW}"), BeforeValidator(_offset)
+        int, Field(ge=0, description=f"limit + offset at most {MAX_SEARCH_WINDOW}"), BeforeValidator(search_offset)
     ] = 0
     filter: FilterText = None
     attributes: AttributeNames = omittable(alias="attributesToRetrieve")
@@ -136,8 +125,7 @@ class SearchRequest(MarqoSearchRequest):
 
     @model_validator(mode="after")
     def _window(self) -> SearchRequest:
-        if self.limit + self.offset > MAX_SEARCH_WINDOW:
-            raise reject("invalid_offset", f"limit + offset must not exceed {MAX_SEARCH_WINDOW}")
+        check_search_window(self.limit, self.offset)
         return self
 
     @property

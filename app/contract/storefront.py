@@ -22,7 +22,17 @@ from pydantic import (
     model_validator,
 )
 
-from app.contract.common import MARQO_IGNORED_KEYS, integral, optional_string, reject, string_list
+from app.contract.common import (
+    MARQO_IGNORED_KEYS,
+    MAX_SEARCH_LIMIT,
+    check_search_window,
+    integral,
+    optional_string,
+    reject,
+    search_limit,
+    search_offset,
+    string_list,
+)
 from app.errors import ApiError, bad_request
 
 # `reject`'s error types carry this prefix (app.contract.common maps them to the SPEC body).
@@ -37,8 +47,6 @@ MAX_SORT_FIELDS = 3
 MAX_SORT_DEPTH = 10_000
 MAX_SIMILAR_IDS = 10
 MAX_SIMILAR_LIMIT = 100
-MAX_SEARCH_LIMIT = 1000
-MAX_SEARCH_WINDOW = 10_000
 
 
 def _describe(exc: ValidationError, where: str) -> tuple[str | None, str]:
@@ -330,12 +338,12 @@ class CollectionsRequest(StorefrontModel):
         name = data.get("collectionName")
         if not isinstance(name, str) or not name:
             raise reject("invalid_collection", "collectionName must be a non-empty string")
+        # limit and offset: /search's checks and messages (app.contract.common)
         if "limit" in data:
-            data["limit"] = _integer(data["limit"], "limit", "invalid_limit", 1, MAX_SEARCH_LIMIT)
+            data["limit"] = search_limit(data["limit"])
         if "offset" in data:
-            data["offset"] = _integer(data["offset"], "offset", "invalid_offset", 0, MAX_SEARCH_WINDOW)
-        if data.get("limit", 10) + data.get("offset", 0) > MAX_SEARCH_WINDOW:
-            raise reject("invalid_offset", f"limit + offset must not exceed {MAX_SEARCH_WINDOW}")
+            data["offset"] = search_offset(data["offset"])
+        check_search_window(data.get("limit", 10), data.get("offset", 0))
         _check_filter_and_attributes(data)
         return data
 

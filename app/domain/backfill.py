@@ -34,6 +34,7 @@ class FeatureBackfill:
         # one batch at a time in this process: `drain` then waits for the background task's batch
         # (whose rows SKIP LOCKED would hide) instead of returning while it is still in flight
         self._batch = asyncio.Lock()
+        self._guard_rechecked: set[int] = set()  # indexes whose guard this backfill checked again
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="lookalike-feature-backfill")
@@ -78,13 +79,17 @@ class FeatureBackfill:
                 await products.finish_features(conn, index_pk, product_pk, features, error)
                 if image is not None:
                     loaded.setdefault(index_pk, []).append(image)
-        # The images are decoded anyway: an index whose int8 guard is still pending (ingested in
-        # small batches) gets its verdict from them, in the background.
+        # The images are decoded anyway: the int8 guard is checked again on them, once per index
+        # and process (the first batch of enough of its images), and an index whose guard is
+        # still pending (ingested in small batches) gets its verdict from them.
         for index_pk, images in loaded.items():
             try:
-                await inference.guard_pending_from_stored(self.pool, self.vision, index_pk, images)
+                if await inference.guard_from_stored(
+                    self.pool, self.vision, index_pk, images, again=index_pk not in self._guard_rechecked
+                ):
+                    self._guard_rechecked.add(index_pk)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-                log.warning("int8 guard during backfill failed; it stays pending", exc_info=True)
+                log.warning("int8 guard during backfill failed; the stored verdict stays", exc_info=True)
         return len(claimed)
 
     async def _extract(self, url: str) -> tuple[dict | None, str | None, Image.Image | None]:

@@ -1,4 +1,5 @@
-"""Self-calibration of reverse image search: `lookalike calibrate INDEX`.
+"""Self-calibration of reverse image search: `POST /indexes/{index}/calibrate`, which
+`lookalike calibrate INDEX` calls.
 
 The re-ranking knobs (prior = embedding cosine + aggregateWeight x aggregate cosine, a
 verification bonus up to verifyWeight, verifyTop candidates verified, minInliers,
@@ -6,32 +7,52 @@ inlierSaturation) were measured with random-weight models; real weights, and eac
 catalog, want others. Calibration measures them on the index itself:
 
 1. a sample of the index's own products: their images (as the service fetches them) turned
-   into in-the-wild photos by the generator's wild-photo code (`app.samples.wild`);
+   into in-the-wild photos by the generator's wild-photo code (`app.samples.wild`); the int8
+   guard is re-run on these catalog images (reported as `int8Guard`, stored by `apply`);
 2. each photo run once through the real pipeline (`ReverseSearchService.gather`) with every
    candidate of the pool verified, so each candidate's signals (embedding cosine, aggregate
    cosine, inliers) are known;
 3. the scoring re-done for each sweep point from those signals (no model, no matching, no
    SQL per point): a coordinate-descent sweep of the knobs on the first part of the photos,
    recall@1/@10 before and after on the held-out rest as well.
+
+`calibrate` is an async generator of progress events ending with the report, so the HTTP layer
+can stream them; the image work (cut-outs, wild photos, JPEG) and the sweep run on the vision
+service's CPU threads, off the event loop. `CalibrationService` adds what a request needs: the
+checks that give a clear 409 (reverse search off, features still pending, another calibration
+of the index running: one at a time, across processes, by an advisory lock) and `apply`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import io
+import logging
 import time
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import AsyncGenerator, Hashable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+import asyncpg
 import numpy as np
 from PIL import Image
 
+from app.contract.search import ReverseSearchRequest
+from app.domain import inference
+from app.domain.index_admin import IndexAdmin
 from app.domain.rerank import RerankParams
 from app.domain.reverse import SCORING_KNOBS, ReverseSearchService, params_for
 from app.domain.search import StageTimer
+from app.errors import ApiError, ImageError
 from app.samples import wild
+from app.storage import indexes as indexes_sql
 from app.storage import search as search_sql
 from app.storage.indexes import IndexRecord
+from app.vision.guard import GuardResult
+from app.vision.model import ModelSpec
+
+log = logging.getLogger("lookalike.calibrate")
 
 # The sweep: values tried per knob (the current value is always tried too).
 SWEEP: dict[str, list[float]] = {
@@ -125,14 +146,30 @@ def knobs_of(p: RerankParams) -> dict[str, float | int]:
 
 
 def _data_url(image: Image.Image) -> str:
-    import base64
-
     out = io.BytesIO()
     image.save(out, "JPEG", quality=88)
     return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode()
 
 
+def _catalog_item(product_id: str, image: Image.Image) -> wild.CatalogItem:
+    photo = image.convert("RGB")
+    return wild.CatalogItem(product_id, photo, {}, product_id, wild.cutout_from_photo(photo))
+
+
+def _wild_photo(item: wild.CatalogItem, others: list[wild.CatalogItem], seed: int, i: int) -> str:
+    image, _ = wild.make_wild_query(item, np.random.default_rng([seed, i, 0xCA1]), others)
+    return _data_url(image)
+
+
 # --------------------------------------------------------------------------- the run
+
+
+@dataclass(frozen=True)
+class Progress:
+    stage: str  # start, fetch, search, sweep, apply
+    done: int
+    total: int
+    message: str
 
 
 @dataclass
@@ -141,9 +178,31 @@ class CalibrationReport:
     after: dict[str, Any]
     knobs: dict[str, Any]
     detail: dict[str, Any]
+    guard: GuardResult | None = None  # the int8 guard on the sample (stored by apply)
+    applied: bool = False
 
     def as_json(self) -> dict[str, Any]:
-        return {"before": self.before, "after": self.after, "knobs": self.knobs, **self.detail}
+        return {"before": self.before, "after": self.after, "knobs": self.knobs, **self.detail,
+                "applied": self.applied}
+
+
+def _not_enough(found: int) -> ApiError:
+    return ApiError(
+        409, "not_enough_products",
+        f"calibration needs at least two products whose images load; this index has {found}",
+    )
+
+
+async def _catalog(service: ReverseSearchService, index: IndexRecord) -> list[search_sql.Row]:
+    """The catalog's ids and image URLs, in id order (at most 10,000 products: a sample is drawn)."""
+    rows: list[search_sql.Row] = []
+    while True:
+        offset = len(rows)
+        page = await service.db.read(lambda conn, at=offset: search_sql.catalog_page(conn, index, 1000, at))
+        rows += page
+        if len(page) < 1000 or len(rows) >= 10_000:
+            break
+    return [r for r in rows if isinstance(r.doc.get("variantImageUrl"), str)]
 
 
 async def calibrate(
@@ -152,43 +211,46 @@ async def calibrate(
     n_queries: int,
     seed: int = 0,
     holdout: float = 0.5,
-    progress: Callable[[str], None] = lambda _: None,
-) -> CalibrationReport:
+) -> AsyncGenerator[Progress | CalibrationReport, None]:
+    """Progress events, then the report (the last item). Raises ApiError(409) when fewer than two
+    sampled products have an image that loads."""
     started = time.perf_counter()
-    rows: list[search_sql.Row] = []
-    while True:  # the whole catalog's ids and image URLs, in id order
-        offset = len(rows)
-        page = await service.db.read(lambda conn, at=offset: search_sql.catalog_page(conn, index, 1000, at))
-        rows += page
-        if len(page) < 1000 or len(rows) >= 10_000:
-            break
-    rows = [r for r in rows if isinstance(r.doc.get("variantImageUrl"), str)]
+    rows = await _catalog(service, index)
     if len(rows) < 2:
-        raise ValueError("calibration needs an index with at least two products with images")
+        raise _not_enough(len(rows))
     rng = np.random.default_rng(seed)
     sample = [rows[int(i)] for i in rng.permutation(len(rows))[: min(n_queries, len(rows))]]
-    items = []
+    kept: list[search_sql.Row] = []
+    items: list[wild.CatalogItem] = []
     for i, row in enumerate(sample):
-        loaded = await service.vision.load(row.doc["variantImageUrl"])
-        photo = loaded.image.convert("RGB")
-        items.append(wild.CatalogItem(row.product_id, photo, {}, row.product_id, wild.cutout_from_photo(photo)))
-        if (i + 1) % 25 == 0:
-            progress(f"fetched {i + 1}/{len(sample)} product images")
+        try:
+            loaded = await service.vision.load(row.doc["variantImageUrl"])
+        except ImageError as exc:  # a product whose image is gone: skipped, counted in the report
+            log.info("calibration of %s: skipping %s: %s", index.name, row.product_id, exc.message)
+        else:
+            kept.append(row)
+            items.append(await service.vision.run_cpu(_catalog_item, row.product_id, loaded.image))
+        if (i + 1) % 10 == 0 or i + 1 == len(sample):
+            yield Progress("fetch", i + 1, len(sample), f"fetched {i + 1}/{len(sample)} product images")
+    if len(items) < 2:
+        raise _not_enough(len(items))
+    # The int8 guard again, on these images of the index's own catalog (stored with the knobs by
+    # `apply`; the photos below are searched at the precision the index runs at now).
+    guard = await service.vision.guard_int8(ModelSpec.parse(index.model), [item.image for item in items])
     current = params_for(index.reverse_search, service.params)
     gather_params = replace(current, verify_top=0)  # verify the whole pool: every sweep point is a lookup
     signals: list[QuerySignals] = []
-    for i, (row, item) in enumerate(zip(sample, items, strict=True)):
-        qrng = np.random.default_rng([seed, i, 0xCA1])
-        image, _ = wild.make_wild_query(item, qrng, items)
-        request = _request(_data_url(image))
-        query, gathered = await service.gather(index, request, StageTimer(), gather_params)
+    for i, (row, item) in enumerate(zip(kept, items, strict=True)):
+        photo = await service.vision.run_cpu(_wild_photo, item, items, seed, i)
+        request = ReverseSearchRequest.parse({"q": photo, "limit": 10})  # as the HTTP API parses it
+        _, gathered = await service.gather(index, request, StageTimer(), gather_params)
         signals.append(signals_of(gathered.candidates, gathered.verifications, row.product_pk))
-        if (i + 1) % 10 == 0 or i + 1 == len(sample):
-            progress(f"searched {i + 1}/{len(sample)} calibration photos ({time.perf_counter() - started:.0f} s)")
-    n_tune = max(1, int(round(len(signals) * (1 - holdout)))) if len(signals) > 1 else 1
+        elapsed = time.perf_counter() - started
+        yield Progress("search", i + 1, len(kept), f"searched {i + 1}/{len(kept)} calibration photos ({elapsed:.0f} s)")
+    n_tune = max(1, int(round(len(signals) * (1 - holdout))))
     tune, held = signals[:n_tune], signals[n_tune:]
-    best, points = sweep(tune, current)
-    progress(f"swept {points} knob settings")
+    best, points = await service.vision.run_cpu(sweep, tune, current)
+    yield Progress("sweep", points, points, f"swept {points} knob settings")
 
     def report(p: RerankParams) -> dict[str, Any]:
         out: dict[str, Any] = {**recall(signals, p), "tuned": recall(tune, p)}
@@ -196,7 +258,7 @@ async def calibrate(
             out["heldOut"] = recall(held, p)
         return {**out, "knobs": knobs_of(p)}
 
-    return CalibrationReport(
+    yield CalibrationReport(
         before=report(current),
         after=report(best),
         knobs=knobs_of(best),
@@ -205,13 +267,70 @@ async def calibrate(
             "queries": len(signals),
             "tunedOn": len(tune),
             "heldOut": len(held),
+            "skipped": len(sample) - len(kept),
             "sweepPoints": points,
             "seconds": round(time.perf_counter() - started, 1),
+            "int8Guard": (
+                {"precision": guard.precision, **guard.to_json()}
+                if guard is not None
+                else {"precision": inference.precision_of(index, service.vision), "status": "off"}
+            ),
         },
+        guard=guard,
     )
 
 
-def _request(q: str) -> Any:
-    from app.contract.search import ReverseSearchRequest  # the contract layer, as the HTTP API parses it
+class CalibrationService:
+    """Calibration as the service runs it: checks, one run per index at a time, apply."""
 
-    return ReverseSearchRequest.parse({"q": q, "limit": 10})
+    def __init__(self, pool: asyncpg.Pool, reverse: ReverseSearchService, indexes: IndexAdmin) -> None:
+        self.pool = pool  # the primary: the lock, and reads that must see what was just written
+        self.reverse = reverse  # reading the primary only (see app.main)
+        self.indexes = indexes
+
+    async def run(
+        self, index: IndexRecord, queries: int, seed: int, apply: bool
+    ) -> AsyncGenerator[Progress | CalibrationReport, None]:
+        """Progress events, then the report. Raises ApiError (409) before the first event when the
+        index cannot be calibrated now; later failures raise from the event they interrupt."""
+        if not index.reverse_search_enabled:
+            raise ApiError(409, "reverse_search_disabled",
+                           "reverse image search is not enabled for this index; enable it in its settings first")
+        stats = await self.indexes.statistics(index)
+        if stats.features_pending or stats.embeddings_pending:
+            raise ApiError(
+                409, "index_not_ready",
+                f"the index is still computing {stats.features_pending} products' local features and "
+                f"{stats.embeddings_pending} embeddings; calibrate when /stats shows none pending",
+            )
+        async with indexes_sql.calibration_lock(self.pool, index.pk) as got:
+            if not got:
+                raise ApiError(409, "calibration_running",
+                               f"a calibration of {index.name!r} is already running; wait for it to finish")
+            yield Progress("start", 0, queries, f"calibrating {index.name!r} on up to {queries} photos")
+            report: CalibrationReport | None = None
+            try:
+                async for event in calibrate(self.reverse, index, queries, seed):
+                    if isinstance(event, CalibrationReport):
+                        report = event
+                    else:
+                        yield event
+            except (asyncio.CancelledError, GeneratorExit):  # the client went away: so does the work
+                log.info("calibration of %r stopped before its end: the client went away", index.name)
+                raise
+            assert report is not None
+            if apply:
+                await self._apply(index, report)
+                yield Progress("apply", 1, 1, f"stored the knobs in {index.name!r}'s settings")
+            yield report
+
+    async def _apply(self, index: IndexRecord, report: CalibrationReport) -> None:
+        # The settings as they are now (a PATCH may have come during the run), and the same index
+        # (not one deleted and created again under its name meanwhile).
+        current = await self.indexes.find(index.name)
+        if current is None or current.pk != index.pk:
+            raise ApiError(409, "index_changed", f"index {index.name!r} was deleted during the calibration")
+        await self.indexes.change_settings(current, {"reverseImageSearch": report.knobs})
+        if report.guard is not None:
+            await inference.store_verdict(self.pool, current, self.reverse.vision, report.guard, "calibration")
+        report.applied = True

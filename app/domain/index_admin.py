@@ -57,7 +57,7 @@ async def create_index(pool: asyncpg.Pool, vision: VisionService, name: str, bod
         "vectorType": create.vector_type,
         "dimensions": model.dim,
         "reverseImageSearch": create.reverse_search,
-        "inference": inference.initial_settings(vision),
+        "inference": inference.initial_settings(vision, model),
     }
     try:
         async with pool.acquire() as conn, conn.transaction():

@@ -1,7 +1,8 @@
 """Adding and updating products: validate, fetch, decode, embed, extract features, store.
 
 Each item succeeds or fails on its own; the batch's images are fetched concurrently,
-decoded off the event loop, embedded in one batch, and committed together.
+decoded off the event loop, embedded in groups as they arrive (inference overlaps the
+loading of the rest), and committed together.
 """
 
 from __future__ import annotations
@@ -49,8 +50,11 @@ class _Work:
     features_status: str | None = None
     features_error: str | None = None
     embed_error: str | None = None
+    embedded_here: bool = False  # embedded by this call (not reused): the guard may sample it
 
 
+# The smallest group of images the pipeline loads and embeds together (one reuse lookup each).
+MIN_GROUP = 4
 QUEUED_MESSAGE = "queued for embedding; searchable once a worker has embedded it"
 
 
@@ -117,41 +121,34 @@ class IngestPipeline:
         if self.queue:
             await self._enqueue(index, work, results)
             return
-        loaded = await asyncio.gather(
-            *(self._load(w.doc["variantImageUrl"]) for w in work), return_exceptions=True
+        # A pipeline: the call's images are fetched and decoded concurrently, and each group of
+        # them goes to inference as soon as its own images are in, while the later groups are
+        # still loading (and preprocessing, in the CPU pool); the writes wait for all of them
+        # (one transaction per call). Groups are the model's measured best pass size
+        # (EmbeddingModel.best_batch_size), at least MIN_GROUP images for the SQL per group.
+        spec = ModelSpec.parse(index.model)
+        precision = inference.precision_of(index, self.vision)
+        group = max(MIN_GROUP, await self.vision.ingest_batch_size(spec, precision))
+        groups = [work[i : i + group] for i in range(0, len(work), group)]
+        outcomes = await asyncio.gather(
+            *(self._load_and_embed(index, g, results) for g in groups), return_exceptions=True
         )
-        ready: list[_Work] = []
-        for w, outcome in zip(work, loaded, strict=True):
-            if isinstance(outcome, ImageError):
-                results[w.position] = ItemResult(w.doc["_id"], 400, f"variantImageUrl: {outcome.message}")
-            elif isinstance(outcome, BaseException):
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
                 raise outcome
-            else:
-                w.loaded = outcome
-                ready.append(w)
+        ready = [w for done in outcomes if not isinstance(done, BaseException) for w in done]
         if not ready:
             return
-        reusable = await self.store.reusable(index, list({w.loaded.sha256 for w in ready if w.loaded}))
-        want_features = index.reverse_search_enabled
-        to_embed: list[_Work] = []
-        for w in ready:
-            assert w.loaded is not None
-            reuse = reusable.get(w.loaded.sha256)
-            if reuse is not None and reuse.embedding.shape == (index.dimensions,):
-                w.embedding = reuse.embedding
-                if want_features and reuse.features is not None:
-                    w.features = reuse.features
-            else:
-                to_embed.append(w)
-        if to_embed:
-            await self._embed(index, to_embed)
-        for w in ready:
-            if w.embedding is None:
-                results[w.position] = ItemResult(w.doc["_id"], 500, w.embed_error)
-        ready = [w for w in ready if w.embedding is not None]
-        if not ready:
-            return
-        if want_features:
+        embedded = [w for w in ready if w.embedded_here and w.loaded is not None and w.embedding is not None]
+        if embedded:
+            await inference.guard_after_ingest(
+                self.store.pool,
+                self.vision,
+                index,
+                [w.loaded.image for w in embedded if w.loaded is not None],
+                np.stack([w.embedding for w in embedded if w.embedding is not None]),
+            )
+        if index.reverse_search_enabled:
             await asyncio.gather(*(self._features(w) for w in ready if w.features is None))
             for w in ready:
                 if w.features is not None:
@@ -176,6 +173,44 @@ class IngestPipeline:
             else:
                 results[w.position] = ItemResult(w.doc["_id"], 200)
 
+    async def _load_and_embed(
+        self, index: IndexRecord, work: list[_Work], results: list[ItemResult | None]
+    ) -> list[_Work]:
+        """Fetch and decode one group's images, reuse stored vectors of identical images, embed the
+        rest; returns the items with a vector (the others have their result set)."""
+        loaded = await asyncio.gather(
+            *(self._load(w.doc["variantImageUrl"]) for w in work), return_exceptions=True
+        )
+        ready: list[_Work] = []
+        for w, outcome in zip(work, loaded, strict=True):
+            if isinstance(outcome, ImageError):
+                results[w.position] = ItemResult(w.doc["_id"], 400, f"variantImageUrl: {outcome.message}")
+            elif isinstance(outcome, BaseException):
+                raise outcome
+            else:
+                w.loaded = outcome
+                ready.append(w)
+        if not ready:
+            return []
+        reusable = await self.store.reusable(index, list({w.loaded.sha256 for w in ready if w.loaded}))
+        want_features = index.reverse_search_enabled
+        to_embed: list[_Work] = []
+        for w in ready:
+            assert w.loaded is not None
+            reuse = reusable.get(w.loaded.sha256)
+            if reuse is not None and reuse.embedding.shape == (index.dimensions,):
+                w.embedding = reuse.embedding
+                if want_features and reuse.features is not None:
+                    w.features = reuse.features
+            else:
+                to_embed.append(w)
+        if to_embed:
+            await self._embed(index, to_embed)
+        for w in ready:
+            if w.embedding is None:
+                results[w.position] = ItemResult(w.doc["_id"], 500, w.embed_error)
+        return [w for w in ready if w.embedding is not None]
+
     async def _enqueue(self, index: IndexRecord, work: list[_Work], results: list[ItemResult | None]) -> None:
         """Queue mode: the validated documents are stored durably, pending; workers embed them."""
         errors = await self.store.enqueue(index, [(w.doc, index_terms(w.doc)) for w in work])
@@ -192,7 +227,7 @@ class IngestPipeline:
         images = [w.loaded.image for w in work if w.loaded is not None]
         vectors: list[np.ndarray | None]
         try:
-            vectors = list(await inference.embed_for_ingest(self.store.pool, self.vision, index, images))
+            vectors = list(await inference.embed_for_ingest(self.vision, index, images))
         except Exception:
             log.warning("batch embedding failed; embedding the %d images one by one", len(work), exc_info=True)
             vectors = []
@@ -210,6 +245,7 @@ class IngestPipeline:
                 w.embed_error = "image could not be embedded: the model returned an unusable vector"
                 continue
             w.embedding = vector
+            w.embedded_here = True
 
     async def _features(self, w: _Work) -> None:
         assert w.loaded is not None

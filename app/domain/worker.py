@@ -1,14 +1,14 @@
 """`lookalike worker`: embeds queued products (LOOKALIKE_INGEST_MODE=queue) and runs the feature backfill.
 
 Any number of workers, on any host with the model, share the queue through PostgreSQL.
-One batch goes through clear steps (each its own function, so that the fetch, inference
-and write stages can later be overlapped):
+One batch goes through clear steps (each its own function):
 
 1. `claim`: up to `batch_size` pending products, `FOR UPDATE SKIP LOCKED`, under a lease;
 2. `load_images`: fetch (the same SSRF-safe fetcher and allow-list as the service) and decode;
    an image that cannot be had marks its product failed with the reason;
-3. `compute`: reuse the stored embedding of identical image bytes, embed the rest in one
-   batch, extract local features where the index has reverse image search on;
+3. `compute`: reuse the stored embedding of identical image bytes, embed the rest, extract
+   local features where the index has reverse image search on (steps 2 and 3 run per group of
+   the model's measured pass size, overlapping: a group is embedded while the next loads);
 4. `store`: embeddings, features and 'ready' in one transaction, only while the claim holds.
 
 A worker that cannot load an index's model (no weights on this host) gives its claim back
@@ -26,8 +26,12 @@ import time
 from dataclasses import dataclass, field
 
 import asyncpg
+import numpy as np
+from PIL import Image
 
+from app.domain import inference
 from app.domain.backfill import FeatureBackfill
+from app.domain.ingest import MIN_GROUP
 from app.errors import ImageError
 from app.storage import indexes, products, queue
 from app.storage.indexes import IndexRecord
@@ -143,11 +147,28 @@ class EmbeddingWorker:
         return len(batch)
 
     async def process(self, index: IndexRecord, claim: str, items: list[QueuedProduct]) -> None:
-        loaded = await self.load_images(index, claim, items)
-        if not loaded:
-            return
-        results = await self.compute(index, loaded)
-        await self.store(index, claim, results)
+        """Load and compute in groups that overlap (as inline ingest does: each group goes to inference
+        as soon as its images are in), then store the whole claim in one transaction."""
+        spec = ModelSpec.parse(index.model)
+        group = max(MIN_GROUP, await self.vision.ingest_batch_size(spec, inference.precision_of(index, self.vision)))
+        fresh: list[tuple[Image.Image, np.ndarray]] = []
+
+        async def load_and_compute(part: list[QueuedProduct]) -> list[EmbeddingResult]:
+            loaded = await self.load_images(index, claim, part)
+            return await self.compute(index, loaded, fresh) if loaded else []
+
+        parts = await asyncio.gather(
+            *(load_and_compute(items[i : i + group]) for i in range(0, len(items), group)), return_exceptions=True
+        )
+        for part in parts:
+            if isinstance(part, BaseException):
+                raise part
+        if fresh:
+            images, vectors = [image for image, _ in fresh], np.stack([vector for _, vector in fresh])
+            await inference.guard_after_ingest(self.pool, self.vision, index, images, vectors)
+        results = [result for part in parts if not isinstance(part, BaseException) for result in part]
+        if results:
+            await self.store(index, claim, results)
 
     async def load_images(
         self, index: IndexRecord, claim: str, items: list[QueuedProduct]
@@ -170,8 +191,12 @@ class EmbeddingWorker:
             return await self.vision.load(url)
 
     async def compute(
-        self, index: IndexRecord, loaded: list[tuple[QueuedProduct, LoadedImage]]
+        self,
+        index: IndexRecord,
+        loaded: list[tuple[QueuedProduct, LoadedImage]],
+        fresh: list[tuple[Image.Image, np.ndarray]] | None = None,
     ) -> list[EmbeddingResult]:
+        """Vectors (reused or embedded) and local features; appends what it embedded to `fresh`."""
         reusable = await products.reusable_images(self.pool, index, list({image.sha256 for _, image in loaded}))
         want_features = index.reverse_search_enabled
         results: dict[int, EmbeddingResult] = {}
@@ -186,9 +211,13 @@ class EmbeddingWorker:
             else:
                 to_embed.append((item, image))
         if to_embed:
-            vectors = await self.vision.embed(ModelSpec.parse(index.model), [image.image for _, image in to_embed])
+            images = [image.image for _, image in to_embed]
+            # the index's precision (its int8 guard's verdict), as inline ingest embeds
+            vectors = await inference.embed_for_ingest(self.vision, index, images)
             for (item, image), vector in zip(to_embed, vectors, strict=True):
                 results[item.product_pk] = EmbeddingResult(item.product_pk, image.sha256, vector, None, None)
+            if fresh is not None:
+                fresh.extend(zip(images, vectors, strict=True))
         if want_features:
             images = {item.product_pk: image for item, image in loaded}
             await asyncio.gather(

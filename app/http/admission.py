@@ -6,8 +6,8 @@ connection, so latency and memory grow for as long as the overload lasts and
 clients time out on requests the server still finishes. Here each API request
 passes a gate first, before its body is read:
 
-- `heavy` requests (add/update documents, reverse image search, and /search with
-  an image: fetching, decoding, embedding, feature matching) and `light` ones
+- `heavy` requests (add/update documents, reverse image search, /search with
+  an image, calibrate: fetching, decoding, embedding, feature matching) and `light` ones
   (the other API calls: text search, browse, reads, admin) have separate gates,
   so cheap reads stay fast while images queue;
 - a gate lets `in_flight` requests run at once and up to `queue` more wait, each
@@ -107,6 +107,8 @@ class Admission:
         if path.endswith("/reverse-image-search") or (path.endswith("/documents") and method in ("POST", "PATCH")):
             return self.heavy
         if path.endswith("/search") and search_is_image:
+            return self.heavy
+        if path.endswith("/calibrate"):  # wild photos, inference and matching for minutes: one heavy slot
             return self.heavy
         return self.light
 

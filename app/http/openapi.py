@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from app.config import Settings
+from app.contract.calibrate import CALIBRATION_STREAM_LINES, NDJSON, CalibrateRequest, CalibrationReport
 from app.contract.common import Error
 from app.contract.documents import (
     DeleteDocumentsRequest,
@@ -79,6 +80,8 @@ class Operation:
     example: Any = None
     api: bool = True  # answers in the JSON error shape on 413/429/503 and any other error
     parameters: list[dict[str, Any]] | None = None  # query parameters
+    # With `Accept: application/x-ndjson`: the 200 streamed as lines, each one of these or an Error.
+    stream: tuple[type[BaseModel], ...] = ()
 
 
 def _html(description: str) -> dict[str, Any]:
@@ -114,6 +117,18 @@ def operations(settings: Settings) -> list[Operation]:
         Operation(_BASE + "/stats", "get", "Index statistics", "indexes", IndexStats,
                   "products, vectors, local-feature backfill progress", {"401": _ADMIN_401, "404": _UNKNOWN},
                   _ADMIN),
+        Operation(_BASE + "/calibrate", "post",
+                  "Self-calibration: tune the reverse image search knobs on wild photos of the index's own products",
+                  "indexes", CalibrationReport,
+                  "recall@1/@10 of the current knobs (before) and of the best of a sweep (after), on all photos, "
+                  "the tuned half and the held-out half; with apply, the knobs are stored. With `Accept: "
+                  f"{NDJSON}` the answer streams: progress lines, then the report line (or an error line)",
+                  {"400": "invalid queries, seed or apply; unknown parameter", "401": _ADMIN_401,
+                   "404": _UNKNOWN,
+                   "409": "reverse image search off, features or embeddings still pending, fewer than two "
+                   "products with images, or a calibration of this index already running"},
+                  _ADMIN, CalibrateRequest, body_required=False, example={"queries": 100, "apply": True},
+                  stream=CALIBRATION_STREAM_LINES),
         Operation(_BASE + "/documents", "post", "Add or replace products", "documents", DocumentsResponse,
                   "per-item outcome; the batch answers 200 even when items fail",
                   {"400": batch_400, "401": _ADMIN_401, "404": _UNKNOWN}, _ADMIN, add),
@@ -186,7 +201,7 @@ class _Generator(GenerateJsonSchema):
 def _component_schemas(ops: list[Operation]) -> dict[str, Any]:
     models: list[type[BaseModel]] = [Error, HealthUnavailable]
     for op in ops:
-        for model in (op.body, op.ok):
+        for model in (op.body, op.ok, *op.stream):
             if isinstance(model, type) and model not in models:
                 models.append(model)
     mode: JsonSchemaMode = "validation"
@@ -214,6 +229,9 @@ def _operation(op: Operation, settings: Settings) -> dict[str, Any]:
         responses["200"] = op.ok
     else:
         responses["200"] = _json(_ref(op.ok), op.ok_description)
+        if op.stream:
+            lines = {"oneOf": [*(_ref(m) for m in op.stream), _ref(Error)]}
+            responses["200"]["content"][NDJSON] = {"schema": lines}
     for status, text in op.errors.items():
         responses[status] = _error(text)
     if op.path == "/health":

@@ -112,35 +112,10 @@
     if (item) usePhoto(item.getAsFile());
   });
 
-  function formatPrice(value) {
-    return typeof value === "number" ? value.toFixed(2) : "";
-  }
-
-  function safeImageUrl(url) {
-    return typeof url === "string" && /^(https?:|data:image\/)/i.test(url) ? url : "";
-  }
+  const { formatPrice, safeImageUrl, hitCard } = window.lookalikeCards;
 
   function card(hit, rank) {
-    // Product data is untrusted: text goes in with textContent only.
-    const el = document.createElement("article");
-    el.className = "hit";
-    el.dataset.id = hit._id;
-    const img = document.createElement("img");
-    img.loading = "lazy";
-    img.alt = hit.productTitle || hit._id;
-    img.referrerPolicy = "no-referrer";
-    img.src = safeImageUrl(hit.variantImageUrl);
-    const body = document.createElement("div");
-    body.className = "body";
-    const line = (cls, text) => {
-      const d = document.createElement("div");
-      d.className = cls;
-      d.textContent = text;
-      body.appendChild(d);
-      return d;
-    };
-    line("title", hit.productTitle || "(untitled)");
-    if (hit.variantTitle) line("variant", hit.variantTitle);
+    const { el, line } = hitCard(hit);
     const meta = line("meta", "");
     const price = document.createElement("span");
     price.className = "price";
@@ -151,7 +126,6 @@
     meta.append(price, score);
     line("id", hit._id);
     if (hit._match) line("where", "found in the photo · " + hit._match.inliers + " matched keypoints");
-    el.append(img, body);
     el.addEventListener("click", () => select(rank - 1));
     return el;
   }

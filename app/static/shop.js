@@ -76,28 +76,9 @@
   }
 
   function shopCard(hit) {
-    const el = document.createElement("article");
-    el.className = "hit";
-    el.dataset.id = hit._id;
-    const img = document.createElement("img");
-    img.loading = "lazy";
-    img.alt = hit.productTitle || hit._id;
-    img.referrerPolicy = "no-referrer";
-    const url = hit.variantImageUrl;
-    img.src = typeof url === "string" && /^(https?:|data:image\/)/i.test(url) ? url : "";
-    const body = document.createElement("div");
-    body.className = "body";
-    const line = (cls, text) => {
-      const d = document.createElement("div");
-      d.className = cls;
-      d.textContent = text;
-      body.appendChild(d);
-    };
-    line("title", hit.productTitle || "(untitled)");
-    if (hit.variantTitle) line("variant", hit.variantTitle);
-    line("price", typeof hit.price === "number" ? hit.price.toFixed(2) : "");
+    const { el, line } = window.lookalikeCards.hitCard(hit);
+    line("price", window.lookalikeCards.formatPrice(hit.price));
     if (typeof hit._score === "number") line("score", "score " + hit._score.toFixed(3));
-    el.append(img, body);
     return el;
   }
 

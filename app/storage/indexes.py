@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -223,3 +225,24 @@ async def index_stats(conn: asyncpg.Connection | asyncpg.Pool, record: IndexReco
     row = await conn.fetchrow(index_stats_sql(record), record.pk)
     assert row is not None
     return dict(row)
+
+
+# One calibration per index at a time, across every `lookalike serve` process: a session-level
+# advisory lock on a key derived from the index's pk, held on a connection of its own for the
+# run (a crashed process's connection ends, and PostgreSQL releases the lock with it; a run
+# cancelled before its unlock is covered by asyncpg's shielded release, whose reset runs
+# pg_advisory_unlock_all()).
+TRY_LOCK_CALIBRATION = "SELECT pg_try_advisory_lock(hashtextextended('lookalike.calibrate:' || $1::bigint, 0))"
+UNLOCK_CALIBRATION = "SELECT pg_advisory_unlock(hashtextextended('lookalike.calibrate:' || $1::bigint, 0))"
+
+
+@contextlib.asynccontextmanager
+async def calibration_lock(pool: asyncpg.Pool, pk: int) -> AsyncIterator[bool]:
+    """Whether this run got the index's calibration lock (False: another run holds it)."""
+    async with pool.acquire() as conn:
+        got = bool(await conn.fetchval(TRY_LOCK_CALIBRATION, pk))
+        try:
+            yield got
+        finally:
+            if got:
+                await conn.execute(UNLOCK_CALIBRATION, pk)

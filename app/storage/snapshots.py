@@ -160,6 +160,8 @@ STATEMENTS: dict[str, Callable[[IndexRecord], Statement]] = {
     "indexes.index_stats": lambda ix: (indexes.index_stats_sql(ix), [ix.pk]),
     "indexes.delete_index (vector table)": lambda ix: indexes.delete_index_sql(ix)[0],
     "indexes.delete_index (row)": lambda ix: (indexes.delete_index_sql(ix)[1], [ix.pk]),
+    "indexes.calibration_lock": lambda ix: (indexes.TRY_LOCK_CALIBRATION, [ix.pk]),
+    "indexes.calibration_lock (release)": lambda ix: (indexes.UNLOCK_CALIBRATION, [ix.pk]),
     # db: the health probe
     "db.ping": lambda ix: db.PING,
     # apikeys: admin authentication and first-start key generation

@@ -22,6 +22,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 from collections import OrderedDict
@@ -92,6 +93,7 @@ class Embedder:
         self._text_cache: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
         self.text_cache_hits = 0
         self._closed = False
+        self._loads: set[concurrent.futures.Future[EmbeddingModel]] = set()
 
     # -- metrics ---------------------------------------------------------------
 
@@ -104,7 +106,16 @@ class Embedder:
 
     async def load_model(self, spec: ModelSpec) -> EmbeddingModel:
         """The loaded model for `spec`; the first load takes seconds and runs in a thread."""
-        return await self._run(self._load_pool, self.registry.get, spec)
+        loaded = self.registry.loaded_model(spec)
+        if loaded is not None:
+            return loaded
+        # The thread's own future is kept: a caller cancelled meanwhile (the warm-up at shutdown)
+        # does not stop the thread, and `aclose` waits for it rather than leaving it exporting
+        # (and logging) after the app is gone.
+        load = self._load_pool.submit(self.registry.get, spec)
+        self._loads.add(load)
+        load.add_done_callback(self._loads.discard)
+        return await asyncio.wrap_future(load)
 
     async def single_image_ms(self, spec: ModelSpec, precision: str = "fp32") -> float:
         """The model's single-image forward time at `precision` (measured once, on the inference thread)."""
@@ -113,6 +124,19 @@ class Embedder:
         if measured is not None:  # every request after the first: no thread hop
             return measured
         return await self._run(self._infer_pool, model.single_image_ms, precision)
+
+    async def ingest_batch_size(self, spec: ModelSpec, precision: str = "fp32") -> int:
+        """The pass size that embeds the most images per second for this model here (measured once,
+        on the inference thread; see EmbeddingModel.best_batch_size), at most `embed_batch_size`."""
+        model = self.registry.loaded_model(spec) or await self.load_model(spec)
+        measured = model.measured_batch_size(precision, self.batch_size)
+        if measured is not None:
+            return measured
+        return await self._run(self._infer_pool, model.best_batch_size, precision, self.batch_size)
+
+    def _pass_rows(self, model: EmbeddingModel, precision: str) -> int:
+        """Rows per forward pass: the measured best size once ingest measured it, else embed_batch_size."""
+        return model.measured_batch_size(precision, self.batch_size) or self.batch_size
 
     async def preprocess(self, model: EmbeddingModel, images: Sequence[Image.Image]) -> torch.Tensor:
         """model.preprocess(images) in the CPU pool."""
@@ -137,7 +161,8 @@ class Embedder:
         model = await self.load_model(spec)
         if not images:
             return np.zeros((0, model.dim), dtype=np.float32)
-        chunks = [list(images[i : i + self.batch_size]) for i in range(0, len(images), self.batch_size)]
+        rows = self._pass_rows(model, precision)
+        chunks = [list(images[i : i + rows]) for i in range(0, len(images), rows)]
         parts = await asyncio.gather(*(self._embed_chunk(spec, model, chunk, precision) for chunk in chunks))
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
@@ -257,10 +282,11 @@ class Embedder:
                 job = await batcher.queue.get()
             jobs = [job]
             rows = job.batch.shape[0]
+            limit = self.batch_size if batcher.text else self._pass_rows(batcher.model, batcher.precision)
             # Take whatever else is already waiting, up to one batch.
-            while rows < self.batch_size and not batcher.queue.empty():
+            while rows < limit and not batcher.queue.empty():
                 nxt = batcher.queue.get_nowait()
-                if rows + nxt.batch.shape[0] > self.batch_size:
+                if rows + nxt.batch.shape[0] > limit:
                     batcher.carry = nxt
                     break
                 jobs.append(nxt)
@@ -292,9 +318,13 @@ class Embedder:
                 start = end
 
     async def aclose(self) -> None:
-        """close(), then wait for the worker tasks to finish cancelling."""
+        """close(), then wait for the worker tasks to finish cancelling and for model loads in
+        progress to stop (an export stops at its next step: see ModelRegistry.cancel_exports)."""
         tasks = [b.task for b in self._batchers.values() if b.task is not None]
+        self.registry.cancel_exports()
+        loads = [asyncio.wrap_future(f) for f in list(self._loads)]
         self.close()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await asyncio.gather(*loads, return_exceptions=True)

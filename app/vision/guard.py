@@ -74,9 +74,13 @@ def top_k_overlap(reference: np.ndarray, candidate: np.ndarray, k: int) -> float
     return float(np.mean([len(set(r) & set(c)) / k for r, c in zip(ref, cand, strict=True)]))
 
 
-def check(model: EmbeddingModel, batch: torch.Tensor) -> GuardResult:
-    """Compare the model's int8 and fp32 graphs on a preprocessed sample (CPU-bound: run it in a thread)."""
-    fp32 = model.embed_tensor(batch, "fp32")
+def check(model: EmbeddingModel, batch: torch.Tensor, fp32: np.ndarray | None = None) -> GuardResult:
+    """Compare the model's int8 and fp32 graphs on a preprocessed sample (CPU-bound: run it in a thread).
+
+    `fp32`: the sample's fp32 embeddings if the caller computed them already (ingest did).
+    """
+    if fp32 is None:
+        fp32 = model.embed_tensor(batch, "fp32")
     if "int8" not in model.precisions:
         raise ValueError(f"model {model.name} has no int8 graph (backend {model.backend})")
     int8 = model.embed_tensor(batch, "int8")

@@ -74,6 +74,9 @@ class VisionService:
         """Text-tower embeddings (models with `has_text`), in the space of the image embeddings."""
         return await self.embedder.embed_texts(spec, texts)
 
+    async def ingest_batch_size(self, spec: ModelSpec, precision: str = "fp32") -> int:
+        return await self.embedder.ingest_batch_size(spec, precision)
+
     async def single_image_ms(self, spec: ModelSpec, precision: str = "fp32") -> float:
         return await self.embedder.single_image_ms(spec, precision)
 
@@ -82,13 +85,20 @@ class VisionService:
         """Whether int8 graphs may be used at all (onnx backend, LOOKALIKE_INFERENCE_PRECISION=auto)."""
         return self.backend == "onnx" and self.settings.inference_precision == "auto"
 
-    async def guard_int8(self, spec: ModelSpec, images: list[Image.Image]) -> GuardResult | None:
-        """Compare the model's int8 and fp32 graphs on `images` (see app.vision.guard); None if no int8 graph."""
+    async def guard_int8(
+        self, spec: ModelSpec, images: list[Image.Image], fp32: np.ndarray | None = None
+    ) -> GuardResult | None:
+        """Compare the model's int8 and fp32 graphs on `images` (see app.vision.guard); None if no int8 graph.
+
+        `fp32`: the images' fp32 embeddings where the caller has them already (ingest), saving that pass.
+        """
         model = await self.load_model(spec)
         if not self.int8_allowed or "int8" not in model.precisions:
             return None
-        batch = await self.embedder.preprocess(model, images[: guard.MAX_SAMPLE])
-        return await self.embedder.run_inference(guard.check, model, batch)
+        sample = images[: guard.MAX_SAMPLE]
+        batch = await self.embedder.preprocess(model, sample)
+        known = fp32[: len(sample)] if fp32 is not None else None
+        return await self.embedder.run_inference(guard.check, model, batch, known)
 
     async def warm_up(self, specs: list[ModelSpec]) -> None:
         """Load (and, the first time, export) these models before requests need them."""

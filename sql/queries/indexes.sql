@@ -62,3 +62,11 @@ DROP TABLE IF EXISTS vectors_1;
 -- indexes.delete_index (row)
 --   $1 = 1
 DELETE FROM indexes WHERE pk = $1;
+
+-- indexes.calibration_lock
+--   $1 = 1
+SELECT pg_try_advisory_lock(hashtextextended('lookalike.calibrate:' || $1::bigint, 0));
+
+-- indexes.calibration_lock (release)
+--   $1 = 1
+SELECT pg_advisory_unlock(hashtextextended('lookalike.calibrate:' || $1::bigint, 0));
