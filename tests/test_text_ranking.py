@@ -117,11 +117,13 @@ async def test_odd_text_is_only_data(pool: asyncpg.Pool, text_catalog) -> None:
 
 _POSTINGS_DRIFT = """
 SELECT count(*) FROM (
-  (SELECT p.pk, l.lexeme, l.weight FROM products p, lookalike_postings(p.search_tsv) l WHERE p.index_pk = $1
-   EXCEPT ALL SELECT s.product_pk, s.lexeme, s.weight FROM search_postings s WHERE s.index_pk = $1)
+  (SELECT p.pk, l.lexeme, p.product_id, l.weight FROM products p, lookalike_postings(p.search_tsv) l
+   WHERE p.index_pk = $1
+   EXCEPT ALL SELECT s.product_pk, s.lexeme, s.product_id, s.weight FROM search_postings s WHERE s.index_pk = $1)
   UNION ALL
-  (SELECT s.product_pk, s.lexeme, s.weight FROM search_postings s WHERE s.index_pk = $1
-   EXCEPT ALL SELECT p.pk, l.lexeme, l.weight FROM products p, lookalike_postings(p.search_tsv) l WHERE p.index_pk = $1)
+  (SELECT s.product_pk, s.lexeme, s.product_id, s.weight FROM search_postings s WHERE s.index_pk = $1
+   EXCEPT ALL SELECT p.pk, l.lexeme, p.product_id, l.weight FROM products p, lookalike_postings(p.search_tsv) l
+   WHERE p.index_pk = $1)
 ) drift
 """
 
