@@ -117,11 +117,13 @@ async def test_odd_text_is_only_data(pool: asyncpg.Pool, text_catalog) -> None:
 
 _POSTINGS_DRIFT = """
 SELECT count(*) FROM (
-  (SELECT p.pk, l.lexeme, l.weight FROM products p, lookalike_postings(p.search_tsv) l WHERE p.index_pk = $1
-   EXCEPT ALL SELECT s.product_pk, s.lexeme, s.weight FROM search_postings s WHERE s.index_pk = $1)
+  (SELECT p.pk, l.lexeme, p.product_id, l.weight FROM products p, lookalike_postings(p.search_tsv) l
+   WHERE p.index_pk = $1
+   EXCEPT ALL SELECT s.product_pk, s.lexeme, s.product_id, s.weight FROM search_postings s WHERE s.index_pk = $1)
   UNION ALL
-  (SELECT s.product_pk, s.lexeme, s.weight FROM search_postings s WHERE s.index_pk = $1
-   EXCEPT ALL SELECT p.pk, l.lexeme, l.weight FROM products p, lookalike_postings(p.search_tsv) l WHERE p.index_pk = $1)
+  (SELECT s.product_pk, s.lexeme, s.product_id, s.weight FROM search_postings s WHERE s.index_pk = $1
+   EXCEPT ALL SELECT p.pk, l.lexeme, p.product_id, l.weight FROM products p, lookalike_postings(p.search_tsv) l
+   WHERE p.index_pk = $1)
 ) drift
 """
 
@@ -221,3 +223,22 @@ async def test_best_first_skips_products_not_ready(pool: asyncpg.Pool, text_cata
         assert "w1" not in [r.product_id for r in result.rows] and len(result.rows) == 5
     finally:
         await pool.execute(pending, record.pk, "ready")
+
+
+async def test_best_first_walks_on_when_the_top_is_not_ready(pool: asyncpg.Pool, text_catalog) -> None:
+    # more products not ready at the top than the bounded first cut holds (2 x 5 + 32): the
+    # statement walks every match in order instead, and still returns the exact next ready ones
+    record, _ = text_catalog
+    q = "boots"
+    top = [pid for pid, _ in await _all_matches_by_ts_rank_cd(pool, record, q)][:50]
+    assert len(top) == 50
+    status = "UPDATE products SET embedding_status = $3 WHERE index_pk = $1 AND product_id = ANY($2::text[])"
+    await pool.execute(status, record.pk, top[:45], "pending")
+    try:
+        expected = await _all_matches_by_ts_rank_cd(pool, record, q)
+        assert expected[0][0] == top[45]
+        plan = build_plan(filter_node=None, facets=None, sort=None, collapse=None, limit=5, offset=0)
+        result = await storefront_query(pool, record, plan, "text", words=query_words(q))
+        assert [(r.product_id, r.score) for r in result.rows] == expected[:5]
+    finally:
+        await pool.execute(status, record.pk, top[:45], "ready")

@@ -26,7 +26,7 @@ candidates) per found region (`regions.VerifyBudget`).
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -86,6 +86,12 @@ def _boxes_and_crops(image: Any, n_crops: int) -> tuple[list[Any], list[Any]]:
     """All crop boxes (for the keypoint aggregates) and the images of the first `n_crops` (to embed)."""
     boxes = query_boxes(image)
     return boxes, crop_images(image, boxes[:n_crops])
+
+
+def _in_every(per_query: Sequence[Iterable[tuple[Hashable, float]]]) -> set[Hashable]:
+    """The products among the neighbours of every one of these queries (their best cosine is known)."""
+    sets = [{key for key, _ in neighbours} for neighbours in per_query]
+    return set.intersection(*sets) if sets else set()
 
 
 def _best_cosines(vectors: np.ndarray, queries: np.ndarray) -> float:
@@ -259,14 +265,19 @@ class ReverseSearchService:
         global_scores: dict[Hashable, float] = merge_crop_neighbours(found[: len(embeddings)])
         aggregate_scores: dict[Hashable, float] = merge_crop_neighbours(found[len(embeddings) :])
         keys = list({**global_scores, **aggregate_scores})
-        # a candidate found by one signal is scored by the other too
-        missing = [k for k in keys if k not in global_scores or (len(aggregates) and k not in aggregate_scores)]
+        # A candidate keeps its best cosine over every crop and box, not only over those whose
+        # nearest neighbours it was among (another crop may be closer to it yet have closer
+        # neighbours still): a candidate missing from some list is scored from its vectors.
+        everywhere_global = _in_every(found[: len(embeddings)])
+        everywhere_aggregate = _in_every(found[len(embeddings) :]) if aggregate_pool else set()
+        missing = [k for k in keys if k not in everywhere_global or (len(aggregates) and k not in everywhere_aggregate)]
         if missing:
             vectors = await search_sql.candidate_vectors(conn, query.index, missing)  # type: ignore[arg-type]
             for key, (embedding, agg) in vectors.items():
-                global_scores.setdefault(key, _best_cosines(embedding, embeddings) if len(embeddings) else 0.0)
-                if agg is not None and len(aggregates):
-                    aggregate_scores.setdefault(key, _best_cosines(agg, aggregates))
+                if key not in everywhere_global:
+                    global_scores[key] = _best_cosines(embedding, embeddings) if len(embeddings) else 0.0
+                if agg is not None and len(aggregates) and key not in everywhere_aggregate:
+                    aggregate_scores[key] = _best_cosines(agg, aggregates)
         return {k: Candidate(k, global_scores.get(k, 0.0), None, aggregate_scores.get(k)) for k in keys}
 
     async def _verify(

@@ -121,13 +121,14 @@ search_postings = sa.Table(
     sa.Column("product_pk", sa.BigInteger, sa.ForeignKey("products.pk", ondelete="CASCADE"), nullable=False),
     sa.Column("index_pk", sa.BigInteger, nullable=False),
     sa.Column("lexeme", sa.Text(collation="C"), nullable=False),  # byte order: a prefix is a range scan
+    sa.Column("product_id", sa.Text(collation="C"), nullable=False),  # (score, _id) order without products (0008)
     sa.Column("weight", sa.Float(precision=53), nullable=False),
 )
 sa.Index(
     "search_postings_lexeme_idx",
     search_postings.c.index_pk,
     search_postings.c.lexeme,
-    postgresql_include=["product_pk", "weight"],
+    postgresql_include=["product_pk", "product_id", "weight"],
 )
 sa.Index("search_postings_product_idx", search_postings.c.product_pk)
 sa.Index(

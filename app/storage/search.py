@@ -101,27 +101,25 @@ async def catalog_page(
     return _rows(await conn.fetch(CATALOG_PAGE, index.pk, limit, offset))
 
 
-def lexical_leg_ctes(params: SqlParams, query: str, index_param: str, where_sql: str | None, k_param: str) -> str:
+def lexical_leg_ctes(
+    params: SqlParams, query: str, index_param: str, where_sql: str | None, k: int, k_param: str
+) -> str:
     """The lexical leg of hybrid search: the text query's CTEs (storage.storefront.text_ctes: OR of
     the words, the last a prefix, misspellings corrected) and `lexical` (pk, rank), the `k` best
     products matching the text and the filter by (ts_rank_cd score, product_id).
 
-    Unfiltered, the scores are the postings' sums for every match (`ranked`, an index-only scan),
-    and only the best of them meet products: walked best first, each probing products_pkey for
-    its id and state until `k` are taken and every product tied with the k-th (WITH TIES, so the
-    id order among equal scores is exact). Under a filter, ts_rank_cd over the products matching
-    both (the filter's and the text's GIN bitmaps): fewer rows than the postings of every match.
+    Unfiltered, the scores and ids are the postings' (`ranked`, an index-only scan summed per
+    product), and only the best of them meet products (storefront.best_first_ctes: the first few
+    in (score, id) order probed for their state until `k` are taken). Under a filter, ts_rank_cd
+    over the products matching both (the filter's and the text's GIN bitmaps): fewer rows than
+    the postings of every match.
     """
     words = storefront.query_words(query)
     ctes = storefront.text_ctes(params, words, index_param, ranked=where_sql is None)
     if where_sql is None:
-        best = f"""
-                SELECT r.pk, p.product_id, r.score
-                FROM (SELECT r.pk, r.score FROM ranked r ORDER BY r.score DESC) r
-                JOIN products p ON p.pk = r.pk
-                WHERE p.index_pk = {index_param} AND p.embedding_status = 'ready'
-                ORDER BY r.score DESC
-                FETCH FIRST {k_param} ROWS WITH TIES"""
+        ctes += storefront.best_first_ctes("best", params, index_param, k, "r.pk, r.product_id, r.score")
+        best = """
+                SELECT * FROM best"""
     else:
         best = f"""
                 SELECT p.pk, p.product_id,
@@ -189,7 +187,7 @@ def hybrid_sql(
     k_param = local.add(k)
     rrf_param = local.add(RRF_K)
     table = index.vectors_table
-    lexical = lexical_leg_ctes(local, query, index_param, None if where is None else where_sql, k_param)
+    lexical = lexical_leg_ctes(local, query, index_param, None if where is None else where_sql, k, k_param)
     # exact: `+ 0` makes the ordering unindexable, so the filtered rows are scanned (see nearest_sql)
     vector_order = f"({col} <=> {vector_param}) + 0, p.pk" if exact else f"{col} <=> {vector_param}"
     sql = f"""

@@ -7,7 +7,7 @@
                             facet's filter variant: one boolean flag column per variant),
          h  (the hits' set: m under the request's filter),
          best (text without filter or collapse, instead of h: the hits best first from the
-               postings, only as deep as the page or sortBy's depth needs, ties included),
+               postings, only as deep as the page or sortBy's depth needs),
          c  (collapse: DISTINCT ON the collapse key, the group's first by its order),
          top(relevance + sortBy: the best `sort_depth` candidates by score),
          page (ORDER BY the final order, LIMIT/OFFSET),
@@ -193,8 +193,8 @@ def text_ctes(p: SqlParams, words: tuple[str, ...], index_param: str, *, ranked:
         each exact or a prefix, without those another prefix covers (a product's matching
         lexeme counts once, as in ts_rank_cd).
     tq: the OR of tk (NULL, which matches nothing, when there is none).
-    ranked: per product, the sum of its matching lexemes' `search_postings` weights (migration
-        0007) as real: ts_rank_cd(RANK_WEIGHTS, search_tsv, tq, 1) for these OR queries, read
+    ranked: per product (pk, product_id), the sum of its matching lexemes' `search_postings`
+        weights (migration 0007) as real: ts_rank_cd(RANK_WEIGHTS, search_tsv, tq, 1) for these OR queries, read
         from the postings' covering btree instead of computed from every matching tsvector.
     """
     cfg = f"'{TEXT_CONFIG}'::regconfig"
@@ -231,15 +231,49 @@ def text_ctes(p: SqlParams, words: tuple[str, ...], index_param: str, *, ranked:
     ]
     if ranked:
         ctes.append(
-            "ranked AS (SELECT sp.product_pk AS pk, sum(sp.weight)::real::float8 AS score"
+            "ranked AS NOT MATERIALIZED (SELECT sp.product_pk AS pk, sp.product_id,"
+            " sum(sp.weight)::real::float8 AS score"
             " FROM tk CROSS JOIN LATERAL ("
-            f"SELECT x.product_pk, x.weight FROM search_postings x WHERE NOT tk.prefix AND x.index_pk = {index_param}"
-            " AND x.lexeme = tk.lexeme UNION ALL"
-            f" SELECT x.product_pk, x.weight FROM search_postings x WHERE tk.prefix AND x.index_pk = {index_param}"
-            " AND x.lexeme >= tk.lexeme AND x.lexeme < tk.lexeme || chr(1114111) AND starts_with(x.lexeme, tk.lexeme)"
-            ") sp GROUP BY sp.product_pk)"
+            "SELECT x.product_pk, x.product_id, x.weight FROM search_postings x"
+            f" WHERE NOT tk.prefix AND x.index_pk = {index_param} AND x.lexeme = tk.lexeme UNION ALL"
+            " SELECT x.product_pk, x.product_id, x.weight FROM search_postings x"
+            f" WHERE tk.prefix AND x.index_pk = {index_param} AND x.lexeme >= tk.lexeme"
+            " AND x.lexeme < tk.lexeme || chr(1114111) AND starts_with(x.lexeme, tk.lexeme)"
+            ") sp GROUP BY sp.product_pk, sp.product_id)"
         )
     return ctes
+
+
+def best_first_ctes(name: str, p: SqlParams, index_param: str, depth: int, columns: str) -> list[str]:
+    """CTEs ending in `name`: the `depth` best ready products of `ranked` (text_ctes) in (score,
+    product_id) order, as `columns` of products `p` and ranked `r`.
+
+    The first 2 x depth + 32 of ranked by that order (a bounded sort: fully sorting every match
+    compared the ids of thousands of products tied on score, 9 ms at 100k) are probed for their
+    state; when they hold `depth` ready products, or are all of ranked, those are the answer.
+    Otherwise (more products not ready at the top than that) every match is walked in order.
+    """
+    depth_param = p.add(depth)
+    cut_param = p.add(2 * depth + 32)
+
+    def walk(source: str) -> str:
+        return (
+            f"SELECT {columns} FROM {source} r JOIN products p ON p.pk = r.pk"
+            f" WHERE p.index_pk = {index_param} AND p.embedding_status = 'ready'"
+            f" ORDER BY r.score DESC, r.product_id LIMIT {depth_param}"
+        )
+
+    enough = (
+        f"((SELECT count(*) FROM {name}_quick) >= {depth_param} OR (SELECT count(*) FROM {name}_cut) < {cut_param})"
+    )
+    everything = "(SELECT r.pk, r.product_id, r.score FROM ranked r ORDER BY r.score DESC, r.product_id)"
+    return [
+        f"{name}_cut AS MATERIALIZED (SELECT r.pk, r.product_id, r.score FROM ranked r"
+        f" ORDER BY r.score DESC, r.product_id LIMIT {cut_param})",
+        f"{name}_quick AS MATERIALIZED ({walk(name + '_cut')})",
+        f"{name} AS MATERIALIZED (SELECT * FROM {name}_quick WHERE {enough}"
+        f" UNION ALL SELECT * FROM ({walk(everything)}) f WHERE NOT {enough})",
+    ]
 
 
 class _Builder:
@@ -347,16 +381,13 @@ class _Builder:
             )
         hits_set = "m" if self.variants == 1 else "(SELECT * FROM m WHERE f0)"
         if best_first:
-            # The products in score order (the postings' sums, sorted), each probing products_pkey
-            # for its state and values, until the page (or sortBy's candidate depth) is full and
-            # every product tied with the last one is in: the exact (score, _id) order of all
-            # matches, from a few hundred probes instead of ts_rank_cd over every match.
+            # The products in (score, _id) order (the postings' sums and ids, sorted), each probing
+            # products_pkey for its state and values, until the page (or sortBy's candidate depth)
+            # is full: the exact order of all matches, from that many probes instead of ts_rank_cd
+            # over every match.
             depth = self.plan.sort_depth if self.plan.sort else self.plan.limit + self.plan.offset
-            self.ctes.append(
-                f"best AS MATERIALIZED (SELECT p.pk, p.product_id, p.price, r.score{extracted}"
-                " FROM (SELECT r.pk, r.score FROM ranked r ORDER BY r.score DESC) r JOIN products p ON p.pk = r.pk"
-                f" WHERE p.index_pk = {index_param} AND p.embedding_status = 'ready'"
-                f" ORDER BY r.score DESC FETCH FIRST {p.add(depth)} ROWS WITH TIES)"
+            self.ctes.extend(
+                best_first_ctes("best", p, index_param, depth, f"p.pk, p.product_id, p.price, r.score{extracted}")
             )
             hits_set = "best"
         if self.collapsed:

@@ -198,21 +198,21 @@ LIMIT $7;
 --   $5 = 'red'
 --   $6 = 'shoe'
 --   $7 = 'shoe'
+--   $8 = 10
+--   $9 = 52
 WITH tw (word, prefix) AS MATERIALIZED (SELECT $5::text, FALSE UNION ALL SELECT $6::text, TRUE UNION ALL (SELECT s.word::text, FALSE FROM search_words s WHERE NOT EXISTS (SELECT 1 FROM search_words k WHERE k.index_pk = $2 AND k.word >= lookalike_fold($7::text) AND k.word < lookalike_fold($7::text) || chr(1114111)) AND s.index_pk = $2 AND s.word % lookalike_fold($7::text) ORDER BY similarity(s.word, lookalike_fold($7::text)) DESC, s.word LIMIT 3)),
 tl AS MATERIALIZED (SELECT DISTINCT l.lexeme COLLATE "C" AS lexeme, w.prefix FROM tw w CROSS JOIN LATERAL unnest(tsvector_to_array(to_tsvector('lookalike_text'::regconfig, w.word))) AS l(lexeme)),
 tk AS MATERIALIZED (SELECT a.lexeme, a.prefix FROM tl a WHERE NOT EXISTS (SELECT 1 FROM tl b WHERE b.prefix AND starts_with(a.lexeme, b.lexeme) AND (b.lexeme <> a.lexeme OR NOT a.prefix))),
 tq AS MATERIALIZED (SELECT string_agg('''' || replace(replace(tk.lexeme, '\', '\\'), '''', '''''') || '''' || CASE WHEN tk.prefix THEN ':*' ELSE '' END, ' | ')::tsquery AS q FROM tk),
-ranked AS (SELECT sp.product_pk AS pk, sum(sp.weight)::real::float8 AS score FROM tk CROSS JOIN LATERAL (SELECT x.product_pk, x.weight FROM search_postings x WHERE NOT tk.prefix AND x.index_pk = $2 AND x.lexeme = tk.lexeme UNION ALL SELECT x.product_pk, x.weight FROM search_postings x WHERE tk.prefix AND x.index_pk = $2 AND x.lexeme >= tk.lexeme AND x.lexeme < tk.lexeme || chr(1114111) AND starts_with(x.lexeme, tk.lexeme)) sp GROUP BY sp.product_pk),
+ranked AS NOT MATERIALIZED (SELECT sp.product_pk AS pk, sp.product_id, sum(sp.weight)::real::float8 AS score FROM tk CROSS JOIN LATERAL (SELECT x.product_pk, x.product_id, x.weight FROM search_postings x WHERE NOT tk.prefix AND x.index_pk = $2 AND x.lexeme = tk.lexeme UNION ALL SELECT x.product_pk, x.product_id, x.weight FROM search_postings x WHERE tk.prefix AND x.index_pk = $2 AND x.lexeme >= tk.lexeme AND x.lexeme < tk.lexeme || chr(1114111) AND starts_with(x.lexeme, tk.lexeme)) sp GROUP BY sp.product_pk, sp.product_id),
+best_cut AS MATERIALIZED (SELECT r.pk, r.product_id, r.score FROM ranked r ORDER BY r.score DESC, r.product_id LIMIT $9),
+best_quick AS MATERIALIZED (SELECT r.pk, r.product_id, r.score FROM best_cut r JOIN products p ON p.pk = r.pk WHERE p.index_pk = $2 AND p.embedding_status = 'ready' ORDER BY r.score DESC, r.product_id LIMIT $8),
+best AS MATERIALIZED (SELECT * FROM best_quick WHERE ((SELECT count(*) FROM best_quick) >= $8 OR (SELECT count(*) FROM best_cut) < $9) UNION ALL SELECT * FROM (SELECT r.pk, r.product_id, r.score FROM (SELECT r.pk, r.product_id, r.score FROM ranked r ORDER BY r.score DESC, r.product_id) r JOIN products p ON p.pk = r.pk WHERE p.index_pk = $2 AND p.embedding_status = 'ready' ORDER BY r.score DESC, r.product_id LIMIT $8) f WHERE NOT ((SELECT count(*) FROM best_quick) >= $8 OR (SELECT count(*) FROM best_cut) < $9)),
 lexical AS MATERIALIZED (
     SELECT l.pk, l.rank FROM (
         SELECT b.pk, row_number() OVER (ORDER BY b.score DESC, b.product_id COLLATE "C") AS rank
         FROM (
-        SELECT r.pk, p.product_id, r.score
-        FROM (SELECT r.pk, r.score FROM ranked r ORDER BY r.score DESC) r
-        JOIN products p ON p.pk = r.pk
-        WHERE p.index_pk = $2 AND p.embedding_status = 'ready'
-        ORDER BY r.score DESC
-        FETCH FIRST $3 ROWS WITH TIES
+        SELECT * FROM best
         ) b
     ) l
     WHERE l.rank <= $3
