@@ -58,7 +58,10 @@ async def _app_with(
     database_url: str, tmp: pytest.TempPathFactory, allow: FetchAllowList, **overrides: object
 ) -> AsyncIterator[App]:
     settings = api_settings(database_url, tmp.mktemp("ssrf"), fetch_allowlist=allow, **overrides)
-    async with running_app(settings) as client:
+    # No start-up warm-up: it would load (and export to ONNX) the models of every index other
+    # test modules left in the shared database, and an export's tracing holds the GIL for
+    # seconds, which these tests' fetch deadlines would measure instead of the fetch.
+    async with running_app(settings, start_background_work=False) as client:
         name = f"ssrf-{secrets.token_hex(4)}"
         r = await client.post(
             f"/api/v1/indexes/{name}",
