@@ -36,13 +36,12 @@ from app.domain.regions import iou
 from app.domain.reverse import region_features
 from app.samples import wild
 from app.vision import local_features as lf
+from benchmarks.quality_bench import _jpeg
 
 
 def _as_sent(image: Image.Image, quality: int = 85) -> Image.Image:
     """The photo as quality_bench sends it (JPEG), decoded."""
-    out = io.BytesIO()
-    image.save(out, "JPEG", quality=quality)
-    return Image.open(io.BytesIO(out.getvalue())).convert("RGB")
+    return Image.open(io.BytesIO(_jpeg(image, quality))).convert("RGB")
 
 
 def main() -> None:
