@@ -26,6 +26,7 @@ candidates) per found region (`regions.VerifyBudget`).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -326,9 +327,16 @@ class ReverseSearchService:
         query = await self._prepare(index, request, params)
         timer.lap("decode")
         boxes, crops = await self.vision.run_cpu(_boxes_and_crops, query.image, query.n_crops)
-        # Query features are extracted while the crops are embedded (both off the loop).
-        features_task = self.vision.run_cpu(local_features.extract_query_features, query.image)
-        embeddings = await self.vision.embed(query.spec, crops, inference.precision_of(query.index, self.vision))
+        # Query features are extracted while the crops are embedded (both off the loop): a task,
+        # because a bare coroutine would not start the extraction until it was awaited.
+        features_task = asyncio.ensure_future(
+            self.vision.run_cpu(local_features.extract_query_features, query.image)
+        )
+        try:
+            embeddings = await self.vision.embed(query.spec, crops, inference.precision_of(query.index, self.vision))
+        except BaseException:
+            features_task.cancel()
+            raise
         timer.lap("embed")
         query_features = await features_task
         aggregates = await self.vision.run_cpu(aggregate.box_aggregates, query_features, boxes)
