@@ -456,6 +456,44 @@ async def test_a_long_text_field_reads_the_wide_rows(pool, catalog, request_part
         assert len(result.rows) == 1  # every product has the same image URL
 
 
+@pytest.mark.parametrize("q", ["product 12 sho", "product", "prodct 3", "nothing matches this"])
+async def test_text_facets_in_one_pass_equal_the_stored_matches(pool, catalog, q) -> None:
+    """Text without a filter counts its facets in one grouping-sets pass over the scan (fx); under a
+    filter every product passes, the statement stores the matches (m) and counts facet by facet:
+    the same facets."""
+    from app.domain.storefront import query_words
+    from app.storage.storefront import storefront_sql
+
+    record, _ = catalog
+    facets = Facets.parse(
+        {
+            "fields": {
+                "brand": {"type": "string", "maxResults": 3},
+                "colour": {"type": "string", "order": "asc"},
+                "productCollections": {"type": "array"},
+                "price": {"type": "number", "ranges": [{"to": 50}, {"from": 50, "to": 150.5}, {"from": 150.5}]},
+                "rating": {"type": "number"},
+                "rating_num": {"type": "number", "ranges": [{"from": 1, "to": 2}]},
+            }
+        }
+    )
+    results = []
+    for filter_text in (None, "price:[-1 TO *]"):  # every price is >= 0
+        plan = build_plan(
+            filter_node=parse_filter(filter_text), facets=facets, sort=None, collapse=None, limit=10, offset=0
+        )
+        sql, _ = storefront_sql(record, plan, "text", words=query_words(q))
+        assert ("GROUPING SETS" in sql) == (filter_text is None)
+        results.append(await storefront_query(pool, record, plan, "text", words=query_words(q)))
+    one_pass, stored = results
+    assert one_pass.facets == stored.facets
+    assert [r.product_id for r in one_pass.rows] == [r.product_id for r in stored.rows]
+    if q != "nothing matches this":
+        assert one_pass.facets["brand"] and one_pass.facets["rating"]["count"] > 0
+    else:
+        assert one_pass.facets["brand"] == {} and one_pass.facets["rating"]["count"] == 0
+
+
 # --- the plans at catalog scale (DESIGN "Storefront queries in SQL") -------------------------
 
 SCALE_PRODUCTS = 100_000

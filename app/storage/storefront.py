@@ -410,10 +410,16 @@ class _Builder:
                 f"FROM {self.table} p WHERE p.index_pk = {index_param} AND p.embedding_status = 'ready' AND {where}"
             )
         extracted = "".join(", " + c for c in self.columns)
+        # Best first, m only feeds the facets (one filter, no collapse): then all of them are one
+        # aggregate over the scan (`fx`, grouping sets) unless one unnests a JSON array, and m
+        # is never stored (writing and re-reading 15,000 rows cost more than the grouping).
+        one_pass = best_first and self.variants == 1 and bool(self.plan.facets) and all(
+            f.kind != "array" or f.field == "productCollections" for f in self.plan.facets
+        )
         # m carries the extracted values, not the documents: only the page's are fetched.
         if not best_first or self.plan.facets:
             self.ctes.append(
-                f"m AS MATERIALIZED (SELECT p.pk, p.product_id, p.price, {score} AS score"
+                f"m AS {'NOT ' if one_pass else ''}MATERIALIZED (SELECT p.pk, p.product_id, p.price, {score} AS score"
                 f"{flag_columns}{group_columns}{extracted} {source_sql})"
             )
         hits_set = "m" if self.variants == 1 else "(SELECT * FROM m WHERE f0)"
@@ -457,8 +463,11 @@ class _Builder:
                 "SELECT 0 AS kind, s.ord, s.pk, s.product_id, d.doc::text AS doc, s.score, NULL::text AS payload"
                 " FROM page s JOIN products d ON d.pk = s.pk"
             )
+        if one_pass:
+            self.ctes.append(self.one_pass_cte())
         for number, facet in enumerate(self.plan.facets):
-            self.ctes.append(f"f{number} AS ({self.facet_sql(facet, number)})")
+            body = self.one_pass_facet_sql(facet, number) if one_pass else self.facet_sql(facet, number)
+            self.ctes.append(f"f{number} AS ({body})")
             selects.append(
                 f"SELECT 1, {number}, NULL::bigint, NULL::text, NULL::text, NULL::float8, payload::text FROM f{number}"
             )
@@ -466,6 +475,73 @@ class _Builder:
             selects.append("SELECT 0, 0, NULL::bigint, NULL::text, NULL::text, NULL::float8, NULL::text WHERE FALSE")
         sql = "WITH " + ",\n".join(self.ctes) + "\n" + "\nUNION ALL\n".join(selects)
         return sql, p.values
+
+    def bucket_condition(self, value: str, bucket: RangeBucket) -> str:
+        conditions = [f"{value} IS NOT NULL"]
+        if bucket.low is not None:
+            conditions.append(f"{value} >= {self.params.add(bucket.low, 'float8')}")
+        if bucket.high is not None:
+            conditions.append(f"{value} < {self.params.add(bucket.high, 'float8')}")
+        return " AND ".join(conditions)
+
+    def value_facets(self) -> list[int]:
+        return [n for n, f in enumerate(self.plan.facets) if f.kind in ("string", "array")]
+
+    def one_pass_cte(self) -> str:
+        """fx: every facet of m in one aggregate. A grouping set per string or productCollections
+        facet (its value or list: g<n> = 0 on its rows), and the whole set `()` (every g<n> = 1)
+        carrying the number facets' range counts (r<n>_<i>) and stats."""
+        columns, sets = [], []
+        for n in self.value_facets():
+            value = f"x.{self.facet_columns[n]}"
+            columns.append(f"{value} AS v{n}, GROUPING({value}) AS g{n}")
+            sets.append(f"({value})")
+        columns.append("count(*) AS n")
+        for n, facet in enumerate(self.plan.facets):
+            if facet.kind != "number":
+                continue
+            value = f"x.{self.facet_columns[n]}"
+            if facet.ranges is not None:
+                for i, bucket in enumerate(facet.ranges):
+                    columns.append(f"count(*) FILTER (WHERE {self.bucket_condition(value, bucket)}) AS r{n}_{i}")
+            else:
+                columns.append(
+                    f"min({value}) AS min{n}, max({value}) AS max{n}, avg({value}) AS avg{n},"
+                    f" sum({value}) AS sum{n}, count({value}) AS count{n}"
+                )
+        sets.append("()")
+        return f"fx AS MATERIALIZED (SELECT {', '.join(columns)} FROM m x GROUP BY GROUPING SETS ({', '.join(sets)}))"
+
+    def one_pass_facet_sql(self, facet: FacetPlan, number: int) -> str:
+        """Facet `number` read from fx (one_pass_cte): the same payload as facet_sql's."""
+        p = self.params
+        if facet.kind in ("string", "array"):
+            direction = "ASC" if facet.ascending else "DESC"
+            mine = f"x.g{number} = 0"
+            if facet.kind == "string":
+                rows = f"SELECT x.v{number} AS v, x.n FROM fx x WHERE {mine} AND x.v{number} IS NOT NULL"
+            else:  # productCollections: per distinct list, each element once (value_counts)
+                rows = (
+                    "SELECT v, sum(n)::bigint AS n FROM (SELECT DISTINCT e.v, x.a, x.n"
+                    f" FROM (SELECT x.v{number} AS a, x.n FROM fx x WHERE {mine}) x"
+                    " CROSS JOIN LATERAL unnest(x.a) AS e(v)) q WHERE v IS NOT NULL GROUP BY v"
+                )
+            order = f'n {direction}, v COLLATE "C"'
+            return (
+                f"SELECT json_agg(json_build_array(v, n) ORDER BY {order}) AS payload FROM"
+                f" (SELECT v, n FROM ({rows}) r ORDER BY {order} LIMIT {p.add(facet.max_results)}) t"
+            )
+        whole = " AND ".join(f"x.g{n} = 1" for n in self.value_facets()) or "TRUE"
+        if facet.ranges is not None:
+            counts = ", ".join(
+                f"json_build_array({p.add(bucket.name, 'text')}, x.r{number}_{i})"
+                for i, bucket in enumerate(facet.ranges)
+            )
+            return f"SELECT json_build_array({counts}) AS payload FROM fx x WHERE {whole}"
+        return (
+            f"SELECT json_build_object('min', x.min{number}, 'max', x.max{number}, 'avg', x.avg{number},"
+            f" 'sum', x.sum{number}, 'count', x.count{number}) AS payload FROM fx x WHERE {whole}"
+        )
 
     def value_counts(self, facet: FacetPlan, number: int, where: str, *, per_group: bool) -> str:
         """(v, n) rows: how many of m's rows under `where` (per_group: how many groups) hold each
@@ -519,12 +595,7 @@ class _Builder:
         if facet.ranges is not None:
             names, solo, shared = [], [], []
             for position, bucket in enumerate(facet.ranges):
-                conditions = [f"{value} IS NOT NULL"]
-                if bucket.low is not None:
-                    conditions.append(f"{value} >= {p.add(bucket.low, 'float8')}")
-                if bucket.high is not None:
-                    conditions.append(f"{value} < {p.add(bucket.high, 'float8')}")
-                where = " AND ".join(conditions)
+                where = self.bucket_condition(value, bucket)
                 names.append(p.add(bucket.name, "text"))
                 solo.append(f"count(*) FILTER (WHERE {where}) AS n{position}")
                 shared.append(f"count(DISTINCT x.g) FILTER (WHERE {where}) AS n{position}")

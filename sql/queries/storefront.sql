@@ -118,6 +118,52 @@ SELECT 1, 2, NULL::bigint, NULL::text, NULL::text, NULL::float8, payload::text F
 UNION ALL
 SELECT 1, 3, NULL::bigint, NULL::text, NULL::text, NULL::float8, payload::text FROM f3;
 
+-- storefront.text (no filter: postings, facets in one pass; sortBy)
+--   $1 = 'color'
+--   $2 = 'brand'
+--   $3 = 'rating'
+--   $4 = 1
+--   $5 = 'red'
+--   $6 = 'runing'
+--   $7 = 'runing'
+--   $8 = 'sho'
+--   $9 = 60
+--   $10 = 152
+--   $11 = 60
+--   $12 = 20
+--   $13 = 0
+--   $14 = 50.0
+--   $15 = 50.0
+--   $16 = 10
+--   $17 = 100
+--   $18 = '*:50'
+--   $19 = '50:*'
+WITH tw (word, prefix) AS MATERIALIZED (SELECT $5::text, FALSE UNION ALL SELECT $6::text, FALSE UNION ALL (SELECT s.word::text, FALSE FROM search_words s WHERE NOT EXISTS (SELECT 1 FROM search_words k WHERE k.index_pk = $4 AND k.word = lookalike_fold($7::text)) AND s.index_pk = $4 AND s.word % lookalike_fold($7::text) ORDER BY similarity(s.word, lookalike_fold($7::text)) DESC, s.word LIMIT 3) UNION ALL SELECT $8::text, TRUE),
+tl AS MATERIALIZED (SELECT DISTINCT l.lexeme COLLATE "C" AS lexeme, w.prefix FROM tw w CROSS JOIN LATERAL unnest(tsvector_to_array(to_tsvector('lookalike_text'::regconfig, w.word))) AS l(lexeme)),
+tk AS MATERIALIZED (SELECT a.lexeme, a.prefix FROM tl a WHERE NOT EXISTS (SELECT 1 FROM tl b WHERE b.prefix AND starts_with(a.lexeme, b.lexeme) AND (b.lexeme <> a.lexeme OR NOT a.prefix))),
+tq AS MATERIALIZED (SELECT string_agg('''' || replace(replace(tk.lexeme, '\', '\\'), '''', '''''') || '''' || CASE WHEN tk.prefix THEN ':*' ELSE '' END, ' | ')::tsquery AS q FROM tk),
+ranked AS NOT MATERIALIZED (SELECT sp.product_pk AS pk, sp.product_id, sum(sp.weight)::real::float8 AS score FROM tk CROSS JOIN LATERAL (SELECT x.product_pk, x.product_id, x.weight FROM search_postings x WHERE NOT tk.prefix AND x.index_pk = $4 AND x.lexeme = tk.lexeme UNION ALL SELECT x.product_pk, x.product_id, x.weight FROM search_postings x WHERE tk.prefix AND x.index_pk = $4 AND x.lexeme >= tk.lexeme AND x.lexeme < tk.lexeme || chr(1114111) AND starts_with(x.lexeme, tk.lexeme)) sp GROUP BY sp.product_pk, sp.product_id),
+m AS NOT MATERIALIZED (SELECT p.pk, p.product_id, p.price, NULL::float8 AS score, p.price AS c0, NULLIF(p.doc -> $1::text, 'null'::jsonb) AS c1, (CASE WHEN jsonb_typeof(p.doc -> $2::text) = 'string' THEN p.doc ->> $2::text END) AS c2, p.product_collections AS c3, p.price AS c4, (CASE WHEN jsonb_typeof((p.doc -> $3::text)) = 'number' AND abs((p.doc -> $3::text)::numeric) < 1e308 THEN (p.doc -> $3::text)::float8 END) AS c5 FROM product_facets p WHERE p.index_pk = $4 AND p.embedding_status = 'ready' AND p.search_tsv @@ (SELECT q FROM tq) AND TRUE),
+best_cut AS MATERIALIZED (SELECT r.pk, r.product_id, r.score FROM ranked r ORDER BY r.score DESC, r.product_id LIMIT $10),
+best_quick AS MATERIALIZED (SELECT p.pk, p.product_id, p.price, r.score, p.price AS c0, NULLIF(p.doc -> $1::text, 'null'::jsonb) AS c1, (CASE WHEN jsonb_typeof(p.doc -> $2::text) = 'string' THEN p.doc ->> $2::text END) AS c2, p.product_collections AS c3, p.price AS c4, (CASE WHEN jsonb_typeof((p.doc -> $3::text)) = 'number' AND abs((p.doc -> $3::text)::numeric) < 1e308 THEN (p.doc -> $3::text)::float8 END) AS c5 FROM best_cut r JOIN products p ON p.pk = r.pk WHERE p.index_pk = $4 AND p.embedding_status = 'ready' ORDER BY r.score DESC, r.product_id LIMIT $9),
+best AS MATERIALIZED (SELECT * FROM best_quick WHERE ((SELECT count(*) FROM best_quick) >= $9 OR (SELECT count(*) FROM best_cut) < $10) UNION ALL SELECT * FROM (SELECT p.pk, p.product_id, p.price, r.score, p.price AS c0, NULLIF(p.doc -> $1::text, 'null'::jsonb) AS c1, (CASE WHEN jsonb_typeof(p.doc -> $2::text) = 'string' THEN p.doc ->> $2::text END) AS c2, p.product_collections AS c3, p.price AS c4, (CASE WHEN jsonb_typeof((p.doc -> $3::text)) = 'number' AND abs((p.doc -> $3::text)::numeric) < 1e308 THEN (p.doc -> $3::text)::float8 END) AS c5 FROM (SELECT r.pk, r.product_id, r.score FROM ranked r ORDER BY r.score DESC, r.product_id) r JOIN products p ON p.pk = r.pk WHERE p.index_pk = $4 AND p.embedding_status = 'ready' ORDER BY r.score DESC, r.product_id LIMIT $9) f WHERE NOT ((SELECT count(*) FROM best_quick) >= $9 OR (SELECT count(*) FROM best_cut) < $10)),
+top AS (SELECT * FROM best t ORDER BY score DESC, product_id COLLATE "C" LIMIT $11),
+page AS (SELECT *, row_number() OVER (ORDER BY c0 DESC NULLS LAST, c1 ASC NULLS FIRST, score DESC, product_id COLLATE "C") AS ord FROM (SELECT * FROM top s ORDER BY c0 DESC NULLS LAST, c1 ASC NULLS FIRST, score DESC, product_id COLLATE "C" LIMIT $12 OFFSET $13) q),
+fx AS MATERIALIZED (SELECT x.c2 AS v0, GROUPING(x.c2) AS g0, x.c3 AS v1, GROUPING(x.c3) AS g1, count(*) AS n, count(*) FILTER (WHERE x.c4 IS NOT NULL AND x.c4 < $14::float8) AS r2_0, count(*) FILTER (WHERE x.c4 IS NOT NULL AND x.c4 >= $15::float8) AS r2_1, min(x.c5) AS min3, max(x.c5) AS max3, avg(x.c5) AS avg3, sum(x.c5) AS sum3, count(x.c5) AS count3 FROM m x GROUP BY GROUPING SETS ((x.c2), (x.c3), ())),
+f0 AS (SELECT json_agg(json_build_array(v, n) ORDER BY n DESC, v COLLATE "C") AS payload FROM (SELECT v, n FROM (SELECT x.v0 AS v, x.n FROM fx x WHERE x.g0 = 0 AND x.v0 IS NOT NULL) r ORDER BY n DESC, v COLLATE "C" LIMIT $16) t),
+f1 AS (SELECT json_agg(json_build_array(v, n) ORDER BY n DESC, v COLLATE "C") AS payload FROM (SELECT v, n FROM (SELECT v, sum(n)::bigint AS n FROM (SELECT DISTINCT e.v, x.a, x.n FROM (SELECT x.v1 AS a, x.n FROM fx x WHERE x.g1 = 0) x CROSS JOIN LATERAL unnest(x.a) AS e(v)) q WHERE v IS NOT NULL GROUP BY v) r ORDER BY n DESC, v COLLATE "C" LIMIT $17) t),
+f2 AS (SELECT json_build_array(json_build_array($18::text, x.r2_0), json_build_array($19::text, x.r2_1)) AS payload FROM fx x WHERE x.g0 = 1 AND x.g1 = 1),
+f3 AS (SELECT json_build_object('min', x.min3, 'max', x.max3, 'avg', x.avg3, 'sum', x.sum3, 'count', x.count3) AS payload FROM fx x WHERE x.g0 = 1 AND x.g1 = 1)
+SELECT 0 AS kind, s.ord, s.pk, s.product_id, d.doc::text AS doc, s.score, NULL::text AS payload FROM page s JOIN products d ON d.pk = s.pk
+UNION ALL
+SELECT 1, 0, NULL::bigint, NULL::text, NULL::text, NULL::float8, payload::text FROM f0
+UNION ALL
+SELECT 1, 1, NULL::bigint, NULL::text, NULL::text, NULL::float8, payload::text FROM f1
+UNION ALL
+SELECT 1, 2, NULL::bigint, NULL::text, NULL::text, NULL::float8, payload::text FROM f2
+UNION ALL
+SELECT 1, 3, NULL::bigint, NULL::text, NULL::text, NULL::float8, payload::text FROM f3;
+
 -- storefront.text (no filter: postings; facets, sortBy, collapse)
 --   $1 = 'color'
 --   $2 = 'brand'
