@@ -9,7 +9,7 @@ so the statement read 10,000-10,400 heap pages.
 `product_facets` is the same product without its long texts: `doc` and `filter_terms` less
 the product title, the description and the image URL (`lookalike_facet_doc`,
 `lookalike_facet_terms`), with the typed columns, the embedding state and the tsvector
-(~500 bytes a row: 49-57 MB instead of 130 MB), and GIN indexes on its terms and tsvector. A
+(~730 bytes a row: 73 MB instead of 130 MB at 100k), and GIN indexes on its terms and tsvector. A
 statement that names none of those three fields (filter, facets, sortBy, collapse) reads its
 matches here instead (storage.storefront).
 
