@@ -70,6 +70,17 @@ def test_onnx_matches_torch(onnx_registry: ModelRegistry, spec: ModelSpec) -> No
     assert np.array_equal(result.vectors, result.int8 if passed else result.fp32)
 
 
+@pytest.mark.parametrize("spec", [VIT, CNN, CLIP], ids=["vit_tiny@64", "resnet18@96", "open_clip-ViT-B-32"])
+def test_numpy_preprocessing_equals_the_torch_transform(onnx_registry: ModelRegistry, spec: ModelSpec) -> None:
+    """`preprocess` runs to-tensor and Normalize in numpy: bit for bit the model's own transform."""
+    model = onnx_registry.get(spec)
+    assert model._numpy_tail is not None  # the fast path is taken for timm's and open_clip's transforms
+    images = [item.image for item in wild.generate_catalog(6, seed=5)]
+    images += [images[0].convert("L"), images[1].convert("RGBA"), images[2].resize((37, 150))]
+    reference = torch.stack([model.transform(img.convert("RGB")) for img in images])
+    assert torch.equal(model.preprocess(images), reference)
+
+
 def test_guard_refuses_an_int8_graph_that_disagrees(onnx_registry: ModelRegistry, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     model = onnx_registry.get(VIT)
     real = model._runners["int8"]
@@ -215,6 +226,19 @@ async def test_index_guard_decides_on_first_batch_and_shows_in_stats(api: httpx.
     assert again["precision"] == ("int8" if again["guard"]["status"] == "passed" else "fp32")
     stats = (await api.get(f"/api/v1/indexes/{name}/stats", headers=ADMIN)).json()
     assert stats["inference"]["guard"] == again["guard"]
+
+
+async def test_index_creation_measures_the_ingest_batch_size(api: httpx.AsyncClient) -> None:
+    """The pass size is measured when the index is created (beside the export), so the first
+    ingest call does not spend seconds measuring it."""
+    model = {**TEST_MODEL, "seed": 4242}  # weights no other test loads: a model new to this process
+    spec = ModelSpec.parse(model)
+    vision = api.app.state.services.vision  # type: ignore[attr-defined]
+    assert vision.registry.loaded_model(spec) is None
+    r = await api.post(f"/api/v1/indexes/inf-bs-{secrets.token_hex(3)}", json={"model": model}, headers=ADMIN)
+    assert r.status_code == 200, r.text
+    loaded = vision.registry.loaded_model(spec)
+    assert loaded.measured_batch_size("fp32", vision.settings.embed_batch_size) is not None
 
 
 async def test_backfill_decides_a_guard_left_pending_by_small_batches(api: httpx.AsyncClient, images) -> None:  # type: ignore[no-untyped-def]
