@@ -38,7 +38,12 @@ def graph_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def onnx_registry(graph_dir: Path) -> ModelRegistry:
-    return ModelRegistry(None, allow_download=False, backend="onnx", graph_dir=graph_dir)
+    return ModelRegistry(None, allow_download=False, backend="onnx", graph_dir=graph_dir, fp32_runtime="onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def openvino_registry(graph_dir: Path) -> ModelRegistry:
+    return ModelRegistry(None, allow_download=False, backend="onnx", graph_dir=graph_dir, fp32_runtime="openvino")
 
 
 @pytest.mark.parametrize("spec", [VIT, CNN, CLIP], ids=["vit_tiny@64", "resnet18@96", "open_clip-ViT-B-32"])
@@ -68,6 +73,47 @@ def test_onnx_matches_torch(onnx_registry: ModelRegistry, spec: ModelSpec) -> No
     )
     assert result.precision == ("int8" if passed else "fp32"), result.to_json()
     assert np.array_equal(result.vectors, result.int8 if passed else result.fp32)
+
+
+@pytest.mark.parametrize("spec", [VIT, CNN, CLIP], ids=["vit_tiny@64", "resnet18@96", "open_clip-ViT-B-32"])
+def test_openvino_matches_torch(openvino_registry: ModelRegistry, spec: ModelSpec) -> None:
+    """OpenVINO runs the same exported fp32 graph (int8 stays on ONNX Runtime)."""
+    model = openvino_registry.get(spec)
+    assert model.backend == "onnx" and model.precisions == ("fp32", "int8")
+    assert model.providers[0].startswith("OpenVINO:CPU") and model.fp32_runtime == {"chosen": "openvino"}
+    batch = _catalog_batch(model)
+    reference = model.torch_embed_tensor(batch)
+    fp32 = model.embed_tensor(batch, "fp32")
+    assert fp32.shape == reference.shape == (32, model.dim)
+    assert float(np.sum(reference * fp32, axis=1).min()) >= 0.999
+    assert guard.top_k_overlap(reference, fp32, 10) >= 0.99
+    single = np.concatenate([model.embed_tensor(batch[i : i + 1]) for i in range(4)])
+    assert float(np.sum(single * fp32[:4], axis=1).min()) >= 0.9999
+    assert isinstance(model._runners["int8"], backend.OnnxRunner)
+
+
+def test_auto_runtime_takes_the_faster_measured_here(graph_dir: Path) -> None:
+    registry = ModelRegistry(None, allow_download=False, backend="onnx", graph_dir=graph_dir, fp32_runtime="auto")
+    model = registry.get(VIT)
+    choice = model.fp32_runtime
+    medians = choice["batch1Ms"]
+    assert set(medians) == {"onnxruntime", "openvino"}
+    assert choice["chosen"] == min(medians, key=medians.get)
+    assert isinstance(
+        model._runners["fp32"], backend.OpenVinoRunner if choice["chosen"] == "openvino" else backend.OnnxRunner
+    )
+    # the choice itself: the lower median of interleaved passes
+    slow = backend.OnnxRunner(model.graphs.path("fp32"), 1)
+    calls = []
+
+    def slower(batch: np.ndarray) -> np.ndarray:
+        calls.append(batch.shape)
+        out = slow(batch)
+        slow(batch)
+        return out
+
+    chosen, timings = backend.faster_fp32_runner({"slow": slower, "fast": slow}, model.input_size)
+    assert chosen == "fast" and timings["slow"] > timings["fast"] and len(calls) == 4  # warm-up + 3 rounds
 
 
 @pytest.mark.parametrize("spec", [VIT, CNN, CLIP], ids=["vit_tiny@64", "resnet18@96", "open_clip-ViT-B-32"])
@@ -144,6 +190,10 @@ def test_backend_setting() -> None:
     assert Settings.from_env({"LOOKALIKE_INFERENCE_PRECISION": "fp32"}).inference_precision == "fp32"
     with pytest.raises(ValueError, match="LOOKALIKE_INFERENCE_BACKEND"):
         Settings.from_env({"LOOKALIKE_INFERENCE_BACKEND": "tensorrt"})
+    assert Settings.from_env({}).inference_runtime == "auto"
+    assert Settings.from_env({"LOOKALIKE_INFERENCE_RUNTIME": "openvino"}).inference_runtime == "openvino"
+    with pytest.raises(ValueError, match="LOOKALIKE_INFERENCE_RUNTIME"):
+        Settings.from_env({"LOOKALIKE_INFERENCE_RUNTIME": "tvm"})
     assert backend.resolve_backend("auto") == "onnx"  # onnxruntime is a dependency
     assert backend.resolve_backend("torch") == "torch"
     torch_model = ModelRegistry(None, backend="torch").get(VIT)
@@ -202,7 +252,7 @@ async def test_index_guard_decides_on_first_batch_and_shows_in_stats(api: httpx.
     assert stats["inference"]["backend"] == "onnx"
     assert stats["inference"]["precision"] == verdict["precision"]
     assert stats["inference"]["guard"] == g
-    assert stats["inference"]["providers"] == ["CPUExecutionProvider"]
+    assert stats["inference"]["providers"] == ["CPUExecutionProvider"]  # the tests pin onnxruntime (conftest)
 
     # The stored vectors are the index's precision: a catalog image finds itself first.
     headers = {"x-marqo-index-id": (await api.get(f"/api/v1/indexes/{name}", headers=ADMIN)).json()["indexId"]}

@@ -480,3 +480,58 @@ class OnnxRunner:
 
 
 Runner = Callable[[np.ndarray], np.ndarray]
+
+FP32_RUNTIMES = ("auto", "onnxruntime", "openvino")
+
+
+def openvino_installed() -> bool:
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class OpenVinoRunner:
+    """The fp32 ONNX graph compiled by OpenVINO for the CPU: same contract as OnnxRunner.
+
+    Only the fp32 graph: OpenVINO ran ORT's dynamically quantised int8 graph slowly (its own
+    int8 needs calibration data), so int8 stays on ONNX Runtime. One inference at a time (a
+    compiled model's implicit infer request is not shared across threads; the embedder runs
+    passes on one thread anyway).
+    """
+
+    per_row = False
+
+    def __init__(self, path: Path, threads: int) -> None:
+        import openvino as ov
+
+        core = ov.Core()
+        config = {"INFERENCE_NUM_THREADS": max(1, threads), "PERFORMANCE_HINT": "LATENCY"}
+        self._compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+        self.providers = [f"OpenVINO:CPU ({ov.get_version().split('-')[0]})"]
+        self._lock = threading.Lock()
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        with self._lock:
+            result = self._compiled(batch)
+        return np.asarray(result[0], dtype=np.float32)
+
+
+def faster_fp32_runner(
+    candidates: dict[str, Runner], input_size: tuple[int, ...], rounds: int = 3
+) -> tuple[str, dict[str, float]]:
+    """The candidate with the lowest median batch-1 pass time here, measured interleaved (after a
+    warm-up each) so that load drifting on a shared machine hits them alike; and the medians (ms)."""
+    x = np.zeros((1, *input_size), dtype=np.float32)
+    times: dict[str, list[float]] = {name: [] for name in candidates}
+    for runner in candidates.values():
+        runner(x)
+    for _ in range(rounds):
+        for name, runner in candidates.items():
+            started = time.perf_counter()
+            runner(x)
+            times[name].append((time.perf_counter() - started) * 1000)
+    medians = {name: round(float(np.median(t)), 2) for name, t in times.items()}
+    return min(medians, key=lambda name: medians[name]), medians

@@ -43,8 +43,11 @@ from app.vision.backend import (
     GraphCache,
     GraphFiles,
     OnnxRunner,
+    OpenVinoRunner,
     Runner,
     cuda_provider_available,
+    faster_fp32_runner,
+    openvino_installed,
 )
 
 log = logging.getLogger("lookalike.models")
@@ -442,6 +445,7 @@ class EmbeddingModel:
         self._runners: dict[str, Runner] = {}
         self.graphs: GraphFiles | None = None
         self.providers: list[str] = []
+        self.fp32_runtime: dict[str, Any] = {}  # which runtime runs the fp32 graph, and why
 
     def export_module(self) -> torch.nn.Module:
         """The module mapping preprocessed images to features, as exported to ONNX."""
@@ -457,9 +461,25 @@ class EmbeddingModel:
         """The precisions this model can embed at: ("fp32", "int8") with graphs, else ("fp32",)."""
         return tuple(self._runners) if self._runners else ("fp32",)
 
-    def attach_graphs(self, graphs: GraphFiles, threads: int, *, use_cuda: bool = False) -> None:
-        """Run this model's passes on ONNX Runtime sessions over the exported graphs from now on."""
+    def attach_graphs(
+        self, graphs: GraphFiles, threads: int, *, use_cuda: bool = False, fp32_runtime: str = "onnxruntime"
+    ) -> None:
+        """Run this model's passes over the exported graphs from now on: int8 on ONNX Runtime, fp32
+        on ONNX Runtime or OpenVINO (`fp32_runtime`; `auto`: the faster here, measured now, where
+        OpenVINO is installed; always ONNX Runtime on CUDA)."""
         runners: dict[str, Runner] = {"fp32": OnnxRunner(graphs.path("fp32"), threads, use_cuda=use_cuda)}
+        self.fp32_runtime = {"chosen": "onnxruntime"}
+        if not use_cuda and fp32_runtime != "onnxruntime" and (fp32_runtime == "openvino" or openvino_installed()):
+            candidate = OpenVinoRunner(graphs.path("fp32"), threads)
+            if fp32_runtime == "openvino":
+                runners["fp32"] = candidate
+                self.fp32_runtime = {"chosen": "openvino"}
+            else:
+                options: dict[str, Runner] = {"onnxruntime": runners["fp32"], "openvino": candidate}
+                chosen, medians = faster_fp32_runner(options, self.input_size)
+                runners["fp32"] = options[chosen]  # the other is dropped (its weights freed)
+                self.fp32_runtime = {"chosen": chosen, "batch1Ms": medians}
+                log.info("model %s fp32: batch-1 ms %s -> %s", self.name, medians, chosen)
         if not use_cuda:  # dynamic int8 ops have no fast CUDA kernels: fp32 only on a GPU
             runners["int8"] = OnnxRunner(graphs.path("int8"), threads, per_row=True)  # batch-independent
         self.providers = runners["fp32"].providers  # type: ignore[attr-defined]
@@ -678,6 +698,7 @@ class ModelRegistry:
         backend: str = "torch",
         graph_dir: Path | None = None,
         threads: int = 0,
+        fp32_runtime: str = "auto",
     ) -> None:
         if backend not in ("torch", "onnx"):
             raise ValueError(f"backend must be torch or onnx (resolve auto first), got {backend!r}")
@@ -688,6 +709,7 @@ class ModelRegistry:
         self.backend = backend
         self.graph_cache = GraphCache(graph_dir) if graph_dir is not None else None
         self._threads = threads
+        self._fp32_runtime = fp32_runtime
         self.weights_path = weights_path
         self._cache_dir = cache_dir
         self._device = device
@@ -733,7 +755,7 @@ class ModelRegistry:
                 model.spec.cache_key, model.export_module(), model.input_size, cancelled=self._exports_cancelled
             )
             threads = self._threads if self._threads > 0 else torch.get_num_threads()
-            model.attach_graphs(graphs, threads, use_cuda=cuda_provider_available())
+            model.attach_graphs(graphs, threads, use_cuda=cuda_provider_available(), fp32_runtime=self._fp32_runtime)
         except ExportCancelledError:
             raise  # shutting down: the model is not registered half-made
         except Exception as exc:  # an architecture the exporter or ONNX Runtime cannot take still runs, on torch
