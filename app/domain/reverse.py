@@ -326,13 +326,13 @@ class ReverseSearchService:
         with `settle_top`, only until the ranking's first `settle_top` cannot change (0: all of them)."""
         query = await self._prepare(index, request, params)
         timer.lap("decode")
-        boxes, crops = await self.vision.run_cpu(_boxes_and_crops, query.image, query.n_crops)
-        # Query features are extracted while the crops are embedded (both off the loop): a task,
-        # because a bare coroutine would not start the extraction until it was awaited.
+        # Query features are extracted while the crops are cut and embedded (all off the loop): a
+        # task, because a bare coroutine would not start the extraction until it was awaited.
         features_task = asyncio.ensure_future(
             self.vision.run_cpu(local_features.extract_query_features, query.image)
         )
         try:
+            boxes, crops = await self.vision.run_cpu(_boxes_and_crops, query.image, query.n_crops)
             embeddings = await self.vision.embed(query.spec, crops, inference.precision_of(query.index, self.vision))
         except BaseException:
             features_task.cancel()
