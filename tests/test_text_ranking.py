@@ -242,3 +242,24 @@ async def test_best_first_walks_on_when_the_top_is_not_ready(pool: asyncpg.Pool,
         assert [(r.product_id, r.score) for r in result.rows] == expected[:5]
     finally:
         await pool.execute(status, record.pk, top[:45], "ready")
+
+
+async def test_deleting_an_index_lifts_the_statement_timeout_for_its_transaction_only(pool) -> None:
+    """A large index's cascading delete outlasts the service's statement timeout; the delete lifts it
+    (SET LOCAL), refuses to run outside a transaction (where SET LOCAL would do nothing), and the
+    connection's own timeout is back after the commit."""
+    async with pool.acquire() as conn:
+        shirt = {"_id": "d1", "productTitle": "Linen Shirt", "price": 9.0, "variantImageUrl": "u"}
+        record = await text_bench.load(conn, [shirt])
+        await conn.execute("SET statement_timeout = '45s'")
+        try:
+            with pytest.raises(RuntimeError, match="inside a transaction"):
+                await indexes.delete_index(conn, record)
+            assert await indexes.get_index(conn, record.name) is not None
+            async with conn.transaction():
+                await indexes.delete_index(conn, record)
+                assert await conn.fetchval("SHOW statement_timeout") == "0"
+            assert await conn.fetchval("SHOW statement_timeout") == "45s"
+            assert await indexes.get_index(conn, record.name) is None
+        finally:
+            await conn.execute("RESET statement_timeout")

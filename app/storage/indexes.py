@@ -198,8 +198,18 @@ def delete_index_sql(record: IndexRecord) -> list[str]:
     return [f"DROP TABLE IF EXISTS {record.vectors_table}", "DELETE FROM indexes WHERE pk = $1"]
 
 
+# Deleting an index cascades row by row through its products' postings, facets and features
+# (~6 s per 100k products on a busy 2-core machine), so a large catalog would outlast the
+# service's statement timeout: an admin's delete may take what it needs, in its transaction only.
+DELETE_WITHOUT_TIMEOUT = "SET LOCAL statement_timeout = 0"
+
+
 async def delete_index(conn: asyncpg.Connection, record: IndexRecord) -> None:
+    """Run inside a transaction (the timeout is lifted for that transaction only)."""
+    if not conn.is_in_transaction():
+        raise RuntimeError("delete_index must run inside a transaction")
     drop_table, delete_row = delete_index_sql(record)
+    await conn.execute(DELETE_WITHOUT_TIMEOUT)
     await conn.execute(drop_table)
     await conn.execute(delete_row, record.pk)
 

@@ -161,6 +161,7 @@ STATEMENTS: dict[str, Callable[[IndexRecord], Statement]] = {
     "indexes.update_settings": lambda ix: indexes.UPDATE_SETTINGS,
     "indexes.set_inference": lambda ix: indexes.SET_INFERENCE,
     "indexes.index_stats": lambda ix: (indexes.index_stats_sql(ix), [ix.pk]),
+    "indexes.delete_index (no statement timeout)": lambda ix: indexes.DELETE_WITHOUT_TIMEOUT,
     "indexes.delete_index (vector table)": lambda ix: indexes.delete_index_sql(ix)[0],
     "indexes.delete_index (row)": lambda ix: (indexes.delete_index_sql(ix)[1], [ix.pk]),
     "indexes.calibration_lock": lambda ix: (indexes.TRY_LOCK_CALIBRATION, [ix.pk]),

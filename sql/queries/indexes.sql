@@ -56,6 +56,9 @@ SELECT
     AS embeddings_failed,
   pg_total_relation_size('vectors_1'::regclass) AS vector_bytes;
 
+-- indexes.delete_index (no statement timeout)
+SET LOCAL statement_timeout = 0;
+
 -- indexes.delete_index (vector table)
 DROP TABLE IF EXISTS vectors_1;
 
