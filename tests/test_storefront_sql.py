@@ -554,3 +554,46 @@ async def test_storefront_plans_use_the_indexes_at_100k(pool, scale_catalog) -> 
     assert "One-Time Filter" in plan and "Seq Scan on products" not in plan, plan
     assert "search_words_word_trgm_idx" in plan or "Seq Scan on search_words" in plan, plan
     assert "Seq Scan on products" not in plan, plan
+
+
+async def test_number_stats_do_not_depend_on_the_order_rows_are_read(pool) -> None:
+    """The same products stored in two orders report the same sum and avg (a float8 sum is
+    order-dependent: (1e16 + 1) - 1e16 is 0, (1e16 - 1e16) + 1 is 1), narrow and wide statements alike."""
+    ratings = [1e16, 1.0, -1e16]
+    docs = [
+        {"_id": f"n{i}", "productTitle": "Stat", "price": 1.0, "rating": r, "variantImageUrl": "https://img.test/p.jpg"}
+        for i, r in enumerate(ratings)
+    ]
+    plan = build_plan(
+        filter_node=None,
+        facets=Facets.parse({"fields": {"rating": {"type": "number"}}}),
+        sort=None,
+        collapse=None,
+        limit=10,
+        offset=0,
+    )
+    records = []
+    try:
+        async with pool.acquire() as conn:
+            for order in (docs, docs[::-1], [docs[1], docs[0], docs[2]]):
+                async with conn.transaction():
+                    record = await indexes.create_index(
+                        conn,
+                        name=f"sf-stats-{secrets.token_hex(4)}",
+                        index_id=secrets.token_hex(16),
+                        settings={},
+                        model={},
+                        dimensions=4,
+                        vector_type="halfvec",
+                    )
+                records.append(record)
+                await insert_products(conn, record.pk, order)
+        for record in records:
+            for narrow in (True, False):
+                stats = (await storefront_query(pool, record, plan, "browse", narrow=narrow)).facets["rating"]
+                assert stats["sum"] == 1.0 and stats["avg"] == pytest.approx(1 / 3), (narrow, stats)
+                assert (stats["min"], stats["max"], stats["count"]) == (-1e16, 1e16, 3)
+    finally:
+        async with pool.acquire() as conn, conn.transaction():
+            for record in records:
+                await indexes.delete_index(conn, record)

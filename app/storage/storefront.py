@@ -506,8 +506,8 @@ class _Builder:
                     columns.append(f"count(*) FILTER (WHERE {self.bucket_condition(value, bucket)}) AS r{n}_{i}")
             else:
                 columns.append(
-                    f"min({value}) AS min{n}, max({value}) AS max{n}, avg({value}) AS avg{n},"
-                    f" sum({value}) AS sum{n}, count({value}) AS count{n}"
+                    f"min({value}) AS min{n}, max({value}) AS max{n}, {_exact('avg', value)} AS avg{n},"
+                    f" {_exact('sum', value)} AS sum{n}, count({value}) AS count{n}"
                 )
         sets.append("()")
         return f"fx AS MATERIALIZED (SELECT {', '.join(columns)} FROM m x GROUP BY GROUPING SETS ({', '.join(sets)}))"
@@ -621,9 +621,15 @@ class _Builder:
                     f" ORDER BY g, {', '.join(self.group_order())}) x"
                 )
         return (
-            f"SELECT json_build_object('min', min(v), 'max', max(v), 'avg', avg(v), 'sum', sum(v),"
-            f" 'count', count(v)) AS payload FROM (SELECT {value} AS v FROM {source}) s"
+            f"SELECT json_build_object('min', min(v), 'max', max(v), 'avg', {_exact('avg', 'v')},"
+            f" 'sum', {_exact('sum', 'v')}, 'count', count(v)) AS payload FROM (SELECT {value} AS v FROM {source}) s"
         )
+
+
+def _exact(aggregate: str, value: str) -> str:
+    """avg/sum of a float8 column in numeric: a float8 sum depends on the order rows arrive in (plans,
+    parallel workers, physical order), so the same products could report different stats."""
+    return f"{aggregate}({value}::numeric)::float8"
 
 
 def storefront_sql(
