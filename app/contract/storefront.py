@@ -112,6 +112,13 @@ def _integer(value: Any, where: str, code: str, low: int, high: int) -> int:
 # --------------------------------------------------------------------------- facets
 
 
+def _no_nul(value: str | None, where: str, code: str) -> str | None:
+    """Names reach PostgreSQL (as bound text), which cannot hold a NUL character."""
+    if value is not None and "\x00" in value:
+        raise reject(code, f"{where} must not contain NUL characters")
+    return value
+
+
 def _bound_text(value: float | None) -> str:
     if value is None:
         return "*"
@@ -130,6 +137,7 @@ class FacetRange(StorefrontModel):
 
     @model_validator(mode="after")
     def _bounds(self) -> FacetRange:
+        _no_nul(self.name, "facets range name", "invalid_facets")
         _finite(self.low, "facets range from", "invalid_facets")
         _finite(self.high, "facets range to", "invalid_facets")
         if self.low is not None and self.high is not None and not self.low < self.high:
@@ -184,6 +192,8 @@ class FacetField(StorefrontModel):
                 for b in self.ranges[i + 1 :]:
                     if _ranges_overlap(a, b):
                         raise reject("invalid_facets", f"facets: ranges {a.label!r} and {b.label!r} overlap")
+        for term in self.exclude_terms or ():
+            _no_nul(term, "facets excludeTerms", "invalid_facets")
         if self.exclude_terms is not None and not 1 <= len(self.exclude_terms) <= MAX_EXCLUDE_TERMS:
             raise reject("invalid_facets", f"facets: excludeTerms takes 1 to {MAX_EXCLUDE_TERMS} terms")
         return self
@@ -211,6 +221,8 @@ class Facets(StorefrontModel):
             raise reject("invalid_facets", f"facets.fields must name 1 to {MAX_FACET_FIELDS} fields")
         if any(name == "" for name in value):
             raise reject("invalid_facets", "facets.fields: a field name must not be empty")
+        for name in value:
+            _no_nul(name, "facets.fields: a field name", "invalid_facets")
         return value
 
 
@@ -224,6 +236,11 @@ class SortField(StorefrontModel):
     field_name: str = Field(alias="fieldName", min_length=1)
     order: Literal["asc", "desc"] = "asc"
     missing: Literal["first", "last"] = Field("last", description="where products without the field go")
+
+    @field_validator("field_name", mode="after")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return _no_nul(value, "sortBy fieldName", "invalid_sort") or value
 
 
 class SortBy(StorefrontModel):
@@ -254,6 +271,11 @@ class CollapseField(StorefrontModel):
 
     name: str = Field(min_length=1)
     sort_by: SortBy | None = Field(None, alias="sortBy")
+
+    @field_validator("name", mode="after")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return _no_nul(value, "collapseFields name", "invalid_collapse") or value
 
 
 def collapse_list(value: Any) -> Any:
