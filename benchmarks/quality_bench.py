@@ -134,6 +134,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "model": model,
         "backend": args.backend,
         "precision": args.precision,
+        "runtime": args.runtime,
         "products": len(catalog),
         "queries": len(queries),
         "seed": args.seed,
@@ -163,7 +164,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             )
         query_urls = [server.add(f"/queries/{q.id}.jpg", _jpeg(q.image, 85), "image/jpeg") for q in queries]
         port = _free_port()
-        service_env = {"LOOKALIKE_INFERENCE_BACKEND": args.backend, "LOOKALIKE_INFERENCE_PRECISION": args.precision}
+        service_env = {
+            "LOOKALIKE_INFERENCE_BACKEND": args.backend,
+            "LOOKALIKE_INFERENCE_PRECISION": args.precision,
+            "LOOKALIKE_INFERENCE_RUNTIME": args.runtime,
+        }
         proc = _start_service(Path(tmp) / "data", port, extra_env=service_env)
         base = f"http://127.0.0.1:{port}/api/v1/indexes/quality"
         try:
@@ -234,6 +239,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--precision", choices=("auto", "fp32"), default="auto", help="the service's LOOKALIKE_INFERENCE_PRECISION"
+    )
+    parser.add_argument(
+        "--runtime",
+        choices=("auto", "onnxruntime", "openvino"),
+        default="auto",
+        help="the service's LOOKALIKE_INFERENCE_RUNTIME (which runtime runs the fp32 graph)",
     )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()

@@ -7,7 +7,12 @@ int8 graph (`onnxruntime.quantization.quantize_dynamic`, no calibration data nee
 0.2-0.4x. OpenVINO 2026.4's fp32 was as fast as ORT's on a quieter moment (20-56 ms) but
 three to seven times slower under load (198-564 vs 74-139 ms batch 1, interleaved), ran ORT's
 int8 graph slowly, needs calibration data (NNCF) for its own int8, and its wheel is 180 MB
-against ORT's 78 MB; ORT also has a drop-in CUDA build (`onnxruntime-gpu`).
+against ORT's 78 MB; ORT also has a drop-in CUDA build (`onnxruntime-gpu`). Later runs on the
+same machine (interleaved, load 3.4-6) had OpenVINO ahead for fp32 instead: ViT-S/14 batch 1
+29.5 vs 74.9 ms and batch 16 20.2 vs 9.7 images/s (inference_bench, load 3.4), resnet50 46 vs
+84 ms. Measurements that flip with the machine's state: so ORT stays the backend (int8, CUDA)
+and `OpenVinoRunner` is a second runtime for the fp32 graph, chosen per process by measuring
+both when a model loads (LOOKALIKE_INFERENCE_RUNTIME=auto, `faster_fp32_runner`).
 
 - `LOOKALIKE_INFERENCE_BACKEND`: `auto` (ONNX Runtime when it is installed, else torch),
   `torch` or `onnx` (required: fail if it is missing).
