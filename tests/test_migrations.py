@@ -79,3 +79,41 @@ def test_0004_adds_the_aggregate_to_existing_indexes_and_queues_their_backfill(f
     migrate.downgrade(fresh_database, "0003")
     state = asyncio.run(_aggregate_state(fresh_database))
     assert (state["column"], state["index"]) == (0, 0)
+
+
+async def _colour_state(url: str) -> dict[str, object]:
+    conn = await asyncpg.connect(url)
+    try:
+        return {
+            "column": await conn.fetchval(
+                "SELECT count(*) FROM information_schema.columns "
+                "WHERE table_name = 'vectors_1' AND column_name = 'colour'"
+            ),
+            "index": await conn.fetchval("SELECT count(*) FROM pg_indexes WHERE indexname = 'vectors_1_colour_hnsw'"),
+            "status": await conn.fetchval("SELECT features_status FROM products WHERE product_id = 'p1'"),
+        }
+    finally:
+        await conn.close()
+
+
+def test_0010_adds_the_colour_descriptor_to_existing_indexes_and_queues_their_backfill(fresh_database: str) -> None:
+    migrate.upgrade(fresh_database, "0003")
+    asyncio.run(_index_at_0003(fresh_database))
+    migrate.upgrade(fresh_database, "0008")
+    # the aggregate's backfill has run: the product's features are ready again, without a colour
+    asyncio.run(_set_features_ready(fresh_database))
+    assert asyncio.run(_colour_state(fresh_database)) == {"column": 0, "index": 0, "status": "ready"}
+    migrate.upgrade(fresh_database, "0010")
+    assert asyncio.run(_colour_state(fresh_database)) == {"column": 1, "index": 1, "status": "pending"}
+    migrate.downgrade(fresh_database, "0008")
+    state = asyncio.run(_colour_state(fresh_database))
+    assert (state["column"], state["index"]) == (0, 0)
+    assert asyncio.run(_aggregate_state(fresh_database))["column"] == 1  # 0004's column stays
+
+
+async def _set_features_ready(url: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("UPDATE products SET features_status = 'ready'")
+    finally:
+        await conn.close()
