@@ -99,32 +99,35 @@ def _hellinger(masses: np.ndarray) -> np.ndarray:
     return np.sqrt(masses / total).astype(np.float32)
 
 
-def _histogram(h: np.ndarray, s: np.ndarray, v: np.ndarray, weight: np.ndarray) -> np.ndarray:
-    """The Hellinger-mapped descriptor of pixels (flat arrays) with these weights."""
-    return _hellinger(_masses(h, s, v, weight))
+_CHROMATIC_DIMS = HUE_BINS * SAT_BINS * VAL_BINS
 
 
-def _masses(h: np.ndarray, s: np.ndarray, v: np.ndarray, weight: np.ndarray) -> np.ndarray:
-    """The soft-binned colour histogram (unnormalised) of pixels (flat arrays) with these weights."""
+def _bin_table(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each pixel's soft assignment, computed once per image: (bins, shares), both (10, H, W) —
+    the 8 chromatic (hue, saturation, value) corners and the 2 grey ones; a pixel's shares sum to 1."""
+    h, s, v = _hsv(rgb)
     chroma = _ramp(s, _SAT_LO, _SAT_HI) * _ramp(v, _DARK_LO, _DARK_HI)
-    hist = np.zeros(COLOUR_DIMS, np.float64)
     h_lo, h_hi, h_f = _linear_bins(h, HUE_BINS, circular=True)
     # saturation spread over the chromatic range only
     s_lo, s_hi, s_f = _linear_bins(_ramp(s, _SAT_LO, 1.0), SAT_BINS)
     v_lo, v_hi, v_f = _linear_bins(v, VAL_BINS)
-    w_chroma = weight * chroma
+    g_lo, g_hi, g_f = _linear_bins(v, GREY_BINS)
+    bins, shares = [], []
     for hb, hw in ((h_lo, 1 - h_f), (h_hi, h_f)):
         for sb, sw in ((s_lo, 1 - s_f), (s_hi, s_f)):
             for vb, vw in ((v_lo, 1 - v_f), (v_hi, v_f)):
-                idx = (hb * SAT_BINS + sb) * VAL_BINS + vb
-                hist[: HUE_BINS * SAT_BINS * VAL_BINS] += np.bincount(
-                    idx, w_chroma * hw * sw * vw, HUE_BINS * SAT_BINS * VAL_BINS
-                )
-    g_lo, g_hi, g_f = _linear_bins(v, GREY_BINS)
-    w_grey = weight * (1.0 - chroma)
-    offset = HUE_BINS * SAT_BINS * VAL_BINS
-    hist[offset:] += np.bincount(g_lo, w_grey * (1 - g_f), GREY_BINS) + np.bincount(g_hi, w_grey * g_f, GREY_BINS)
-    return hist
+                bins.append((hb * SAT_BINS + sb) * VAL_BINS + vb)
+                shares.append(chroma * hw * sw * vw)
+    grey = 1.0 - chroma
+    bins += [_CHROMATIC_DIMS + g_lo, _CHROMATIC_DIMS + g_hi]
+    shares += [grey * (1 - g_f), grey * g_f]
+    return np.stack(bins).astype(np.intp), np.stack(shares).astype(np.float32)
+
+
+def _masses(bins: np.ndarray, shares: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """The soft-binned colour histogram (unnormalised) of these pixels ((10, ...) tables) with these
+    weights (the pixels' shape)."""
+    return np.bincount(bins.ravel(), (shares * weight[None]).ravel(), COLOUR_DIMS)
 
 
 def _foreground_weight(rgb: np.ndarray) -> np.ndarray:
@@ -142,9 +145,8 @@ def _foreground_weight(rgb: np.ndarray) -> np.ndarray:
 def catalog_colour(image: Image.Image) -> np.ndarray:
     """The colour descriptor of a catalog image (its backdrop left out), COLOUR_DIMS float32, unit norm."""
     rgb = _small_rgb(image)
-    h, s, v = _hsv(rgb)
-    weight = _foreground_weight(rgb)
-    return _histogram(h.ravel(), s.ravel(), v.ravel(), weight.ravel())
+    bins, shares = _bin_table(rgb)
+    return _hellinger(_masses(bins, shares, _foreground_weight(rgb)))
 
 
 def _centre_weight(height: int, width: int) -> np.ndarray:
@@ -168,7 +170,7 @@ def box_colours(image: Image.Image, boxes: Sequence[Sequence[float]]) -> np.ndar
     if not boxes:
         return np.zeros((0, COLOUR_DIMS), np.float32)
     rgb = _small_rgb(image)
-    h, s, v = _hsv(rgb)
+    bins, shares = _bin_table(rgb)
     sy, sx = rgb.shape[0] / image.height, rgb.shape[1] / image.width
     out = np.zeros((len(boxes), COLOUR_DIMS), np.float32)
     for i, (x0, y0, x1, y1) in enumerate(boxes):
@@ -178,9 +180,9 @@ def box_colours(image: Image.Image, boxes: Sequence[Sequence[float]]) -> np.ndar
         c1, r1 = min(rgb.shape[1], c1), min(rgb.shape[0], r1)
         if c1 <= c0 or r1 <= r0:
             continue
-        hb, sb, vb = h[r0:r1, c0:c1].ravel(), s[r0:r1, c0:c1].ravel(), v[r0:r1, c0:c1].ravel()
-        centre = _masses(hb, sb, vb, _centre_weight(r1 - r0, c1 - c0).ravel())
-        surround = _masses(hb, sb, vb, _border_band(r1 - r0, c1 - c0).ravel())
+        box_bins, box_shares = bins[:, r0:r1, c0:c1], shares[:, r0:r1, c0:c1]
+        centre = _masses(box_bins, box_shares, _centre_weight(r1 - r0, c1 - c0))
+        surround = _masses(box_bins, box_shares, _border_band(r1 - r0, c1 - c0))
         # both as distributions: the share subtracted does not depend on the box's size
         product = centre / max(centre.sum(), 1e-12) - _SURROUND_SHARE * surround / max(surround.sum(), 1e-12)
         product = np.maximum(product, 0.0)
