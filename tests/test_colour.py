@@ -82,3 +82,16 @@ def test_a_plain_image_without_backdrop_still_has_a_descriptor() -> None:
     """All one colour (no product to tell from the border): every pixel counts, no NaN."""
     d = colour.catalog_colour(Image.new("RGB", (64, 64), (30, 80, 200)))
     assert np.isfinite(d).all() and abs(float(np.linalg.norm(d)) - 1.0) < 1e-5
+
+
+def test_a_colour_cast_is_undone_by_the_brightest_pixels() -> None:
+    """A photo with a white-balance cast (per-channel gains) and a white area in it: its descriptor
+    is (nearly) the uncast one, and closer to it than to the product's colourway."""
+    product = np.asarray(_flat((40, 150, 60), (240, 240, 240)), np.float32)
+    cast = Image.fromarray(np.clip(product * np.array([0.75, 0.9, 1.0], np.float32), 0, 255).astype(np.uint8))
+    box = [(0, 0, 320, 320)]
+    plain = colour.box_colours(Image.fromarray(product.astype(np.uint8)), box)[0]
+    shifted = colour.box_colours(cast, box)[0]
+    teal = colour.box_colours(_flat((20, 140, 140), (240, 240, 240)), box)[0]
+    assert float(plain @ shifted) > 0.97
+    assert float(shifted @ plain) > float(shifted @ teal) + 0.1

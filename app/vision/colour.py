@@ -15,6 +15,7 @@ It is stored Hellinger-mapped: the square root of the normalised histogram, whic
 L2 norm, so the cosine (pgvector's `<=>`) of two descriptors is their Bhattacharyya
 coefficient, in [0, 1].
 
+Both sides are white-balanced first (white patch: the brightest pixels are taken for white).
 Catalog images show the product on a plain background: pixels close to the colour of the
 image border are left out (`catalog_colour`), so a white backdrop does not dominate. Query
 photos show it in clutter: each query crop box gets its own descriptor, weighted towards the
@@ -41,6 +42,9 @@ COLOUR_DIMS = HUE_BINS * SAT_BINS * VAL_BINS + GREY_BINS  # 112
 # the generated benchmark (colour alone ranks the true product of 260 first for ~25% of the
 # wild photos, in the top 10 for ~65%; the choices within a few points of each other).
 _SIDE = 96
+# The largest channel gain white balancing applies (a white-balance cast of a phone photo; the
+# same bound as local-feature verification's colour cast, exp(0.5)).
+_MAX_CAST = 1.65
 # Saturation ramp (HSV S in [0, 1]) from achromatic to chromatic, and the value below which a
 # pixel is achromatic whatever its saturation (sensor noise makes dark hues arbitrary).
 _SAT_LO, _SAT_HI = 0.12, 0.30
@@ -58,6 +62,7 @@ _SURROUND_SHARE = 0.5
 
 
 def _small_rgb(image: Image.Image) -> np.ndarray:
+    """The image at `_SIDE`, white-balanced by its brightest pixels (`_white_patch`)."""
     image = image if image.mode == "RGB" else image.convert("RGB")
     w, h = image.size
     scale = _SIDE / max(w, h)
@@ -65,7 +70,19 @@ def _small_rgb(image: Image.Image) -> np.ndarray:
         image = image.resize(
             (max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BILINEAR, reducing_gap=2.0
         )
-    return np.asarray(image, np.uint8)
+    return _white_patch(np.asarray(image, np.uint8))
+
+
+def _white_patch(rgb: np.ndarray) -> np.ndarray:
+    """A photo's colour cast undone the white-patch way: each channel scaled so that its maximum
+    meets the brightest channel's (the brightest pixels taken for white), by at most
+    `_MAX_CAST`. A catalog image on a white backdrop is left as it is; on the benchmark this
+    lifted colour-only recall@1 / @10 of wild photos 0.30 / 0.70 -> 0.33 / 0.79."""
+    peak = rgb.reshape(-1, 3).max(axis=0).astype(np.float32)
+    gain = np.minimum(float(peak.max()) / np.maximum(peak, 1.0), _MAX_CAST)
+    if np.all(gain == 1.0):
+        return rgb
+    return np.clip(rgb.astype(np.float32) * gain, 0, 255).astype(np.uint8)
 
 
 def _hsv(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
