@@ -87,7 +87,8 @@ class RerankParams:
     # quality_bench's hard categories (README; recall@1 textured / low-texture / blurred): off 0.67 /
     # 0.39 / 0.41; weight 1: 0.73 / 0.42 / 0.41; 2: 0.80 / 0.44 / 0.55; 2 + pool 10: 0.82 / 0.44 /
     # 0.59; 3 + pool 20: 0.78 / 0.47 / 0.64; 4 + pool 10: 0.78 / 0.44 / 0.64 (before the query boxes'
-    # surround subtraction); 3 + pool 10, with it: 0.80 / 0.47 / 0.64.
+    # surround subtraction); 3 + pool 10, with it: 0.80 / 0.47 / 0.64; with white balance too:
+    # 3 + pool 10: 0.86 / 0.50 / 0.64, 4 + pool 20: 0.84 / 0.50 / 0.59.
     colour_weight: float = 3.0
     colour_pool: int = 10
     # Weak-texture evidence: ratio-test matches, whether or not RANSAC found a homography.
