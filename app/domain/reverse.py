@@ -92,13 +92,12 @@ def _boxes_and_crops(image: Any, n_crops: int) -> tuple[list[Any], list[Any]]:
     return boxes, crop_images(image, boxes[:n_crops])
 
 
-def _box_signals(
-    features: local_features.LocalFeatures, image: Image.Image, boxes: list[Any], want_colour: bool
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per crop box: the keypoint aggregates (boxes too sparse for one left out) and, when the
-    colour cue is on, the colour descriptors (else none)."""
+def _photo_signals(
+    image: Image.Image, boxes: list[Any], want_colour: bool
+) -> tuple[local_features.LocalFeatures, np.ndarray]:
+    """The photo's keypoints and, when the colour cue is on, its crop boxes' colour descriptors (else none)."""
     colours = colour.box_colours(image, boxes) if want_colour else np.zeros((0, colour.COLOUR_DIMS), np.float32)
-    return aggregate.box_aggregates(features, boxes), colours
+    return local_features.extract_query_features(image), colours
 
 
 def _uses_colour(params: RerankParams) -> bool:
@@ -366,10 +365,11 @@ class ReverseSearchService:
         query = await self._prepare(index, request, params)
         timer.lap("decode")
         boxes, crops = await self.vision.run_cpu(_boxes_and_crops, query.image, query.n_crops)
-        # Query features are extracted while the crops are embedded (both off the loop): a task,
-        # because a bare coroutine would not start the extraction until it was awaited.
+        p = query.params
+        # Query features (and box colours) are extracted while the crops are embedded (both off the
+        # loop): a task, because a bare coroutine would not start the extraction until it was awaited.
         features_task = asyncio.ensure_future(
-            self.vision.run_cpu(local_features.extract_query_features, query.image)
+            self.vision.run_cpu(_photo_signals, query.image, boxes, colour_scores or _uses_colour(p))
         )
         try:
             embeddings = await self.vision.embed(query.spec, crops, inference.precision_of(query.index, self.vision))
@@ -377,11 +377,8 @@ class ReverseSearchService:
             features_task.cancel()
             raise
         timer.lap("embed")
-        query_features = await features_task
-        p = query.params
-        aggregates, colours = await self.vision.run_cpu(
-            _box_signals, query_features, query.image, boxes, colour_scores or _uses_colour(p)
-        )
+        query_features, colours = await features_task
+        aggregates = await self.vision.run_cpu(aggregate.box_aggregates, query_features, boxes)
         timer.lap("features")
 
         async def pool_and_details(conn: asyncpg.Connection) -> tuple[dict[Hashable, Candidate], list[Any], Any]:
