@@ -111,6 +111,9 @@ class Settings:
     inference_backend: str = "auto"
     # auto: int8 where the quality guard passes on the index's images, else fp32; fp32: never int8
     inference_precision: str = "auto"
+    # Which runtime runs the exported fp32 graph: auto (the faster of ONNX Runtime and OpenVINO,
+    # measured when a model loads, where openvino is installed), onnxruntime or openvino.
+    inference_runtime: str = "auto"
     embed_batch_size: int = 32
     cpu_workers: int = 2
 
@@ -171,6 +174,8 @@ class Settings:
             inference_threads=_env_int(env, "LOOKALIKE_INFERENCE_THREADS", base.inference_threads),
             inference_backend=_env_choice(env, "LOOKALIKE_INFERENCE_BACKEND", ("auto", "torch", "onnx")) or "auto",
             inference_precision=_env_choice(env, "LOOKALIKE_INFERENCE_PRECISION", ("auto", "fp32")) or "auto",
+            inference_runtime=_env_choice(env, "LOOKALIKE_INFERENCE_RUNTIME", ("auto", "onnxruntime", "openvino"))
+            or "auto",
             embed_batch_size=_env_int(env, "LOOKALIKE_EMBED_BATCH_SIZE", base.embed_batch_size),
             pool_max_size=_env_int(env, "LOOKALIKE_POOL_MAX_SIZE", base.pool_max_size),
             cors_origins=_origins(env.get("LOOKALIKE_CORS_ORIGINS"), base.cors_origins),

@@ -11,7 +11,8 @@ One run on one machine prints side by side:
    drifting during the run can only make the ratios below pessimistic);
 2. the same for the ONNX Runtime backend's fp32 and int8 graphs (the exported graphs the
    service uses, `app.vision.backend`), with their cosine to torch on the catalog images and
-   the int8 quality guard's verdict on them;
+   the int8 quality guard's verdict on them, and for the fp32 graph on OpenVINO (the service's
+   LOOKALIKE_INFERENCE_RUNTIME=auto runs the faster of the two, measured at model load);
 3. through HTTP (`lookalike serve` with its defaults, embedded PostgreSQL in a temp dir): ingest
    products/s (reverse search off, batches of 64, two calls in flight), the index's
    `inference` settings (backend, precision and the guard's numbers on its first batch),
@@ -106,20 +107,23 @@ def model_phase(spec: Any, queries: list[Image.Image], catalog: list[Image.Image
     out["torch"] = measure_model(torch_model, "fp32", queries, catalog, runs)
     with tempfile.TemporaryDirectory() as graphs:
         started = time.perf_counter()
-        onnx_model = ModelRegistry(None, backend="onnx", graph_dir=Path(graphs)).get(spec)
+        onnx_model = ModelRegistry(None, backend="onnx", graph_dir=Path(graphs), fp32_runtime="onnxruntime").get(spec)
         out["export_and_load_s"] = round(time.perf_counter() - started, 1)
         out["providers"] = onnx_model.providers
         for precision in ("fp32", "int8"):
             out[f"onnx_{precision}"] = measure_model(onnx_model, precision, queries, catalog, runs)
+        # the same fp32 graph on OpenVINO (the other runtime LOOKALIKE_INFERENCE_RUNTIME=auto weighs)
+        openvino_model = ModelRegistry(None, backend="onnx", graph_dir=Path(graphs), fp32_runtime="openvino").get(spec)
+        out["openvino_fp32"] = measure_model(openvino_model, "fp32", queries, catalog, runs)
+        out["openvino_fp32"]["providers"] = openvino_model.providers
+        del openvino_model
         sample = onnx_model.preprocess(catalog[: guard.MAX_SAMPLE])
         reference = torch_model.embed_tensor(sample)
         for precision in ("fp32", "int8"):
             vectors = onnx_model.embed_tensor(sample, precision)
             cosines = np.sum(reference * vectors, axis=1)
             out[f"onnx_{precision}"]["cosine_to_torch_min"] = round(float(cosines.min()), 5)
-            out[f"onnx_{precision}"]["top10_overlap_with_torch"] = round(
-                guard.top_k_overlap(reference, vectors, 10), 3
-            )
+            out[f"onnx_{precision}"]["top10_overlap_with_torch"] = round(guard.top_k_overlap(reference, vectors, 10), 3)
         out["int8_guard_on_catalog"] = guard.check(onnx_model, sample).to_json()
     out["load_average_after"] = _load()
     return out
@@ -209,16 +213,18 @@ def plot(result: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     m, s, r = result["model_alone"], result["service"], result["ratios"]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    labels = ["torch\nbatch 1", "onnx fp32\nbatch 1", "onnx int8\nbatch 1", "Search by\nImage p50", "reverse\np50"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4))
+    labels = ["torch\nbatch 1", "ORT fp32\nbatch 1", "OpenVINO\nfp32 b1", "ORT int8\nbatch 1", "Search by\nImage p50"]
+    labels.append("reverse\np50")
     values = [
         result["reference"]["torch_batch1_ms"],
         m["onnx_fp32"]["batch1_p50_ms"],
+        m["openvino_fp32"]["batch1_p50_ms"],
         m["onnx_int8"]["batch1_p50_ms"],
         s["search_by_image"]["p50_ms"],
         s["reverse_image_search"]["p50_ms"],
     ]
-    bars = left.bar(labels, values, color=["tab:grey", "tab:blue", "tab:cyan", "tab:green", "tab:orange"])
+    bars = left.bar(labels, values, color=["tab:grey", "tab:blue", "tab:purple", "tab:cyan", "tab:green", "tab:orange"])
     left.bar_label(bars, fmt="%.0f")
     left.set_ylabel("ms")
     left.set_title(
@@ -226,14 +232,15 @@ def plot(result: dict[str, Any], path: Path) -> None:
         f"reverse/forward {r['reverse_to_forward']:.2f} (≤ {TARGETS['reverse_to_forward']})",
         fontsize=8,
     )
-    labels = ["torch\nbatch 16", "onnx fp32\nbatch 16", "onnx int8\nbatch 16", "ingest\nHTTP"]
+    labels = ["torch\nbatch 16", "ORT fp32\nbatch 16", "OpenVINO\nfp32 b16", "ORT int8\nbatch 16", "ingest\nHTTP"]
     values = [
         result["reference"]["torch_batch16_images_per_s"],
         m["onnx_fp32"][f"batch{BATCH}_images_per_s"],
+        m["openvino_fp32"][f"batch{BATCH}_images_per_s"],
         m["onnx_int8"][f"batch{BATCH}_images_per_s"],
         s["ingest"]["products_per_s"],
     ]
-    bars = right.bar(labels, values, color=["tab:grey", "tab:blue", "tab:cyan", "tab:green"])
+    bars = right.bar(labels, values, color=["tab:grey", "tab:blue", "tab:purple", "tab:cyan", "tab:green"])
     right.bar_label(bars, fmt="%.1f")
     right.set_ylabel("images (products) per second")
     right.set_title(
@@ -308,7 +315,10 @@ def print_table(result: dict[str, Any]) -> None:
     for p in ("fp32", "int8"):
         x = m[f"onnx_{p}"]
         cosine = x["cosine_to_torch_min"]
-        print(f"{'onnx ' + p:28}{x['batch1_p50_ms']:>12.1f}{x[b]:>16.1f}   cosine to torch >= {cosine}")
+        print(f"{'onnxruntime ' + p:28}{x['batch1_p50_ms']:>12.1f}{x[b]:>16.1f}   cosine to torch >= {cosine}")
+    x = m["openvino_fp32"]
+    print(f"{'openvino fp32':28}{x['batch1_p50_ms']:>12.1f}{x[b]:>16.1f}")
+    print(f"service fp32 runtime (auto): {(s.get('stats_inference') or {}).get('providers')}")
     inference = s.get("inference") or {}
     print(f"index inference: {inference.get('backend')} {inference.get('precision')}  guard {inference.get('guard')}")
     sbi, rev = s["search_by_image"], s["reverse_image_search"]

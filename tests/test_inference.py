@@ -38,7 +38,12 @@ def graph_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def onnx_registry(graph_dir: Path) -> ModelRegistry:
-    return ModelRegistry(None, allow_download=False, backend="onnx", graph_dir=graph_dir)
+    return ModelRegistry(None, allow_download=False, backend="onnx", graph_dir=graph_dir, fp32_runtime="onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def openvino_registry(graph_dir: Path) -> ModelRegistry:
+    return ModelRegistry(None, allow_download=False, backend="onnx", graph_dir=graph_dir, fp32_runtime="openvino")
 
 
 @pytest.mark.parametrize("spec", [VIT, CNN, CLIP], ids=["vit_tiny@64", "resnet18@96", "open_clip-ViT-B-32"])
@@ -63,11 +68,63 @@ def test_onnx_matches_torch(onnx_registry: ModelRegistry, spec: ModelSpec) -> No
     result = guard.check(model, batch)
     assert result.sample == 32 and result.neighbours == 10
     assert result.cosine >= guard.COSINE_MIN, result.to_json()  # measured: >= 0.999 for both
-    passed = result.cosine >= guard.COSINE_MIN and result.overlap >= guard.OVERLAP_MIN and (
-        result.int8_ms < result.fp32_ms
+    passed = (
+        result.cosine >= guard.COSINE_MIN and result.overlap >= guard.OVERLAP_MIN and (result.int8_ms < result.fp32_ms)
     )
     assert result.precision == ("int8" if passed else "fp32"), result.to_json()
     assert np.array_equal(result.vectors, result.int8 if passed else result.fp32)
+
+
+@pytest.mark.parametrize("spec", [VIT, CNN, CLIP], ids=["vit_tiny@64", "resnet18@96", "open_clip-ViT-B-32"])
+def test_openvino_matches_torch(openvino_registry: ModelRegistry, spec: ModelSpec) -> None:
+    """OpenVINO runs the same exported fp32 graph (int8 stays on ONNX Runtime)."""
+    model = openvino_registry.get(spec)
+    assert model.backend == "onnx" and model.precisions == ("fp32", "int8")
+    assert model.providers[0].startswith("OpenVINO:CPU") and model.fp32_runtime == {"chosen": "openvino"}
+    batch = _catalog_batch(model)
+    reference = model.torch_embed_tensor(batch)
+    fp32 = model.embed_tensor(batch, "fp32")
+    assert fp32.shape == reference.shape == (32, model.dim)
+    assert float(np.sum(reference * fp32, axis=1).min()) >= 0.999
+    assert guard.top_k_overlap(reference, fp32, 10) >= 0.99
+    single = np.concatenate([model.embed_tensor(batch[i : i + 1]) for i in range(4)])
+    assert float(np.sum(single * fp32[:4], axis=1).min()) >= 0.9999
+    assert isinstance(model._runners["int8"], backend.OnnxRunner)
+
+
+def test_auto_runtime_takes_the_faster_measured_here(graph_dir: Path) -> None:
+    registry = ModelRegistry(None, allow_download=False, backend="onnx", graph_dir=graph_dir, fp32_runtime="auto")
+    model = registry.get(VIT)
+    choice = model.fp32_runtime
+    medians = choice["batch1Ms"]
+    assert set(medians) == {"onnxruntime", "openvino"}
+    assert choice["chosen"] == min(medians, key=medians.get)
+    assert isinstance(
+        model._runners["fp32"], backend.OpenVinoRunner if choice["chosen"] == "openvino" else backend.OnnxRunner
+    )
+    # the choice itself: the lower median of interleaved passes
+    slow = backend.OnnxRunner(model.graphs.path("fp32"), 1)
+    calls = []
+
+    def slower(batch: np.ndarray) -> np.ndarray:
+        calls.append(batch.shape)
+        out = slow(batch)
+        slow(batch)
+        return out
+
+    chosen, timings = backend.faster_fp32_runner({"slow": slower, "fast": slow}, model.input_size)
+    assert chosen == "fast" and timings["slow"] > timings["fast"] and len(calls) == 4  # warm-up + 3 rounds
+
+
+@pytest.mark.parametrize("spec", [VIT, CNN, CLIP], ids=["vit_tiny@64", "resnet18@96", "open_clip-ViT-B-32"])
+def test_numpy_preprocessing_equals_the_torch_transform(onnx_registry: ModelRegistry, spec: ModelSpec) -> None:
+    """`preprocess` runs to-tensor and Normalize in numpy: bit for bit the model's own transform."""
+    model = onnx_registry.get(spec)
+    assert model._numpy_tail is not None  # the fast path is taken for timm's and open_clip's transforms
+    images = [item.image for item in wild.generate_catalog(6, seed=5)]
+    images += [images[0].convert("L"), images[1].convert("RGBA"), images[2].resize((37, 150))]
+    reference = torch.stack([model.transform(img.convert("RGB")) for img in images])
+    assert torch.equal(model.preprocess(images), reference)
 
 
 def test_guard_refuses_an_int8_graph_that_disagrees(onnx_registry: ModelRegistry, monkeypatch) -> None:  # type: ignore[no-untyped-def]
@@ -116,9 +173,10 @@ def test_graph_cache_exports_once_and_keys_on_weights_and_versions(tmp_path: Pat
     assert backend.GraphCache.key_of(material) != first.key
     newer = {**versions, "onnxruntime": versions["onnxruntime"] + ".post1"}
     same_weights = backend.weights_digest(model.module)
-    assert backend.GraphCache.key_of(
-        backend.GraphCache.key_material(VIT.cache_key, same_weights, model.input_size, newer)
-    ) != first.key
+    assert (
+        backend.GraphCache.key_of(backend.GraphCache.key_material(VIT.cache_key, same_weights, model.input_size, newer))
+        != first.key
+    )
     other_size = backend.GraphCache.key_material(VIT.cache_key, same_weights, (3, 96, 96), versions)
     assert backend.GraphCache.key_of(other_size) != first.key
     # ... and the matching material reproduces the cached key.
@@ -132,6 +190,10 @@ def test_backend_setting() -> None:
     assert Settings.from_env({"LOOKALIKE_INFERENCE_PRECISION": "fp32"}).inference_precision == "fp32"
     with pytest.raises(ValueError, match="LOOKALIKE_INFERENCE_BACKEND"):
         Settings.from_env({"LOOKALIKE_INFERENCE_BACKEND": "tensorrt"})
+    assert Settings.from_env({}).inference_runtime == "auto"
+    assert Settings.from_env({"LOOKALIKE_INFERENCE_RUNTIME": "openvino"}).inference_runtime == "openvino"
+    with pytest.raises(ValueError, match="LOOKALIKE_INFERENCE_RUNTIME"):
+        Settings.from_env({"LOOKALIKE_INFERENCE_RUNTIME": "tvm"})
     assert backend.resolve_backend("auto") == "onnx"  # onnxruntime is a dependency
     assert backend.resolve_backend("torch") == "torch"
     torch_model = ModelRegistry(None, backend="torch").get(VIT)
@@ -190,7 +252,7 @@ async def test_index_guard_decides_on_first_batch_and_shows_in_stats(api: httpx.
     assert stats["inference"]["backend"] == "onnx"
     assert stats["inference"]["precision"] == verdict["precision"]
     assert stats["inference"]["guard"] == g
-    assert stats["inference"]["providers"] == ["CPUExecutionProvider"]
+    assert stats["inference"]["providers"] == ["CPUExecutionProvider"]  # the tests pin onnxruntime (conftest)
 
     # The stored vectors are the index's precision: a catalog image finds itself first.
     headers = {"x-marqo-index-id": (await api.get(f"/api/v1/indexes/{name}", headers=ADMIN)).json()["indexId"]}
@@ -214,6 +276,19 @@ async def test_index_guard_decides_on_first_batch_and_shows_in_stats(api: httpx.
     assert again["precision"] == ("int8" if again["guard"]["status"] == "passed" else "fp32")
     stats = (await api.get(f"/api/v1/indexes/{name}/stats", headers=ADMIN)).json()
     assert stats["inference"]["guard"] == again["guard"]
+
+
+async def test_index_creation_measures_the_ingest_batch_size(api: httpx.AsyncClient) -> None:
+    """The pass size is measured when the index is created (beside the export), so the first
+    ingest call does not spend seconds measuring it."""
+    model = {**TEST_MODEL, "seed": 4242}  # weights no other test loads: a model new to this process
+    spec = ModelSpec.parse(model)
+    vision = api.app.state.services.vision  # type: ignore[attr-defined]
+    assert vision.registry.loaded_model(spec) is None
+    r = await api.post(f"/api/v1/indexes/inf-bs-{secrets.token_hex(3)}", json={"model": model}, headers=ADMIN)
+    assert r.status_code == 200, r.text
+    loaded = vision.registry.loaded_model(spec)
+    assert loaded.measured_batch_size("fp32", vision.settings.embed_batch_size) is not None
 
 
 async def test_backfill_decides_a_guard_left_pending_by_small_batches(api: httpx.AsyncClient, images) -> None:  # type: ignore[no-untyped-def]
@@ -248,36 +323,64 @@ async def test_backfill_decides_a_guard_left_pending_by_small_batches(api: httpx
     assert (await api.get(settings_url, headers=ADMIN)).json()["reverseImageSearch"]["enabled"] is True
 
 
-async def test_shutdown_stops_an_export_in_progress(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    """A model export still running at shutdown (the start-up warm-up's) stops at its next step,
-    and `aclose` returns only once its thread is done: nothing exports (or logs) after the app."""
-    import threading
-    import time
+def _exporting(graph_dir: Path) -> bool:
+    return any(name.startswith(".export-") for name in os.listdir(graph_dir))
 
+
+async def test_shutdown_stops_an_export_in_progress(tmp_path: Path) -> None:
+    """A model export still running at shutdown (the start-up warm-up's) is stopped: its worker
+    process is terminated, and `aclose` returns only once the load thread is done: nothing is
+    cached and nothing exports (or logs) after the app."""
     from app.vision.embedder import Embedder
 
-    started, quantised = threading.Event(), []
-    real_export = backend.export_onnx
-
-    def slow_export(*args: object) -> None:
-        started.set()
-        time.sleep(0.5)  # shutdown arrives while this step runs
-        real_export(*args)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(backend, "export_onnx", slow_export)
-    monkeypatch.setattr(backend, "quantize_int8", lambda *args: quantised.append(args))
     registry = ModelRegistry(None, allow_download=False, backend="onnx", graph_dir=tmp_path)
     embedder = Embedder(registry, Settings.from_env({}))
     warm_up = asyncio.create_task(embedder.load_model(VIT))
-    assert await asyncio.to_thread(started.wait, 60)
+    # The export has begun once its private work folder exists (it takes seconds from there).
+    for _ in range(600):
+        if _exporting(tmp_path):
+            break
+        await asyncio.sleep(0.05)
+    assert _exporting(tmp_path)
     warm_up.cancel()
     await embedder.aclose()
     assert not embedder._loads  # the export thread has finished
-    assert quantised == []  # stopped after the step that was running
     assert registry.loaded_model(VIT) is None
     assert os.listdir(tmp_path) == []  # nothing cached, no temp folder left
+    assert backend._ExportWorker._process is None  # the worker was stopped mid-job
     with pytest.raises(asyncio.CancelledError):
         await warm_up
+
+
+async def test_event_loop_keeps_ticking_during_an_export(tmp_path: Path) -> None:
+    """The export (seconds of GIL-holding tracing and quantisation) runs in a worker process, so
+    the event loop of the process that asked for it stays responsive throughout: a heartbeat
+    sleeping 10 ms never waits more than a tenth of the export's duration (in a thread, the
+    export froze the loop for a third of it and more)."""
+    model = EmbeddingModel.load(VIT)
+    gaps: list[float] = []
+    done = asyncio.Event()
+
+    async def heartbeat() -> None:
+        loop = asyncio.get_running_loop()
+        last = loop.time()
+        while not done.is_set():
+            await asyncio.sleep(0.01)
+            now = loop.time()
+            gaps.append(now - last)
+            last = now
+
+    beating = asyncio.create_task(heartbeat())
+    await asyncio.sleep(0.05)
+    started = asyncio.get_running_loop().time()
+    files = await asyncio.to_thread(backend.GraphCache(tmp_path).ensure, VIT.cache_key, model.module, model.input_size)
+    took = asyncio.get_running_loop().time() - started
+    done.set()
+    await beating
+    assert files.exported and files.path("fp32").is_file() and files.path("int8").is_file()
+    assert not (files.folder / "module.pt").exists()  # the pickle handed to the worker is not cached
+    assert len(gaps) > 10
+    assert max(gaps) < 0.1 * took, (max(gaps), took)
 
 
 def test_best_batch_size_is_measured_once_per_precision(onnx_registry: ModelRegistry) -> None:

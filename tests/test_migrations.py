@@ -81,6 +81,24 @@ def test_0004_adds_the_aggregate_to_existing_indexes_and_queues_their_backfill(f
     assert (state["column"], state["index"]) == (0, 0)
 
 
+async def _facets_state(url: str) -> dict[str, object]:
+    conn = await asyncpg.connect(url)
+    try:
+        table = await conn.fetchval("SELECT to_regclass('product_facets') IS NOT NULL")
+        # lookalike_facet_doc, _terms and the triggers' lookalike_facets_inserted, _updated
+        functions = await conn.fetchval("SELECT count(*) FROM pg_proc WHERE proname LIKE 'lookalike_facet%'")
+        triggers = await conn.fetchval("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'products_facets_%'")
+        state: dict[str, object] = {"table": table, "functions": functions, "triggers": triggers}
+        if table:
+            rows = await conn.fetch(
+                "SELECT product_id, doc, filter_terms, search_tsv IS NOT NULL AS tsv FROM product_facets"
+            )
+            state["rows"] = {r["product_id"]: (r["doc"], list(r["filter_terms"]), r["tsv"]) for r in rows}
+        return state
+    finally:
+        await conn.close()
+
+
 async def _colour_state(url: str) -> dict[str, object]:
     conn = await asyncpg.connect(url)
     try:
@@ -96,16 +114,50 @@ async def _colour_state(url: str) -> dict[str, object]:
         await conn.close()
 
 
+async def _product_at_0008(url: str, product_id: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(
+            "INSERT INTO indexes (name, index_id, settings, model, dimensions, vector_type)"
+            " VALUES ('facets', 'id-facets', '{}', '{}', 3, 'halfvec') ON CONFLICT DO NOTHING"
+        )
+        await conn.execute(
+            "INSERT INTO products (index_pk, product_id, product_title, description, price, variant_image_url, doc,"
+            " filter_terms) SELECT pk, $1, 'Red boot', 'long text', 1, 'http://x/a.png',"
+            " '{\"productTitle\": \"Red boot\", \"description\": \"long text\", \"variantImageUrl\": \"http://x/a.png\","
+            " \"brand\": \"Acme\"}', ARRAY[E'brand\\x1fs:acme', E'productTitle\\x1fs:red boot']"
+            " FROM indexes WHERE name = 'facets'",
+            product_id,
+        )
+    finally:
+        await conn.close()
+
+
+def test_0009_backfills_product_facets_and_downgrades(fresh_database: str) -> None:
+    migrate.upgrade(fresh_database, "0008")
+    asyncio.run(_product_at_0008(fresh_database, "p1"))
+    migrate.upgrade(fresh_database, "0009")
+    kept = ('{"brand": "Acme"}', ["brand\x1fs:acme"], True)
+    assert asyncio.run(_facets_state(fresh_database)) == {
+        "table": True, "functions": 4, "triggers": 2, "rows": {"p1": kept}
+    }
+    migrate.downgrade(fresh_database, "0008")
+    assert asyncio.run(_facets_state(fresh_database)) == {"table": False, "functions": 0, "triggers": 0}
+    asyncio.run(_product_at_0008(fresh_database, "p2"))  # written while 0009 was not there
+    migrate.upgrade(fresh_database)
+    assert asyncio.run(_facets_state(fresh_database))["rows"] == {"p1": kept, "p2": kept}
+
+
 def test_0010_adds_the_colour_descriptor_to_existing_indexes_and_queues_their_backfill(fresh_database: str) -> None:
     migrate.upgrade(fresh_database, "0003")
     asyncio.run(_index_at_0003(fresh_database))
-    migrate.upgrade(fresh_database, "0008")
+    migrate.upgrade(fresh_database, "0009")
     # the aggregate's backfill has run: the product's features are ready again, without a colour
     asyncio.run(_set_features_ready(fresh_database))
     assert asyncio.run(_colour_state(fresh_database)) == {"column": 0, "index": 0, "status": "ready"}
     migrate.upgrade(fresh_database, "0010")
     assert asyncio.run(_colour_state(fresh_database)) == {"column": 1, "index": 1, "status": "pending"}
-    migrate.downgrade(fresh_database, "0008")
+    migrate.downgrade(fresh_database, "0009")
     state = asyncio.run(_colour_state(fresh_database))
     assert (state["column"], state["index"]) == (0, 0)
     assert asyncio.run(_aggregate_state(fresh_database))["column"] == 1  # 0004's column stays

@@ -3,6 +3,7 @@ computed independently in Python over the whole match set (not the page), on a r
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import secrets
@@ -291,6 +292,208 @@ def test_exclude_terms_misuse() -> None:
         assert fragment in caught.value.message
 
 
+# --- product_facets (migration 0009): kept by every write, read instead of the wide rows -------
+
+_FACETS_COLUMNS = (
+    "pk, index_pk, product_id, price, parent_product_id, product_collections, embedding_status, {terms}, search_tsv,"
+    " {doc}"
+)
+_EXPECTED = _FACETS_COLUMNS.format(terms="lookalike_facet_terms(filter_terms)", doc="lookalike_facet_doc(doc)")
+_STORED = _FACETS_COLUMNS.format(terms="filter_terms", doc="doc")
+_FACETS_DRIFT = f"""
+SELECT count(*) FROM (
+  (SELECT {_EXPECTED} FROM products WHERE index_pk = $1
+   EXCEPT ALL SELECT {_STORED} FROM product_facets WHERE index_pk = $1)
+  UNION ALL
+  (SELECT {_STORED} FROM product_facets WHERE index_pk = $1
+   EXCEPT ALL SELECT {_EXPECTED} FROM products WHERE index_pk = $1)
+) drift
+"""
+
+
+async def test_product_facets_follow_every_write(pool: asyncpg.Pool) -> None:
+    from app.storage import products
+    from benchmarks import text_bench
+
+    docs = [
+        {
+            "_id": f"p{i}",
+            "productTitle": f"Leather boot {i}",
+            "description": "red suede",
+            "price": float(i),
+            "variantImageUrl": "https://img.test/p.jpg",
+            "brand": "Acme",
+            "productCollections": ["shoes"],
+            "parentProductId": "parent1",
+        }
+        for i in range(5)
+    ]
+    async with pool.acquire() as conn:
+        record = await text_bench.load(conn, docs)  # COPY: the statement trigger
+        count = "SELECT count(*) FROM product_facets WHERE index_pk = $1"
+        try:
+            assert await conn.fetchval(count, record.pk) == 5
+            assert await conn.fetchval(_FACETS_DRIFT, record.pk) == 0
+            row = await conn.fetchrow("SELECT doc, filter_terms FROM product_facets WHERE product_id = 'p1'"
+                                      " AND index_pk = $1", record.pk)
+            # the long texts are left out; everything else (terms too) is kept
+            kept = {"_id": "p1", "price": 1.0, "brand": "Acme", "productCollections": ["shoes"]}
+            assert json.loads(row["doc"]) == kept | {"parentProductId": "parent1"}
+            assert "brand\x1fs:acme" in row["filter_terms"]
+            assert not [t for t in row["filter_terms"] if t.startswith(("productTitle", "description", "variantImage"))]
+            await insert_products(conn, record.pk, [dict(docs[0], _id="p7", brand="Bolt")])  # INSERT
+            async with conn.transaction():  # an upsert that replaces values, one that inserts
+                await conn.execute(
+                    "INSERT INTO products (index_pk, product_id, product_title, price, variant_image_url, doc,"
+                    " filter_terms) VALUES ($1, 'p1', 'Canvas tote', 9, 'u', '{\"brand\": \"Cargo\"}',"
+                    " ARRAY[E'brand\\x1fs:cargo']), ($1, 'p9', 'Wool hat', 1, 'u', '{}', '{}')"
+                    " ON CONFLICT (index_pk, product_id) DO UPDATE SET product_title = EXCLUDED.product_title,"
+                    " price = EXCLUDED.price, doc = EXCLUDED.doc, filter_terms = EXCLUDED.filter_terms",
+                    record.pk,
+                )
+            doc = {"_id": "p2", "productTitle": "Linen shirt", "price": 2.0, "variantImageUrl": "u", "brand": "Delta"}
+            async with conn.transaction():
+                assert await products.update_document_only(conn, record, "p2", doc, [])
+            await products.delete_documents(conn, record, ["p3"])
+            await conn.execute("UPDATE products SET embedding_status = 'pending' WHERE index_pk = $1"
+                               " AND product_id = 'p4'", record.pk)
+            await conn.execute("UPDATE products SET parent_product_id = 'parent2', product_collections = '{sale}'"
+                               " WHERE index_pk = $1 AND product_id = 'p0'", record.pk)
+            await conn.execute("UPDATE products SET claimed_by = 'w' WHERE index_pk = $1", record.pk)  # not mirrored
+            assert await conn.fetchval(count, record.pk) == 6
+            assert await conn.fetchval(_FACETS_DRIFT, record.pk) == 0
+            brands = dict(
+                await conn.fetch(
+                    "SELECT product_id, doc ->> 'brand' FROM product_facets WHERE index_pk = $1", record.pk
+                )
+            )
+            assert brands == {"p0": "Acme", "p1": "Cargo", "p2": "Delta", "p4": "Acme", "p7": "Bolt", "p9": None}
+        finally:
+            async with conn.transaction():
+                await indexes.delete_index(conn, record)
+            assert await conn.fetchval(count, record.pk) == 0
+
+
+_AGREE = [
+    ("browse", None, None),
+    ("browse", "brand IN (Acme, Bolt)", None),
+    ("browse", "price:[50 TO 200] AND NOT colour:red", "parentProductId"),
+    ("browse", None, "parentProductId"),
+    ("browse", "productCollections:sale OR brand:Echo", "brand"),
+    ("text", None, None),
+    ("text", "brand:Acme", None),
+    ("text", None, "parentProductId"),
+]
+
+
+@pytest.mark.parametrize(("source", "filter_text", "collapse"), _AGREE)
+async def test_product_facets_answer_as_the_wide_rows(pool, catalog, source, filter_text, collapse) -> None:
+    """The statement reading product_facets and the one reading products give the same page and facets."""
+    from app.domain.storefront import query_words
+    from app.storage.storefront import storefront_sql
+
+    record, _ = catalog
+    facets = {
+        "fields": {
+            "brand": {"type": "string", "excludeTerms": ["brand:Acme"]} if filter_text == "brand:Acme" else
+            {"type": "string"},
+            "colour": {"type": "string", "maxResults": 2, "order": "asc"},
+            "productCollections": {"type": "array"},
+            "price": {"type": "number", "ranges": [{"to": 50}, {"from": 50, "to": 150}, {"from": 150}]},
+            "rating": {"type": "number"},
+        }
+    }
+    plan = build_plan(
+        filter_node=parse_filter(filter_text),
+        facets=Facets.parse(facets),
+        sort=SortBy.parse({"fields": [{"fieldName": "rating", "order": "desc"}, {"fieldName": "price"}]}),
+        collapse=CollapseField.parse({"name": collapse}) if collapse else None,
+        limit=25,
+        offset=5,
+    )
+    words = query_words("product 12 sho") if source == "text" else ()
+    narrow = await storefront_query(pool, record, plan, source, words=words)
+    wide = await storefront_query(pool, record, plan, source, words=words, narrow=False)
+    assert narrow == wide
+    assert narrow.rows and narrow.facets["brand"]
+    assert "FROM product_facets p" in storefront_sql(record, plan, source, words=words)[0]
+    assert "FROM product_facets p" not in storefront_sql(record, plan, source, words=words, narrow=False)[0]
+
+
+@pytest.mark.parametrize(
+    "request_part",
+    [
+        {"filter": "productTitle:(Product 7) OR brand:Acme"},
+        {"sortBy": {"fields": [{"fieldName": "productTitle"}]}},
+        {"facets": {"fields": {"description": {"type": "string"}}}},
+        {"collapse": {"name": "variantImageUrl"}},
+    ],
+)
+async def test_a_long_text_field_reads_the_wide_rows(pool, catalog, request_part) -> None:
+    """product_facets leaves out the long texts: a statement that names one reads products (and is right)."""
+    from app.storage.storefront import storefront_sql
+
+    record, docs = catalog
+    plan = build_plan(
+        filter_node=parse_filter(request_part.get("filter")),
+        facets=Facets.parse(request_part["facets"]) if "facets" in request_part else None,
+        sort=SortBy.parse(request_part["sortBy"]) if "sortBy" in request_part else None,
+        collapse=CollapseField.parse(request_part["collapse"]) if "collapse" in request_part else None,
+        limit=1000,
+        offset=0,
+    )
+    sql, _ = storefront_sql(record, plan, "browse")
+    assert "product_facets" not in sql
+    result = await storefront_query(pool, record, plan, "browse")
+    if "filter" in request_part:
+        wanted = sorted(d["_id"] for d in docs if d["productTitle"] == "Product 7" or d.get("brand") == "Acme")
+        assert [r.product_id for r in result.rows] == wanted
+    if "sortBy" in request_part:
+        assert [r.product_id for r in result.rows] == [
+            d["_id"] for d in sorted(docs, key=lambda d: (d["productTitle"].encode(), d["_id"]))
+        ]
+    if "collapse" in request_part:
+        assert len(result.rows) == 1  # every product has the same image URL
+
+
+@pytest.mark.parametrize("q", ["product 12 sho", "product", "prodct 3", "nothing matches this"])
+async def test_text_facets_in_one_pass_equal_the_stored_matches(pool, catalog, q) -> None:
+    """Text without a filter counts its facets in one grouping-sets pass over the scan (fx); under a
+    filter every product passes, the statement stores the matches (m) and counts facet by facet:
+    the same facets."""
+    from app.domain.storefront import query_words
+    from app.storage.storefront import storefront_sql
+
+    record, _ = catalog
+    facets = Facets.parse(
+        {
+            "fields": {
+                "brand": {"type": "string", "maxResults": 3},
+                "colour": {"type": "string", "order": "asc"},
+                "productCollections": {"type": "array"},
+                "price": {"type": "number", "ranges": [{"to": 50}, {"from": 50, "to": 150.5}, {"from": 150.5}]},
+                "rating": {"type": "number"},
+                "rating_num": {"type": "number", "ranges": [{"from": 1, "to": 2}]},
+            }
+        }
+    )
+    results = []
+    for filter_text in (None, "price:[-1 TO *]"):  # every price is >= 0
+        plan = build_plan(
+            filter_node=parse_filter(filter_text), facets=facets, sort=None, collapse=None, limit=10, offset=0
+        )
+        sql, _ = storefront_sql(record, plan, "text", words=query_words(q))
+        assert ("GROUPING SETS" in sql) == (filter_text is None)
+        results.append(await storefront_query(pool, record, plan, "text", words=query_words(q)))
+    one_pass, stored = results
+    assert one_pass.facets == stored.facets
+    assert [r.product_id for r in one_pass.rows] == [r.product_id for r in stored.rows]
+    if q != "nothing matches this":
+        assert one_pass.facets["brand"] and one_pass.facets["rating"]["count"] > 0
+    else:
+        assert one_pass.facets["brand"] == {} and one_pass.facets["rating"]["count"] == 0
+
+
 # --- the plans at catalog scale (DESIGN "Storefront queries in SQL") -------------------------
 
 SCALE_PRODUCTS = 100_000
@@ -339,10 +542,10 @@ async def test_storefront_plans_use_the_indexes_at_100k(pool, scale_catalog) -> 
         sortBy={"fields": [{"fieldName": "price"}]},
         collapse={"name": "parentProductId"},
     )
-    assert "products_filter_terms_idx" in plan and "Seq Scan on products" not in plan, plan
+    assert "product_facets_filter_terms_idx" in plan and "Seq Scan on product" not in plan, plan
     # text: the weighted tsvector's GIN index for the words
     plan = await _explain(pool, record, "text", ("leather", "boots"), facets=facets)
-    assert "products_search_tsv_idx" in plan and "Seq Scan on products" not in plan, plan
+    assert "product_facets_search_tsv_idx" in plan and "Seq Scan on product" not in plan, plan
     # a misspelt word: corrected from the title words (search_words), never by comparing against every
     # product; a one-time filter skips the lookup for words the catalog knows. Whether the lookup uses
     # the trigram index or reads the word list is the planner's cost choice for this catalog's

@@ -45,6 +45,9 @@ async def create_index(pool: asyncpg.Pool, vision: VisionService, name: str, bod
         raise bad_request(str(exc), "model_unavailable") from exc
     except ValueError as exc:  # an architecture that cannot be built or run at the requested imageSize
         raise bad_request(f"model: {exc}", "invalid_model") from exc
+    # The pass size ingest will use, measured now beside the export (a new index embeds at fp32)
+    # rather than inside the first ingest call: 1-4 s of forward passes for a ViT on 2 cores.
+    await vision.ingest_batch_size(spec, "fp32")
     max_dims = MAX_HNSW_DIMENSIONS[create.vector_type]
     if model.dim > max_dims:
         raise bad_request(

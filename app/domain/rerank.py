@@ -106,8 +106,11 @@ class RerankParams:
     # recall@10 (hits past the first rank unverified candidates by prior); 3 kept recall
     # exactly but showed no time saved (a noisy run).
     settle_top: int = 0
-    # Extra model time reverse search may spend on crops beyond the whole image, in ms.
-    crop_budget_ms: float = 60.0
+    # Extra model time reverse search may spend on crops beyond the whole image, in ms. 30, not
+    # 60: once ONNX Runtime ran ViT-S/14 in 38-45 ms, 60 let a second crop in (+40-50 ms of
+    # reverse p50 on 2 cores) for recall@1/@10 0.43/0.65 either way (quality_bench default-arch,
+    # 300 products, 100 queries); a small model or a GPU still gets all four.
+    crop_budget_ms: float = 30.0
 
     def __post_init__(self) -> None:
         if self.pool_size < 1 or self.n_crops < 1 or self.aggregate_pool < 0:

@@ -92,12 +92,9 @@ def _boxes_and_crops(image: Any, n_crops: int) -> tuple[list[Any], list[Any]]:
     return boxes, crop_images(image, boxes[:n_crops])
 
 
-def _photo_signals(
-    image: Image.Image, boxes: list[Any], want_colour: bool
-) -> tuple[local_features.LocalFeatures, np.ndarray]:
-    """The photo's keypoints and, when the colour cue is on, its crop boxes' colour descriptors (else none)."""
-    colours = colour.box_colours(image, boxes) if want_colour else np.zeros((0, colour.COLOUR_DIMS), np.float32)
-    return local_features.extract_query_features(image), colours
+def _box_colours(image: Image.Image, boxes: list[Any], want_colour: bool) -> np.ndarray:
+    """The crop boxes' colour descriptors when the colour cue is on (else none)."""
+    return colour.box_colours(image, boxes) if want_colour else np.zeros((0, colour.COLOUR_DIMS), np.float32)
 
 
 def _uses_colour(params: RerankParams) -> bool:
@@ -364,20 +361,28 @@ class ReverseSearchService:
         with `colour_scores`, candidates carry their colour score even where it has no weight."""
         query = await self._prepare(index, request, params)
         timer.lap("decode")
-        boxes, crops = await self.vision.run_cpu(_boxes_and_crops, query.image, query.n_crops)
         p = query.params
-        # Query features (and box colours) are extracted while the crops are embedded (both off the
-        # loop): a task, because a bare coroutine would not start the extraction until it was awaited.
+        # Query features are extracted while the crops are cut and embedded (all off the loop): a
+        # task, because a bare coroutine would not start the extraction until it was awaited; the
+        # crop boxes' colours likewise, once the boxes are known.
         features_task = asyncio.ensure_future(
-            self.vision.run_cpu(_photo_signals, query.image, boxes, colour_scores or _uses_colour(p))
+            self.vision.run_cpu(local_features.extract_query_features, query.image)
         )
+        colours_task: asyncio.Future[np.ndarray] | None = None
         try:
+            boxes, crops = await self.vision.run_cpu(_boxes_and_crops, query.image, query.n_crops)
+            colours_task = asyncio.ensure_future(
+                self.vision.run_cpu(_box_colours, query.image, boxes, colour_scores or _uses_colour(p))
+            )
             embeddings = await self.vision.embed(query.spec, crops, inference.precision_of(query.index, self.vision))
         except BaseException:
             features_task.cancel()
+            if colours_task is not None:
+                colours_task.cancel()
             raise
         timer.lap("embed")
-        query_features, colours = await features_task
+        query_features = await features_task
+        colours = await colours_task
         aggregates = await self.vision.run_cpu(aggregate.box_aggregates, query_features, boxes)
         timer.lap("features")
 

@@ -131,6 +131,36 @@ sa.Index(
     postgresql_include=["product_pk", "product_id", "weight"],
 )
 sa.Index("search_postings_product_idx", search_postings.c.product_pk)
+
+# Each product without its long texts (triggers `products_facets_insert`/`_update`, migration 0009):
+# `doc` and `filter_terms` less productTitle, description and variantImageUrl (`lookalike_facet_doc`,
+# `lookalike_facet_terms`). Storefront statements that name none of those read their matches here.
+product_facets = sa.Table(
+    "product_facets",
+    metadata,
+    sa.Column("pk", sa.BigInteger, sa.ForeignKey("products.pk", ondelete="CASCADE"), primary_key=True),
+    sa.Column("index_pk", sa.BigInteger, nullable=False),
+    sa.Column("product_id", sa.Text, nullable=False),
+    sa.Column("price", sa.Float(precision=53), nullable=False),
+    sa.Column("parent_product_id", sa.Text),
+    sa.Column("product_collections", ARRAY(sa.Text), nullable=False),
+    sa.Column("embedding_status", sa.Text, nullable=False),
+    sa.Column("filter_terms", ARRAY(sa.Text), nullable=False),
+    sa.Column("search_tsv", TSVECTOR),
+    sa.Column("doc", JSONB, nullable=False),
+)
+sa.Index(
+    "product_facets_filter_terms_idx",
+    product_facets.c.filter_terms,
+    postgresql_using="gin",
+    postgresql_with={"fastupdate": "off"},
+)
+sa.Index(
+    "product_facets_search_tsv_idx",
+    product_facets.c.search_tsv,
+    postgresql_using="gin",
+    postgresql_with={"fastupdate": "off"},
+)
 sa.Index(
     "products_features_pending_idx",
     products.c.index_pk,

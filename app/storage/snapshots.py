@@ -124,6 +124,9 @@ STATEMENTS: dict[str, Callable[[IndexRecord], Statement]] = {
     "storefront.text (facets, sortBy)": lambda ix: storefront.storefront_sql(
         ix, _plan(facets=True, sort=True), "text", words=("red", "runing", "sho")
     ),
+    "storefront.text (no filter: postings, facets in one pass; sortBy)": lambda ix: storefront.storefront_sql(
+        ix, _plan(facets=True, sort=True, filtered=False), "text", words=("red", "runing", "sho")
+    ),
     "storefront.text (no filter: postings; facets, sortBy, collapse)": lambda ix: storefront.storefront_sql(
         ix, _plan(facets=True, sort=True, collapse=True, filtered=False), "text", words=("red", "runing", "sho")
     ),

@@ -4,11 +4,15 @@
 
     WITH tw, tl, tk, tq, ranked (text: the query's words, lexemes, tsquery, postings scores),
          m AS MATERIALIZED (every product the query matches under the filter, or under any
-                            facet's filter variant: one boolean flag column per variant),
+                            facet's filter variant: one boolean flag column per variant; read
+                            from `product_facets`, migration 0009, unless the statement names
+                            one of the long texts that narrow copy leaves out),
          h  (the hits' set: m under the request's filter),
          best (text without filter or collapse, instead of h: the hits best first from the
                postings, only as deep as the page or sortBy's depth needs),
-         c  (collapse: DISTINCT ON the collapse key, the group's first by its order),
+         gm (collapse: the groups with more than one match),
+         c  (collapse: the solo matches as they are, DISTINCT ON the collapse key over the
+             shared groups' matches, the group's first by its order),
          top(relevance + sortBy: the best `sort_depth` candidates by score),
          page (ORDER BY the final order, LIMIT/OFFSET),
          f0, f1, ... (one aggregate per facet over m under its filter variant)
@@ -17,8 +21,9 @@
 Facets are aggregates over every match, never over the page: `GROUP BY` the stored values
 (an array field: each element once per product), `count(*) FILTER (WHERE ...)` per
 number range, min/max/avg/sum/count for number stats. With collapse, value and range
-counts count groups (`count(DISTINCT group)`: selecting that value yields that many hits)
-and number stats use each group's representative.
+counts count groups (selecting that value yields that many hits: a match alone in its
+group counts as a product, the shared groups' (value, group) pairs are deduplicated) and
+number stats use each group's representative.
 
 Text matching (migration 0005): OR-semantics over the query's words on the weighted
 `search_tsv` (the last word as a prefix), a word of four or more letters that no product
@@ -39,7 +44,7 @@ from typing import Any, Literal
 
 import asyncpg
 
-from app.filters import ID_FIELD, FilterNode
+from app.filters import ID_FIELD, And, FilterNode, In, Not, Or, Range, Term
 from app.storage.filter_sql import compile_filter, storable
 from app.storage.indexes import IndexRecord
 from app.storage.params import SqlParams
@@ -57,6 +62,10 @@ RANK_WEIGHTS = "{0.1, 0.4, 0.7, 1.0}"
 _TSQUERY_QUOTED = r"'''' || replace(replace(tk.lexeme, '\', '\\'), '''', '''''') || ''''"
 
 Source = Literal["browse", "text", "candidates"]
+
+# The fields `product_facets` (migration 0009) leaves out of its `doc` and `filter_terms`: the
+# long texts. A statement naming none of them finds its matches in that narrow table.
+WIDE_FIELDS = frozenset({"productTitle", "description", "variantImageUrl"})
 
 # Words of a text query beyond this many are ignored (each word is one tsquery and possibly
 # one correction lookup; no shopper types 33 words, and the limit bounds the statement).
@@ -118,6 +127,26 @@ class StorefrontPlan:
     def filtered(self) -> bool:
         return self.filters[0] is not None
 
+    def fields(self) -> set[str]:
+        """Every product field the statement reads: filters, sort keys, collapse, facets."""
+        named = {k.field for k in self.sort} | {f.field for f in self.facets}
+        if self.collapse is not None:
+            named |= {self.collapse.field} | {k.field for k in self.collapse.sort}
+        for node in self.filters:
+            named |= _filter_fields(node)
+        return named
+
+
+def _filter_fields(node: FilterNode | None) -> set[str]:
+    if node is None:
+        return set()
+    if isinstance(node, Term | In | Range):
+        return {node.field}
+    if isinstance(node, Not):
+        return _filter_fields(node.child)
+    if isinstance(node, And | Or):
+        return set().union(*(_filter_fields(child) for child in node.children))
+    raise TypeError(f"not a filter node: {node!r}")
 
 
 
@@ -133,6 +162,12 @@ class StorefrontRow:
 class StorefrontResult:
     rows: list[StorefrontRow]
     facets: dict[str, Any]  # facet key -> {value: {"count": n}} or number stats
+
+
+# Whether match `x` is the only one of its group (`gm`: the groups with more than one match).
+# g is never NULL, so NOT IN is a plain hashed lookup.
+_SOLO_OF = "{0}.g NOT IN (SELECT g FROM gm)"
+_SHARED_OF = "{0}.g IN (SELECT g FROM gm)"
 
 
 def _value(params: SqlParams, field: str) -> str:
@@ -277,8 +312,10 @@ def best_first_ctes(name: str, p: SqlParams, index_param: str, depth: int, colum
 
 
 class _Builder:
-    def __init__(self, index: IndexRecord, plan: StorefrontPlan, source: Source):
+    def __init__(self, index: IndexRecord, plan: StorefrontPlan, source: Source, *, narrow: bool = True):
         self.index = index
+        # Where the matches' values are read: the narrow copy unless a long text is needed.
+        self.table = "product_facets" if narrow and not (plan.fields() & WIDE_FIELDS) else "products"
         self.plan = plan
         self.source = source
         self.params = SqlParams()
@@ -356,7 +393,7 @@ class _Builder:
             if best_first:
                 score = "NULL::float8"  # m only counts facets
             source_sql = (
-                f"FROM products p WHERE p.index_pk = {index_param} AND p.embedding_status = 'ready'"
+                f"FROM {self.table} p WHERE p.index_pk = {index_param} AND p.embedding_status = 'ready'"
                 f" AND p.search_tsv @@ {tsquery} AND {where}"
             )
         elif self.source == "candidates":
@@ -370,13 +407,19 @@ class _Builder:
         else:
             score = "NULL::float8"
             source_sql = (
-                f"FROM products p WHERE p.index_pk = {index_param} AND p.embedding_status = 'ready' AND {where}"
+                f"FROM {self.table} p WHERE p.index_pk = {index_param} AND p.embedding_status = 'ready' AND {where}"
             )
         extracted = "".join(", " + c for c in self.columns)
+        # Best first, m only feeds the facets (one filter, no collapse): then all of them are one
+        # aggregate over the scan (`fx`, grouping sets) unless one unnests a JSON array, and m
+        # is never stored (writing and re-reading 15,000 rows cost more than the grouping).
+        one_pass = best_first and self.variants == 1 and bool(self.plan.facets) and all(
+            f.kind != "array" or f.field == "productCollections" for f in self.plan.facets
+        )
         # m carries the extracted values, not the documents: only the page's are fetched.
         if not best_first or self.plan.facets:
             self.ctes.append(
-                f"m AS MATERIALIZED (SELECT p.pk, p.product_id, p.price, {score} AS score"
+                f"m AS {'NOT ' if one_pass else ''}MATERIALIZED (SELECT p.pk, p.product_id, p.price, {score} AS score"
                 f"{flag_columns}{group_columns}{extracted} {source_sql})"
             )
         hits_set = "m" if self.variants == 1 else "(SELECT * FROM m WHERE f0)"
@@ -391,8 +434,16 @@ class _Builder:
             )
             hits_set = "best"
         if self.collapsed:
+            # gm: the groups with more than one match. Every other match is its group's only one
+            # (under any facet's filter variant too, m being their union): it is its own
+            # representative, and counts once for its values without deduplication. Only the
+            # shared groups are sorted and deduplicated (with a 10% filter at 100k: none of 10,000).
+            self.ctes.append("gm AS MATERIALIZED (SELECT g FROM m GROUP BY g HAVING count(*) > 1)")
             order = ", ".join(self.group_order())
-            self.ctes.append(f"c AS (SELECT DISTINCT ON (g) * FROM {hits_set} h ORDER BY g, {order})")
+            self.ctes.append(
+                f"c AS (SELECT * FROM {hits_set} h WHERE {_SOLO_OF.format('h')} UNION ALL"
+                f" (SELECT DISTINCT ON (g) * FROM {hits_set} h WHERE {_SHARED_OF.format('h')} ORDER BY g, {order}))"
+            )
             hits_set = "c"
         selects = []
         if hits:
@@ -412,8 +463,11 @@ class _Builder:
                 "SELECT 0 AS kind, s.ord, s.pk, s.product_id, d.doc::text AS doc, s.score, NULL::text AS payload"
                 " FROM page s JOIN products d ON d.pk = s.pk"
             )
+        if one_pass:
+            self.ctes.append(self.one_pass_cte())
         for number, facet in enumerate(self.plan.facets):
-            self.ctes.append(f"f{number} AS ({self.facet_sql(facet, number)})")
+            body = self.one_pass_facet_sql(facet, number) if one_pass else self.facet_sql(facet, number)
+            self.ctes.append(f"f{number} AS ({body})")
             selects.append(
                 f"SELECT 1, {number}, NULL::bigint, NULL::text, NULL::text, NULL::float8, payload::text FROM f{number}"
             )
@@ -422,61 +476,140 @@ class _Builder:
         sql = "WITH " + ",\n".join(self.ctes) + "\n" + "\nUNION ALL\n".join(selects)
         return sql, p.values
 
-    def facet_sql(self, facet: FacetPlan, number: int) -> str:
+    def bucket_condition(self, value: str, bucket: RangeBucket) -> str:
+        conditions = [f"{value} IS NOT NULL"]
+        if bucket.low is not None:
+            conditions.append(f"{value} >= {self.params.add(bucket.low, 'float8')}")
+        if bucket.high is not None:
+            conditions.append(f"{value} < {self.params.add(bucket.high, 'float8')}")
+        return " AND ".join(conditions)
+
+    def value_facets(self) -> list[int]:
+        return [n for n, f in enumerate(self.plan.facets) if f.kind in ("string", "array")]
+
+    def one_pass_cte(self) -> str:
+        """fx: every facet of m in one aggregate. A grouping set per string or productCollections
+        facet (its value or list: g<n> = 0 on its rows), and the whole set `()` (every g<n> = 1)
+        carrying the number facets' range counts (r<n>_<i>) and stats."""
+        columns, sets = [], []
+        for n in self.value_facets():
+            value = f"x.{self.facet_columns[n]}"
+            columns.append(f"{value} AS v{n}, GROUPING({value}) AS g{n}")
+            sets.append(f"({value})")
+        columns.append("count(*) AS n")
+        for n, facet in enumerate(self.plan.facets):
+            if facet.kind != "number":
+                continue
+            value = f"x.{self.facet_columns[n]}"
+            if facet.ranges is not None:
+                for i, bucket in enumerate(facet.ranges):
+                    columns.append(f"count(*) FILTER (WHERE {self.bucket_condition(value, bucket)}) AS r{n}_{i}")
+            else:
+                columns.append(
+                    f"min({value}) AS min{n}, max({value}) AS max{n}, avg({value}) AS avg{n},"
+                    f" sum({value}) AS sum{n}, count({value}) AS count{n}"
+                )
+        sets.append("()")
+        return f"fx AS MATERIALIZED (SELECT {', '.join(columns)} FROM m x GROUP BY GROUPING SETS ({', '.join(sets)}))"
+
+    def one_pass_facet_sql(self, facet: FacetPlan, number: int) -> str:
+        """Facet `number` read from fx (one_pass_cte): the same payload as facet_sql's."""
         p = self.params
-        flag = "TRUE" if self.variants == 1 else f"x.f{int(facet.variant)}"
-        direction = "ASC" if facet.ascending else "DESC"
-        value = f"x.{self.facet_columns[number]}"
         if facet.kind in ("string", "array"):
-            unit = ", x.g" if self.collapsed else ", x.pk"
-            if facet.kind == "string" and not self.collapsed:
-                # one value per product: count the rows directly
-                rows = f"SELECT {value} AS v, count(*) AS n FROM m x WHERE {flag} AND {value} IS NOT NULL GROUP BY 1"
-            elif facet.field == "productCollections" and not self.collapsed:
-                # Products share few distinct collection lists: count the products per list
-                # first, then unnest each distinct list once, each element once per list
-                # (DISTINCT over (element, list)), and add up. At 100k products a 10% filter
-                # holds 10k products but about 800 distinct lists. (text[] only: jsonb equality
-                # would merge [1] and [1.0], whose elements' texts differ.)
-                arrays = f"SELECT {value} AS a, count(*) AS n FROM m x WHERE {flag} GROUP BY 1"
+            direction = "ASC" if facet.ascending else "DESC"
+            mine = f"x.g{number} = 0"
+            if facet.kind == "string":
+                rows = f"SELECT x.v{number} AS v, x.n FROM fx x WHERE {mine} AND x.v{number} IS NOT NULL"
+            else:  # productCollections: per distinct list, each element once (value_counts)
                 rows = (
                     "SELECT v, sum(n)::bigint AS n FROM (SELECT DISTINCT e.v, x.a, x.n"
-                    f" FROM ({arrays}) x CROSS JOIN LATERAL unnest(x.a) AS e(v)) q WHERE v IS NOT NULL GROUP BY v"
-                )
-            else:
-                if facet.kind == "string":
-                    pairs = f"SELECT {value} AS v{unit} FROM m x WHERE {flag}"
-                else:
-                    elements = (
-                        f"unnest({value})"
-                        if facet.field == "productCollections"
-                        else f"jsonb_array_elements_text({value})"
-                    )
-                    pairs = f"SELECT a.v{unit} FROM m x CROSS JOIN LATERAL {elements} AS a(v) WHERE {flag}"
-                # (value, product) or (value, group) pairs once each, then counted: an array
-                # counts an element once per product, a collapsed group once per value.
-                rows = (
-                    f"SELECT v, count(*) AS n FROM (SELECT DISTINCT * FROM ({pairs}) q WHERE v IS NOT NULL) d"
-                    " GROUP BY v"
+                    f" FROM (SELECT x.v{number} AS a, x.n FROM fx x WHERE {mine}) x"
+                    " CROSS JOIN LATERAL unnest(x.a) AS e(v)) q WHERE v IS NOT NULL GROUP BY v"
                 )
             order = f'n {direction}, v COLLATE "C"'
             return (
                 f"SELECT json_agg(json_build_array(v, n) ORDER BY {order}) AS payload FROM"
                 f" (SELECT v, n FROM ({rows}) r ORDER BY {order} LIMIT {p.add(facet.max_results)}) t"
             )
+        whole = " AND ".join(f"x.g{n} = 1" for n in self.value_facets()) or "TRUE"
         if facet.ranges is not None:
-            counts = []
-            for bucket in facet.ranges:
-                conditions = [f"{value} IS NOT NULL"]
-                if bucket.low is not None:
-                    conditions.append(f"{value} >= {p.add(bucket.low, 'float8')}")
-                if bucket.high is not None:
-                    conditions.append(f"{value} < {p.add(bucket.high, 'float8')}")
-                unit = "count(DISTINCT x.g)" if self.collapsed else "count(*)"
-                counts.append(
-                    f"json_build_array({p.add(bucket.name, 'text')}, {unit} FILTER (WHERE {' AND '.join(conditions)}))"
-                )
-            return f"SELECT json_build_array({', '.join(counts)}) AS payload FROM m x WHERE {flag}"
+            counts = ", ".join(
+                f"json_build_array({p.add(bucket.name, 'text')}, x.r{number}_{i})"
+                for i, bucket in enumerate(facet.ranges)
+            )
+            return f"SELECT json_build_array({counts}) AS payload FROM fx x WHERE {whole}"
+        return (
+            f"SELECT json_build_object('min', x.min{number}, 'max', x.max{number}, 'avg', x.avg{number},"
+            f" 'sum', x.sum{number}, 'count', x.count{number}) AS payload FROM fx x WHERE {whole}"
+        )
+
+    def value_counts(self, facet: FacetPlan, number: int, where: str, *, per_group: bool) -> str:
+        """(v, n) rows: how many of m's rows under `where` (per_group: how many groups) hold each
+        value of a string or array facet."""
+        value = f"x.{self.facet_columns[number]}"
+        unit = ", x.g" if per_group else ", x.pk"
+        if facet.kind == "string" and not per_group:
+            # one value per product: count the rows directly
+            return f"SELECT {value} AS v, count(*) AS n FROM m x WHERE {where} AND {value} IS NOT NULL GROUP BY 1"
+        if facet.field == "productCollections" and not per_group:
+            # Products share few distinct collection lists: count the products per list
+            # first, then unnest each distinct list once, each element once per list
+            # (DISTINCT over (element, list)), and add up. At 100k products a 10% filter
+            # holds 10k products but about 800 distinct lists. (text[] only: jsonb equality
+            # would merge [1] and [1.0], whose elements' texts differ.)
+            arrays = f"SELECT {value} AS a, count(*) AS n FROM m x WHERE {where} GROUP BY 1"
+            return (
+                "SELECT v, sum(n)::bigint AS n FROM (SELECT DISTINCT e.v, x.a, x.n"
+                f" FROM ({arrays}) x CROSS JOIN LATERAL unnest(x.a) AS e(v)) q WHERE v IS NOT NULL GROUP BY v"
+            )
+        if facet.kind == "string":
+            pairs = f"SELECT {value} AS v{unit} FROM m x WHERE {where}"
+        else:
+            elements = (
+                f"unnest({value})" if facet.field == "productCollections" else f"jsonb_array_elements_text({value})"
+            )
+            pairs = f"SELECT a.v{unit} FROM m x CROSS JOIN LATERAL {elements} AS a(v) WHERE {where}"
+        # (value, product) or (value, group) pairs once each, then counted: an array
+        # counts an element once per product, a group once per value.
+        return f"SELECT v, count(*) AS n FROM (SELECT DISTINCT * FROM ({pairs}) q WHERE v IS NOT NULL) d GROUP BY v"
+
+    def facet_sql(self, facet: FacetPlan, number: int) -> str:
+        p = self.params
+        flag = "TRUE" if self.variants == 1 else f"x.f{int(facet.variant)}"
+        direction = "ASC" if facet.ascending else "DESC"
+        value = f"x.{self.facet_columns[number]}"
+        if facet.kind in ("string", "array"):
+            if self.collapsed:
+                # A group counts once per value: the solo matches as products, the shared groups'
+                # (value, group) pairs deduplicated.
+                solo = self.value_counts(facet, number, f"{flag} AND {_SOLO_OF.format('x')}", per_group=False)
+                shared = self.value_counts(facet, number, f"{flag} AND {_SHARED_OF.format('x')}", per_group=True)
+                rows = f"SELECT v, sum(n)::bigint AS n FROM ({solo} UNION ALL {shared}) u GROUP BY v"
+            else:
+                rows = self.value_counts(facet, number, flag, per_group=False)
+            order = f'n {direction}, v COLLATE "C"'
+            return (
+                f"SELECT json_agg(json_build_array(v, n) ORDER BY {order}) AS payload FROM"
+                f" (SELECT v, n FROM ({rows}) r ORDER BY {order} LIMIT {p.add(facet.max_results)}) t"
+            )
+        if facet.ranges is not None:
+            names, solo, shared = [], [], []
+            for position, bucket in enumerate(facet.ranges):
+                where = self.bucket_condition(value, bucket)
+                names.append(p.add(bucket.name, "text"))
+                solo.append(f"count(*) FILTER (WHERE {where}) AS n{position}")
+                shared.append(f"count(DISTINCT x.g) FILTER (WHERE {where}) AS n{position}")
+            if not self.collapsed:
+                counts = ", ".join(f"json_build_array({name}, s.n{i})" for i, name in enumerate(names))
+                every = ", ".join(solo)
+                return f"SELECT json_build_array({counts}) AS payload FROM (SELECT {every} FROM m x WHERE {flag}) s"
+            # groups: the solo matches counted as rows, the shared groups each once per bucket
+            counts = ", ".join(f"json_build_array({name}, s.n{i} + u.n{i})" for i, name in enumerate(names))
+            return (
+                f"SELECT json_build_array({counts}) AS payload"
+                f" FROM (SELECT {', '.join(solo)} FROM m x WHERE {flag} AND {_SOLO_OF.format('x')}) s,"
+                f" (SELECT {', '.join(shared)} FROM m x WHERE {flag} AND {_SHARED_OF.format('x')}) u"
+            )
         # number stats: over each group's representative when collapsing
         source = f"m x WHERE {flag}"
         if self.collapsed:
@@ -501,9 +634,13 @@ def storefront_sql(
     words: tuple[str, ...] = (),
     candidates: tuple[list[int], list[float]] | None = None,
     hits: bool = True,
+    narrow: bool = True,
 ) -> tuple[str, list[Any]]:
-    """The statement and its values (exposed so tests and benchmarks can EXPLAIN it)."""
-    return _Builder(index, plan, source).build(words=words, candidates=candidates, hits=hits)
+    """The statement and its values (exposed so tests and benchmarks can EXPLAIN it).
+
+    `narrow=False` reads every match from `products` even when `product_facets` would do: the
+    same answer, the old way (tests and benchmarks compare the two)."""
+    return _Builder(index, plan, source, narrow=narrow).build(words=words, candidates=candidates, hits=hits)
 
 
 def _facet_value(facet: FacetPlan, payload: Any) -> Any:
@@ -521,8 +658,9 @@ async def storefront_query(
     words: tuple[str, ...] = (),
     candidates: tuple[list[int], list[float]] | None = None,
     hits: bool = True,
+    narrow: bool = True,
 ) -> StorefrontResult:
-    sql, values = storefront_sql(index, plan, source, words=words, candidates=candidates, hits=hits)
+    sql, values = storefront_sql(index, plan, source, words=words, candidates=candidates, hits=hits, narrow=narrow)
     records = await conn.fetch(sql, *values)
     rows: list[tuple[int, StorefrontRow]] = []
     facets: dict[str, Any] = {}

@@ -15,7 +15,9 @@ against ORT's 78 MB; ORT also has a drop-in CUDA build (`onnxruntime-gpu`).
   a digest of the weights (the state dict itself, so a changed seed or weights file is a new
   key), input size and the versions of torch, onnx, onnxruntime and timm. Export (seconds)
   happens once, when a model is loaded (index creation or the start-up warm-up), never
-  inside a request; a second process finds the files and only loads them.
+  inside a request, and in a spawned worker process (`_ExportWorker`: tracing and
+  quantisation hold the GIL for seconds, which in a thread froze the event loop); a second
+  process finds the files and only loads them.
 - open_clip models: the image tower is exported (`OpenClipModel.export_module`); the text
   tower stays on torch (text queries are short and cached).
 - Two graphs per model: `fp32` and `int8` (dynamic quantisation of the MatMul/Gemm weights;
@@ -51,6 +53,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
 import shutil
 import tempfile
@@ -183,8 +186,10 @@ class GraphCache:
     ) -> GraphFiles:
         """The fp32 and int8 graphs for this module, exporting and quantising them if not cached.
 
-        `cancelled` (set at shutdown) is checked between the steps: a set event stops the export
-        with ExportCancelledError and leaves nothing in the cache (a step already running finishes).
+        The export and the quantisation run in a spawned subprocess (see `_export_in_subprocess`),
+        so this thread holds the GIL only to pickle the module. `cancelled` (set at shutdown) is
+        polled meanwhile: a set event terminates the subprocess and raises ExportCancelledError,
+        leaving nothing in the cache.
         """
 
         def check_cancelled() -> None:
@@ -206,14 +211,10 @@ class GraphCache:
             work = Path(tempfile.mkdtemp(prefix=".export-", dir=self.root))
             try:
                 started = time.perf_counter()
-                log.info("exporting %s to ONNX (once; cached in %s)", model_key, folder)
-                export_onnx(module, input_size, work / "model.fp32.onnx")
-                exported_s = time.perf_counter() - started
-                check_cancelled()
-                log.info("exported %s in %.1f s; quantising to int8", model_key, exported_s)
-                quantize_int8(work / "model.fp32.onnx", work / "model.int8.onnx")
+                log.info("exporting %s to ONNX in a subprocess (once; cached in %s)", model_key, folder)
+                timings = _export_in_subprocess(module, input_size, work, model_key, check_cancelled)
                 total_s = time.perf_counter() - started
-                meta = {**material, "exportSeconds": round(exported_s, 2), "totalSeconds": round(total_s, 2)}
+                meta = {**material, "exportSeconds": timings["exportSeconds"], "totalSeconds": round(total_s, 2)}
                 (work / "meta.json").write_text(json.dumps(meta, indent=2))
                 try:
                     os.replace(work, folder)
@@ -225,6 +226,156 @@ class GraphCache:
                 return GraphFiles(key, folder, exported=True)
             finally:
                 shutil.rmtree(work, ignore_errors=True)
+
+
+# -- the export subprocess -----------------------------------------------------------------
+#
+# torch.onnx.export's tracing and graph passes, and onnxruntime's quantize_dynamic, hold the GIL
+# for seconds at a time (a 12.7 s export stalled the event loop, measured): in a thread they
+# freeze every request of the process. So both run in a spawned worker process; the parent only
+# pickles the module into the private work folder (0.03-0.4 s of GIL) and waits, polling for
+# shutdown. The worker imports torch, timm and the ONNX tools once (3-7 s here) and serves the
+# process's later exports too (the test suite's many apps), until it has been idle for
+# `_WORKER_IDLE_S`.
+
+_POLL_S = 0.1
+_WORKER_IDLE_S = 120.0
+EXPORT_TIMEOUT_S = 3600.0  # a wedged export worker is killed after this (ViT-B-32: ~15 s on 2 loaded cores)
+
+
+def _export_worker(conn: Any) -> None:
+    """The worker process: one job at a time, (module file, input size, work folder) -> progress messages."""
+    torch.set_num_threads(1)  # one forward pass to trace: leave the cores to the service
+    import timm  # noqa: F401  (what the pickled modules need; imported before the first job)
+
+    while conn.poll(_WORKER_IDLE_S):
+        try:
+            module_file, input_size, work = conn.recv()
+        except EOFError:  # the parent is gone
+            return
+        try:
+            started = time.perf_counter()
+            module = torch.load(module_file, weights_only=False)  # our own pickle, written by the parent
+            os.unlink(module_file)
+            export_onnx(module, input_size, Path(work) / "model.fp32.onnx")
+            del module
+            conn.send(("exported", round(time.perf_counter() - started, 2)))
+            quantize_int8(Path(work) / "model.fp32.onnx", Path(work) / "model.int8.onnx")
+            conn.send(("done", round(time.perf_counter() - started, 2)))
+        except Exception as exc:  # reported to the parent, which raises it there
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            conn.send(("error", f"{type(exc).__name__}: {first}"))
+
+
+class _ExportWorker:
+    """The process's export worker (spawned on first use, again after it exited or was stopped)."""
+
+    _lock = threading.Lock()  # one export at a time per process: the worker runs one job at a time
+    _process: Any = None
+    _conn: Any = None
+
+    @classmethod
+    def _ensure(cls) -> Any:
+        if cls._process is None or not cls._process.is_alive():
+            context = multiprocessing.get_context("spawn")  # fork would copy the parent's threads' locks
+            cls._conn, child_end = context.Pipe()
+            cls._process = context.Process(
+                target=_export_worker, args=(child_end,), name="lookalike-export", daemon=True
+            )
+            cls._process.start()
+            child_end.close()
+        return cls._conn
+
+    @classmethod
+    def _stop(cls) -> None:
+        process, cls._process = cls._process, None
+        if cls._conn is not None:
+            cls._conn.close()
+            cls._conn = None
+        if process is not None and process.is_alive():
+            process.terminate()
+            process.join(5)
+            if process.is_alive():
+                process.kill()
+                process.join()
+
+    @classmethod
+    def run(
+        cls,
+        module_file: Path,
+        input_size: tuple[int, ...],
+        work: Path,
+        model_key: str,
+        check_cancelled: Callable[[], None],
+    ) -> dict[str, float]:
+        with cls._lock:
+            try:
+                for attempt in (1, 2):
+                    timings = cls._job((str(module_file), tuple(input_size), str(work)), model_key, check_cancelled)
+                    if timings is not None:
+                        return timings
+                    # it exited idle as the job was sent (nothing done yet): once more, on a fresh one
+                    log.info("export worker had exited (attempt %d); starting another", attempt)
+                    cls._stop()
+                raise RuntimeError(f"export process for {model_key} exited before taking the job")
+            except BaseException:
+                # cancelled, timed out, failed or died mid-job: stop it, so it writes nothing more
+                cls._stop()
+                raise
+
+    @classmethod
+    def _job(
+        cls, job: tuple[str, tuple[int, ...], str], model_key: str, check_cancelled: Callable[[], None]
+    ) -> dict[str, float] | None:
+        """Send one job and wait for it; None if the worker was gone before it took the job."""
+        conn = cls._ensure()
+        try:
+            conn.send(job)
+        except OSError:  # BrokenPipeError: it had exited
+            return None
+        deadline = time.monotonic() + EXPORT_TIMEOUT_S
+        timings: dict[str, float] = {}
+        while True:
+            check_cancelled()
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"export of {model_key} took longer than {EXPORT_TIMEOUT_S:.0f} s")
+            if not conn.poll(_POLL_S):
+                continue
+            try:
+                step, value = conn.recv()
+            except EOFError:
+                cls._process.join(5)
+                if not timings and cls._process.exitcode == 0:  # an idle exit, not a crash
+                    return None
+                raise RuntimeError(f"export process for {model_key} died (exit code {cls._process.exitcode})") from None
+            if step == "error":
+                raise RuntimeError(f"export of {model_key} failed in its subprocess: {value}")
+            if step == "exported":
+                timings["exportSeconds"] = value
+                log.info("exported %s in %.1f s; quantising to int8", model_key, value)
+            elif step == "done":
+                timings["totalSeconds"] = value
+                return timings
+
+
+def _export_in_subprocess(
+    module: torch.nn.Module,
+    input_size: tuple[int, ...],
+    work: Path,
+    model_key: str,
+    check_cancelled: Callable[[], None],
+) -> dict[str, float]:
+    """Export and quantise `module` into `work` in the export worker; logs each step's progress.
+
+    `check_cancelled` is polled while the worker works: when it raises (shutdown), the worker is
+    terminated at once and the error propagates (the caller removes `work`).
+    """
+    module_file = work / "module.pt"
+    torch.save(module, module_file)
+    try:
+        return _ExportWorker.run(module_file, input_size, work, model_key, check_cancelled)
+    finally:
+        module_file.unlink(missing_ok=True)  # the worker removes it once loaded; never cache it
 
 
 def _safe(name: str) -> str:
@@ -329,3 +480,58 @@ class OnnxRunner:
 
 
 Runner = Callable[[np.ndarray], np.ndarray]
+
+FP32_RUNTIMES = ("auto", "onnxruntime", "openvino")
+
+
+def openvino_installed() -> bool:
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class OpenVinoRunner:
+    """The fp32 ONNX graph compiled by OpenVINO for the CPU: same contract as OnnxRunner.
+
+    Only the fp32 graph: OpenVINO ran ORT's dynamically quantised int8 graph slowly (its own
+    int8 needs calibration data), so int8 stays on ONNX Runtime. One inference at a time (a
+    compiled model's implicit infer request is not shared across threads; the embedder runs
+    passes on one thread anyway).
+    """
+
+    per_row = False
+
+    def __init__(self, path: Path, threads: int) -> None:
+        import openvino as ov
+
+        core = ov.Core()
+        config = {"INFERENCE_NUM_THREADS": max(1, threads), "PERFORMANCE_HINT": "LATENCY"}
+        self._compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+        self.providers = [f"OpenVINO:CPU ({ov.get_version().split('-')[0]})"]
+        self._lock = threading.Lock()
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        with self._lock:
+            result = self._compiled(batch)
+        return np.asarray(result[0], dtype=np.float32)
+
+
+def faster_fp32_runner(
+    candidates: dict[str, Runner], input_size: tuple[int, ...], rounds: int = 3
+) -> tuple[str, dict[str, float]]:
+    """The candidate with the lowest median batch-1 pass time here, measured interleaved (after a
+    warm-up each) so that load drifting on a shared machine hits them alike; and the medians (ms)."""
+    x = np.zeros((1, *input_size), dtype=np.float32)
+    times: dict[str, list[float]] = {name: [] for name in candidates}
+    for runner in candidates.values():
+        runner(x)
+    for _ in range(rounds):
+        for name, runner in candidates.items():
+            started = time.perf_counter()
+            runner(x)
+            times[name].append((time.perf_counter() - started) * 1000)
+    medians = {name: round(float(np.median(t)), 2) for name, t in times.items()}
+    return min(medians, key=lambda name: medians[name]), medians

@@ -15,7 +15,7 @@ from threadpoolctl import threadpool_limits
 
 from app.config import Settings
 from app.vision import guard
-from app.vision.backend import resolve_backend
+from app.vision.backend import BackendUnavailableError, openvino_installed, resolve_backend
 from app.vision.embedder import Embedder
 from app.vision.fetch import ImageFetcher
 from app.vision.guard import GuardResult
@@ -36,12 +36,17 @@ class VisionService:
         self.fetcher = ImageFetcher(settings)
         # "onnx" or "torch" (LOOKALIKE_INFERENCE_BACKEND=auto resolved here, once per process).
         self.backend = resolve_backend(settings.inference_backend)
+        if self.backend == "onnx" and settings.inference_runtime == "openvino" and not openvino_installed():
+            raise BackendUnavailableError(
+                "LOOKALIKE_INFERENCE_RUNTIME=openvino needs the openvino package: pip install openvino"
+            )
         self.registry = ModelRegistry(
             settings.model_weights,
             backend=self.backend,
             graph_dir=settings.data_dir / "graphs",
             threads=settings.inference_threads,
             device="auto",
+            fp32_runtime=settings.inference_runtime,
         )
         self.embedder = Embedder(self.registry, settings)
         # numpy's OpenBLAS runs each product on its own thread pool, whose threads spin while

@@ -10,7 +10,7 @@ the product image. Until the backfill reaches a product, it has no colour score 
 ranked as before).
 
 Revision ID: 0010
-Revises: 0008
+Revises: 0009
 Create Date: 2026-12-02
 """
 
@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0010"
-down_revision: str | None = "0008"
+down_revision: str | None = "0009"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -31,7 +31,10 @@ _CAST = "halfvec(112)"
 
 
 def _vector_tables() -> list[str]:
-    pks = op.get_bind().execute(sa.text("SELECT pk FROM indexes ORDER BY pk")).scalars().all()
+    """The vector tables of the existing indexes (an index row whose table is gone is skipped)."""
+    pks = op.get_bind().execute(
+        sa.text("SELECT pk FROM indexes WHERE to_regclass('vectors_' || pk) IS NOT NULL ORDER BY pk")
+    ).scalars().all()
     return [f"vectors_{int(pk)}" for pk in pks]
 
 
