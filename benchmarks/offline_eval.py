@@ -177,13 +177,19 @@ def top_k(sims: np.ndarray, k: int) -> np.ndarray:
 
 
 def candidate_pool(
-    emb_sims: np.ndarray, agg_sims: np.ndarray, has_agg: np.ndarray, params: rerank.RerankParams
+    emb_sims: np.ndarray,
+    agg_sims: np.ndarray,
+    has_agg: np.ndarray,
+    params: rerank.RerankParams,
+    colour_sims: np.ndarray | None = None,
 ) -> list[rerank.Candidate]:
-    """The merged pool of `app.domain.reverse`, in its order, each candidate scored by both signals.
+    """The merged pool of `app.domain.reverse`, in its order, each candidate scored by every signal.
 
     emb_sims: (boxes, n_catalog) cosines of each query box's crop embedding (the first
     `n_crops` are the embedded ones); agg_sims: (boxes with an aggregate, n_catalog) cosines
-    of the box aggregates (`CatalogAggregates.sims`).
+    of the box aggregates (`CatalogAggregates.sims`); colour_sims: (boxes, n_catalog) colour
+    coefficients of the boxes (`app.vision.colour`), None: the colour cue is not modelled (the
+    candidates carry no colour score, as in a service without the descriptors).
     """
     emb = emb_sims[: params.n_crops]
     keys: dict[int, None] = {}
@@ -192,9 +198,22 @@ def candidate_pool(
     if params.aggregate_pool:
         for row in agg_sims:
             keys.update(dict.fromkeys(top_k(row, params.aggregate_pool).tolist()))
+    if colour_sims is not None and params.colour_pool:
+        for row in colour_sims:
+            keys.update(dict.fromkeys(top_k(row, params.colour_pool).tolist()))
     g = emb.max(axis=0)
     a = agg_sims.max(axis=0) if len(agg_sims) else None
-    return [rerank.Candidate(k, float(g[k]), None, float(a[k]) if a is not None and has_agg[k] else None) for k in keys]
+    c = colour_sims.max(axis=0) if colour_sims is not None and len(colour_sims) else None
+    return [
+        rerank.Candidate(
+            k,
+            float(g[k]),
+            None,
+            float(a[k]) if a is not None and has_agg[k] else None,
+            float(c[k]) if c is not None else None,
+        )
+        for k in keys
+    ]
 
 
 def rerank_pool(

@@ -42,7 +42,8 @@ def test_sweep_ranks_exactly_as_the_service(seed: int) -> None:
     verifications = {}
     for k in range(n):
         agg = None if rng.random() < 0.2 else float(rng.uniform(-0.1, 0.4))
-        cands[k] = rerank.Candidate(k, float(rng.uniform(-0.2, 0.9)), None, agg)
+        col = None if rng.random() < 0.2 else float(rng.uniform(0.0, 1.0))
+        cands[k] = rerank.Candidate(k, float(rng.uniform(-0.2, 0.9)), None, agg, col)
         if rng.random() < 0.6:
             inliers = int(rng.integers(0, 40))
             agree, ok = float(rng.uniform(0, 1)), bool(rng.random() < 0.8)
@@ -56,6 +57,7 @@ def test_sweep_ranks_exactly_as_the_service(seed: int) -> None:
         inlier_saturation=float(rng.choice([4.0, 8.0])),
         match_weight=float(rng.choice([0.0, 2.0])),
         match_saturation=float(rng.choice([8.0, 16.0])),
+        colour_weight=float(rng.choice([0.0, 1.0, 3.0])),
     )
     signals = cal.signals_of(cands, verifications, truth)
     verified = set(rerank.select_for_verification(cands.values(), p))
@@ -167,11 +169,14 @@ async def test_scoring_knobs_are_validated_and_used(api: httpx.AsyncClient) -> N
     assert r.status_code == 200
     path = f"/api/v1/indexes/{name}/settings"
     for bad in ({"verifyTop": 2.5}, {"aggregateWeight": -1}, {"verifyWeight": "2"}, {"inlierSaturation": 0},
-                {"matchWeight": -0.5}, {"matchSaturation": 0}, {"regionMinInliers": 2.5}):
+                {"matchWeight": -0.5}, {"matchSaturation": 0}, {"regionMinInliers": 2.5},
+                {"colourWeight": -1}, {"colourWeight": 33}, {"colourWeight": True}, {"colourPool": 2.5},
+                {"colourPool": -1}, {"colourPool": 201}):
         r = await api.patch(path, json={"reverseImageSearch": bad}, headers=ADMIN)
         assert r.status_code == 400 and r.json()["code"] == "invalid_settings", (bad, r.text)
     knobs = {"aggregateWeight": 2.5, "verifyWeight": 3, "verifyTop": 30, "minInliers": 5, "inlierSaturation": 6,
-             "matchWeight": 1.5, "matchSaturation": 12, "regionMinInliers": 3}
+             "matchWeight": 1.5, "matchSaturation": 12, "regionMinInliers": 3, "colourWeight": 0.75,
+             "colourPool": 15}
     r = await api.patch(path, json={"reverseImageSearch": knobs}, headers=ADMIN)
     assert r.status_code == 200, r.text
     from app.domain.reverse import params_for
@@ -179,8 +184,8 @@ async def test_scoring_knobs_are_validated_and_used(api: httpx.AsyncClient) -> N
     stored = (await api.get(f"/api/v1/indexes/{name}", headers=ADMIN)).json()["settings"]["reverseImageSearch"]
     p = params_for(stored, rerank.DEFAULT_PARAMS)
     used = (p.aggregate_weight, p.verify_weight, p.verify_top, p.min_inliers, p.inlier_saturation,
-            p.match_weight, p.match_saturation, p.region_min_inliers)
-    assert used == (2.5, 3.0, 30, 5, 6.0, 1.5, 12.0, 3)
+            p.match_weight, p.match_saturation, p.region_min_inliers, p.colour_weight, p.colour_pool)
+    assert used == (2.5, 3.0, 30, 5, 6.0, 1.5, 12.0, 3, 0.75, 15)
 
 
 async def test_calibrate_endpoint_json_and_stream(api: httpx.AsyncClient, images) -> None:  # type: ignore[no-untyped-def]

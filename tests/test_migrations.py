@@ -99,6 +99,21 @@ async def _facets_state(url: str) -> dict[str, object]:
         await conn.close()
 
 
+async def _colour_state(url: str) -> dict[str, object]:
+    conn = await asyncpg.connect(url)
+    try:
+        return {
+            "column": await conn.fetchval(
+                "SELECT count(*) FROM information_schema.columns "
+                "WHERE table_name = 'vectors_1' AND column_name = 'colour'"
+            ),
+            "index": await conn.fetchval("SELECT count(*) FROM pg_indexes WHERE indexname = 'vectors_1_colour_hnsw'"),
+            "status": await conn.fetchval("SELECT features_status FROM products WHERE product_id = 'p1'"),
+        }
+    finally:
+        await conn.close()
+
+
 async def _product_at_0008(url: str, product_id: str) -> None:
     conn = await asyncpg.connect(url)
     try:
@@ -131,3 +146,26 @@ def test_0009_backfills_product_facets_and_downgrades(fresh_database: str) -> No
     asyncio.run(_product_at_0008(fresh_database, "p2"))  # written while 0009 was not there
     migrate.upgrade(fresh_database)
     assert asyncio.run(_facets_state(fresh_database))["rows"] == {"p1": kept, "p2": kept}
+
+
+def test_0010_adds_the_colour_descriptor_to_existing_indexes_and_queues_their_backfill(fresh_database: str) -> None:
+    migrate.upgrade(fresh_database, "0003")
+    asyncio.run(_index_at_0003(fresh_database))
+    migrate.upgrade(fresh_database, "0009")
+    # the aggregate's backfill has run: the product's features are ready again, without a colour
+    asyncio.run(_set_features_ready(fresh_database))
+    assert asyncio.run(_colour_state(fresh_database)) == {"column": 0, "index": 0, "status": "ready"}
+    migrate.upgrade(fresh_database, "0010")
+    assert asyncio.run(_colour_state(fresh_database)) == {"column": 1, "index": 1, "status": "pending"}
+    migrate.downgrade(fresh_database, "0009")
+    state = asyncio.run(_colour_state(fresh_database))
+    assert (state["column"], state["index"]) == (0, 0)
+    assert asyncio.run(_aggregate_state(fresh_database))["column"] == 1  # 0004's column stays
+
+
+async def _set_features_ready(url: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("UPDATE products SET features_status = 'ready'")
+    finally:
+        await conn.close()

@@ -17,7 +17,7 @@ import pytest
 
 from app.domain import rerank
 from app.samples import wild
-from app.vision import aggregate, crops
+from app.vision import aggregate, colour, crops
 from app.vision import local_features as lf
 from app.vision.decode import decode_image
 from app.vision.model import ModelSpec
@@ -121,6 +121,7 @@ async def test_offline_pipeline_gives_the_service_hits(api: httpx.AsyncClient, i
     service_model = api.app.state.services.vision.registry.get(ModelSpec.parse(TEST_MODEL))  # type: ignore[attr-defined]
     model = oe.GlobalModel(TEST_MODEL, service_model, precision)
     cat_emb = oe.embed_many(model, cat_images)
+    cat_colours = np.stack([colour.catalog_colour(im) for im in cat_images])
     params = replace(rerank.DEFAULT_PARAMS, pool_size=pool_size, n_crops=4)
 
     compared = 0
@@ -140,7 +141,8 @@ async def test_offline_pipeline_gives_the_service_hits(api: httpx.AsyncClient, i
         emb_sims = model.embed(crops.crop_images(image, boxes)) @ cat_emb.T
         qf = lf.extract_query_features(image)
         agg_sims = cat_agg.sims(aggregate.box_aggregates(qf, boxes))
-        pool = oe.candidate_pool(emb_sims, agg_sims, cat_agg.present, params)
+        colour_sims = colour.box_colours(image, boxes) @ cat_colours.T
+        pool = oe.candidate_pool(emb_sims, agg_sims, cat_agg.present, params, colour_sims)
         keys = rerank.select_for_verification(pool, params)
         vs = lf.verify_candidates(qf, [cat_feats[k] for k in keys])  # type: ignore[index]
         ranked, _ = oe.rerank_pool(pool, dict(zip(keys, vs, strict=True)), params)  # type: ignore[arg-type]

@@ -142,11 +142,15 @@ async def test_queued_products_answer_202_and_are_searchable_only_once_embedded(
                 "SELECT embeddings_pending, embeddings_failed FROM lookalike_index_overview WHERE index_name = $1",
                 name,
             )
+            index_pk = await conn.fetchval("SELECT pk FROM indexes WHERE name = $1", name)
+            # the workers store each product's colour descriptor with its features, as ingest does
+            colours = await conn.fetchval(f"SELECT count(colour) FROM vectors_{int(index_pk)}")
         finally:
             await conn.close()
         assert [(r["product_id"], r["stage"]) for r in rows] == [("broken", "embedding")]
         assert "404" in rows[0]["error"]
         assert tuple(overview) == (0, 1)
+        assert colours == 4
 
         # replacing a product queues it again; it leaves search until re-embedded
         items = await _add(api, name, [product("p0", data_url(product_image(50)), productTitle="blue lamp 0")])

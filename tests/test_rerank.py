@@ -204,3 +204,28 @@ def test_ratio_test_matches_lift_a_product_that_cannot_verify() -> None:
     assert keys(combine_scores([other, flat], off)) == ["other", "flat truth"]
     with pytest.raises(ValueError):
         RerankParams(match_saturation=0)
+
+
+def test_colour_adds_to_the_prior_and_missing_counts_as_nothing() -> None:
+    p = RerankParams(aggregate_weight=2.0, colour_weight=1.5)
+    assert prior_score(Candidate("a", 0.5, None, 0.25, 0.6), p) == pytest.approx(0.5 + 0.5 + 0.9)
+    assert prior_score(Candidate("a", 0.5, None, 0.25, None), p) == pytest.approx(1.0)  # not backfilled yet
+    assert prior_score(Candidate("a", 0.5, None, None, 0.6), RerankParams(colour_weight=0.0)) == pytest.approx(0.5)
+
+
+def test_colour_tells_a_flat_product_from_its_colourway() -> None:
+    """Neither verifies (a plain body); the global model slightly prefers the colourway: colour decides,
+    and also decides which of them is verified when only one can be."""
+    p = RerankParams(colour_weight=2.0, verify_top=1)
+    colourway = Candidate("colourway", 0.62, V(2, matches=3), None, 0.35)
+    product = Candidate("product", 0.58, V(2, matches=3), None, 0.90)
+    assert keys(combine_scores([colourway, product], p)) == ["product", "colourway"]
+    assert keys(combine_scores([colourway, product], RerankParams(colour_weight=0.0))) == ["colourway", "product"]
+    assert select_for_verification([colourway, product], p) == ["product"]
+
+
+def test_colour_params_validation() -> None:
+    with pytest.raises(ValueError):
+        RerankParams(colour_weight=-0.1)
+    with pytest.raises(ValueError):
+        RerankParams(colour_pool=-1)

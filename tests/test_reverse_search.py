@@ -15,7 +15,7 @@ from app.filters import parse_filter
 from app.samples import wild
 from app.storage import indexes as storage_indexes
 from app.storage import search as search_sql
-from app.vision import aggregate, crops, local_features
+from app.vision import aggregate, colour, crops, local_features
 from app.vision.openclip import OFFLINE_OPEN_CLIP_MODEL
 from tests.conftest import ADMIN
 from tests.helpers import TEST_MODEL, data_url, product_image
@@ -253,7 +253,8 @@ async def test_backfill_when_flag_turned_on(api: httpx.AsyncClient, images, pool
         == 0
     )
     aggregates = f"SELECT count(local_aggregate) FROM vectors_{int(index_pk)}"
-    assert await pool.fetchval(aggregates) == 0
+    colours = f"SELECT count(colour) FROM vectors_{int(index_pk)}"
+    assert await pool.fetchval(aggregates) == 0 and await pool.fetchval(colours) == 0
     r = await api.patch(
         f"/api/v1/indexes/{name}/settings", json={"reverseImageSearch": {"enabled": True}}, headers=ADMIN
     )
@@ -271,8 +272,27 @@ async def test_backfill_when_flag_turned_on(api: httpx.AsyncClient, images, pool
     stats = (await api.get(f"/api/v1/indexes/{name}/stats", headers=ADMIN)).json()["reverseImageSearch"]
     assert stats == {"enabled": True, "featuresReady": 6, "featuresPending": 0, "featuresFailed": 1, "ready": True}
     assert await pool.fetchval(aggregates) == 6  # the backfill stores each product's keypoint aggregate too
+    assert await pool.fetchval(colours) == 6  # and its colour descriptor
     failed = await pool.fetchrow("SELECT error FROM lookalike_failed_products WHERE index_name = $1", name)
     assert "404" in failed["error"]
+
+    # The colour cue on (a weight and a colour leg): a product without a descriptor is still found.
+    knobs = {"colourWeight": 2.0, "colourPool": 10}
+    r = await api.patch(f"/api/v1/indexes/{name}/settings", json={"reverseImageSearch": knobs}, headers=ADMIN)
+    assert r.status_code == 200, r.text
+    p2 = await pool.fetchval("SELECT pk FROM products WHERE index_pk = $1 AND product_id = 'p2'", index_pk)
+    await pool.execute(f"UPDATE vectors_{int(index_pk)} SET colour = NULL WHERE product_pk = $1", p2)
+    for product, seed in (("p1", 101), ("p2", 102)):
+        r = await api.post(
+            f"/api/v1/indexes/{name}/reverse-image-search",
+            json={"q": data_url(product_image(seed))},
+            headers={"x-marqo-index-id": created["indexId"]},
+        )
+        assert r.status_code == 200 and r.json()["hits"][0]["_id"] == product, r.text
+    # deleted with its product
+    r = await api.request("DELETE", f"/api/v1/indexes/{name}/documents", json={"ids": ["p1"]}, headers=ADMIN)
+    assert r.status_code == 200, r.text
+    assert await pool.fetchval(colours) == 4
 
 
 def test_processing_is_deterministic() -> None:
@@ -315,6 +335,38 @@ async def test_keypoint_aggregates_are_stored_and_retrieve_the_product(shop: dic
         await conn.execute("SET LOCAL enable_seqscan = off")
         plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + sql, *values))
     assert f"{table}_local_hnsw" in plan, plan
+
+
+async def test_colour_descriptors_are_stored_and_retrieve_the_product(shop: dict, pool) -> None:  # type: ignore[no-untyped-def]
+    """Every product with local features has the colour descriptor of the image it was fetched as;
+    the crop boxes' colours of a wild photo retrieve the product through SQL, by the colour index."""
+    record = await storage_indexes.get_index(pool, shop["name"])
+    assert record is not None
+    table = record.vectors_table
+    rows = await pool.fetch(
+        f"SELECT p.product_id, v.colour::real[] AS c FROM {table} v JOIN products p ON p.pk = v.product_pk"
+    )
+    stored = {r["product_id"]: np.asarray(r["c"], np.float32) for r in rows if r["c"] is not None}
+    assert len(stored) == len(shop["catalog"])
+    for item in shop["catalog"][:4]:
+        expected = colour.catalog_colour(Image.open(io.BytesIO(_jpeg(item.image))))
+        assert float(stored[item.id] @ expected) > 0.999  # halfvec precision
+    in_top = 0
+    for query in shop["queries"]:
+        boxes = colour.box_colours(query.image, crops.query_boxes(query.image))
+        best: dict[str, float] = {}
+        async with pool.acquire() as conn, conn.transaction(readonly=True):
+            for vector in boxes:
+                for r in await search_sql.nearest(conn, record, vector, None, 8, column="colour"):
+                    best[r.product_id] = max(best.get(r.product_id, -1.0), r.score)
+        in_top += query.product_id in sorted(best, key=best.__getitem__, reverse=True)[:8]
+    assert in_top >= len(shop["queries"]) // 2, in_top
+    sql, values = search_sql.nearest_sql(record, boxes[0], None, 10, exact=False, column="colour")
+    async with pool.acquire() as conn, conn.transaction(readonly=True):
+        await search_sql.configure_scan(conn, exact=False, ef_search=100)
+        await conn.execute("SET LOCAL enable_seqscan = off")
+        plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + sql, *values))
+    assert f"{table}_colour_hnsw" in plan, plan
 
 
 def _iou(a: Sequence[float], b: Sequence[float]) -> float:

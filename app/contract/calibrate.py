@@ -74,6 +74,7 @@ class ScoringKnobs(ContractResponse):
     inlierSaturation: float
     matchWeight: float
     matchSaturation: float
+    colourWeight: float
 
 
 class CalibrationSide(RecallMetrics):

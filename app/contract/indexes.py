@@ -21,6 +21,8 @@ REVERSE_SEARCH_KNOB_RANGES: dict[str, tuple[int, int, bool]] = {
     "queryCrops": (1, 8, True),
     # early exit of verification: the first N hits are kept exactly as full verification ranks them
     "verifySettle": (0, 1000, False),
+    # candidates fetched per query crop box by its colour descriptor (0: colour only scores the pool)
+    "colourPool": (0, 200, False),
 }
 
 # Re-ranking knobs (`lookalike calibrate --apply` stores them): name -> (minimum, maximum, integer).
@@ -33,6 +35,7 @@ SCORING_KNOB_RANGES: dict[str, tuple[float, float, bool]] = {
     "inlierSaturation": (0.5, 100.0, False),
     "matchWeight": (0.0, 32.0, False),
     "matchSaturation": (0.5, 100.0, False),
+    "colourWeight": (0.0, 32.0, False),
     "regionMinInliers": (0, 100, True),
 }
 
@@ -103,6 +106,19 @@ class ReverseImageSearchSettings(ContractModel):
             }
         ),
     ] = omittable()
+    colourPool: Annotated[
+        int,
+        _knob("colourPool"),
+        WithJsonSchema(
+            {
+                "type": "integer",
+                "minimum": 0,
+                "maximum": 200,
+                "description": "candidates added to the pool per query crop box by the nearest colour "
+                "descriptors; 0 = colour only scores the candidates found by embedding and keypoints",
+            }
+        ),
+    ] = omittable()
     queryCrops: Annotated[
         int | Literal["auto"],
         _knob("queryCrops"),
@@ -137,6 +153,9 @@ class ReverseImageSearchSettings(ContractModel):
     ) = omittable()
     matchSaturation: _scoring_field(  # type: ignore[valid-type]
         "matchSaturation", "ratio-test matches at which the match bonus reaches 63% of matchWeight"
+    ) = omittable()
+    colourWeight: _scoring_field(  # type: ignore[valid-type]
+        "colourWeight", "prior += colourWeight x colour descriptors' Bhattacharyya coefficient (best over crop boxes)"
     ) = omittable()
     regionMinInliers: _scoring_field(  # type: ignore[valid-type]
         "regionMinInliers", "with regions: true, the minInliers of a region (a product found at a place)"

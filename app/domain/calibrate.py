@@ -3,7 +3,8 @@
 
 The re-ranking knobs (prior = embedding cosine + aggregateWeight x aggregate cosine, a
 verification bonus up to verifyWeight, verifyTop candidates verified, minInliers,
-inlierSaturation, a weak-texture bonus up to matchWeight saturating at matchSaturation)
+inlierSaturation, a weak-texture bonus up to matchWeight saturating at matchSaturation,
+colourWeight x the colour descriptors' coefficient in the prior)
 were measured with random-weight models; real weights, and each catalog, want others.
 Calibration measures them on the index itself:
 
@@ -64,6 +65,7 @@ SWEEP: dict[str, list[float]] = {
     "inlier_saturation": [2.0, 4.0, 8.0, 16.0, 32.0],
     "match_weight": [0.0, 0.5, 1.0, 2.0, 4.0],
     "match_saturation": [4.0, 8.0, 16.0, 32.0],
+    "colour_weight": [0.0, 0.5, 1.0, 2.0, 4.0, 8.0],
 }
 ROUNDS = 2
 _FIELD_TO_KNOB = {v: k for k, v in SCORING_KNOBS.items()}
@@ -78,12 +80,14 @@ class QuerySignals:
     inliers: np.ndarray  # colour-weighted distinct inliers where the homography is plausible, else 0
     truth: int
     matches: np.ndarray | None = None  # ratio-test matches of verified candidates (0 when not verified)
+    c: np.ndarray | None = None  # colour coefficient clipped at 0 (0 without one)
 
 
 def signals_of(candidates: dict[Hashable, Any], verifications: dict[Hashable, Any], truth: Hashable) -> QuerySignals:
     keys = list(candidates)
     g = np.array([float(candidates[k].global_score) for k in keys], np.float64)
     a = np.array([max(0.0, float(candidates[k].aggregate_score or 0.0)) for k in keys], np.float64)
+    c = np.array([max(0.0, float(candidates[k].colour_score or 0.0)) for k in keys], np.float64)
     eff = np.zeros(len(keys), np.float64)
     matches = np.zeros(len(keys), np.float64)
     for i, k in enumerate(keys):
@@ -92,7 +96,7 @@ def signals_of(candidates: dict[Hashable, Any], verifications: dict[Hashable, An
             matches[i] = v.matches
         if v is not None and v.homography_ok:
             eff[i] = v.inliers * v.colour_agreement
-    return QuerySignals(g, a, eff, keys.index(truth) if truth in candidates else -1, matches)
+    return QuerySignals(g, a, eff, keys.index(truth) if truth in candidates else -1, matches, c)
 
 
 def rank_of_truth(q: QuerySignals, p: RerankParams) -> int | None:
@@ -101,6 +105,8 @@ def rank_of_truth(q: QuerySignals, p: RerankParams) -> int | None:
     if q.truth < 0:
         return None
     prior = q.g + p.aggregate_weight * q.a
+    if q.c is not None:
+        prior = prior + p.colour_weight * q.c
     order = np.argsort(-prior, kind="stable")
     top = order[: p.verify_top] if p.verify_top else order
     if q.truth not in top:
@@ -252,7 +258,8 @@ async def calibrate(
     for i, (row, item) in enumerate(zip(kept, items, strict=True)):
         photo = await service.vision.run_cpu(_wild_photo, item, items, seed, i)
         request = ReverseSearchRequest.parse({"q": photo, "limit": 10})  # as the HTTP API parses it
-        _, gathered = await service.gather(index, request, StageTimer(), gather_params)
+        # colour scored even where the index gives it no weight: the sweep may give it one
+        _, gathered = await service.gather(index, request, StageTimer(), gather_params, colour_scores=True)
         signals.append(signals_of(gathered.candidates, gathered.verifications, row.product_pk))
         elapsed = time.perf_counter() - started
         yield Progress("search", i + 1, len(kept), f"searched {i + 1}/{len(kept)} calibration photos ({elapsed:.0f} s)")

@@ -24,6 +24,8 @@ _KNOB_DEFAULTS: dict[str, int | str] = {
     "queryCrops": "auto",
     # 0: verify all verifyTop; N: stop once the first N hits provably cannot change (rerank.verification_settled)
     "verifySettle": DEFAULT_PARAMS.settle_top,
+    # candidates the colour descriptors add per query crop box (0: colour only scores the pool)
+    "colourPool": DEFAULT_PARAMS.colour_pool,
 }
 
 

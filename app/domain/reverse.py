@@ -54,7 +54,7 @@ from app.filters import FilterNode
 from app.storage import search as search_sql
 from app.storage.indexes import IndexRecord
 from app.storage.replicas import Database
-from app.vision import aggregate, local_features
+from app.vision import aggregate, colour, local_features
 from app.vision.crops import crop_boxes, crop_images, keypoint_cluster_boxes, query_boxes, window_boxes
 from app.vision.model import ModelSpec
 from app.vision.service import VisionService
@@ -68,6 +68,7 @@ SCORING_KNOBS = {
     "inlierSaturation": "inlier_saturation",
     "matchWeight": "match_weight",
     "matchSaturation": "match_saturation",
+    "colourWeight": "colour_weight",
 }
 
 
@@ -76,6 +77,8 @@ def params_for(knobs: dict[str, Any], base: RerankParams) -> RerankParams:
     changes = {field_name: knobs[name] for name, field_name in SCORING_KNOBS.items() if name in knobs}
     if "candidatePool" in knobs:
         changes["pool_size"] = int(knobs["candidatePool"])
+    if "colourPool" in knobs:
+        changes["colour_pool"] = int(knobs["colourPool"])
     if "verifySettle" in knobs:
         changes["settle_top"] = int(knobs["verifySettle"])
     if "regionMinInliers" in knobs:  # regions only: calibration measures one product per photo
@@ -87,6 +90,15 @@ def _boxes_and_crops(image: Any, n_crops: int) -> tuple[list[Any], list[Any]]:
     """All crop boxes (for the keypoint aggregates) and the images of the first `n_crops` (to embed)."""
     boxes = query_boxes(image)
     return boxes, crop_images(image, boxes[:n_crops])
+
+
+def _box_colours(image: Image.Image, boxes: list[Any], want_colour: bool) -> np.ndarray:
+    """The crop boxes' colour descriptors when the colour cue is on (else none)."""
+    return colour.box_colours(image, boxes) if want_colour else np.zeros((0, colour.COLOUR_DIMS), np.float32)
+
+
+def _uses_colour(params: RerankParams) -> bool:
+    return params.colour_weight > 0 or params.colour_pool > 0
 
 
 def _in_every(per_query: Sequence[Iterable[tuple[Hashable, float]]]) -> set[Hashable]:
@@ -256,30 +268,51 @@ class ReverseSearchService:
         aggregates: np.ndarray,
         pool_size: int,
         aggregate_pool: int,
+        colours: np.ndarray | None = None,
     ) -> dict[Hashable, Candidate]:
-        """Candidates of these crop embeddings and box aggregates, each scored by both signals."""
+        """Candidates of these crop embeddings, box aggregates and box colours, each scored by every signal."""
+        colours = colours if colours is not None else np.zeros((0, colour.COLOUR_DIMS), np.float32)
+        colour_pool = query.params.colour_pool if len(colours) else 0
         queries = [search_sql.VectorQuery(e, "embedding", pool_size) for e in embeddings]
         if aggregate_pool:
             queries += [search_sql.VectorQuery(a, "local_aggregate", aggregate_pool) for a in aggregates]
+        n_aggregate = len(queries) - len(embeddings)
+        if colour_pool:
+            queries += [search_sql.VectorQuery(c, "colour", colour_pool) for c in colours]
         found = await search_sql.nearest_many(conn, query.index, queries, query.where)
+        by_aggregate = found[len(embeddings) : len(embeddings) + n_aggregate]
+        by_colour = found[len(embeddings) + n_aggregate :]
         # each product keeps its best cosine per signal, over the crops
         global_scores: dict[Hashable, float] = merge_crop_neighbours(found[: len(embeddings)])
-        aggregate_scores: dict[Hashable, float] = merge_crop_neighbours(found[len(embeddings) :])
-        keys = list({**global_scores, **aggregate_scores})
+        aggregate_scores: dict[Hashable, float] = merge_crop_neighbours(by_aggregate)
+        colour_scores: dict[Hashable, float] = merge_crop_neighbours(by_colour)
+        keys = list({**global_scores, **aggregate_scores, **colour_scores})
         # A candidate keeps its best cosine over every crop and box, not only over those whose
         # nearest neighbours it was among (another crop may be closer to it yet have closer
         # neighbours still): a candidate missing from some list is scored from its vectors.
         everywhere_global = _in_every(found[: len(embeddings)])
-        everywhere_aggregate = _in_every(found[len(embeddings) :]) if aggregate_pool else set()
-        missing = [k for k in keys if k not in everywhere_global or (len(aggregates) and k not in everywhere_aggregate)]
+        everywhere_aggregate = _in_every(by_aggregate) if aggregate_pool else set()
+        everywhere_colour = _in_every(by_colour) if colour_pool else set()
+        missing = [
+            k
+            for k in keys
+            if k not in everywhere_global
+            or (len(aggregates) and k not in everywhere_aggregate)
+            or (len(colours) and k not in everywhere_colour)
+        ]
         if missing:
             vectors = await search_sql.candidate_vectors(conn, query.index, missing)  # type: ignore[arg-type]
-            for key, (embedding, agg) in vectors.items():
+            for key, stored in vectors.items():
                 if key not in everywhere_global:
-                    global_scores[key] = _best_cosines(embedding, embeddings) if len(embeddings) else 0.0
-                if agg is not None and len(aggregates) and key not in everywhere_aggregate:
-                    aggregate_scores[key] = _best_cosines(agg, aggregates)
-        return {k: Candidate(k, global_scores.get(k, 0.0), None, aggregate_scores.get(k)) for k in keys}
+                    global_scores[key] = _best_cosines(stored.embedding, embeddings) if len(embeddings) else 0.0
+                if stored.aggregate is not None and len(aggregates) and key not in everywhere_aggregate:
+                    aggregate_scores[key] = _best_cosines(stored.aggregate, aggregates)
+                if stored.colour is not None and len(colours) and key not in everywhere_colour:
+                    colour_scores[key] = _best_cosines(stored.colour, colours)
+        return {
+            k: Candidate(k, global_scores.get(k, 0.0), None, aggregate_scores.get(k), colour_scores.get(k))
+            for k in keys
+        }
 
     async def _verify(
         self, gathered: Gathered, keys: list[Hashable], features: local_features.LocalFeatures
@@ -321,30 +354,42 @@ class ReverseSearchService:
         timer: StageTimer,
         params: RerankParams | None = None,
         settle_top: int = 0,
+        colour_scores: bool = False,
     ) -> tuple[_Query, Gathered]:
         """Crops, features, candidate pool and verification of the `verify_top` best by prior;
-        with `settle_top`, only until the ranking's first `settle_top` cannot change (0: all of them)."""
+        with `settle_top`, only until the ranking's first `settle_top` cannot change (0: all of them);
+        with `colour_scores`, candidates carry their colour score even where it has no weight."""
         query = await self._prepare(index, request, params)
         timer.lap("decode")
+        p = query.params
         # Query features are extracted while the crops are cut and embedded (all off the loop): a
-        # task, because a bare coroutine would not start the extraction until it was awaited.
+        # task, because a bare coroutine would not start the extraction until it was awaited; the
+        # crop boxes' colours likewise, once the boxes are known.
         features_task = asyncio.ensure_future(
             self.vision.run_cpu(local_features.extract_query_features, query.image)
         )
+        colours_task: asyncio.Future[np.ndarray] | None = None
         try:
             boxes, crops = await self.vision.run_cpu(_boxes_and_crops, query.image, query.n_crops)
+            colours_task = asyncio.ensure_future(
+                self.vision.run_cpu(_box_colours, query.image, boxes, colour_scores or _uses_colour(p))
+            )
             embeddings = await self.vision.embed(query.spec, crops, inference.precision_of(query.index, self.vision))
         except BaseException:
             features_task.cancel()
+            if colours_task is not None:
+                colours_task.cancel()
             raise
         timer.lap("embed")
         query_features = await features_task
+        colours = await colours_task
         aggregates = await self.vision.run_cpu(aggregate.box_aggregates, query_features, boxes)
         timer.lap("features")
-        p = query.params
 
         async def pool_and_details(conn: asyncpg.Connection) -> tuple[dict[Hashable, Candidate], list[Any], Any]:
-            candidates = await self._retrieve(conn, query, embeddings, aggregates, p.pool_size, p.aggregate_pool)
+            candidates = await self._retrieve(
+                conn, query, embeddings, aggregates, p.pool_size, p.aggregate_pool, colours
+            )
             # the final top `limit` always comes from the verified set (unverified priors are lower)
             to_verify = select_for_verification(candidates.values(), p)
             details = await search_sql.candidate_details(conn, index, to_verify)  # type: ignore[arg-type]
@@ -481,6 +526,9 @@ class ReverseSearchService:
         embeddings = await self.vision.embed(query.spec, crops, inference.precision_of(query.index, self.vision))
         # one aggregate per region (an empty row where too few keypoints describe it)
         per_box = [await self.vision.run_cpu(aggregate.box_aggregates, gathered.query_features, [b]) for b in boxes]
+        region_colours = (
+            await self.vision.run_cpu(colour.box_colours, query.image, boxes) if _uses_colour(p) else None
+        )
         limit = query.request.limit
         pool = max(limit, regions_mod.REGION_POOL)
 
@@ -517,13 +565,17 @@ class ReverseSearchService:
                 vectors = await search_sql.candidate_vectors(conn, query.index, keys)  # type: ignore[arg-type]
                 cands = []
                 for key in keys:
-                    embedding, agg = vectors.get(key, (None, None))
+                    stored = vectors.get(key)
                     g = by_crop[i].get(key)
-                    if g is None and embedding is not None:
-                        g = _best_cosines(embedding, embeddings[i : i + 1])
+                    if g is None and stored is not None:
+                        g = _best_cosines(stored.embedding, embeddings[i : i + 1])
+                    agg = stored.aggregate if stored is not None else None
                     a = _best_cosines(agg, per_box[i]) if agg is not None and len(per_box[i]) else None
+                    c = None
+                    if region_colours is not None and stored is not None and stored.colour is not None:
+                        c = _best_cosines(stored.colour, region_colours[i : i + 1])
                     v = gathered.verifications.get(key) if key in at_place else None
-                    cands.append(Candidate(key, g or 0.0, v, a))
+                    cands.append(Candidate(key, g or 0.0, v, a, c))
                 out_keys.append(regions_mod.rank_members(cands, at_place, identity)[:limit])
             return out_keys
 

@@ -21,6 +21,10 @@ HNSW_EF_CONSTRUCTION = 64
 # until its local features exist, with its own HNSW index (NULLs are not indexed).
 AGGREGATE_DIM = 512
 AGGREGATE_CAST = f"halfvec({AGGREGATE_DIM})"
+# ... and its colour descriptor (app.vision.colour, Hellinger-mapped: cosine = Bhattacharyya
+# coefficient), computed with the local features, NULL until they exist; its own HNSW index too.
+COLOUR_DIM = 112
+COLOUR_CAST = f"halfvec({COLOUR_DIM})"
 
 _OPCLASS = {"halfvec": "halfvec_cosine_ops", "vector": "vector_cosine_ops"}
 
@@ -112,7 +116,7 @@ RETURNING {_COLUMNS}
 
 
 def vector_table_ddl(record: IndexRecord) -> list[str]:
-    """The index's own vector table, its two HNSW indexes and its comment."""
+    """The index's own vector table, its three HNSW indexes and its comment."""
     # DDL cannot take bind parameters; every interpolated piece is an int or a fixed literal.
     table = record.vectors_table
     comment = _quote_literal(f"lookalike index {record.name}: image embeddings, one row per product")
@@ -120,11 +124,13 @@ def vector_table_ddl(record: IndexRecord) -> list[str]:
         f"""CREATE TABLE {table} (
   product_pk bigint PRIMARY KEY REFERENCES products(pk) ON DELETE CASCADE,
   embedding {record.vector_cast} NOT NULL,
-  local_aggregate {AGGREGATE_CAST}
+  local_aggregate {AGGREGATE_CAST},
+  colour {COLOUR_CAST}
 )""",
         f"CREATE INDEX {table}_hnsw ON {table} USING hnsw (embedding {_OPCLASS[record.vector_type]})"
         f" WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION})",
         aggregate_index_ddl(table),
+        colour_index_ddl(table),
         f"COMMENT ON TABLE {table} IS {comment}",
     ]
 
@@ -132,6 +138,13 @@ def vector_table_ddl(record: IndexRecord) -> list[str]:
 def aggregate_index_ddl(table: str) -> str:
     return (
         f"CREATE INDEX IF NOT EXISTS {table}_local_hnsw ON {table} USING hnsw (local_aggregate halfvec_cosine_ops)"
+        f" WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION})"
+    )
+
+
+def colour_index_ddl(table: str) -> str:
+    return (
+        f"CREATE INDEX IF NOT EXISTS {table}_colour_hnsw ON {table} USING hnsw (colour halfvec_cosine_ops)"
         f" WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION})"
     )
 

@@ -10,7 +10,7 @@ from typing import Any
 import asyncpg
 import numpy as np
 
-from app.storage.indexes import AGGREGATE_CAST, IndexRecord
+from app.storage.indexes import AGGREGATE_CAST, COLOUR_CAST, IndexRecord
 from app.storage.schema import vectors_table_name
 
 
@@ -75,12 +75,12 @@ async def write_product(conn: asyncpg.Connection, index: IndexRecord, item: Prod
 
 
 def upsert_vectors_sql(index: IndexRecord) -> str:
-    """A product's embedding and local aggregate in the index's own vector table."""
+    """A product's embedding, local aggregate and colour descriptor in the index's own vector table."""
     return f"""
-        INSERT INTO {index.vectors_table} (product_pk, embedding, local_aggregate)
-        VALUES ($1, $2::{index.vector_cast}, $3::{AGGREGATE_CAST})
+        INSERT INTO {index.vectors_table} (product_pk, embedding, local_aggregate, colour)
+        VALUES ($1, $2::{index.vector_cast}, $3::{AGGREGATE_CAST}, $4::{COLOUR_CAST})
         ON CONFLICT (product_pk) DO UPDATE SET embedding = EXCLUDED.embedding,
-          local_aggregate = EXCLUDED.local_aggregate
+          local_aggregate = EXCLUDED.local_aggregate, colour = EXCLUDED.colour
     """
 
 
@@ -90,33 +90,41 @@ DELETE_FEATURES = "DELETE FROM local_features WHERE product_pk = $1"
 async def write_vectors(
     conn: asyncpg.Connection, index: IndexRecord, pk: int, embedding: np.ndarray, features: dict[str, Any] | None
 ) -> None:
-    """A product's embedding and aggregate in its vector table, and its local features when it has them
-    (ingest and the embedding workers both store a product this way)."""
+    """A product's embedding, aggregate and colour in its vector table, and its local features when it
+    has them (ingest and the embedding workers both store a product this way)."""
     aggregate = features.get("aggregate") if features is not None else None
-    await conn.execute(upsert_vectors_sql(index), pk, embedding.astype(np.float32), _aggregate_value(aggregate))
+    colour = features.get("colour") if features is not None else None
+    vectors = (embedding.astype(np.float32), _aggregate_value(aggregate), _aggregate_value(colour))
+    await conn.execute(upsert_vectors_sql(index), pk, *vectors)
     if features is not None:
         await _upsert_feature_row(conn, pk, features)
 
 
 def _aggregate_value(aggregate: Any) -> np.ndarray | None:
+    """A stored vector (aggregate or colour descriptor) as float32, None when absent."""
     return None if aggregate is None else np.asarray(aggregate, np.float32)
 
 
 async def upsert_features(
     conn: asyncpg.Connection, index_pk: int, product_pk: int, f: dict[str, Any]
 ) -> None:
-    """Store a product's local features and their aggregate vector (caller's transaction)."""
+    """Store a product's local features, their aggregate vector and its colour descriptor (caller's
+    transaction)."""
     await _upsert_feature_row(conn, product_pk, f)
     await conn.execute(
         update_aggregate_sql(index_pk),
         product_pk,
         _aggregate_value(f.get("aggregate")),
+        _aggregate_value(f.get("colour")),
     )
 
 
 def update_aggregate_sql(index_pk: int) -> str:
-    """A backfilled product's local aggregate."""
-    return f"UPDATE {vectors_table_name(index_pk)} SET local_aggregate = $2::{AGGREGATE_CAST} WHERE product_pk = $1"
+    """A backfilled product's local aggregate and colour descriptor."""
+    return (
+        f"UPDATE {vectors_table_name(index_pk)} SET local_aggregate = $2::{AGGREGATE_CAST},"
+        f" colour = $3::{COLOUR_CAST} WHERE product_pk = $1"
+    )
 
 
 UPSERT_FEATURES = """
@@ -172,6 +180,7 @@ async def reusable_images(
                 )
             }
             features["aggregate"] = _aggregate_value(r["aggregate"])
+            features["colour"] = _aggregate_value(r["colour"])
         found[bytes(r["image_sha256"])] = ReusableImage(
             np.asarray(r["embedding"], dtype=np.float32), features
         )
@@ -182,7 +191,7 @@ def reusable_images_sql(index: IndexRecord) -> str:
     """Vectors and features already computed for images with these digests ($2), one row per digest."""
     return f"""
         SELECT DISTINCT ON (p.image_sha256) p.image_sha256, v.embedding::real[] AS embedding,
-               v.local_aggregate::real[] AS aggregate,
+               v.local_aggregate::real[] AS aggregate, v.colour::real[] AS colour,
                f.algorithm, f.keypoint_count, f.keypoints, f.descriptors, f.image_width, f.image_height
         FROM products p
         JOIN {index.vectors_table} v ON v.product_pk = p.pk

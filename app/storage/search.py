@@ -17,7 +17,7 @@ import numpy as np
 from app.filters import FilterNode
 from app.storage import storefront
 from app.storage.filter_sql import compile_filter
-from app.storage.indexes import AGGREGATE_CAST, IndexRecord
+from app.storage.indexes import AGGREGATE_CAST, COLOUR_CAST, IndexRecord
 from app.storage.params import SqlParams
 
 # A filter estimated to match at most this many products is answered by an exact scan.
@@ -30,8 +30,9 @@ DEFAULT_EF_SEARCH = 100  # recall@10 >= 0.95 on the ANN benchmark; see README pe
 MAX_SCAN_TUPLES = 50_000
 
 # The vector columns of an index's vector table that nearest-neighbour search can compare.
-VectorColumn = Literal["embedding", "local_aggregate"]
-_VECTOR_COLUMNS = ("embedding", "local_aggregate")
+VectorColumn = Literal["embedding", "local_aggregate", "colour"]
+_VECTOR_COLUMNS = ("embedding", "local_aggregate", "colour")
+_CASTS = {"local_aggregate": AGGREGATE_CAST, "colour": COLOUR_CAST}
 
 
 def _where(node: FilterNode | None) -> tuple[str, SqlParams]:
@@ -57,10 +58,10 @@ def _compared_vector(
     """(column expression, vector parameter, presence condition) for comparing `vector` with `column`."""
     if column not in _VECTOR_COLUMNS:
         raise ValueError(f"unknown vector column {column!r}")
-    cast = index.vector_cast if column == "embedding" else AGGREGATE_CAST
+    cast = index.vector_cast if column == "embedding" else _CASTS[column]
     vector_param = local.add(vector.astype(np.float32), cast)
-    col = f"v.{column}"  # one of two fixed names, checked above
-    # products without a local aggregate are skipped, not ranked last
+    col = f"v.{column}"  # one of three fixed names, checked above
+    # products without a local aggregate (or colour descriptor) are skipped, not ranked last
     present = "" if column == "embedding" else f" AND {col} IS NOT NULL"
     return col, vector_param, present
 
@@ -443,24 +444,32 @@ async def candidate_details(
     }
 
 
+@dataclass(frozen=True)
+class StoredVectors:
+    embedding: np.ndarray
+    aggregate: np.ndarray | None  # None: no local aggregate stored
+    colour: np.ndarray | None  # None: no colour descriptor stored
+
+
 async def candidate_vectors(
     conn: asyncpg.Connection | asyncpg.Pool, index: IndexRecord, product_pks: list[int]
-) -> dict[int, tuple[np.ndarray, np.ndarray | None]]:
-    """(embedding, local aggregate or None) per product, for scoring candidates found by the other one."""
+) -> dict[int, StoredVectors]:
+    """The stored vectors per product, for scoring candidates found by another signal."""
     rows = await conn.fetch(candidate_vectors_sql(index), product_pks)
     return {
-        r["product_pk"]: (
+        r["product_pk"]: StoredVectors(
             np.asarray(r["e"], dtype=np.float32),
             None if r["a"] is None else np.asarray(r["a"], dtype=np.float32),
+            None if r["c"] is None else np.asarray(r["c"], dtype=np.float32),
         )
         for r in rows
     }
 
 
 def candidate_vectors_sql(index: IndexRecord) -> str:
-    """Embedding and local aggregate of candidates found by only one signal ($1 product pks)."""
+    """Embedding, local aggregate and colour of candidates found by other signals ($1 product pks)."""
     return f"""
-        SELECT product_pk, embedding::real[] AS e, local_aggregate::real[] AS a
+        SELECT product_pk, embedding::real[] AS e, local_aggregate::real[] AS a, colour::real[] AS c
         FROM {index.vectors_table}
         WHERE product_pk = ANY($1::bigint[])
     """

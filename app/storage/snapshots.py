@@ -45,17 +45,20 @@ SAMPLE_FILTER = parse_filter("brand:acme AND price:[10 TO 50] AND NOT productCol
 
 
 def _vector(index: IndexRecord, column: search.VectorColumn = "embedding") -> np.ndarray:
-    size = index.dimensions if column == "embedding" else indexes.AGGREGATE_DIM
+    size = {"embedding": index.dimensions, "local_aggregate": indexes.AGGREGATE_DIM, "colour": indexes.COLOUR_DIM}[
+        column
+    ]
     vector = np.ones(size, np.float32)
     return vector / np.linalg.norm(vector)
 
 
 def _crops(index: IndexRecord) -> list[search.VectorQuery]:
-    """Reverse search's shape: two embedded crops and one keypoint aggregate."""
+    """Reverse search's shape: two embedded crops, one keypoint aggregate and one box's colours."""
     return [
         search.VectorQuery(_vector(index), "embedding", 100),
         search.VectorQuery(_vector(index), "embedding", 100),
         search.VectorQuery(_vector(index, "local_aggregate"), "local_aggregate", 50),
+        search.VectorQuery(_vector(index, "colour"), "colour", 20),
     ]
 
 
@@ -138,7 +141,7 @@ STATEMENTS: dict[str, Callable[[IndexRecord], Statement]] = {
     "products.write_product (vectors)": lambda ix: products.upsert_vectors_sql(ix),
     "products.write_product (no features)": lambda ix: products.DELETE_FEATURES,
     "products.upsert_features": lambda ix: products.UPSERT_FEATURES,
-    "products.upsert_features (aggregate)": lambda ix: products.update_aggregate_sql(ix.pk),
+    "products.upsert_features (aggregate, colour)": lambda ix: products.update_aggregate_sql(ix.pk),
     "products.reusable_images": lambda ix: products.reusable_images_sql(ix),
     "products.get_documents": lambda ix: (products.GET_DOCUMENTS, [ix.pk, ["p1", "p2"]]),
     "products.get_product_states": lambda ix: (products.GET_PRODUCT_STATES, [ix.pk, ["p1"]]),
@@ -154,7 +157,8 @@ STATEMENTS: dict[str, Callable[[IndexRecord], Statement]] = {
     "indexes.create_index (vector table)": lambda ix: indexes.vector_table_ddl(ix)[0],
     "indexes.create_index (hnsw)": lambda ix: indexes.vector_table_ddl(ix)[1],
     "indexes.create_index (aggregate hnsw)": lambda ix: indexes.vector_table_ddl(ix)[2],
-    "indexes.create_index (comment)": lambda ix: indexes.vector_table_ddl(ix)[3],
+    "indexes.create_index (colour hnsw)": lambda ix: indexes.vector_table_ddl(ix)[3],
+    "indexes.create_index (comment)": lambda ix: indexes.vector_table_ddl(ix)[4],
     "indexes.get_index": lambda ix: (indexes.GET_INDEX, [ix.name]),
     "indexes.get_index_by_pk": lambda ix: indexes.GET_INDEX_BY_PK,
     "indexes.list_indexes": lambda ix: indexes.LIST_INDEXES,

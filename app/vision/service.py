@@ -114,12 +114,17 @@ class VisionService:
                 log.warning("warm-up: model %s could not be loaded", spec.timm_name, exc_info=True)
 
     async def catalog_features(self, image: Image.Image) -> dict[str, Any]:
-        """Local features of a catalog image, as `local_features` column values, plus their `aggregate`."""
-        from app.vision import aggregate, local_features
+        """Local features of a catalog image, as `local_features` column values, plus their `aggregate`
+        and the image's `colour` descriptor."""
+        from app.vision import aggregate, colour, local_features
 
         def work() -> dict[str, Any]:
             features = local_features.extract_catalog_features(image)
-            return {**local_features.serialize(features), "aggregate": aggregate.image_aggregate(features)}
+            return {
+                **local_features.serialize(features),
+                "aggregate": aggregate.image_aggregate(features),
+                "colour": colour.catalog_colour(image),
+            }
 
         return await asyncio.get_running_loop().run_in_executor(self._features_pool, work)
 

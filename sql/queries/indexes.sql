@@ -11,7 +11,8 @@ RETURNING pk, name, index_id, settings, model, dimensions, vector_type, created_
 CREATE TABLE vectors_1 (
   product_pk bigint PRIMARY KEY REFERENCES products(pk) ON DELETE CASCADE,
   embedding halfvec(384) NOT NULL,
-  local_aggregate halfvec(512)
+  local_aggregate halfvec(512),
+  colour halfvec(112)
 );
 
 -- indexes.create_index (hnsw)
@@ -19,6 +20,9 @@ CREATE INDEX vectors_1_hnsw ON vectors_1 USING hnsw (embedding halfvec_cosine_op
 
 -- indexes.create_index (aggregate hnsw)
 CREATE INDEX IF NOT EXISTS vectors_1_local_hnsw ON vectors_1 USING hnsw (local_aggregate halfvec_cosine_ops) WITH (m = 16, ef_construction = 64);
+
+-- indexes.create_index (colour hnsw)
+CREATE INDEX IF NOT EXISTS vectors_1_colour_hnsw ON vectors_1 USING hnsw (colour halfvec_cosine_ops) WITH (m = 16, ef_construction = 64);
 
 -- indexes.create_index (comment)
 COMMENT ON TABLE vectors_1 IS 'lookalike index shop: image embeddings, one row per product';

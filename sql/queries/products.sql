@@ -20,10 +20,10 @@ ON CONFLICT (index_pk, product_id) DO UPDATE SET
 RETURNING pk;
 
 -- products.write_product (vectors)
-INSERT INTO vectors_1 (product_pk, embedding, local_aggregate)
-VALUES ($1, $2::halfvec(384), $3::halfvec(512))
+INSERT INTO vectors_1 (product_pk, embedding, local_aggregate, colour)
+VALUES ($1, $2::halfvec(384), $3::halfvec(512), $4::halfvec(112))
 ON CONFLICT (product_pk) DO UPDATE SET embedding = EXCLUDED.embedding,
-  local_aggregate = EXCLUDED.local_aggregate;
+  local_aggregate = EXCLUDED.local_aggregate, colour = EXCLUDED.colour;
 
 -- products.write_product (no features)
 DELETE FROM local_features WHERE product_pk = $1;
@@ -37,12 +37,12 @@ ON CONFLICT (product_pk) DO UPDATE SET algorithm = EXCLUDED.algorithm,
   descriptors = EXCLUDED.descriptors, image_width = EXCLUDED.image_width,
   image_height = EXCLUDED.image_height, created_at = now();
 
--- products.upsert_features (aggregate)
-UPDATE vectors_1 SET local_aggregate = $2::halfvec(512) WHERE product_pk = $1;
+-- products.upsert_features (aggregate, colour)
+UPDATE vectors_1 SET local_aggregate = $2::halfvec(512), colour = $3::halfvec(112) WHERE product_pk = $1;
 
 -- products.reusable_images
 SELECT DISTINCT ON (p.image_sha256) p.image_sha256, v.embedding::real[] AS embedding,
-       v.local_aggregate::real[] AS aggregate,
+       v.local_aggregate::real[] AS aggregate, v.colour::real[] AS colour,
        f.algorithm, f.keypoint_count, f.keypoints, f.descriptors, f.image_width, f.image_height
 FROM products p
 JOIN vectors_1 v ON v.product_pk = p.pk

@@ -249,6 +249,8 @@ LIMIT $3;
 --   $9 = 100
 --   $10 = <vector of 512 floats>
 --   $11 = 50
+--   $12 = <vector of 112 floats>
+--   $13 = 20
 (
   SELECT 0 AS q, v.product_pk AS pk, 1 - (v.embedding <=> $6::halfvec(384)) AS score
   FROM vectors_1 v JOIN products p ON p.pk = v.product_pk
@@ -271,6 +273,14 @@ UNION ALL
   WHERE p.index_pk + 0 = $5 AND (((p.filter_terms && $1::text[]) AND (p.price BETWEEN $2::float8 AND $3::float8) AND (NOT (p.filter_terms && $4::text[])))) AND v.local_aggregate IS NOT NULL
   ORDER BY v.local_aggregate <=> $10::halfvec(512)
   LIMIT $11
+)
+UNION ALL
+(
+  SELECT 3 AS q, v.product_pk AS pk, 1 - (v.colour <=> $12::halfvec(112)) AS score
+  FROM vectors_1 v JOIN products p ON p.pk = v.product_pk
+  WHERE p.index_pk + 0 = $5 AND (((p.filter_terms && $1::text[]) AND (p.price BETWEEN $2::float8 AND $3::float8) AND (NOT (p.filter_terms && $4::text[])))) AND v.colour IS NOT NULL
+  ORDER BY v.colour <=> $12::halfvec(112)
+  LIMIT $13
 );
 
 -- search.nearest_many (exact)
@@ -285,6 +295,8 @@ UNION ALL
 --   $9 = 100
 --   $10 = <vector of 512 floats>
 --   $11 = 50
+--   $12 = <vector of 112 floats>
+--   $13 = 20
 (
   SELECT 0 AS q, v.product_pk AS pk, 1 - (v.embedding <=> $6::halfvec(384)) AS score
   FROM vectors_1 v JOIN products p ON p.pk = v.product_pk
@@ -307,11 +319,19 @@ UNION ALL
   WHERE p.index_pk + 0 = $5 AND (((p.filter_terms && $1::text[]) AND (p.price BETWEEN $2::float8 AND $3::float8) AND (NOT (p.filter_terms && $4::text[])))) AND v.local_aggregate IS NOT NULL
   ORDER BY (v.local_aggregate <=> $10::halfvec(512)) + 0, p.pk
   LIMIT $11
+)
+UNION ALL
+(
+  SELECT 3 AS q, v.product_pk AS pk, 1 - (v.colour <=> $12::halfvec(112)) AS score
+  FROM vectors_1 v JOIN products p ON p.pk = v.product_pk
+  WHERE p.index_pk + 0 = $5 AND (((p.filter_terms && $1::text[]) AND (p.price BETWEEN $2::float8 AND $3::float8) AND (NOT (p.filter_terms && $4::text[])))) AND v.colour IS NOT NULL
+  ORDER BY (v.colour <=> $12::halfvec(112)) + 0, p.pk
+  LIMIT $13
 );
 
 -- search.candidate_vectors
 --   $1 = [11, 12]
-SELECT product_pk, embedding::real[] AS e, local_aggregate::real[] AS a
+SELECT product_pk, embedding::real[] AS e, local_aggregate::real[] AS a, colour::real[] AS c
 FROM vectors_1
 WHERE product_pk = ANY($1::bigint[]);
 
