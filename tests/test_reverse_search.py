@@ -504,3 +504,29 @@ async def test_early_exit_returns_the_hits_of_full_verification(api: httpx.Async
     assert ten == full  # limit 10: the whole page is settled
     r = await api.patch(settings, json={"reverseImageSearch": {"verifySettle": -1}}, headers=ADMIN)
     assert r.status_code == 400 and r.json()["code"] == "invalid_settings", r.text
+
+
+async def test_regions_residual_passes_score_by_colour(
+    api: httpx.AsyncClient, images, shop: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The passes over what is left of the photo retrieve and score by the left-over boxes' colours,
+    as the whole photo's pass does (without them, new candidates lost their colour term)."""
+    from app.domain.reverse import ReverseSearchService
+
+    calls: list[tuple[int, int]] = []  # (box aggregates, box colours) per retrieval
+    real = ReverseSearchService._retrieve
+
+    async def spy(self, conn, query, embeddings, aggregates, pool_size, aggregate_pool, colours=None):  # type: ignore[no-untyped-def]
+        calls.append((len(aggregates), 0 if colours is None else len(colours)))
+        return await real(self, conn, query, embeddings, aggregates, pool_size, aggregate_pool, colours)
+
+    monkeypatch.setattr(ReverseSearchService, "_retrieve", spy)
+    residual_passes = 0
+    for query in wild.generate_multi_queries(shop["catalog"], 4, seed=3):
+        url = images.add(f"/{shop['name']}/multi-colour/{query.id}.jpg", _jpeg(query.image), "image/jpeg")
+        calls.clear()
+        r = await _reverse(api, shop, {"q": url, "regions": True, "limit": 3})
+        assert r.status_code == 200, r.text
+        assert calls and all(colours > 0 for _, colours in calls), calls
+        residual_passes += len(calls) - 1
+    assert residual_passes >= 1

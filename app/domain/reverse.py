@@ -478,9 +478,14 @@ class ReverseSearchService:
         precision = inference.precision_of(query.index, self.vision)
         embeddings = await self.vision.embed(query.spec, crops, precision) if crops else np.zeros((0, 1), np.float32)
         aggregates = await self.vision.run_cpu(aggregate.box_aggregates, residual, describe)
+        # the left-over boxes' colours (of the photo, as their crops are embedded from it), so new
+        # candidates are scored and pooled by colour as the whole photo's were
+        colours = await self.vision.run_cpu(_box_colours, query.image, describe, _uses_colour(p))
 
         async def residual_candidates(conn: asyncpg.Connection) -> list[Hashable]:
-            fresh = await self._retrieve(conn, query, embeddings, aggregates, p.pool_size, max(p.aggregate_pool, 10))
+            fresh = await self._retrieve(
+                conn, query, embeddings, aggregates, p.pool_size, max(p.aggregate_pool, 10), colours
+            )
             for key, cand in fresh.items():
                 old = gathered.candidates.get(key)
                 if old is None or prior_score(cand, p) > prior_score(old, p):
