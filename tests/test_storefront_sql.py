@@ -57,21 +57,27 @@ def random_catalog(n: int, seed: int) -> list[dict[str, Any]]:
     return docs
 
 
+async def _index_of(conn: asyncpg.Connection, prefix: str, docs: list[dict[str, Any]]) -> IndexRecord:
+    """A new index (4-d halfvec, no model) holding `docs`, inserted in their order."""
+    async with conn.transaction():
+        record = await indexes.create_index(
+            conn,
+            name=f"{prefix}-{secrets.token_hex(4)}",
+            index_id=secrets.token_hex(16),
+            settings={},
+            model={},
+            dimensions=4,
+            vector_type="halfvec",
+        )
+    await insert_products(conn, record.pk, docs)
+    return record
+
+
 @pytest.fixture(scope="module")
 async def catalog(pool: asyncpg.Pool) -> AsyncIterator[tuple[IndexRecord, list[dict[str, Any]]]]:
     docs = random_catalog(400, seed=11)
     async with pool.acquire() as conn:
-        async with conn.transaction():
-            record = await indexes.create_index(
-                conn,
-                name=f"sf-{secrets.token_hex(4)}",
-                index_id=secrets.token_hex(16),
-                settings={},
-                model={},
-                dimensions=4,
-                vector_type="halfvec",
-            )
-        await insert_products(conn, record.pk, docs)
+        record = await _index_of(conn, "sf", docs)
     yield record, docs
     async with pool.acquire() as conn, conn.transaction():
         await indexes.delete_index(conn, record)
@@ -576,18 +582,7 @@ async def test_number_stats_do_not_depend_on_the_order_rows_are_read(pool) -> No
     try:
         async with pool.acquire() as conn:
             for order in (docs, docs[::-1], [docs[1], docs[0], docs[2]]):
-                async with conn.transaction():
-                    record = await indexes.create_index(
-                        conn,
-                        name=f"sf-stats-{secrets.token_hex(4)}",
-                        index_id=secrets.token_hex(16),
-                        settings={},
-                        model={},
-                        dimensions=4,
-                        vector_type="halfvec",
-                    )
-                records.append(record)
-                await insert_products(conn, record.pk, order)
+                records.append(await _index_of(conn, "sf-stats", order))
         for record in records:
             for narrow in (True, False):
                 stats = (await storefront_query(pool, record, plan, "browse", narrow=narrow)).facets["rating"]

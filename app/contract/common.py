@@ -28,6 +28,12 @@ def reject(code: str, message: str) -> PydanticCustomError:
     return PydanticCustomError(_OWN + code, "{message}", {"message": message})
 
 
+def reject_nul(value: str, where: str, code: str) -> None:
+    """Request text that reaches PostgreSQL (as bound text), which cannot hold a NUL character."""
+    if "\x00" in value:
+        raise reject(code, f"{where} must not contain NUL characters")
+
+
 @dataclass(frozen=True)
 class OnMissing:
     """Field metadata: the error a request gets when this required field is absent."""

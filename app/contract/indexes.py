@@ -125,7 +125,7 @@ class ReverseImageSearchSettings(ContractModel):
         WithJsonSchema(
             {
                 "description": "query crops embedded by the model, the whole photo included; 'auto' (the "
-                "default) embeds as many (up to 4) as fit a 60 ms budget at the model's measured speed",
+                "default) embeds as many (up to 4) as fit a 30 ms budget at the model's measured speed",
                 "oneOf": [
                     {"type": "integer", "minimum": 1, "maximum": 8},
                     {"type": "string", "enum": ["auto"]},

@@ -26,6 +26,7 @@ from app.contract.common import (
     integral,
     omittable,
     reject,
+    reject_nul,
     search_limit,
     search_offset,
 )
@@ -81,8 +82,7 @@ def _search_q(value: Any) -> str | None:
         raise reject("invalid_query", "q must be a string: text, an image URL or data URL, or '*' to browse")
     if value.strip() in ("", "*"):
         return None
-    if "\x00" in value:
-        raise reject("invalid_query", "q must not contain NUL characters")
+    reject_nul(value, "q", "invalid_query")
     q = value.strip()
     if not is_image_query(q) and len(q) > MAX_TEXT_QUERY_CHARS:
         raise reject(

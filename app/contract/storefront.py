@@ -29,6 +29,7 @@ from app.contract.common import (
     integral,
     optional_string,
     reject,
+    reject_nul,
     search_limit,
     search_offset,
     string_list,
@@ -112,13 +113,6 @@ def _integer(value: Any, where: str, code: str, low: int, high: int) -> int:
 # --------------------------------------------------------------------------- facets
 
 
-def _no_nul(value: str | None, where: str, code: str) -> str | None:
-    """Names reach PostgreSQL (as bound text), which cannot hold a NUL character."""
-    if value is not None and "\x00" in value:
-        raise reject(code, f"{where} must not contain NUL characters")
-    return value
-
-
 def _bound_text(value: float | None) -> str:
     if value is None:
         return "*"
@@ -137,7 +131,8 @@ class FacetRange(StorefrontModel):
 
     @model_validator(mode="after")
     def _bounds(self) -> FacetRange:
-        _no_nul(self.name, "facets range name", "invalid_facets")
+        if self.name is not None:
+            reject_nul(self.name, "facets range name", "invalid_facets")
         _finite(self.low, "facets range from", "invalid_facets")
         _finite(self.high, "facets range to", "invalid_facets")
         if self.low is not None and self.high is not None and not self.low < self.high:
@@ -193,7 +188,7 @@ class FacetField(StorefrontModel):
                     if _ranges_overlap(a, b):
                         raise reject("invalid_facets", f"facets: ranges {a.label!r} and {b.label!r} overlap")
         for term in self.exclude_terms or ():
-            _no_nul(term, "facets excludeTerms", "invalid_facets")
+            reject_nul(term, "facets excludeTerms", "invalid_facets")
         if self.exclude_terms is not None and not 1 <= len(self.exclude_terms) <= MAX_EXCLUDE_TERMS:
             raise reject("invalid_facets", f"facets: excludeTerms takes 1 to {MAX_EXCLUDE_TERMS} terms")
         return self
@@ -222,7 +217,7 @@ class Facets(StorefrontModel):
         if any(name == "" for name in value):
             raise reject("invalid_facets", "facets.fields: a field name must not be empty")
         for name in value:
-            _no_nul(name, "facets.fields: a field name", "invalid_facets")
+            reject_nul(name, "facets.fields: a field name", "invalid_facets")
         return value
 
 
@@ -240,7 +235,8 @@ class SortField(StorefrontModel):
     @field_validator("field_name", mode="after")
     @classmethod
     def _name(cls, value: str) -> str:
-        return _no_nul(value, "sortBy fieldName", "invalid_sort") or value
+        reject_nul(value, "sortBy fieldName", "invalid_sort")
+        return value
 
 
 class SortBy(StorefrontModel):
@@ -275,7 +271,8 @@ class CollapseField(StorefrontModel):
     @field_validator("name", mode="after")
     @classmethod
     def _name(cls, value: str) -> str:
-        return _no_nul(value, "collapseFields name", "invalid_collapse") or value
+        reject_nul(value, "collapseFields name", "invalid_collapse")
+        return value
 
 
 def collapse_list(value: Any) -> Any:
