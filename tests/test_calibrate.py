@@ -28,9 +28,9 @@ from tests.helpers import TEST_MODEL, product
 
 
 class _V:
-    def __init__(self, inliers: int, agree: float, ok: bool, matches: int = 0):
+    def __init__(self, inliers: int, agree: float, ok: bool, matches: int = 0, box_fraction: float = 0.0):
         self.inliers, self.colour_agreement, self.homography_ok = inliers, agree, ok
-        self.matches = matches
+        self.matches, self.box_fraction = matches, box_fraction
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -47,7 +47,8 @@ def test_sweep_ranks_exactly_as_the_service(seed: int) -> None:
         if rng.random() < 0.6:
             inliers = int(rng.integers(0, 40))
             agree, ok = float(rng.uniform(0, 1)), bool(rng.random() < 0.8)
-            verifications[k] = _V(inliers, agree, ok, inliers + int(rng.integers(0, 12)))
+            box_fraction = float(rng.uniform(0.0, 0.6)) if ok else 0.0
+            verifications[k] = _V(inliers, agree, ok, inliers + int(rng.integers(0, 12)), box_fraction)
     truth = int(rng.integers(n))
     p = rerank.RerankParams(
         aggregate_weight=float(rng.choice([0.0, 1.0, 4.0])),
@@ -58,6 +59,7 @@ def test_sweep_ranks_exactly_as_the_service(seed: int) -> None:
         match_weight=float(rng.choice([0.0, 2.0])),
         match_saturation=float(rng.choice([8.0, 16.0])),
         colour_weight=float(rng.choice([0.0, 1.0, 3.0])),
+        prominence_area=float(rng.choice([0.0, 0.1, 0.3])),
     )
     signals = cal.signals_of(cands, verifications, truth)
     verified = set(rerank.select_for_verification(cands.values(), p))
@@ -171,12 +173,13 @@ async def test_scoring_knobs_are_validated_and_used(api: httpx.AsyncClient) -> N
     for bad in ({"verifyTop": 2.5}, {"aggregateWeight": -1}, {"verifyWeight": "2"}, {"inlierSaturation": 0},
                 {"matchWeight": -0.5}, {"matchSaturation": 0}, {"regionMinInliers": 2.5},
                 {"colourWeight": -1}, {"colourWeight": 33}, {"colourWeight": True}, {"colourPool": 2.5},
-                {"colourPool": -1}, {"colourPool": 201}):
+                {"colourPool": -1}, {"colourPool": 201}, {"prominenceArea": -0.1}, {"prominenceArea": 1.5},
+                {"prominenceArea": "0.1"}):
         r = await api.patch(path, json={"reverseImageSearch": bad}, headers=ADMIN)
         assert r.status_code == 400 and r.json()["code"] == "invalid_settings", (bad, r.text)
     knobs = {"aggregateWeight": 2.5, "verifyWeight": 3, "verifyTop": 30, "minInliers": 5, "inlierSaturation": 6,
              "matchWeight": 1.5, "matchSaturation": 12, "regionMinInliers": 3, "colourWeight": 0.75,
-             "colourPool": 15}
+             "colourPool": 15, "prominenceArea": 0.12}
     r = await api.patch(path, json={"reverseImageSearch": knobs}, headers=ADMIN)
     assert r.status_code == 200, r.text
     from app.domain.reverse import params_for
@@ -184,8 +187,9 @@ async def test_scoring_knobs_are_validated_and_used(api: httpx.AsyncClient) -> N
     stored = (await api.get(f"/api/v1/indexes/{name}", headers=ADMIN)).json()["settings"]["reverseImageSearch"]
     p = params_for(stored, rerank.DEFAULT_PARAMS)
     used = (p.aggregate_weight, p.verify_weight, p.verify_top, p.min_inliers, p.inlier_saturation,
-            p.match_weight, p.match_saturation, p.region_min_inliers, p.colour_weight, p.colour_pool)
-    assert used == (2.5, 3.0, 30, 5, 6.0, 1.5, 12.0, 3, 0.75, 15)
+            p.match_weight, p.match_saturation, p.region_min_inliers, p.colour_weight, p.colour_pool,
+            p.prominence_area)
+    assert used == (2.5, 3.0, 30, 5, 6.0, 1.5, 12.0, 3, 0.75, 15, 0.12)
 
 
 async def test_calibrate_endpoint_json_and_stream(api: httpx.AsyncClient, images) -> None:  # type: ignore[no-untyped-def]

@@ -16,6 +16,7 @@ from app.domain.rerank import (
     final_score,
     merge_crop_neighbours,
     prior_score,
+    prominence,
     select_for_verification,
     verification_bonus,
     verification_settled,
@@ -28,6 +29,7 @@ class V:
     homography_ok: bool = True
     colour_agreement: float = 1.0
     matches: int = 0
+    box_fraction: float = 0.5  # a match that fills half the photo (prominence keeps its whole bonus)
 
 
 def keys(ranked: list[tuple[object, float]]) -> list[object]:
@@ -229,3 +231,23 @@ def test_colour_params_validation() -> None:
         RerankParams(colour_weight=-0.1)
     with pytest.raises(ValueError):
         RerankParams(colour_pool=-1)
+
+
+def test_a_small_match_in_a_corner_loses_to_the_flat_product_the_photo_is_of() -> None:
+    """A textured product verified in a small corner of the photo (7% of it) against the flat
+    product filling it, which cannot verify: prominence scales the corner's bonus down."""
+    corner = Candidate("corner", 0.30, V(30, matches=34, box_fraction=0.07), None, 0.20)
+    flat = Candidate("flat truth", 0.70, V(0, homography_ok=False, matches=7), None, 0.95)
+    on = RerankParams(prominence_area=0.2)
+    assert keys(combine_scores([corner, flat], RerankParams(prominence_area=0.0))) == ["corner", "flat truth"]
+    assert keys(combine_scores([corner, flat], on)) == ["flat truth", "corner"]
+    # a match covering the photo keeps its whole bonus; the bonus shrinks linearly below the area
+    assert prominence(V(30, box_fraction=0.5), on) == 1.0
+    assert prominence(V(30, box_fraction=0.05), on) == pytest.approx(0.25)
+    assert prominence(V(30, box_fraction=0.05), RerankParams(prominence_area=0.0)) == 1.0
+    # the same photo with the verified product filling it: verification wins as before
+    large = replace(corner, verification=V(30, matches=34, box_fraction=0.45))
+    assert keys(combine_scores([large, flat], on)) == ["corner", "flat truth"]
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError):
+            RerankParams(prominence_area=bad)

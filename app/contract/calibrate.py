@@ -75,6 +75,7 @@ class ScoringKnobs(ContractResponse):
     matchWeight: float
     matchSaturation: float
     colourWeight: float
+    prominenceArea: float = Field(ge=0, le=1)
 
 
 class CalibrationSide(RecallMetrics):

@@ -36,6 +36,7 @@ SCORING_KNOB_RANGES: dict[str, tuple[float, float, bool]] = {
     "matchWeight": (0.0, 32.0, False),
     "matchSaturation": (0.5, 100.0, False),
     "colourWeight": (0.0, 32.0, False),
+    "prominenceArea": (0.0, 1.0, False),
     "regionMinInliers": (0, 100, True),
 }
 
@@ -156,6 +157,12 @@ class ReverseImageSearchSettings(ContractModel):
     ) = omittable()
     colourWeight: _scoring_field(  # type: ignore[valid-type]
         "colourWeight", "prior += colourWeight x colour descriptors' Bhattacharyya coefficient (best over crop boxes)"
+    ) = omittable()
+    prominenceArea: _scoring_field(  # type: ignore[valid-type]
+        "prominenceArea",
+        "a verified match whose box covers less than this share of the photo earns proportionally "
+        "less of the verification bonus (the photographed product fills the frame more than what "
+        "lies around it); 0 = off; regions ignore it",
     ) = omittable()
     regionMinInliers: _scoring_field(  # type: ignore[valid-type]
         "regionMinInliers", "with regions: true, the minInliers of a region (a product found at a place)"

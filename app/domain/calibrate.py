@@ -4,7 +4,8 @@
 The re-ranking knobs (prior = embedding cosine + aggregateWeight x aggregate cosine, a
 verification bonus up to verifyWeight, verifyTop candidates verified, minInliers,
 inlierSaturation, a weak-texture bonus up to matchWeight saturating at matchSaturation,
-colourWeight x the colour descriptors' coefficient in the prior)
+colourWeight x the colour descriptors' coefficient in the prior, the verification bonus scaled
+down for a match covering less than prominenceArea of the photo)
 were measured with random-weight models; real weights, and each catalog, want others.
 Calibration measures them on the index itself:
 
@@ -66,6 +67,7 @@ SWEEP: dict[str, list[float]] = {
     "match_weight": [0.0, 0.5, 1.0, 2.0, 4.0],
     "match_saturation": [4.0, 8.0, 16.0, 32.0],
     "colour_weight": [0.0, 0.5, 1.0, 2.0, 4.0, 8.0],
+    "prominence_area": [0.0, 0.05, 0.1, 0.15, 0.2, 0.3],
 }
 ROUNDS = 2
 _FIELD_TO_KNOB = {v: k for k, v in SCORING_KNOBS.items()}
@@ -81,6 +83,7 @@ class QuerySignals:
     truth: int
     matches: np.ndarray | None = None  # ratio-test matches of verified candidates (0 when not verified)
     c: np.ndarray | None = None  # colour coefficient clipped at 0 (0 without one)
+    box_fraction: np.ndarray | None = None  # share of the photo the verified match's box covers (0: none)
 
 
 def signals_of(candidates: dict[Hashable, Any], verifications: dict[Hashable, Any], truth: Hashable) -> QuerySignals:
@@ -90,13 +93,15 @@ def signals_of(candidates: dict[Hashable, Any], verifications: dict[Hashable, An
     c = np.array([max(0.0, float(candidates[k].colour_score or 0.0)) for k in keys], np.float64)
     eff = np.zeros(len(keys), np.float64)
     matches = np.zeros(len(keys), np.float64)
+    box_fraction = np.zeros(len(keys), np.float64)
     for i, k in enumerate(keys):
         v = verifications.get(k)
         if v is not None:
             matches[i] = v.matches
         if v is not None and v.homography_ok:
             eff[i] = v.inliers * v.colour_agreement
-    return QuerySignals(g, a, eff, keys.index(truth) if truth in candidates else -1, matches, c)
+            box_fraction[i] = max(0.0, float(v.box_fraction))
+    return QuerySignals(g, a, eff, keys.index(truth) if truth in candidates else -1, matches, c, box_fraction)
 
 
 def rank_of_truth(q: QuerySignals, p: RerankParams) -> int | None:
@@ -113,6 +118,8 @@ def rank_of_truth(q: QuerySignals, p: RerankParams) -> int | None:
         return None
     excess = np.maximum(0.0, q.inliers[top] - p.min_inliers)
     bonus = np.where(excess > 0, 1.0 - np.exp(-excess / p.inlier_saturation), 0.0)
+    if p.prominence_area > 0 and q.box_fraction is not None:
+        bonus = bonus * np.minimum(1.0, q.box_fraction[top] / p.prominence_area)
     final = prior[top] + p.verify_weight * bonus
     if q.matches is not None:
         final = final + p.match_weight * (1.0 - np.exp(-q.matches[top] / p.match_saturation))

@@ -139,5 +139,7 @@ def rank_members(
     `identity_params`) lifted by a full verification bonus above the crop's unverified
     neighbours, so appearance alone never names what verification found there."""
     here = set(at_place)
-    lifted = [(k, s + (params.verify_weight if k in here else 0.0)) for k, s in combine_scores(candidates, params)]
+    # every product of a shelf is a fraction of the frame: prominence says nothing here
+    anywhere = replace(params, prominence_area=0.0)
+    lifted = [(k, s + (params.verify_weight if k in here else 0.0)) for k, s in combine_scores(candidates, anywhere)]
     return sorted(lifted, key=lambda t: -t[1])

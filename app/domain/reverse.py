@@ -69,6 +69,7 @@ SCORING_KNOBS = {
     "matchWeight": "match_weight",
     "matchSaturation": "match_saturation",
     "colourWeight": "colour_weight",
+    "prominenceArea": "prominence_area",
 }
 
 
@@ -430,7 +431,9 @@ class ReverseSearchService:
             return ReverseResult(hits)
         features = await self.vision.run_cpu(region_features, query.image)
         budget = regions_mod.VerifyBudget(query.params.verify_top or len(gathered.candidates))
-        found = await self._find_regions(query, gathered, ranked, features, budget)
+        # every product of a shelf is a fraction of the frame: regions rank without prominence
+        anywhere = gathered.ranked(replace(query.params, prominence_area=0.0))
+        found = await self._find_regions(query, gathered, anywhere, features, budget)
         regions = await self._region_hits(query, gathered, found, features, budget)
         timer.lap("regions")
         return ReverseResult(hits, regions)
@@ -444,7 +447,7 @@ class ReverseSearchService:
         budget: regions_mod.VerifyBudget,
     ) -> list[regions_mod.Region]:
         """Regions best-first: verified places, then residual passes while the budget allows."""
-        p = query.params
+        p = replace(query.params, prominence_area=0.0)
         at_a_place = regions_mod.region_params(p)
         found: list[regions_mod.Region] = []
         passes = 0

@@ -197,6 +197,8 @@ class Verification:
     # where the product lies in the query: the catalog keypoints' bounding box projected by the
     # homography, its axis-aligned bounds clipped to the query (x0, y0, x1, y1), when ok
     box: tuple[float, float, float, float] | None = None
+    # the box's share of the query photo's area (0 without a box): how prominent the match is
+    box_fraction: float = 0.0
     # the RANSAC inliers as (query keypoint index, catalog keypoint index) pairs, when ok
     inlier_pairs: np.ndarray | None = field(default=None, repr=False)
 
@@ -391,6 +393,12 @@ def projected_box(
     return float(bx0), float(by0), float(bx1), float(by1)
 
 
+def _area_fraction(box: tuple[float, float, float, float] | None, query: LocalFeatures) -> float:
+    if box is None:
+        return 0.0
+    return (box[2] - box[0]) * (box[3] - box[1]) / max(1.0, float(query.image_width * query.image_height))
+
+
 def _distinct(xy: np.ndarray, cell: float) -> int:
     return int(np.unique(_cells(xy, cell)).size) if len(xy) else 0
 
@@ -463,6 +471,7 @@ def verify_candidates(
         agree = colour_agreement(query.colours[qi[inl]], cand.colours[ci[inl]], params)
         score = inlier_score(distinct * agree, params.score_saturation)
         H = H / H[2, 2]
+        box = projected_box(H, cand, (query.image_width, query.image_height))
         results.append(
             Verification(
                 distinct,
@@ -471,7 +480,8 @@ def verify_candidates(
                 score,
                 colour_agreement=agree,
                 homography=H,
-                box=projected_box(H, cand, (query.image_width, query.image_height)),
+                box=box,
+                box_fraction=_area_fraction(box, query),
                 inlier_pairs=np.stack([qi[inl], ci[inl]], axis=1),
             )
         )
