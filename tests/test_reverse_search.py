@@ -589,3 +589,33 @@ async def test_regions_keep_each_candidates_strongest_verification(
         assert all(n == 1 for n in residual_tries.values()), residual_tries
         again += sum(1 for key in strongest if key in final)
     assert again
+
+
+async def test_region_boxes_are_described_by_the_regions_keypoints(
+    api: httpx.AsyncClient, images, shop: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each region's keypoint aggregate (its crop's retrieval by local features) comes from the
+    regions stage's keypoints (more of them, at more resolution), not the single-product search's."""
+    from app.domain import reverse
+    from app.vision import aggregate
+
+    real_features, real_aggregates = reverse.region_features, aggregate.box_aggregates
+    seen: dict = {"region": None, "single_box": []}
+
+    def features(image):  # type: ignore[no-untyped-def]
+        seen["region"] = real_features(image)
+        return seen["region"]
+
+    def aggregates(feats, boxes):  # type: ignore[no-untyped-def]
+        if seen["region"] is not None and len(boxes) == 1:
+            seen["single_box"].append(feats is seen["region"])
+        return real_aggregates(feats, boxes)
+
+    monkeypatch.setattr(reverse, "region_features", features)
+    monkeypatch.setattr(aggregate, "box_aggregates", aggregates)
+    for query in wild.generate_multi_queries(shop["catalog"], 3, seed=3):
+        url = images.add(f"/{shop['name']}/multi-aggregate/{query.id}.jpg", _jpeg(query.image), "image/jpeg")
+        seen["region"] = None
+        r = await _reverse(api, shop, {"q": url, "regions": True, "limit": 3})
+        assert r.status_code == 200, r.text
+    assert seen["single_box"] and all(seen["single_box"]), seen["single_box"]

@@ -539,12 +539,13 @@ class ReverseSearchService:
         precision = inference.precision_of(query.index, self.vision)
 
         async def describe(regions: list[regions_mod.Region]) -> tuple[np.ndarray, list[np.ndarray], np.ndarray | None]:
-            """The regions' crop embeddings, keypoint aggregates (an empty row where too few
-            keypoints describe one) and colours (when the colour cue is on)."""
+            """The regions' crop embeddings, keypoint aggregates (of the regions stage's keypoints: a
+            region is a fraction of the frame; an empty row where too few describe one) and colours
+            (when the colour cue is on)."""
             boxes = [tuple(int(round(v)) for v in r.box) for r in regions]
             crops = await self.vision.run_cpu(crop_images, query.image, boxes)
             embedded = await self.vision.embed(query.spec, crops, precision)
-            per_box = [await self.vision.run_cpu(aggregate.box_aggregates, gathered.query_features, [b]) for b in boxes]
+            per_box = [await self.vision.run_cpu(aggregate.box_aggregates, features, [b]) for b in boxes]
             colours = await self.vision.run_cpu(colour.box_colours, query.image, boxes) if _uses_colour(p) else None
             return embedded, per_box, colours
 
