@@ -18,9 +18,11 @@ each product is a fraction of the frame); the keypoints of each found product ar
 and what is left is searched again — keypoint-cluster, saliency and window boxes of the
 residual keypoints, retrieved by their aggregates and their crops' embeddings. Then each
 region's crop retrieves its own neighbours (by embedding and by its keypoints' aggregate),
-those not verified yet are verified in one pass for all regions, and the candidates verified
-at its place compete as that object's identity (`regions.rank_members`), ahead of unverified
-neighbours. All the regions stage verifies is bounded by one more pass (`verify_top`
+those not verified against all of the photo yet are verified in one pass for all regions (a
+place that pass verifies is a region too), and the candidates verified at its place compete as
+that object's identity (`regions.rank_members`), ahead of unverified neighbours. A candidate
+verified more than once keeps its strongest verification (`regions.keep_stronger`).
+All the regions stage verifies is bounded by one more pass (`verify_top`
 candidates) per found region (`regions.VerifyBudget`).
 """
 
