@@ -629,8 +629,9 @@ def _list_element_counts(lists: str) -> str:
     """(v, n) rows from `lists`, (a, n) rows of distinct text[] lists and their product counts: each
     element's products, an element counted once per list. The first occurrence of an element in
     its list is the one kept (array_position: the first subscript holding it): a check of a few
-    elements per list, where DISTINCT over (element, list, n) hashed every list again (2,347 rows,
-    3 of the text query's 30 ms at 100k products)."""
+    elements per list, where DISTINCT over (element, list, n) hashed every list again (`leather
+    boots` at 100k products: 819 lists, 2,347 elements; this facet 3.9 ms in the plan before,
+    1.5-1.6 ms after, load 3.4-4.3)."""
     return (
         "SELECT e.v, sum(x.n)::bigint AS n FROM (" + lists + ") x"
         " CROSS JOIN LATERAL unnest(x.a) WITH ORDINALITY AS e(v, o)"
