@@ -530,3 +530,19 @@ async def test_regions_residual_passes_score_by_colour(
         assert calls and all(colours > 0 for _, colours in calls), calls
         residual_passes += len(calls) - 1
     assert residual_passes >= 1
+
+
+def test_verification_is_shared_out_evenly_over_the_cpu_workers() -> None:
+    """Every candidate in exactly one share; shares of alike size mix; few candidates stay on one."""
+    from app.domain.reverse import MIN_VERIFY_SHARE, verification_shares
+
+    sizes = [256, 10, 200, 40, 256, 90, 5, 180] * 8  # 64 candidates
+    shares = verification_shares(sizes, 2)
+    assert len(shares) == 2
+    assert sorted(i for share in shares for i in share) == list(range(len(sizes)))
+    totals = [sum(sizes[i] for i in share) for share in shares]
+    assert max(totals) - min(totals) <= max(sizes)
+    few = sizes[: MIN_VERIFY_SHARE * 2 - 1]
+    assert verification_shares(few, 2) == [sorted(range(len(few)), key=lambda i: few[i])]
+    assert verification_shares(sizes, 1) == [sorted(range(len(sizes)), key=lambda i: sizes[i])]
+    assert verification_shares([], 2) == []
