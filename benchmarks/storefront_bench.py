@@ -9,7 +9,9 @@ collections, price and parentProductId: about 3 variants per parent). Each query
 `--runs` times after a warm-up; the figure is the wall time of
 `storage.storefront.storefront_query` (one statement, one round trip). Each run also times the
 same statement reading the wide `products` rows instead of `product_facets` (migration 0009),
-interleaved on the same database (`wide_rows`; the answers are checked equal). After the load
+and, where the statement reads `product_text` (migration 0011: no filter), reading
+`product_facets` instead, interleaved on the same database (`wide_rows`, `facets_rows`; the
+answers are checked equal). After the load
 the tables are VACUUMed and ANALYZEd, as autovacuum would in service. Writes
 bench-results/storefront.json with p50/p95 per query and both EXPLAIN (ANALYZE, BUFFERS).
 """
@@ -83,6 +85,7 @@ async def load(conn: asyncpg.Connection, docs: list[dict[str, Any]], name: str =
     # the text postings' index-only scans need the visibility map (autovacuum's job in service)
     await conn.execute("VACUUM (ANALYZE) search_postings")
     await conn.execute("VACUUM (ANALYZE) product_facets")
+    await conn.execute("VACUUM (ANALYZE) product_text")
     return record
 
 
@@ -111,26 +114,39 @@ async def measure(
         offset=0,
     )
     words = query_words(q)
-    # The statement as it reads its matches now (`product_facets`, migration 0009) and as it did
-    # (`products`' wide rows), interleaved run by run on the same database: the answers must be
-    # equal, and the ratio holds whatever else the machine is doing.
+    # The statement as it reads its matches now (`product_text` without a filter, migration 0011;
+    # else `product_facets`, 0009) and as it did (`product_facets`; `products`' wide rows),
+    # interleaved run by run on the same database: the answers must be equal, and the ratios hold
+    # whatever else the machine is doing.
+    ways = {"now": {}, "facets": {"text_table": False}, "wide": {"narrow": False}}
+    if "product_text" not in storefront_sql(record, plan, source, words=words)[0]:
+        del ways["facets"]  # the same statement as now
     results = {}
-    for narrow in (True, False):
+    for way, options in ways.items():
         for _ in range(3):
-            results[narrow] = await storefront_query(pool, record, plan, source, words=words, narrow=narrow)
-    assert results[True] == results[False], f"{name}: product_facets and products disagree"
-    result = results[True]
-    times: dict[bool, list[float]] = {True: [], False: []}
+            results[way] = await storefront_query(pool, record, plan, source, words=words, **options)
+    for way in ways:
+        assert results[way] == results["now"], f"{name}: {way} and now disagree"
+    result = results["now"]
+    times: dict[str, list[float]] = {way: [] for way in ways}
     for _ in range(runs):
-        for narrow in (True, False):
+        for way, options in ways.items():
             started = time.perf_counter()
-            await storefront_query(pool, record, plan, source, words=words, narrow=narrow)
-            times[narrow].append((time.perf_counter() - started) * 1000)
+            await storefront_query(pool, record, plan, source, words=words, **options)
+            times[way].append((time.perf_counter() - started) * 1000)
     explains = {}
-    for narrow in (True, False):
-        sql, values = storefront_sql(record, plan, source, words=words, narrow=narrow)
+    for way, options in ways.items():
+        sql, values = storefront_sql(record, plan, source, words=words, **options)
         async with pool.acquire() as conn:
-            explains[narrow] = [r[0] for r in await conn.fetch("EXPLAIN (ANALYZE, BUFFERS) " + sql, *values)]
+            explains[way] = [r[0] for r in await conn.fetch("EXPLAIN (ANALYZE, BUFFERS) " + sql, *values)]
+
+    def summary(way: str) -> dict[str, float]:
+        return {
+            "p50_ms": round(statistics.median(times[way]), 2),
+            "p95_ms": round(_percentile(times[way], 0.95), 2),
+            "min_ms": round(min(times[way]), 2),
+        }
+
     return {
         "name": name,
         "q": q or "*",
@@ -141,16 +157,12 @@ async def measure(
         "hits": len(result.rows),
         "facet_brand_total": sum(v["count"] for v in result.facets["brand"].values()),
         "runs": runs,
-        "p50_ms": round(statistics.median(times[True]), 2),
-        "p95_ms": round(_percentile(times[True], 0.95), 2),
-        "min_ms": round(min(times[True]), 2),
-        "wide_rows": {
-            "p50_ms": round(statistics.median(times[False]), 2),
-            "p95_ms": round(_percentile(times[False], 0.95), 2),
-            "min_ms": round(min(times[False]), 2),
-        },
-        "explain": explains[True],
-        "explain_wide_rows": explains[False],
+        **summary("now"),
+        "wide_rows": summary("wide"),
+        **({"facets_rows": summary("facets")} if "facets" in ways else {}),
+        "explain": explains["now"],
+        "explain_wide_rows": explains["wide"],
+        **({"explain_facets_rows": explains["facets"]} if "facets" in ways else {}),
     }
 
 
@@ -209,9 +221,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 await measure(pool, record, name, source, q, filter_text, args.runs, collapse=collapse)  # type: ignore[arg-type]
             )
             wide = results[-1]["wide_rows"]
+            facets = results[-1].get("facets_rows")
             print(
                 f"{name}: p50 {results[-1]['p50_ms']} ms, p95 {results[-1]['p95_ms']} ms"
-                f" (wide rows: p50 {wide['p50_ms']} ms, p95 {wide['p95_ms']} ms)",
+                + (f" (product_facets: p50 {facets['p50_ms']} ms, p95 {facets['p95_ms']} ms)" if facets else "")
+                + f" (wide rows: p50 {wide['p50_ms']} ms, p95 {wide['p95_ms']} ms)",
                 flush=True,
             )
     finally:

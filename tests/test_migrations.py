@@ -169,3 +169,41 @@ async def _set_features_ready(url: str) -> None:
         await conn.execute("UPDATE products SET features_status = 'ready'")
     finally:
         await conn.close()
+
+
+async def _text_state(url: str) -> dict[str, object]:
+    conn = await asyncpg.connect(url)
+    try:
+        table = await conn.fetchval("SELECT to_regclass('product_text') IS NOT NULL")
+        functions = await conn.fetchval("SELECT count(*) FROM pg_proc WHERE proname LIKE 'lookalike_text_rows%'")
+        triggers = await conn.fetchval("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'product_facets_text_%'")
+        state: dict[str, object] = {"table": table, "functions": functions, "triggers": triggers}
+        if table:
+            # every product_facets row but its filter terms, nothing else
+            state["drift"] = await conn.fetchval(
+                "SELECT count(*) FROM ((SELECT pk, index_pk, product_id, price, parent_product_id, product_collections,"
+                " embedding_status, search_tsv, doc FROM product_facets) EXCEPT ALL (SELECT pk, index_pk, product_id,"
+                " price, parent_product_id, product_collections, embedding_status, search_tsv, doc FROM product_text))"
+                " d"
+            )
+            rows = await conn.fetch("SELECT product_id, doc, search_tsv IS NOT NULL AS tsv FROM product_text")
+            state["rows"] = {r["product_id"]: (r["doc"], r["tsv"]) for r in rows}
+        return state
+    finally:
+        await conn.close()
+
+
+def test_0011_backfills_product_text_and_downgrades(fresh_database: str) -> None:
+    migrate.upgrade(fresh_database, "0010")
+    asyncio.run(_product_at_0008(fresh_database, "p1"))
+    migrate.upgrade(fresh_database, "0011")
+    kept = ('{"brand": "Acme"}', True)
+    assert asyncio.run(_text_state(fresh_database)) == {
+        "table": True, "functions": 2, "triggers": 2, "drift": 0, "rows": {"p1": kept}
+    }
+    migrate.downgrade(fresh_database, "0010")
+    assert asyncio.run(_text_state(fresh_database)) == {"table": False, "functions": 0, "triggers": 0}
+    asyncio.run(_product_at_0008(fresh_database, "p2"))  # written while 0011 was not there
+    migrate.upgrade(fresh_database)
+    state = asyncio.run(_text_state(fresh_database))
+    assert (state["drift"], state["rows"]) == (0, {"p1": kept, "p2": kept})

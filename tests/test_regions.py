@@ -65,3 +65,18 @@ def test_the_verify_budget_is_one_pass_per_region() -> None:
     assert len(budget.take(list(range(25)), regions=2, reserve=4)) == 6  # 20 allowed, 10 spent, 4 kept back
     assert len(budget.take(list(range(25)), regions=2)) == 4
     assert budget.left(2) == 0 and budget.left(3) == 10
+
+
+def test_a_weaker_verification_does_not_replace_a_stronger_one() -> None:
+    """A pass over what is left of the photo verifies a candidate against fewer keypoints (a region
+    found next to it took its own): what the whole photo showed of it stays."""
+    verifications: dict = {"a": V(40, (0, 0, 9, 9), colour_agreement=0.5), "b": V(6, (0, 0, 9, 9))}
+    regions.keep_stronger(
+        verifications,
+        [("a", V(0, None, homography_ok=False)), ("b", V(30, (5, 5, 50, 50), colour_agreement=0.9)), ("c", V(3, None))],
+    )
+    assert verifications["a"].inliers == 40  # 0 inliers against the residual: the 40 stay
+    assert verifications["b"].inliers == 30  # stronger (27 colour-weighted > 6): replaced
+    assert verifications["c"].inliers == 3  # new candidates are recorded
+    regions.keep_stronger(verifications, [("a", V(45, (0, 0, 9, 9), colour_agreement=0.4))])
+    assert verifications["a"].inliers == 40  # 45 x 0.4 = 18 colour-weighted inliers < 40 x 0.5 = 20

@@ -532,6 +532,97 @@ async def test_regions_residual_passes_score_by_colour(
     assert residual_passes >= 1
 
 
+async def test_regions_keep_each_candidates_strongest_verification(
+    api: httpx.AsyncClient, images, shop: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`regions` may verify a candidate again (against what a residual pass left of the photo, or
+    in the regions' own pass): its strongest verification is what the regions see, and no residual
+    pass verifies again what an earlier one already tried (less of the photo is left each time)."""
+    from app.domain.reverse import ReverseSearchService
+    from app.vision import local_features
+
+    real_verify, real_residual, real_match = (
+        ReverseSearchService._verify,
+        ReverseSearchService._residual_pass,
+        local_features.verify_candidates,
+    )
+    state: dict = {"residual": False, "last": {}}
+    strongest: dict = {}  # key -> best colour-weighted inliers over all its verifications
+    residual_tries: dict = {}  # key -> residual passes that verified it
+
+    def match(query, candidates, *args):  # type: ignore[no-untyped-def]
+        # verification is shared out over the CPU workers: one call per share, by candidate
+        out = real_match(query, candidates, *args)
+        state["last"].update((id(c), v) for c, v in zip(candidates, out, strict=True))
+        return out
+
+    async def verify(self, gathered, keys, features):  # type: ignore[no-untyped-def]
+        state["last"] = {}
+        await real_verify(self, gathered, keys, features)
+        verified = [k for k in keys if k in gathered.details and gathered.details[k].features is not None]
+        assert len(state["last"]) == len(verified)
+        for key in verified:
+            v = state["last"][id(gathered.features_of[key])]
+            strength = v.effective_inliers if v.homography_ok else -1.0
+            strongest[key] = max(strongest.get(key, -1.0), strength)
+            if state["residual"]:
+                residual_tries[key] = residual_tries.get(key, 0) + 1
+        state["gathered"] = gathered
+
+    async def residual(self, *args):  # type: ignore[no-untyped-def]
+        state["residual"] = True
+        try:
+            return await real_residual(self, *args)
+        finally:
+            state["residual"] = False
+
+    monkeypatch.setattr(local_features, "verify_candidates", match)
+    monkeypatch.setattr(ReverseSearchService, "_verify", verify)
+    monkeypatch.setattr(ReverseSearchService, "_residual_pass", residual)
+    again = 0
+    for query in wild.generate_multi_queries(shop["catalog"], 6, seed=3):
+        url = images.add(f"/{shop['name']}/multi-strongest/{query.id}.jpg", _jpeg(query.image), "image/jpeg")
+        strongest.clear()
+        residual_tries.clear()
+        r = await _reverse(api, shop, {"q": url, "regions": True, "limit": 3})
+        assert r.status_code == 200, r.text
+        final = state["gathered"].verifications
+        for key, best in strongest.items():
+            v = final[key]
+            assert (v.effective_inliers if v.homography_ok else -1.0) == best, key
+        assert all(n == 1 for n in residual_tries.values()), residual_tries
+        again += sum(1 for key in strongest if key in final)
+    assert again
+
+
+async def test_region_boxes_are_described_by_the_regions_keypoints(
+    api: httpx.AsyncClient, images, shop: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each region's keypoint aggregate (its crop's retrieval by local features) comes from the
+    regions stage's keypoints (more of them, at more resolution), not the single-product search's."""
+    from app.domain import reverse
+    from app.vision import aggregate
+
+    real_features, real_aggregates = reverse.region_features, aggregate.box_aggregates
+    seen: dict = {"region": None, "single_box": []}
+
+    def features(image):  # type: ignore[no-untyped-def]
+        seen["region"] = real_features(image)
+        return seen["region"]
+
+    def aggregates(feats, boxes):  # type: ignore[no-untyped-def]
+        if seen["region"] is not None and len(boxes) == 1:
+            seen["single_box"].append(feats is seen["region"])
+        return real_aggregates(feats, boxes)
+
+    monkeypatch.setattr(reverse, "region_features", features)
+    monkeypatch.setattr(aggregate, "box_aggregates", aggregates)
+    for query in wild.generate_multi_queries(shop["catalog"], 3, seed=3):
+        url = images.add(f"/{shop['name']}/multi-aggregate/{query.id}.jpg", _jpeg(query.image), "image/jpeg")
+        seen["region"] = None
+        r = await _reverse(api, shop, {"q": url, "regions": True, "limit": 3})
+        assert r.status_code == 200, r.text
+    assert seen["single_box"] and all(seen["single_box"]), seen["single_box"]
 def test_verification_is_shared_out_evenly_over_the_cpu_workers() -> None:
     """Every candidate in exactly one share; shares of alike size mix; few candidates stay on one."""
     from app.domain.reverse import MIN_VERIFY_SHARE, verification_shares

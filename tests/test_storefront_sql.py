@@ -315,6 +315,19 @@ SELECT count(*) FROM (
    EXCEPT ALL SELECT {_EXPECTED} FROM products WHERE index_pk = $1)
 ) drift
 """
+# product_text (migration 0011): product_facets less filter_terms
+_TEXT_COLUMNS = (
+    "pk, index_pk, product_id, price, parent_product_id, product_collections, embedding_status, search_tsv, doc"
+)
+_TEXT_DRIFT = f"""
+SELECT count(*) FROM (
+  (SELECT {_TEXT_COLUMNS} FROM product_facets WHERE index_pk = $1
+   EXCEPT ALL SELECT {_TEXT_COLUMNS} FROM product_text WHERE index_pk = $1)
+  UNION ALL
+  (SELECT {_TEXT_COLUMNS} FROM product_text WHERE index_pk = $1
+   EXCEPT ALL SELECT {_TEXT_COLUMNS} FROM product_facets WHERE index_pk = $1)
+) drift
+"""
 
 
 async def test_product_facets_follow_every_write(pool: asyncpg.Pool) -> None:
@@ -337,9 +350,12 @@ async def test_product_facets_follow_every_write(pool: asyncpg.Pool) -> None:
     async with pool.acquire() as conn:
         record = await text_bench.load(conn, docs)  # COPY: the statement trigger
         count = "SELECT count(*) FROM product_facets WHERE index_pk = $1"
+        text_count = "SELECT count(*) FROM product_text WHERE index_pk = $1"
         try:
             assert await conn.fetchval(count, record.pk) == 5
             assert await conn.fetchval(_FACETS_DRIFT, record.pk) == 0
+            assert await conn.fetchval(text_count, record.pk) == 5
+            assert await conn.fetchval(_TEXT_DRIFT, record.pk) == 0
             row = await conn.fetchrow("SELECT doc, filter_terms FROM product_facets WHERE product_id = 'p1'"
                                       " AND index_pk = $1", record.pk)
             # the long texts are left out; everything else (terms too) is kept
@@ -368,6 +384,8 @@ async def test_product_facets_follow_every_write(pool: asyncpg.Pool) -> None:
             await conn.execute("UPDATE products SET claimed_by = 'w' WHERE index_pk = $1", record.pk)  # not mirrored
             assert await conn.fetchval(count, record.pk) == 6
             assert await conn.fetchval(_FACETS_DRIFT, record.pk) == 0
+            assert await conn.fetchval(text_count, record.pk) == 6
+            assert await conn.fetchval(_TEXT_DRIFT, record.pk) == 0
             brands = dict(
                 await conn.fetch(
                     "SELECT product_id, doc ->> 'brand' FROM product_facets WHERE index_pk = $1", record.pk
@@ -378,6 +396,7 @@ async def test_product_facets_follow_every_write(pool: asyncpg.Pool) -> None:
             async with conn.transaction():
                 await indexes.delete_index(conn, record)
             assert await conn.fetchval(count, record.pk) == 0
+            assert await conn.fetchval(text_count, record.pk) == 0
 
 
 _AGREE = [
@@ -419,11 +438,51 @@ async def test_product_facets_answer_as_the_wide_rows(pool, catalog, source, fil
     )
     words = query_words("product 12 sho") if source == "text" else ()
     narrow = await storefront_query(pool, record, plan, source, words=words)
+    facets_rows = await storefront_query(pool, record, plan, source, words=words, text_table=False)
     wide = await storefront_query(pool, record, plan, source, words=words, narrow=False)
-    assert narrow == wide
+    assert narrow == facets_rows == wide
     assert narrow.rows and narrow.facets["brand"]
-    assert "FROM product_facets p" in storefront_sql(record, plan, source, words=words)[0]
-    assert "FROM product_facets p" not in storefront_sql(record, plan, source, words=words, narrow=False)[0]
+    # without any filter the copy without filter terms (migration 0011), else product_facets
+    table = "product_text" if filter_text is None else "product_facets"
+    assert f"FROM {table} p" in storefront_sql(record, plan, source, words=words)[0]
+    assert "FROM product_facets p" in storefront_sql(record, plan, source, words=words, text_table=False)[0]
+    sql = storefront_sql(record, plan, source, words=words, narrow=False)[0]
+    assert "FROM product_facets p" not in sql and "FROM product_text p" not in sql
+
+
+@pytest.mark.parametrize("q", ["product 12 sho", "prodct 7", "pro", "produkt 3 1", "12"])
+@pytest.mark.parametrize("collapse", [None, "parentProductId"])
+@pytest.mark.parametrize("sort", [None, {"fields": [{"fieldName": "rating", "order": "desc"}]}])
+async def test_product_text_answers_as_the_wide_rows(pool, catalog, q, collapse, sort) -> None:
+    """Unfiltered text queries read product_text (migration 0011): the same hits, order, _score and
+    facet counts as product_facets and the wide rows give, on the random catalog."""
+    from app.domain.storefront import query_words
+    from app.storage.storefront import storefront_sql
+
+    record, _ = catalog
+    facets = {
+        "fields": {
+            "brand": {"type": "string", "maxResults": 3},
+            "productCollections": {"type": "array"},
+            "colour": {"type": "string", "order": "asc"},
+            "price": {"type": "number", "ranges": [{"to": 100}, {"from": 100}]},
+            "rating": {"type": "number"},
+        }
+    }
+    plan = build_plan(
+        filter_node=None,
+        facets=Facets.parse(facets),
+        sort=SortBy.parse(sort) if sort else None,
+        collapse=CollapseField.parse({"name": collapse}) if collapse else None,
+        limit=30,
+        offset=3,
+    )
+    words = query_words(q)
+    assert "FROM product_text p" in storefront_sql(record, plan, "text", words=words)[0]
+    now = await storefront_query(pool, record, plan, "text", words=words)
+    assert now.rows and now.facets["brand"]
+    assert now == await storefront_query(pool, record, plan, "text", words=words, text_table=False)
+    assert now == await storefront_query(pool, record, plan, "text", words=words, narrow=False)
 
 
 @pytest.mark.parametrize(
@@ -549,9 +608,11 @@ async def test_storefront_plans_use_the_indexes_at_100k(pool, scale_catalog) -> 
         collapse={"name": "parentProductId"},
     )
     assert "product_facets_filter_terms_idx" in plan and "Seq Scan on product" not in plan, plan
-    # text: the weighted tsvector's GIN index for the words
+    # text: the weighted tsvector's GIN index for the words (without a filter product_text's, 0011)
     plan = await _explain(pool, record, "text", ("leather", "boots"), facets=facets)
-    assert "product_facets_search_tsv_idx" in plan and "Seq Scan on product" not in plan, plan
+    assert "product_text_search_tsv_idx" in plan and "Seq Scan on product" not in plan, plan
+    plan = await _explain(pool, record, "text", ("leather", "boots"), facets=facets, filter="brand:Brand07")
+    assert "Seq Scan on product" not in plan, plan
     # a misspelt word: corrected from the title words (search_words), never by comparing against every
     # product; a one-time filter skips the lookup for words the catalog knows. Whether the lookup uses
     # the trigram index or reads the word list is the planner's cost choice for this catalog's
@@ -592,3 +653,33 @@ async def test_number_stats_do_not_depend_on_the_order_rows_are_read(pool) -> No
         async with pool.acquire() as conn, conn.transaction():
             for record in records:
                 await indexes.delete_index(conn, record)
+
+
+@pytest.mark.parametrize(("source", "filter_text"), [("text", None), ("text", "brand:Acme"), ("browse", None)])
+async def test_a_collection_repeated_in_a_list_counts_once_per_product(pool, source, filter_text) -> None:
+    """The productCollections facet counts products: an element twice in a product's list counts
+    once, in the one-pass aggregate (text, no filter) and the stored matches' (filter, browse)."""
+    from app.domain.storefront import query_words
+
+    lists = [["sale", "sale", "new"], ["new", "sale", "new", "new"], ["sale"], ["kids", "sale", "kids"], []]
+    docs = [
+        {"_id": f"r{i}", "productTitle": "Red boot", "price": 1.0, "variantImageUrl": "u", "brand": "Acme",
+         "productCollections": values}
+        for i, values in enumerate(lists)
+    ]
+    async with pool.acquire() as conn:
+        record = await _index_of(conn, "rep", docs)
+    try:
+        plan = build_plan(
+            filter_node=parse_filter(filter_text),
+            facets=Facets.parse({"fields": {"productCollections": {"type": "array"}}}),
+            sort=None,
+            collapse=None,
+            limit=10,
+            offset=0,
+        )
+        result = await storefront_query(pool, record, plan, source, words=query_words("boot"))
+        assert result.facets["productCollections"] == {"sale": {"count": 4}, "new": {"count": 2}, "kids": {"count": 1}}
+    finally:
+        async with pool.acquire() as conn, conn.transaction():
+            await indexes.delete_index(conn, record)

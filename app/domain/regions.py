@@ -109,6 +109,23 @@ class VerifyBudget:
         return allowed
 
 
+def _strength(v: VerificationLike) -> float:
+    return v.inliers * v.colour_agreement if v.homography_ok else -1.0
+
+
+def keep_stronger(
+    verifications: dict[Hashable, LocatedVerification], new: Iterable[tuple[Hashable, LocatedVerification]]
+) -> None:
+    """Record new verifications, each unless the candidate already has a stronger one (more
+    colour-weighted inliers). A pass over what is left of the photo (its found products' keypoints
+    removed) verifies candidates against fewer keypoints: a look-alike's product verified where
+    the look-alike was found reaches nothing there, and must not lose what the whole photo showed."""
+    for key, v in new:
+        old = verifications.get(key)
+        if old is None or _strength(v) > _strength(old):
+            verifications[key] = v
+
+
 def region_params(params: RerankParams = DEFAULT_PARAMS) -> RerankParams:
     """What counts as verified at a place (`next_region`, `members`): `region_min_inliers`."""
     return replace(params, min_inliers=params.region_min_inliers)

@@ -18,9 +18,11 @@ each product is a fraction of the frame); the keypoints of each found product ar
 and what is left is searched again — keypoint-cluster, saliency and window boxes of the
 residual keypoints, retrieved by their aggregates and their crops' embeddings. Then each
 region's crop retrieves its own neighbours (by embedding and by its keypoints' aggregate),
-those not verified yet are verified in one pass for all regions, and the candidates verified
-at its place compete as that object's identity (`regions.rank_members`), ahead of unverified
-neighbours. All the regions stage verifies is bounded by one more pass (`verify_top`
+those not verified against all of the photo yet are verified in one pass for all regions (a
+place that pass verifies is a region too), and the candidates verified at its place compete as
+that object's identity (`regions.rank_members`), ahead of unverified neighbours. A candidate
+verified more than once keeps its strongest verification (`regions.keep_stronger`).
+All the regions stage verifies is bounded by one more pass (`verify_top`
 candidates) per found region (`regions.VerifyBudget`).
 """
 
@@ -220,6 +222,10 @@ class Gathered:
     details: dict[Hashable, search_sql.CandidateDetail]
     query_features: local_features.LocalFeatures
     features_of: dict[Hashable, local_features.LocalFeatures] = field(default_factory=dict)
+    # the candidates verified against all of the photo's keypoints (not only what a residual pass left)
+    whole: set[Hashable] = field(default_factory=set)
+    # the candidates a residual pass verified against what it left of the photo
+    left_over: set[Hashable] = field(default_factory=set)
 
     def ranked(self, params: RerankParams) -> list[tuple[Hashable, float]]:
         cands = [
@@ -348,8 +354,14 @@ class ReverseSearchService:
                 for share in shares
             )
         )
-        for share, verifications in zip(shares, verified, strict=True):
-            gathered.verifications.update((with_features[i], v) for i, v in zip(share, verifications, strict=True))
+        pairs = [
+            (with_features[i], v)
+            for share, vs in zip(shares, verified, strict=True)
+            for i, v in zip(share, vs, strict=True)
+        ]
+        # one product's search verifies each candidate once; the regions' passes may verify it again
+        # against other keypoints (what is left of the photo, more of its resolution): the stronger stays
+        regions_mod.keep_stronger(gathered.verifications, pairs)  # type: ignore[arg-type]
 
     async def _verify_settling(
         self, gathered: Gathered, keys: list[Hashable], params: RerankParams, top: int
@@ -422,6 +434,7 @@ class ReverseSearchService:
         timer.lap("sql")
         gathered = Gathered(candidates, {}, details, query_features)  # type: ignore[arg-type]
         await self._verify_settling(gathered, to_verify, p, settle_top)
+        gathered.whole.update(to_verify)
         timer.lap("verify")
         return query, gathered
 
@@ -519,7 +532,9 @@ class ReverseSearchService:
             # its keypoint budget went elsewhere) is verified against what is left
             located = {k for k, v in gathered.verifications.items() if counts_as_verified(v, p)}
             # the regions' own pass (their look-alikes) is kept its share of the budget
-            unlocated = [k for k in select_for_verification(fresh.values(), p) if k not in located]
+            # — not those an earlier pass verified against what it left: this pass leaves less of the photo
+            untried = [c for k, c in fresh.items() if k not in located and k not in gathered.left_over]
+            unlocated = select_for_verification(untried, p)
             new = budget.take(unlocated, len(found), reserve=regions_mod.REGION_POOL * len(found))
             missing = [k for k in new if k not in gathered.details]
             if missing:
@@ -528,6 +543,7 @@ class ReverseSearchService:
 
         new = await self.db.read(residual_candidates)
         await self._verify(gathered, new, residual)
+        gathered.left_over.update(new)
         return True
 
     async def _region_hits(
@@ -551,14 +567,20 @@ class ReverseSearchService:
         p = query.params
         at_a_place = regions_mod.region_params(p)
         identity = regions_mod.identity_params(p)
-        boxes = [tuple(int(round(v)) for v in r.box) for r in found]
-        crops = await self.vision.run_cpu(crop_images, query.image, boxes)
-        embeddings = await self.vision.embed(query.spec, crops, inference.precision_of(query.index, self.vision))
-        # one aggregate per region (an empty row where too few keypoints describe it)
-        per_box = [await self.vision.run_cpu(aggregate.box_aggregates, gathered.query_features, [b]) for b in boxes]
-        region_colours = (
-            await self.vision.run_cpu(colour.box_colours, query.image, boxes) if _uses_colour(p) else None
-        )
+        precision = inference.precision_of(query.index, self.vision)
+
+        async def describe(regions: list[regions_mod.Region]) -> tuple[np.ndarray, list[np.ndarray], np.ndarray | None]:
+            """The regions' crop embeddings, keypoint aggregates (of the regions stage's keypoints: a
+            region is a fraction of the frame; an empty row where too few describe one) and colours
+            (when the colour cue is on)."""
+            boxes = [tuple(int(round(v)) for v in r.box) for r in regions]
+            crops = await self.vision.run_cpu(crop_images, query.image, boxes)
+            embedded = await self.vision.embed(query.spec, crops, precision)
+            per_box = [await self.vision.run_cpu(aggregate.box_aggregates, features, [b]) for b in boxes]
+            colours = await self.vision.run_cpu(colour.box_colours, query.image, boxes) if _uses_colour(p) else None
+            return embedded, per_box, colours
+
+        embeddings, per_box, region_colours = await describe(found)
         limit = query.request.limit
         pool = max(limit, regions_mod.REGION_POOL)
 
@@ -580,12 +602,39 @@ class ReverseSearchService:
             return by_crop, by_aggregate
 
         by_crop, by_aggregate = await self.db.read(region_pools)
-        unverified = list(
-            dict.fromkeys(k for d in (*by_crop, *by_aggregate) for k in d if k not in gathered.verifications)
-        )
+        pooled = list(dict.fromkeys(k for d in (*by_crop, *by_aggregate) for k in d))
+        # not verified yet first; then those only verified against what was left of the photo (a
+        # region found their place since, and took its keypoints) that did not verify there
+        unverified = [k for k in pooled if k not in gathered.verifications]
+        unverified += [
+            k
+            for k in pooled
+            if k in gathered.verifications
+            and k not in gathered.whole
+            and not counts_as_verified(gathered.verifications[k], at_a_place)
+        ]
         unverified = budget.take(unverified, len(found))
         if unverified:  # the regions' own verification pass (one for all of them)
             await self._verify(gathered, unverified, features)
+            gathered.whole.update(unverified)
+            # that pass may have verified a product somewhere no region covers yet: a region too
+            # (named by what was verified there; nothing more is verified for it)
+            ranked = gathered.ranked(p)
+            more: list[regions_mod.Region] = []
+            while len(found) + len(more) < regions_mod.MAX_REGIONS:
+                region = regions_mod.next_region(ranked, gathered.verifications, [*found, *more], at_a_place)
+                if region is None:
+                    break
+                more.append(region)
+            if more:
+                e, a, c = await describe(more)
+                found = [*found, *more]
+                embeddings = np.concatenate([embeddings, e])
+                per_box += a
+                if region_colours is not None and c is not None:
+                    region_colours = np.concatenate([region_colours, c])
+                for scores in (by_crop, by_aggregate):
+                    scores += [{} for _ in more]
 
         async def region_candidates(conn: asyncpg.Connection) -> list[list[tuple[Hashable, float]]]:
             out_keys: list[list[tuple[Hashable, float]]] = []

@@ -161,6 +161,28 @@ sa.Index(
     postgresql_using="gin",
     postgresql_with={"fastupdate": "off"},
 )
+# The text matches' facet values: product_facets less filter_terms, the tsvector last (triggers
+# `product_facets_text_insert`/`_update`, migration 0011). Text statements without any filter read
+# their matches here.
+product_text = sa.Table(
+    "product_text",
+    metadata,
+    sa.Column("pk", sa.BigInteger, sa.ForeignKey("product_facets.pk", ondelete="CASCADE"), primary_key=True),
+    sa.Column("index_pk", sa.BigInteger, nullable=False),
+    sa.Column("price", sa.Float(precision=53), nullable=False),
+    sa.Column("embedding_status", sa.Text, nullable=False),
+    sa.Column("product_id", sa.Text, nullable=False),
+    sa.Column("parent_product_id", sa.Text),
+    sa.Column("product_collections", ARRAY(sa.Text), nullable=False),
+    sa.Column("doc", JSONB, nullable=False),
+    sa.Column("search_tsv", TSVECTOR),
+)
+sa.Index(
+    "product_text_search_tsv_idx",
+    product_text.c.search_tsv,
+    postgresql_using="gin",
+    postgresql_with={"fastupdate": "off"},
+)
 sa.Index(
     "products_features_pending_idx",
     products.c.index_pk,
