@@ -546,19 +546,23 @@ async def test_regions_keep_each_candidates_strongest_verification(
         ReverseSearchService._residual_pass,
         local_features.verify_candidates,
     )
-    state: dict = {"residual": False, "last": []}
+    state: dict = {"residual": False, "last": {}}
     strongest: dict = {}  # key -> best colour-weighted inliers over all its verifications
     residual_tries: dict = {}  # key -> residual passes that verified it
 
     def match(query, candidates, *args):  # type: ignore[no-untyped-def]
-        state["last"] = real_match(query, candidates, *args)
-        return state["last"]
+        # verification is shared out over the CPU workers: one call per share, by candidate
+        out = real_match(query, candidates, *args)
+        state["last"].update((id(c), v) for c, v in zip(candidates, out, strict=True))
+        return out
 
     async def verify(self, gathered, keys, features):  # type: ignore[no-untyped-def]
-        state["last"] = []
+        state["last"] = {}
         await real_verify(self, gathered, keys, features)
         verified = [k for k in keys if k in gathered.details and gathered.details[k].features is not None]
-        for key, v in zip(verified, state["last"], strict=True):
+        assert len(state["last"]) == len(verified)
+        for key in verified:
+            v = state["last"][id(gathered.features_of[key])]
             strength = v.effective_inliers if v.homography_ok else -1.0
             strongest[key] = max(strongest.get(key, -1.0), strength)
             if state["residual"]:
@@ -619,3 +623,17 @@ async def test_region_boxes_are_described_by_the_regions_keypoints(
         r = await _reverse(api, shop, {"q": url, "regions": True, "limit": 3})
         assert r.status_code == 200, r.text
     assert seen["single_box"] and all(seen["single_box"]), seen["single_box"]
+def test_verification_is_shared_out_evenly_over_the_cpu_workers() -> None:
+    """Every candidate in exactly one share; shares of alike size mix; few candidates stay on one."""
+    from app.domain.reverse import MIN_VERIFY_SHARE, verification_shares
+
+    sizes = [256, 10, 200, 40, 256, 90, 5, 180] * 8  # 64 candidates
+    shares = verification_shares(sizes, 2)
+    assert len(shares) == 2
+    assert sorted(i for share in shares for i in share) == list(range(len(sizes)))
+    totals = [sum(sizes[i] for i in share) for share in shares]
+    assert max(totals) - min(totals) <= max(sizes)
+    few = sizes[: MIN_VERIFY_SHARE * 2 - 1]
+    assert verification_shares(few, 2) == [sorted(range(len(few)), key=lambda i: few[i])]
+    assert verification_shares(sizes, 1) == [sorted(range(len(sizes)), key=lambda i: sizes[i])]
+    assert verification_shares([], 2) == []

@@ -89,6 +89,18 @@ def params_for(knobs: dict[str, Any], base: RerankParams) -> RerankParams:
     return replace(base, **changes) if changes else base
 
 
+# Fewer candidates than this per CPU worker are verified on one (a thread hop costs more).
+MIN_VERIFY_SHARE = 12
+
+
+def verification_shares(sizes: Sequence[int], workers: int) -> list[list[int]]:
+    """Indices of the candidates (by keypoint count `sizes`) for each CPU worker: dealt in order
+    of size, so every share has small and large ones alike."""
+    n = max(1, min(workers, len(sizes) // MIN_VERIFY_SHARE))
+    order = sorted(range(len(sizes)), key=lambda i: sizes[i])
+    return [order[k::n] for k in range(n) if order[k::n]]
+
+
 def _boxes_and_crops(image: Any, n_crops: int) -> tuple[list[Any], list[Any]]:
     """All crop boxes (for the keypoint aggregates) and the images of the first `n_crops` (to embed)."""
     boxes = query_boxes(image)
@@ -330,12 +342,26 @@ class ReverseSearchService:
         for k in with_features:
             if k not in gathered.features_of:
                 gathered.features_of[k] = local_features.deserialize(stored[k])  # type: ignore[arg-type]
-        verifications = await self.vision.run_cpu(
-            local_features.verify_candidates, features, [gathered.features_of[k] for k in with_features]
+        # Matching is numpy and OpenCV with one BLAS thread (see VisionService): the candidates are
+        # split over the CPU workers, each share mixing small and large ones so they end together.
+        sizes = [len(gathered.features_of[k]) for k in with_features]
+        shares = verification_shares(sizes, self.vision.settings.cpu_workers)
+        verified = await asyncio.gather(
+            *(
+                self.vision.run_cpu(
+                    local_features.verify_candidates, features, [gathered.features_of[with_features[i]] for i in share]
+                )
+                for share in shares
+            )
         )
+        pairs = [
+            (with_features[i], v)
+            for share, vs in zip(shares, verified, strict=True)
+            for i, v in zip(share, vs, strict=True)
+        ]
         # one product's search verifies each candidate once; the regions' passes may verify it again
         # against other keypoints (what is left of the photo, more of its resolution): the stronger stays
-        regions_mod.keep_stronger(gathered.verifications, zip(with_features, verifications, strict=True))  # type: ignore[arg-type]
+        regions_mod.keep_stronger(gathered.verifications, pairs)  # type: ignore[arg-type]
 
     async def _verify_settling(
         self, gathered: Gathered, keys: list[Hashable], params: RerankParams, top: int
