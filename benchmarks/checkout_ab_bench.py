@@ -27,7 +27,7 @@ import httpx
 
 from app.samples.wild import generate_benchmark
 from benchmarks.ingest_bench import KEY, MODELS, _free_port, _start_service, stop_service
-from benchmarks.quality_bench import _jpeg, _stages
+from benchmarks.quality_bench import _jpeg, _stages, served_catalog
 from tests.imageserver import ImageServer
 
 HEADERS = {"Authorization": f"Bearer {KEY}"}
@@ -76,15 +76,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     services: dict[str, tuple[int, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp, ImageServer() as server:
-        docs = [
-            {
-                "_id": item.id,
-                "productTitle": str(item.metadata.get("title", item.id)),
-                "price": float(item.metadata.get("price", 1.0)),
-                "variantImageUrl": server.add(f"/catalog/{item.id}.jpg", _jpeg(item.image), "image/jpeg"),
-            }
-            for item in catalog
-        ]
+        docs = served_catalog(server, catalog)
         urls = [server.add(f"/queries/{q.id}.jpg", _jpeg(q.image, 85), "image/jpeg") for q in queries]
         try:
             for i, checkout in enumerate(checkouts):

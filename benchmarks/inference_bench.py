@@ -46,7 +46,7 @@ from PIL import Image
 
 from app.samples.wild import generate_benchmark
 from benchmarks.ingest_bench import KEY, MODELS, _free_port, _start_service, stop_service
-from benchmarks.quality_bench import _jpeg, _latency, _quality, _stages
+from benchmarks.quality_bench import _jpeg, _latency, _quality, _stages, served_catalog
 from tests.imageserver import ImageServer
 
 KINDS = (("search_by_image", "/search"), ("reverse_image_search", "/reverse-image-search"))
@@ -133,15 +133,7 @@ def service_phase(args: argparse.Namespace, model_json: dict[str, Any], catalog:
     headers = {"Authorization": f"Bearer {KEY}"}
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp, ImageServer() as server:
-        docs = [
-            {
-                "_id": item.id,
-                "productTitle": str(item.metadata.get("title", item.id)),
-                "price": float(item.metadata.get("price", 1.0)),
-                "variantImageUrl": server.add(f"/catalog/{item.id}.jpg", _jpeg(item.image), "image/jpeg"),
-            }
-            for item in catalog
-        ]
+        docs = served_catalog(server, catalog)
         query_urls = [server.add(f"/queries/{q.id}.jpg", _jpeg(q.image, 85), "image/jpeg") for q in queries]
         port = _free_port()
         started = time.perf_counter()

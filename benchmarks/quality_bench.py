@@ -39,6 +39,19 @@ def _jpeg(image: Any, quality: int = 90) -> bytes:
     return out.getvalue()
 
 
+def served_catalog(server: ImageServer, catalog: list[Any]) -> list[dict[str, Any]]:
+    """Documents of the generated `catalog` (title, price), its images served by `server`."""
+    return [
+        {
+            "_id": item.id,
+            "productTitle": str(item.metadata.get("title", item.id)),
+            "price": float(item.metadata.get("price", 1.0)),
+            "variantImageUrl": server.add(f"/catalog/{item.id}.jpg", _jpeg(item.image), "image/jpeg"),
+        }
+        for item in catalog
+    ]
+
+
 def _stages(header: str) -> dict[str, float]:
     stages: dict[str, float] = {}
     for part in header.split(","):
