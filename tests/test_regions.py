@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from app.domain import regions
-from app.domain.rerank import DEFAULT_PARAMS, Candidate
+from app.domain.rerank import DEFAULT_PARAMS, Candidate, combine_scores
 
 
 @dataclass(frozen=True)
@@ -15,6 +15,7 @@ class V:
     homography_ok: bool = True
     colour_agreement: float = 1.0
     matches: int = 0
+    box_fraction: float = 0.5
 
 
 def test_next_region_skips_places_already_found() -> None:
@@ -80,3 +81,15 @@ def test_a_weaker_verification_does_not_replace_a_stronger_one() -> None:
     assert verifications["c"].inliers == 3  # new candidates are recorded
     regions.keep_stronger(verifications, [("a", V(45, (0, 0, 9, 9), colour_agreement=0.4))])
     assert verifications["a"].inliers == 40  # 45 x 0.4 = 18 colour-weighted inliers < 40 x 0.5 = 20
+
+
+def test_regions_rank_without_prominence() -> None:
+    """Every product of a shelf is a fraction of the frame: the regions stage's knobs (and a region's
+    identity scoring) leave the size of a match out, and keep the rest of the photo's knobs."""
+    p = replace(DEFAULT_PARAMS, prominence_area=0.2, verify_weight=3.0)
+    assert regions.shelf_params(p) == replace(p, prominence_area=0.0)
+    assert regions.identity_params(p).prominence_area == 0.0
+    small = Candidate("small", 0.3, V(30, (0, 0, 9, 9), box_fraction=0.02))
+    plain = Candidate("plain", 0.9, V(0, None, homography_ok=False))
+    assert [k for k, _ in combine_scores([small, plain], p)] == ["plain", "small"]
+    assert [k for k, _ in regions.rank_members([small, plain], [], regions.shelf_params(p))] == ["small", "plain"]

@@ -126,6 +126,12 @@ def keep_stronger(
             verifications[key] = v
 
 
+def shelf_params(params: RerankParams = DEFAULT_PARAMS) -> RerankParams:
+    """The regions stage's ranking: the photo's knobs without prominence (every product of a shelf
+    is a fraction of the frame, so the size of a match says nothing about which is meant)."""
+    return replace(params, prominence_area=0.0)
+
+
 def region_params(params: RerankParams = DEFAULT_PARAMS) -> RerankParams:
     """What counts as verified at a place (`next_region`, `members`): `region_min_inliers`."""
     return replace(params, min_inliers=params.region_min_inliers)
@@ -133,7 +139,7 @@ def region_params(params: RerankParams = DEFAULT_PARAMS) -> RerankParams:
 
 def identity_params(params: RerankParams = DEFAULT_PARAMS) -> RerankParams:
     """The scoring of a region's own hits: verification decides between look-alikes at one place."""
-    return replace(params, inlier_saturation=params.inlier_saturation * REGION_SATURATION_FACTOR)
+    return replace(shelf_params(params), inlier_saturation=params.inlier_saturation * REGION_SATURATION_FACTOR)
 
 
 def members(
@@ -156,7 +162,5 @@ def rank_members(
     `identity_params`) lifted by a full verification bonus above the crop's unverified
     neighbours, so appearance alone never names what verification found there."""
     here = set(at_place)
-    # every product of a shelf is a fraction of the frame: prominence says nothing here
-    anywhere = replace(params, prominence_area=0.0)
-    lifted = [(k, s + (params.verify_weight if k in here else 0.0)) for k, s in combine_scores(candidates, anywhere)]
+    lifted = [(k, s + (params.verify_weight if k in here else 0.0)) for k, s in combine_scores(candidates, params)]
     return sorted(lifted, key=lambda t: -t[1])

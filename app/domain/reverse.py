@@ -98,7 +98,7 @@ def verification_shares(sizes: Sequence[int], workers: int) -> list[list[int]]:
     of size, so every share has small and large ones alike."""
     n = max(1, min(workers, len(sizes) // MIN_VERIFY_SHARE))
     order = sorted(range(len(sizes)), key=lambda i: sizes[i])
-    return [order[k::n] for k in range(n) if order[k::n]]
+    return [order[k::n] for k in range(n)] if order else []
 
 
 def _boxes_and_crops(image: Any, n_crops: int) -> tuple[list[Any], list[Any]]:
@@ -466,10 +466,9 @@ class ReverseSearchService:
             return ReverseResult(hits)
         features = await self.vision.run_cpu(region_features, query.image)
         budget = regions_mod.VerifyBudget(query.params.verify_top or len(gathered.candidates))
-        # every product of a shelf is a fraction of the frame: regions rank without prominence
-        anywhere = gathered.ranked(replace(query.params, prominence_area=0.0))
-        found = await self._find_regions(query, gathered, anywhere, features, budget)
-        regions = await self._region_hits(query, gathered, found, features, budget)
+        shelf = replace(query, params=regions_mod.shelf_params(query.params))
+        found = await self._find_regions(shelf, gathered, gathered.ranked(shelf.params), features, budget)
+        regions = await self._region_hits(shelf, gathered, found, features, budget)
         timer.lap("regions")
         return ReverseResult(hits, regions)
 
@@ -482,7 +481,7 @@ class ReverseSearchService:
         budget: regions_mod.VerifyBudget,
     ) -> list[regions_mod.Region]:
         """Regions best-first: verified places, then residual passes while the budget allows."""
-        p = replace(query.params, prominence_area=0.0)
+        p = query.params
         at_a_place = regions_mod.region_params(p)
         found: list[regions_mod.Region] = []
         passes = 0
