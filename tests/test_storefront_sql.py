@@ -306,28 +306,21 @@ _FACETS_COLUMNS = (
 )
 _EXPECTED = _FACETS_COLUMNS.format(terms="lookalike_facet_terms(filter_terms)", doc="lookalike_facet_doc(doc)")
 _STORED = _FACETS_COLUMNS.format(terms="filter_terms", doc="doc")
-_FACETS_DRIFT = f"""
-SELECT count(*) FROM (
-  (SELECT {_EXPECTED} FROM products WHERE index_pk = $1
-   EXCEPT ALL SELECT {_STORED} FROM product_facets WHERE index_pk = $1)
-  UNION ALL
-  (SELECT {_STORED} FROM product_facets WHERE index_pk = $1
-   EXCEPT ALL SELECT {_EXPECTED} FROM products WHERE index_pk = $1)
-) drift
-"""
+
+
+def _drift(columns_a: str, table_a: str, columns_b: str, table_b: str) -> str:
+    """Rows of one table missing from the other, both ways ($1 the index pk): 0 when they agree."""
+    a = f"SELECT {columns_a} FROM {table_a} WHERE index_pk = $1"
+    b = f"SELECT {columns_b} FROM {table_b} WHERE index_pk = $1"
+    return f"SELECT count(*) FROM (({a} EXCEPT ALL {b}) UNION ALL ({b} EXCEPT ALL {a})) drift"
+
+
+_FACETS_DRIFT = _drift(_EXPECTED, "products", _STORED, "product_facets")
 # product_text (migration 0011): product_facets less filter_terms
 _TEXT_COLUMNS = (
     "pk, index_pk, product_id, price, parent_product_id, product_collections, embedding_status, search_tsv, doc"
 )
-_TEXT_DRIFT = f"""
-SELECT count(*) FROM (
-  (SELECT {_TEXT_COLUMNS} FROM product_facets WHERE index_pk = $1
-   EXCEPT ALL SELECT {_TEXT_COLUMNS} FROM product_text WHERE index_pk = $1)
-  UNION ALL
-  (SELECT {_TEXT_COLUMNS} FROM product_text WHERE index_pk = $1
-   EXCEPT ALL SELECT {_TEXT_COLUMNS} FROM product_facets WHERE index_pk = $1)
-) drift
-"""
+_TEXT_DRIFT = _drift(_TEXT_COLUMNS, "product_facets", _TEXT_COLUMNS, "product_text")
 
 
 async def test_product_facets_follow_every_write(pool: asyncpg.Pool) -> None:
