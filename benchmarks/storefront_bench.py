@@ -7,7 +7,9 @@ and text queries with the same facets, through the service's own statement build
 The catalog is bulk-loaded with COPY (text_bench's titles, plus brand (50), colour,
 collections, price and parentProductId: about 3 variants per parent). Each query runs
 `--runs` times after a warm-up; the figure is the wall time of
-`storage.storefront.storefront_query` (one statement, one round trip). Each run also times the
+`storage.storefront.storefront_query` (one statement, one round trip), and for an unfiltered
+text query with facets also as the service answers it (`apart`, `service_p50_ms`: the hits' and
+the facets' statements at once on two connections, `storage.storefront.facets_apart`). Each run also times the
 same statement reading the wide `products` rows instead of `product_facets` (migration 0009),
 and, where the statement reads `product_text` (migration 0011: no filter), reading
 `product_facets` instead, interleaved on the same database (`wide_rows`, `facets_rows`; the
@@ -37,7 +39,7 @@ from app.domain.storefront import build_plan, query_words
 from app.filters import parse_filter
 from app.storage import db, indexes
 from app.storage.indexes import IndexRecord
-from app.storage.storefront import Source, storefront_query, storefront_sql
+from app.storage.storefront import Source, StorefrontResult, facets_apart, storefront_query, storefront_sql
 from benchmarks import synthetic, text_bench
 from benchmarks.bulk import copy_products
 
@@ -118,25 +120,42 @@ async def measure(
     # else `product_facets`, 0009) and as it did (`product_facets`; `products`' wide rows),
     # interleaved run by run on the same database: the answers must be equal, and the ratios hold
     # whatever else the machine is doing.
-    ways = {"now": {}, "facets": {"text_table": False}, "wide": {"narrow": False}}
+    ways: dict[str, dict[str, Any]] = {"now": {}, "facets": {"text_table": False}, "wide": {"narrow": False}}
     if "product_text" not in storefront_sql(record, plan, source, words=words)[0]:
         del ways["facets"]  # the same statement as now
+    apart = facets_apart(plan, source)
+
+    async def answer(way: str) -> StorefrontResult:
+        if way != "apart":
+            return await storefront_query(pool, record, plan, source, words=words, **ways[way])
+        # as the service answers it: hits and facet counts at once, on two of the pool's connections
+        assert apart is not None
+        found, counted = await asyncio.gather(
+            storefront_query(pool, record, apart[0], source, words=words),
+            storefront_query(pool, record, apart[1], source, words=words, hits=False),
+        )
+        return StorefrontResult(found.rows, counted.facets)
+
+    timed = [*ways, *(["apart"] if apart is not None else [])]
     results = {}
-    for way, options in ways.items():
+    for way in timed:
         for _ in range(3):
-            results[way] = await storefront_query(pool, record, plan, source, words=words, **options)
-    for way in ways:
+            results[way] = await answer(way)
+    for way in timed:
         assert results[way] == results["now"], f"{name}: {way} and now disagree"
     result = results["now"]
-    times: dict[str, list[float]] = {way: [] for way in ways}
+    times: dict[str, list[float]] = {way: [] for way in timed}
     for _ in range(runs):
-        for way, options in ways.items():
+        for way in timed:
             started = time.perf_counter()
-            await storefront_query(pool, record, plan, source, words=words, **options)
+            await answer(way)
             times[way].append((time.perf_counter() - started) * 1000)
     explains = {}
-    for way, options in ways.items():
-        sql, values = storefront_sql(record, plan, source, words=words, **options)
+    statements = {way: storefront_sql(record, plan, source, words=words, **options) for way, options in ways.items()}
+    if apart is not None:
+        statements["apart_hits"] = storefront_sql(record, apart[0], source, words=words)
+        statements["apart_facets"] = storefront_sql(record, apart[1], source, words=words, hits=False)
+    for way, (sql, values) in statements.items():
         async with pool.acquire() as conn:
             explains[way] = [r[0] for r in await conn.fetch("EXPLAIN (ANALYZE, BUFFERS) " + sql, *values)]
 
@@ -160,9 +179,17 @@ async def measure(
         **summary("now"),
         "wide_rows": summary("wide"),
         **({"facets_rows": summary("facets")} if "facets" in ways else {}),
+        # the service's way (search.SearchService): the hits' and the facets' statements at once
+        **({"apart": summary("apart"), "service_p50_ms": summary("apart")["p50_ms"]} if apart is not None else {}),
+        **({"service_p50_ms": summary("now")["p50_ms"]} if apart is None else {}),
         "explain": explains["now"],
         "explain_wide_rows": explains["wide"],
         **({"explain_facets_rows": explains["facets"]} if "facets" in ways else {}),
+        **(
+            {"explain_apart_hits": explains["apart_hits"], "explain_apart_facets": explains["apart_facets"]}
+            if apart is not None
+            else {}
+        ),
     }
 
 
@@ -222,10 +249,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             )
             wide = results[-1]["wide_rows"]
             facets = results[-1].get("facets_rows")
+            apart = results[-1].get("apart")
             print(
                 f"{name}: p50 {results[-1]['p50_ms']} ms, p95 {results[-1]['p95_ms']} ms"
                 + (f" (product_facets: p50 {facets['p50_ms']} ms, p95 {facets['p95_ms']} ms)" if facets else "")
-                + f" (wide rows: p50 {wide['p50_ms']} ms, p95 {wide['p95_ms']} ms)",
+                + f" (wide rows: p50 {wide['p50_ms']} ms, p95 {wide['p95_ms']} ms)"
+                + (f" (apart, as served: p50 {apart['p50_ms']} ms, p95 {apart['p95_ms']} ms)" if apart else ""),
                 flush=True,
             )
     finally:

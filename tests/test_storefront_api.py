@@ -108,6 +108,25 @@ async def test_text_search_finds_misspellings_and_partial_words(api: httpx.Async
     assert [h["_id"] for h in filtered] == ["s0", "s3"]
 
 
+async def test_facets_of_text_and_image_queries_count_every_match(api: httpx.AsyncClient, shop) -> None:
+    """An unfiltered text query's hits and facets (two statements at once in the service) and an
+    image query's facets (every product the filter lets through: a vector ranking matches all)."""
+    facets = {"fields": {"brand": {"type": "string"}, "price": {"type": "number", "ranges": [{"to": 40}]}}}
+    text = await _post(api, shop, "/search", {"q": "leather boot", "limit": 2, "facets": facets})
+    assert text.status_code == 200, text.text
+    boots = [d for d in DOCS if d["productTitle"].startswith("Leather Boot")]
+    # the titles score alike: ties in _id order (bytes)
+    assert [h["_id"] for h in text.json()["hits"]] == sorted(d["_id"] for d in boots)[:2]
+    assert text.json()["facets"] == {
+        "brand": {"Bolt": {"count": len(boots)}},
+        "price": {"*:40": {"count": sum(d["price"] < 40 for d in boots)}},
+    }
+    image = await _post(api, shop, "/search", {"q": DOCS[0]["variantImageUrl"], "limit": 3, "facets": facets})
+    assert image.status_code == 200, image.text
+    assert len(image.json()["hits"]) == 3
+    assert image.json()["facets"]["brand"] == {b: {"count": 4} for b in ("Acme", "Bolt", "Cargo")}
+
+
 async def test_collections_post_and_get(api: httpx.AsyncClient, shop) -> None:
     body = {
         "collectionName": "sale",

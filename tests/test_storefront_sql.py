@@ -9,6 +9,7 @@ import random
 import secrets
 from collections import Counter
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import asyncpg
@@ -20,7 +21,7 @@ from app.errors import ApiError
 from app.filters import parse_filter
 from app.storage import indexes
 from app.storage.indexes import IndexRecord
-from app.storage.storefront import storefront_query
+from app.storage.storefront import CollapsePlan, storefront_query
 from tests.filter_reference import matches
 from tests.test_filter_sql import insert_products
 
@@ -550,6 +551,56 @@ async def test_text_facets_in_one_pass_equal_the_stored_matches(pool, catalog, q
         assert one_pass.facets["brand"] and one_pass.facets["rating"]["count"] > 0
     else:
         assert one_pass.facets["brand"] == {} and one_pass.facets["rating"]["count"] == 0
+
+
+@pytest.mark.parametrize("q", ["product 12 sho", "prodct 3", "pro", "nothing matches this"])
+@pytest.mark.parametrize("sort", [None, {"fields": [{"fieldName": "rating", "order": "desc"}]}])
+async def test_text_facets_apart_answer_as_one_statement(pool, catalog, q, sort) -> None:
+    """An unfiltered text query's hits and facet counts as two statements (`facets_apart`, run at
+    once by the service) give the one statement's hits, order, _score and facets; a filter or
+    collapse keeps one statement."""
+    from app.domain.storefront import query_words
+    from app.storage.storefront import StorefrontResult, facets_apart, storefront_sql
+
+    record, _ = catalog
+    facets = {
+        "fields": {
+            "brand": {"type": "string", "maxResults": 3},
+            "productCollections": {"type": "array"},
+            "price": {"type": "number", "ranges": [{"to": 100}, {"from": 100}]},
+            "rating": {"type": "number"},
+        }
+    }
+    plan = build_plan(
+        filter_node=None,
+        facets=Facets.parse(facets),
+        sort=SortBy.parse(sort) if sort else None,
+        collapse=None,
+        limit=20,
+        offset=2,
+    )
+    words = query_words(q)
+    apart = facets_apart(plan, "text")
+    assert apart is not None
+    hits_plan, facets_plan = apart
+    assert not hits_plan.facets and len(hits_plan.filters) == 1
+    counts_sql = storefront_sql(record, facets_plan, "text", words=words, hits=False)[0]
+    assert "ts_rank_cd" not in counts_sql and "search_postings" not in counts_sql
+    assert "GROUPING SETS" in counts_sql
+    one = await storefront_query(pool, record, plan, "text", words=words)
+    found = await storefront_query(pool, record, hits_plan, "text", words=words)
+    counted = await storefront_query(pool, record, facets_plan, "text", words=words, hits=False)
+    assert StorefrontResult(found.rows, counted.facets) == one
+    assert counted.rows == [] and found.facets == {}
+    if q != "nothing matches this":
+        assert one.rows and one.facets["brand"]
+    for other in (
+        replace(plan, filters=(parse_filter("price:[-1 TO *]"), *plan.filters[1:])),
+        replace(plan, collapse=CollapsePlan("parentProductId", ())),
+    ):
+        assert facets_apart(other, "text") is None
+    assert facets_apart(plan, "browse") is None
+    assert facets_apart(hits_plan, "text") is None
 
 
 # --- the plans at catalog scale (DESIGN "Storefront queries in SQL") -------------------------

@@ -127,6 +127,9 @@ STATEMENTS: dict[str, Callable[[IndexRecord], Statement]] = {
     "storefront.text (no filter: postings, facets in one pass; sortBy)": lambda ix: storefront.storefront_sql(
         ix, _plan(facets=True, sort=True, filtered=False), "text", words=("red", "runing", "sho")
     ),
+    "storefront.text facets alone (no filter: one pass; the hits apart)": lambda ix: storefront.storefront_sql(
+        ix, _plan(facets=True, sort=True, filtered=False), "text", words=("red", "runing", "sho"), hits=False
+    ),
     "storefront.text (no filter: postings; facets, sortBy, collapse)": lambda ix: storefront.storefront_sql(
         ix, _plan(facets=True, sort=True, collapse=True, filtered=False), "text", words=("red", "runing", "sho")
     ),

@@ -44,13 +44,13 @@ f2 AS (SELECT json_build_array(json_build_array($17::text, s.n0 + u.n0), json_bu
 f3 AS (SELECT json_build_object('min', min(v), 'max', max(v), 'avg', avg(v::numeric)::float8, 'sum', sum(v::numeric)::float8, 'count', count(v)) AS payload FROM (SELECT x.c5 AS v FROM c x) s)
 SELECT 0 AS kind, s.ord, s.pk, s.product_id, d.doc::text AS doc, s.score, NULL::text AS payload FROM page s JOIN products d ON d.pk = s.pk
 UNION ALL
-SELECT 1, 0, NULL::bigint, NULL::text, NULL::text, NULL::float8, payload::text FROM f0
+SELECT 1 AS kind, 0 AS ord, NULL::bigint AS pk, NULL::text AS product_id, NULL::text AS doc, NULL::float8 AS score, payload::text FROM f0
 UNION ALL
-SELECT 1, 1, NULL::bigint, NULL::text, NULL::text, NULL::float8, payload::text FROM f1
+SELECT 1 AS kind, 1 AS ord, NULL::bigint AS pk, NULL::text AS product_id, NULL::text AS doc, NULL::float8 AS score, payload::text FROM f1
 UNION ALL
-SELECT 1, 2, NULL::bigint, NULL::text, NULL::text, NULL::float8, payload::text FROM f2
+SELECT 1 AS kind, 2 AS ord, NULL::bigint AS pk, NULL::text AS product_id, NULL::text AS doc, NULL::float8 AS score, payload::text FROM f2
 UNION ALL
-SELECT 1, 3, NULL::bigint, NULL::text, NULL::text, NULL::float8, payload::text FROM f3;
+SELECT 1 AS kind, 3 AS ord, NULL::bigint AS pk, NULL::text AS product_id, NULL::text AS doc, NULL::float8 AS score, payload::text FROM f3;
 
 -- storefront.text
 --   $1 = 1
@@ -110,13 +110,13 @@ f2 AS (SELECT json_build_array(json_build_array($22::text, s.n0), json_build_arr
 f3 AS (SELECT json_build_object('min', min(v), 'max', max(v), 'avg', avg(v::numeric)::float8, 'sum', sum(v::numeric)::float8, 'count', count(v)) AS payload FROM (SELECT x.c5 AS v FROM m x WHERE x.f0) s)
 SELECT 0 AS kind, s.ord, s.pk, s.product_id, d.doc::text AS doc, s.score, NULL::text AS payload FROM page s JOIN products d ON d.pk = s.pk
 UNION ALL
-SELECT 1, 0, NULL::bigint, NULL::text, NULL::text, NULL::float8, payload::text FROM f0
+SELECT 1 AS kind, 0 AS ord, NULL::bigint AS pk, NULL::text AS product_id, NULL::text AS doc, NULL::float8 AS score, payload::text FROM f0
 UNION ALL
-SELECT 1, 1, NULL::bigint, NULL::text, NULL::text, NULL::float8, payload::text FROM f1
+SELECT 1 AS kind, 1 AS ord, NULL::bigint AS pk, NULL::text AS product_id, NULL::text AS doc, NULL::float8 AS score, payload::text FROM f1
 UNION ALL
-SELECT 1, 2, NULL::bigint, NULL::text, NULL::text, NULL::float8, payload::text FROM f2
+SELECT 1 AS kind, 2 AS ord, NULL::bigint AS pk, NULL::text AS product_id, NULL::text AS doc, NULL::float8 AS score, payload::text FROM f2
 UNION ALL
-SELECT 1, 3, NULL::bigint, NULL::text, NULL::text, NULL::float8, payload::text FROM f3;
+SELECT 1 AS kind, 3 AS ord, NULL::bigint AS pk, NULL::text AS product_id, NULL::text AS doc, NULL::float8 AS score, payload::text FROM f3;
 
 -- storefront.text (no filter: postings, facets in one pass; sortBy)
 --   $1 = 'color'
@@ -156,13 +156,46 @@ f2 AS (SELECT json_build_array(json_build_array($18::text, x.r2_0), json_build_a
 f3 AS (SELECT json_build_object('min', x.min3, 'max', x.max3, 'avg', x.avg3, 'sum', x.sum3, 'count', x.count3) AS payload FROM fx x WHERE x.g0 = 1 AND x.g1 = 1)
 SELECT 0 AS kind, s.ord, s.pk, s.product_id, d.doc::text AS doc, s.score, NULL::text AS payload FROM page s JOIN products d ON d.pk = s.pk
 UNION ALL
-SELECT 1, 0, NULL::bigint, NULL::text, NULL::text, NULL::float8, payload::text FROM f0
+SELECT 1 AS kind, 0 AS ord, NULL::bigint AS pk, NULL::text AS product_id, NULL::text AS doc, NULL::float8 AS score, payload::text FROM f0
 UNION ALL
-SELECT 1, 1, NULL::bigint, NULL::text, NULL::text, NULL::float8, payload::text FROM f1
+SELECT 1 AS kind, 1 AS ord, NULL::bigint AS pk, NULL::text AS product_id, NULL::text AS doc, NULL::float8 AS score, payload::text FROM f1
 UNION ALL
-SELECT 1, 2, NULL::bigint, NULL::text, NULL::text, NULL::float8, payload::text FROM f2
+SELECT 1 AS kind, 2 AS ord, NULL::bigint AS pk, NULL::text AS product_id, NULL::text AS doc, NULL::float8 AS score, payload::text FROM f2
 UNION ALL
-SELECT 1, 3, NULL::bigint, NULL::text, NULL::text, NULL::float8, payload::text FROM f3;
+SELECT 1 AS kind, 3 AS ord, NULL::bigint AS pk, NULL::text AS product_id, NULL::text AS doc, NULL::float8 AS score, payload::text FROM f3;
+
+-- storefront.text facets alone (no filter: one pass; the hits apart)
+--   $1 = 'color'
+--   $2 = 'brand'
+--   $3 = 'rating'
+--   $4 = 1
+--   $5 = 'red'
+--   $6 = 'runing'
+--   $7 = 'runing'
+--   $8 = 'sho'
+--   $9 = 50.0
+--   $10 = 50.0
+--   $11 = 10
+--   $12 = 100
+--   $13 = '*:50'
+--   $14 = '50:*'
+WITH tw (word, prefix) AS MATERIALIZED (SELECT $5::text, FALSE UNION ALL SELECT $6::text, FALSE UNION ALL (SELECT s.word::text, FALSE FROM search_words s WHERE NOT EXISTS (SELECT 1 FROM search_words k WHERE k.index_pk = $4 AND k.word = lookalike_fold($7::text)) AND s.index_pk = $4 AND s.word % lookalike_fold($7::text) ORDER BY similarity(s.word, lookalike_fold($7::text)) DESC, s.word LIMIT 3) UNION ALL SELECT $8::text, TRUE),
+tl AS MATERIALIZED (SELECT DISTINCT l.lexeme COLLATE "C" AS lexeme, w.prefix FROM tw w CROSS JOIN LATERAL unnest(tsvector_to_array(to_tsvector('lookalike_text'::regconfig, w.word))) AS l(lexeme)),
+tk AS MATERIALIZED (SELECT a.lexeme, a.prefix FROM tl a WHERE NOT EXISTS (SELECT 1 FROM tl b WHERE b.prefix AND starts_with(a.lexeme, b.lexeme) AND (b.lexeme <> a.lexeme OR NOT a.prefix))),
+tq AS MATERIALIZED (SELECT string_agg('''' || replace(replace(tk.lexeme, '\', '\\'), '''', '''''') || '''' || CASE WHEN tk.prefix THEN ':*' ELSE '' END, ' | ')::tsquery AS q FROM tk),
+m AS NOT MATERIALIZED (SELECT p.pk, p.product_id, p.price, NULL::float8 AS score, p.price AS c0, NULLIF(p.doc -> $1::text, 'null'::jsonb) AS c1, (CASE WHEN jsonb_typeof(p.doc -> $2::text) = 'string' THEN p.doc ->> $2::text END) AS c2, p.product_collections AS c3, p.price AS c4, (CASE WHEN jsonb_typeof((p.doc -> $3::text)) = 'number' AND abs((p.doc -> $3::text)::numeric) < 1e308 THEN (p.doc -> $3::text)::float8 END) AS c5 FROM product_text p WHERE p.index_pk = $4 AND p.embedding_status = 'ready' AND p.search_tsv @@ (SELECT q FROM tq) AND TRUE),
+fx AS MATERIALIZED (SELECT x.c2 AS v0, GROUPING(x.c2) AS g0, x.c3 AS v1, GROUPING(x.c3) AS g1, count(*) AS n, count(*) FILTER (WHERE x.c4 IS NOT NULL AND x.c4 < $9::float8) AS r2_0, count(*) FILTER (WHERE x.c4 IS NOT NULL AND x.c4 >= $10::float8) AS r2_1, min(x.c5) AS min3, max(x.c5) AS max3, avg(x.c5::numeric)::float8 AS avg3, sum(x.c5::numeric)::float8 AS sum3, count(x.c5) AS count3 FROM m x GROUP BY GROUPING SETS ((x.c2), (x.c3), ())),
+f0 AS (SELECT json_agg(json_build_array(v, n) ORDER BY n DESC, v COLLATE "C") AS payload FROM (SELECT v, n FROM (SELECT x.v0 AS v, x.n FROM fx x WHERE x.g0 = 0 AND x.v0 IS NOT NULL) r ORDER BY n DESC, v COLLATE "C" LIMIT $11) t),
+f1 AS (SELECT json_agg(json_build_array(v, n) ORDER BY n DESC, v COLLATE "C") AS payload FROM (SELECT v, n FROM (SELECT e.v, sum(x.n)::bigint AS n FROM (SELECT x.v1 AS a, x.n FROM fx x WHERE x.g1 = 0) x CROSS JOIN LATERAL unnest(x.a) WITH ORDINALITY AS e(v, o) WHERE e.v IS NOT NULL AND array_position(x.a, e.v) = array_lower(x.a, 1) + e.o - 1 GROUP BY e.v) r ORDER BY n DESC, v COLLATE "C" LIMIT $12) t),
+f2 AS (SELECT json_build_array(json_build_array($13::text, x.r2_0), json_build_array($14::text, x.r2_1)) AS payload FROM fx x WHERE x.g0 = 1 AND x.g1 = 1),
+f3 AS (SELECT json_build_object('min', x.min3, 'max', x.max3, 'avg', x.avg3, 'sum', x.sum3, 'count', x.count3) AS payload FROM fx x WHERE x.g0 = 1 AND x.g1 = 1)
+SELECT 1 AS kind, 0 AS ord, NULL::bigint AS pk, NULL::text AS product_id, NULL::text AS doc, NULL::float8 AS score, payload::text FROM f0
+UNION ALL
+SELECT 1 AS kind, 1 AS ord, NULL::bigint AS pk, NULL::text AS product_id, NULL::text AS doc, NULL::float8 AS score, payload::text FROM f1
+UNION ALL
+SELECT 1 AS kind, 2 AS ord, NULL::bigint AS pk, NULL::text AS product_id, NULL::text AS doc, NULL::float8 AS score, payload::text FROM f2
+UNION ALL
+SELECT 1 AS kind, 3 AS ord, NULL::bigint AS pk, NULL::text AS product_id, NULL::text AS doc, NULL::float8 AS score, payload::text FROM f3;
 
 -- storefront.text (no filter: postings; facets, sortBy, collapse)
 --   $1 = 'color'
@@ -197,13 +230,13 @@ f2 AS (SELECT json_build_array(json_build_array($15::text, s.n0 + u.n0), json_bu
 f3 AS (SELECT json_build_object('min', min(v), 'max', max(v), 'avg', avg(v::numeric)::float8, 'sum', sum(v::numeric)::float8, 'count', count(v)) AS payload FROM (SELECT x.c5 AS v FROM c x) s)
 SELECT 0 AS kind, s.ord, s.pk, s.product_id, d.doc::text AS doc, s.score, NULL::text AS payload FROM page s JOIN products d ON d.pk = s.pk
 UNION ALL
-SELECT 1, 0, NULL::bigint, NULL::text, NULL::text, NULL::float8, payload::text FROM f0
+SELECT 1 AS kind, 0 AS ord, NULL::bigint AS pk, NULL::text AS product_id, NULL::text AS doc, NULL::float8 AS score, payload::text FROM f0
 UNION ALL
-SELECT 1, 1, NULL::bigint, NULL::text, NULL::text, NULL::float8, payload::text FROM f1
+SELECT 1 AS kind, 1 AS ord, NULL::bigint AS pk, NULL::text AS product_id, NULL::text AS doc, NULL::float8 AS score, payload::text FROM f1
 UNION ALL
-SELECT 1, 2, NULL::bigint, NULL::text, NULL::text, NULL::float8, payload::text FROM f2
+SELECT 1 AS kind, 2 AS ord, NULL::bigint AS pk, NULL::text AS product_id, NULL::text AS doc, NULL::float8 AS score, payload::text FROM f2
 UNION ALL
-SELECT 1, 3, NULL::bigint, NULL::text, NULL::text, NULL::float8, payload::text FROM f3;
+SELECT 1 AS kind, 3 AS ord, NULL::bigint AS pk, NULL::text AS product_id, NULL::text AS doc, NULL::float8 AS score, payload::text FROM f3;
 
 -- storefront.candidates (image query: sortBy, collapse)
 --   $1 = 'color'
@@ -246,10 +279,10 @@ f0 AS (SELECT json_agg(json_build_array(v, n) ORDER BY n DESC, v COLLATE "C") AS
 f1 AS (SELECT json_agg(json_build_array(v, n) ORDER BY n DESC, v COLLATE "C") AS payload FROM (SELECT v, n FROM (SELECT e.v, sum(x.n)::bigint AS n FROM (SELECT x.c1 AS a, count(*) AS n FROM m x WHERE x.f0 GROUP BY 1) x CROSS JOIN LATERAL unnest(x.a) WITH ORDINALITY AS e(v, o) WHERE e.v IS NOT NULL AND array_position(x.a, e.v) = array_lower(x.a, 1) + e.o - 1 GROUP BY e.v) r ORDER BY n DESC, v COLLATE "C" LIMIT $12) t),
 f2 AS (SELECT json_build_array(json_build_array($14::text, s.n0), json_build_array($16::text, s.n1)) AS payload FROM (SELECT count(*) FILTER (WHERE x.c2 IS NOT NULL AND x.c2 < $13::float8) AS n0, count(*) FILTER (WHERE x.c2 IS NOT NULL AND x.c2 >= $15::float8) AS n1 FROM m x WHERE x.f0) s),
 f3 AS (SELECT json_build_object('min', min(v), 'max', max(v), 'avg', avg(v::numeric)::float8, 'sum', sum(v::numeric)::float8, 'count', count(v)) AS payload FROM (SELECT x.c3 AS v FROM m x WHERE x.f0) s)
-SELECT 1, 0, NULL::bigint, NULL::text, NULL::text, NULL::float8, payload::text FROM f0
+SELECT 1 AS kind, 0 AS ord, NULL::bigint AS pk, NULL::text AS product_id, NULL::text AS doc, NULL::float8 AS score, payload::text FROM f0
 UNION ALL
-SELECT 1, 1, NULL::bigint, NULL::text, NULL::text, NULL::float8, payload::text FROM f1
+SELECT 1 AS kind, 1 AS ord, NULL::bigint AS pk, NULL::text AS product_id, NULL::text AS doc, NULL::float8 AS score, payload::text FROM f1
 UNION ALL
-SELECT 1, 2, NULL::bigint, NULL::text, NULL::text, NULL::float8, payload::text FROM f2
+SELECT 1 AS kind, 2 AS ord, NULL::bigint AS pk, NULL::text AS product_id, NULL::text AS doc, NULL::float8 AS score, payload::text FROM f2
 UNION ALL
-SELECT 1, 3, NULL::bigint, NULL::text, NULL::text, NULL::float8, payload::text FROM f3;
+SELECT 1 AS kind, 3 AS ord, NULL::bigint AS pk, NULL::text AS product_id, NULL::text AS doc, NULL::float8 AS score, payload::text FROM f3;
