@@ -215,6 +215,9 @@ def delete_index_sql(record: IndexRecord) -> list[str]:
 # (~6 s per 100k products on a busy 2-core machine), so a large catalog would outlast the
 # service's statement timeout: an admin's delete may take what it needs, in its transaction only.
 DELETE_WITHOUT_TIMEOUT = "SET LOCAL statement_timeout = 0"
+# The pool's client-side command timeout (statement timeout + 5 s) would cancel the delete all the
+# same: its statements wait this long instead (an hour: a delete that outlasts it is stuck, not slow).
+DELETE_CLIENT_TIMEOUT_S = 3600.0
 
 
 async def delete_index(conn: asyncpg.Connection, record: IndexRecord) -> None:
@@ -223,8 +226,8 @@ async def delete_index(conn: asyncpg.Connection, record: IndexRecord) -> None:
         raise RuntimeError("delete_index must run inside a transaction")
     drop_table, delete_row = delete_index_sql(record)
     await conn.execute(DELETE_WITHOUT_TIMEOUT)
-    await conn.execute(drop_table)
-    await conn.execute(delete_row, record.pk)
+    await conn.execute(drop_table, timeout=DELETE_CLIENT_TIMEOUT_S)
+    await conn.execute(delete_row, record.pk, timeout=DELETE_CLIENT_TIMEOUT_S)
 
 
 def index_stats_sql(record: IndexRecord) -> str:
