@@ -39,7 +39,14 @@ from app.domain.storefront import build_plan, query_words
 from app.filters import parse_filter
 from app.storage import db, indexes
 from app.storage.indexes import IndexRecord
-from app.storage.storefront import Source, StorefrontResult, facets_apart, storefront_query, storefront_sql
+from app.storage.storefront import (
+    Source,
+    StorefrontResult,
+    facets_apart,
+    storefront_query,
+    storefront_query_apart,
+    storefront_sql,
+)
 from benchmarks import synthetic, text_bench
 from benchmarks.bulk import copy_products
 
@@ -130,11 +137,7 @@ async def measure(
             return await storefront_query(pool, record, plan, source, words=words, **ways[way])
         # as the service answers it: hits and facet counts at once, on two of the pool's connections
         assert apart is not None
-        found, counted = await asyncio.gather(
-            storefront_query(pool, record, apart[0], source, words=words),
-            storefront_query(pool, record, apart[1], source, words=words, hits=False),
-        )
-        return StorefrontResult(found.rows, counted.facets)
+        return await storefront_query_apart(lambda statement: statement(pool), record, apart, source, words=words)
 
     timed = [*ways, *(["apart"] if apart is not None else [])]
     results = {}
@@ -180,8 +183,8 @@ async def measure(
         "wide_rows": summary("wide"),
         **({"facets_rows": summary("facets")} if "facets" in ways else {}),
         # the service's way (search.SearchService): the hits' and the facets' statements at once
-        **({"apart": summary("apart"), "service_p50_ms": summary("apart")["p50_ms"]} if apart is not None else {}),
-        **({"service_p50_ms": summary("now")["p50_ms"]} if apart is None else {}),
+        **({"apart": summary("apart")} if apart is not None else {}),
+        "service_p50_ms": summary("now" if apart is None else "apart")["p50_ms"],
         "explain": explains["now"],
         "explain_wide_rows": explains["wide"],
         **({"explain_facets_rows": explains["facets"]} if "facets" in ways else {}),

@@ -21,7 +21,7 @@ from app.errors import ApiError
 from app.filters import parse_filter
 from app.storage import indexes
 from app.storage.indexes import IndexRecord
-from app.storage.storefront import CollapsePlan, storefront_query
+from app.storage.storefront import CollapsePlan, StorefrontPlan, storefront_query
 from tests.filter_reference import matches
 from tests.test_filter_sql import insert_products
 
@@ -444,6 +444,31 @@ async def test_product_facets_answer_as_the_wide_rows(pool, catalog, source, fil
     assert "FROM product_facets p" not in sql and "FROM product_text p" not in sql
 
 
+UNFILTERED_FACETS = {
+    "fields": {
+        "brand": {"type": "string", "maxResults": 3},
+        "productCollections": {"type": "array"},
+        "colour": {"type": "string", "order": "asc"},
+        "price": {"type": "number", "ranges": [{"to": 100}, {"from": 100}]},
+        "rating": {"type": "number"},
+    }
+}
+
+
+def unfiltered_plan(
+    sort: dict[str, Any] | None, collapse: str | None, *, limit: int, offset: int
+) -> StorefrontPlan:
+    """A plan with no filter and UNFILTERED_FACETS (every facet kind), the given sortBy and collapse."""
+    return build_plan(
+        filter_node=None,
+        facets=Facets.parse(UNFILTERED_FACETS),
+        sort=SortBy.parse(sort) if sort else None,
+        collapse=CollapseField.parse({"name": collapse}) if collapse else None,
+        limit=limit,
+        offset=offset,
+    )
+
+
 @pytest.mark.parametrize("q", ["product 12 sho", "prodct 7", "pro", "produkt 3 1", "12"])
 @pytest.mark.parametrize("collapse", [None, "parentProductId"])
 @pytest.mark.parametrize("sort", [None, {"fields": [{"fieldName": "rating", "order": "desc"}]}])
@@ -454,23 +479,7 @@ async def test_product_text_answers_as_the_wide_rows(pool, catalog, q, collapse,
     from app.storage.storefront import storefront_sql
 
     record, _ = catalog
-    facets = {
-        "fields": {
-            "brand": {"type": "string", "maxResults": 3},
-            "productCollections": {"type": "array"},
-            "colour": {"type": "string", "order": "asc"},
-            "price": {"type": "number", "ranges": [{"to": 100}, {"from": 100}]},
-            "rating": {"type": "number"},
-        }
-    }
-    plan = build_plan(
-        filter_node=None,
-        facets=Facets.parse(facets),
-        sort=SortBy.parse(sort) if sort else None,
-        collapse=CollapseField.parse({"name": collapse}) if collapse else None,
-        limit=30,
-        offset=3,
-    )
+    plan = unfiltered_plan(sort, collapse, limit=30, offset=3)
     words = query_words(q)
     assert "FROM product_text p" in storefront_sql(record, plan, "text", words=words)[0]
     now = await storefront_query(pool, record, plan, "text", words=words)
@@ -560,25 +569,10 @@ async def test_text_facets_apart_answer_as_one_statement(pool, catalog, q, sort)
     once by the service) give the one statement's hits, order, _score and facets; a filter or
     collapse keeps one statement."""
     from app.domain.storefront import query_words
-    from app.storage.storefront import StorefrontResult, facets_apart, storefront_sql
+    from app.storage.storefront import facets_apart, storefront_query_apart, storefront_sql
 
     record, _ = catalog
-    facets = {
-        "fields": {
-            "brand": {"type": "string", "maxResults": 3},
-            "productCollections": {"type": "array"},
-            "price": {"type": "number", "ranges": [{"to": 100}, {"from": 100}]},
-            "rating": {"type": "number"},
-        }
-    }
-    plan = build_plan(
-        filter_node=None,
-        facets=Facets.parse(facets),
-        sort=SortBy.parse(sort) if sort else None,
-        collapse=None,
-        limit=20,
-        offset=2,
-    )
+    plan = unfiltered_plan(sort, None, limit=20, offset=2)
     words = query_words(q)
     apart = facets_apart(plan, "text")
     assert apart is not None
@@ -590,7 +584,7 @@ async def test_text_facets_apart_answer_as_one_statement(pool, catalog, q, sort)
     one = await storefront_query(pool, record, plan, "text", words=words)
     found = await storefront_query(pool, record, hits_plan, "text", words=words)
     counted = await storefront_query(pool, record, facets_plan, "text", words=words, hits=False)
-    assert StorefrontResult(found.rows, counted.facets) == one
+    assert await storefront_query_apart(lambda statement: statement(pool), record, apart, "text", words=words) == one
     assert counted.rows == [] and found.facets == {}
     if q != "nothing matches this":
         assert one.rows and one.facets["brand"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -86,20 +85,8 @@ class SearchService:
                 result = await self.db.read(
                     lambda conn: storefront_sql.storefront_query(conn, index, plan, source, words=words)
                 )
-            else:
-                # the ranking and the facet pass at once, on two connections (each a read of its own)
-                hits_plan, facets_plan = apart
-                found, counted = await asyncio.gather(
-                    self.db.read(
-                        lambda conn: storefront_sql.storefront_query(conn, index, hits_plan, source, words=words)
-                    ),
-                    self.db.read(
-                        lambda conn: storefront_sql.storefront_query(
-                            conn, index, facets_plan, source, words=words, hits=False
-                        )
-                    ),
-                )
-                result = storefront_sql.StorefrontResult(found.rows, counted.facets)
+            else:  # the ranking and the facet pass at once, on two connections (each a read of its own)
+                result = await storefront_sql.storefront_query_apart(self.db.read, index, apart, source, words=words)
             timer.lap("sql")
             hits = [shape_hit(r.doc, r.score, request.attributes) for r in result.rows]
             return SearchOutcome(hits, result.facets if facets is not None else None)

@@ -39,8 +39,10 @@ only the products a page shows are ever visited for their score.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -678,6 +680,26 @@ def facets_apart(plan: StorefrontPlan, source: Source) -> tuple[StorefrontPlan, 
     if source != "text" or not plan.facets or plan.collapse is not None or plan.filters[0] is not None:
         return None
     return replace(plan, facets=(), filters=plan.filters[:1]), plan
+
+
+async def storefront_query_apart(
+    read: Callable[
+        [Callable[[asyncpg.Connection | asyncpg.Pool], Awaitable[StorefrontResult]]], Awaitable[StorefrontResult]
+    ],
+    index: IndexRecord,
+    apart: tuple[StorefrontPlan, StorefrontPlan],
+    source: Source,
+    *,
+    words: tuple[str, ...] = (),
+) -> StorefrontResult:
+    """`facets_apart`'s two statements at once, each through `read` (its own connection: the
+    service's `Database.read`, or a pool), as one result: the first's hits, the second's facets."""
+    hits_plan, facets_plan = apart
+    found, counted = await asyncio.gather(
+        read(lambda conn: storefront_query(conn, index, hits_plan, source, words=words)),
+        read(lambda conn: storefront_query(conn, index, facets_plan, source, words=words, hits=False)),
+    )
+    return StorefrontResult(found.rows, counted.facets)
 
 
 def _facet_value(facet: FacetPlan, payload: Any) -> Any:
