@@ -175,8 +175,7 @@ async def prepare(svc: Services, options: DemoOptions, data_dir: Path, say: Call
     index_settings.validate_index_name(options.index)
     record = await indexes.get_index(svc.pool, options.index)
     if record is not None and options.reset:
-        async with svc.pool.acquire() as conn, conn.transaction():
-            await indexes.delete_index(conn, record)
+        await svc.indexes.delete(record)
         record = None
     if record is not None and not record.reverse_search_enabled:
         raise SystemExit(

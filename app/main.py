@@ -23,7 +23,7 @@ from app.domain.backfill import FeatureBackfill
 from app.domain.calibrate import CalibrationService
 from app.domain.documents import DocumentsService
 from app.domain.health import HealthService
-from app.domain.index_admin import IndexAdmin
+from app.domain.index_admin import IndexAdmin, drop_orphan_vector_tables
 from app.domain.ingest import IngestPipeline
 from app.domain.reverse import ReverseSearchService
 from app.domain.search import SearchService
@@ -100,6 +100,7 @@ async def _serving(app: Starlette, settings: Settings, url: str) -> AsyncIterato
     warm_up: asyncio.Task[None] | None = None
     try:
         keys = await bootstrap_admin_keys(pool, settings.api_key)
+        await drop_orphan_vector_tables(pool)  # what an interrupted index delete left
         database = await Database.connect(
             pool,
             settings.read_urls,

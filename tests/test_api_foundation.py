@@ -55,6 +55,43 @@ async def test_index_lifecycle(api: httpx.AsyncClient) -> None:
     assert gone.status_code == 404 and gone.json()["code"] == "index_not_found"
 
 
+async def test_deleting_an_index_never_locks_out_the_others(api: httpx.AsyncClient, pool) -> None:
+    """An index delete takes row locks only: a transaction still reading `products` (a long search,
+    a backfill batch) neither delays it nor is it stopped by it, and the other indexes keep answering.
+    Its vector table, whose drop needs `products` to itself for a moment, goes once nothing reads."""
+    import asyncio
+
+    from app.storage import indexes
+
+    doomed, other = unique("doomed"), unique("other")
+    for name in (doomed, other):
+        await create_index(api, name)
+    record = await indexes.get_index(pool, doomed)
+    assert record is not None
+    add = await api.post(
+        f"/api/v1/indexes/{other}/documents",
+        json={"documents": [product("kept", data_url(product_image(3)), productTitle="Kept Boot")]},
+        headers=ADMIN,
+    )
+    assert add.status_code == 200 and add.json()["errors"] is False, add.text
+    async with pool.acquire() as reader:
+        async with reader.transaction():
+            await reader.fetchval("SELECT count(*) FROM products")  # holds its lock until commit
+            deleted = await asyncio.wait_for(api.delete(f"/api/v1/indexes/{doomed}", headers=ADMIN), 20)
+            assert deleted.status_code == 200, deleted.text
+            found = await asyncio.wait_for(
+                api.post(f"/api/v1/indexes/{other}/search", json={"q": "boot"}, headers=ADMIN), 20
+            )
+            assert [h["_id"] for h in found.json()["hits"]] == ["kept"]
+            # the reader still holds products: the emptied vector table waits
+            assert await pool.fetchval("SELECT to_regclass($1) IS NOT NULL", record.vectors_table)
+        dropped, left = await indexes.drop_orphan_vector_tables(pool)
+    assert record.vectors_table in dropped and not left
+    assert not await pool.fetchval("SELECT to_regclass($1) IS NOT NULL", record.vectors_table)
+    gone = await api.get(f"/api/v1/indexes/{doomed}/settings", headers=ADMIN)
+    assert gone.status_code == 404
+
+
 @pytest.mark.parametrize(
     ("body", "fragment"),
     [

@@ -6,6 +6,7 @@ inserts the index with its own vector table and HNSW index (one transaction).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,8 @@ from app.vision.model import ModelSpec, ModelUnavailableError
 from app.vision.service import VisionService
 
 __all__ = ["IndexAdmin", "IndexRecord", "IndexStatistics", "create_index"]
+
+log = logging.getLogger("lookalike.indexes")
 
 # pgvector's HNSW limits per element type.
 MAX_HNSW_DIMENSIONS = {"halfvec": 4000, "vector": 2000}
@@ -127,9 +130,11 @@ class IndexAdmin:
         return updated
 
     async def delete(self, record: IndexRecord) -> None:
-        """The index, its products, vectors and features, in one transaction."""
+        """The index, its products, vectors and features, in one transaction; then its emptied
+        vector table (and any an earlier delete left) on its own, briefly (storage.indexes)."""
         async with self.pool.acquire() as conn, conn.transaction():
             await indexes.delete_index(conn, record)
+        await drop_orphan_vector_tables(self.pool)
 
     async def statistics(self, record: IndexRecord) -> IndexStatistics:
         stats = await indexes.index_stats(self.pool, record)
@@ -143,3 +148,17 @@ class IndexAdmin:
             embeddings_pending=stats["embeddings_pending"],
             embeddings_failed=stats["embeddings_failed"],
         )
+
+
+async def drop_orphan_vector_tables(pool: asyncpg.Pool) -> None:
+    """Best effort: a table left (its lock not granted in time, or a database error) is dropped by
+    a later delete or the next start; it holds no rows."""
+    try:
+        dropped, left = await indexes.drop_orphan_vector_tables(pool)
+    except (asyncpg.PostgresError, OSError):
+        log.warning("dropping deleted indexes' vector tables failed; the next delete or start retries", exc_info=True)
+        return
+    if left:
+        log.info("vector tables of deleted indexes still in use, left for later: %s", ", ".join(left))
+    if dropped:
+        log.info("dropped the vector tables of deleted indexes: %s", ", ".join(dropped))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -206,14 +207,12 @@ async def set_inference(conn: asyncpg.Connection, pk: int, inference: dict[str, 
     return _record(row)
 
 
-def delete_index_sql(record: IndexRecord) -> list[str]:
-    """Drop the vector table first (its FK points at products), then the row ($1); products cascade."""
-    return [f"DROP TABLE IF EXISTS {record.vectors_table}", "DELETE FROM indexes WHERE pk = $1"]
+DELETE_INDEX_ROW = "DELETE FROM indexes WHERE pk = $1"
 
-
-# Deleting an index cascades row by row through its products' postings, facets and features
-# (~6 s per 100k products on a busy 2-core machine), so a large catalog would outlast the
-# service's statement timeout: an admin's delete may take what it needs, in its transaction only.
+# Deleting an index cascades row by row through its products' vectors, postings, facets and
+# features (~2 s per 100k products on a quiet 2-core machine, more when busy), so a large catalog
+# would outlast the service's statement timeout: an admin's delete may take what it needs, in its
+# transaction only.
 DELETE_WITHOUT_TIMEOUT = "SET LOCAL statement_timeout = 0"
 # The pool's client-side command timeout (statement timeout + 5 s) would cancel the delete all the
 # same: its statements wait this long instead (an hour: a delete that outlasts it is stuck, not slow).
@@ -221,13 +220,53 @@ DELETE_CLIENT_TIMEOUT_S = 3600.0
 
 
 async def delete_index(conn: asyncpg.Connection, record: IndexRecord) -> None:
-    """Run inside a transaction (the timeout is lifted for that transaction only)."""
+    """The index row and, by cascade, its products, vectors, postings, facets and features, in the
+    caller's transaction. Its vector table is left empty for `drop_orphan_vector_tables`: dropping
+    it takes an ACCESS EXCLUSIVE lock on `products` (its foreign key), which in this transaction
+    would stop every index's reads and writes until the delete commits, and would itself wait
+    behind any transaction still reading `products`."""
     if not conn.is_in_transaction():
         raise RuntimeError("delete_index must run inside a transaction")
-    drop_table, delete_row = delete_index_sql(record)
     await conn.execute(DELETE_WITHOUT_TIMEOUT)
-    await conn.execute(drop_table, timeout=DELETE_CLIENT_TIMEOUT_S)
-    await conn.execute(delete_row, record.pk, timeout=DELETE_CLIENT_TIMEOUT_S)
+    await conn.execute(DELETE_INDEX_ROW, record.pk, timeout=DELETE_CLIENT_TIMEOUT_S)
+
+
+# Vector tables whose index row is gone (delete_index leaves them, empty).
+ORPHAN_VECTOR_TABLES = """
+SELECT c.relname::text FROM pg_class c
+WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind = 'r' AND c.relname ~ '^vectors_[0-9]+$'
+  AND NOT EXISTS (SELECT 1 FROM indexes i WHERE 'vectors_' || i.pk = c.relname)
+ORDER BY c.relname
+"""
+# Dropping one waits at most this long for its lock on `products`: a waiting ACCESS EXCLUSIVE
+# request queues every later read of `products` behind it, so it gives up quickly and is retried
+# (the next delete, the next start) rather than stall the service.
+DROP_LOCK_TIMEOUT = "SET LOCAL lock_timeout = '500ms'"
+
+
+def drop_vector_table_sql(table: str) -> str:
+    """DROP of a name ORPHAN_VECTOR_TABLES returned (vectors_<digits>, checked again here)."""
+    if not re.fullmatch(r"vectors_[0-9]+", table):
+        raise ValueError(f"not a vector table: {table!r}")
+    return f"DROP TABLE IF EXISTS {table}"
+
+
+async def drop_orphan_vector_tables(pool: asyncpg.Pool) -> tuple[list[str], list[str]]:
+    """Drop the vector tables of deleted indexes, each in a short transaction of its own.
+    Returns (dropped, left): a table whose lock was not granted in time stays for a later call."""
+    dropped: list[str] = []
+    left: list[str] = []
+    async with pool.acquire() as conn:
+        for table in [r[0] for r in await conn.fetch(ORPHAN_VECTOR_TABLES)]:
+            try:
+                async with conn.transaction():
+                    await conn.execute(DROP_LOCK_TIMEOUT)
+                    await conn.execute(drop_vector_table_sql(table))
+            except asyncpg.LockNotAvailableError:
+                left.append(table)
+            else:
+                dropped.append(table)
+    return dropped, left
 
 
 def index_stats_sql(record: IndexRecord) -> str:

@@ -169,8 +169,10 @@ STATEMENTS: dict[str, Callable[[IndexRecord], Statement]] = {
     "indexes.set_inference": lambda ix: indexes.SET_INFERENCE,
     "indexes.index_stats": lambda ix: (indexes.index_stats_sql(ix), [ix.pk]),
     "indexes.delete_index (no statement timeout)": lambda ix: indexes.DELETE_WITHOUT_TIMEOUT,
-    "indexes.delete_index (vector table)": lambda ix: indexes.delete_index_sql(ix)[0],
-    "indexes.delete_index (row)": lambda ix: (indexes.delete_index_sql(ix)[1], [ix.pk]),
+    "indexes.delete_index (row)": lambda ix: (indexes.DELETE_INDEX_ROW, [ix.pk]),
+    "indexes.drop_orphan_vector_tables (find)": lambda ix: indexes.ORPHAN_VECTOR_TABLES,
+    "indexes.drop_orphan_vector_tables (lock timeout)": lambda ix: indexes.DROP_LOCK_TIMEOUT,
+    "indexes.drop_orphan_vector_tables (drop)": lambda ix: indexes.drop_vector_table_sql(ix.vectors_table),
     "indexes.calibration_lock": lambda ix: (indexes.TRY_LOCK_CALIBRATION, [ix.pk]),
     "indexes.calibration_lock (release)": lambda ix: (indexes.UNLOCK_CALIBRATION, [ix.pk]),
     # db: the health probe

@@ -63,12 +63,21 @@ SELECT
 -- indexes.delete_index (no statement timeout)
 SET LOCAL statement_timeout = 0;
 
--- indexes.delete_index (vector table)
-DROP TABLE IF EXISTS vectors_1;
-
 -- indexes.delete_index (row)
 --   $1 = 1
 DELETE FROM indexes WHERE pk = $1;
+
+-- indexes.drop_orphan_vector_tables (find)
+SELECT c.relname::text FROM pg_class c
+WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind = 'r' AND c.relname ~ '^vectors_[0-9]+$'
+  AND NOT EXISTS (SELECT 1 FROM indexes i WHERE 'vectors_' || i.pk = c.relname)
+ORDER BY c.relname;
+
+-- indexes.drop_orphan_vector_tables (lock timeout)
+SET LOCAL lock_timeout = '500ms';
+
+-- indexes.drop_orphan_vector_tables (drop)
+DROP TABLE IF EXISTS vectors_1;
 
 -- indexes.calibration_lock
 --   $1 = 1
