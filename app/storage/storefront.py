@@ -332,18 +332,30 @@ class _Builder:
         self.relevance = source != "browse"
         self.collapsed = plan.collapse is not None
         self.variants = len(plan.filters)
-        # m's extracted columns: sort keys (request's, collapse's) and facet values
+        self.solo_pass = False  # build() decides
+        # m's extracted columns: sort keys (request's, collapse's) and facet values, each value
+        # once (a field sorted by and faceted on is read from the document once per row)
         self.columns: list[str] = []
-        self.sort_columns = [self.column(_value(self.params, k.field)) for k in plan.sort]
+        self.column_names: dict[tuple[str, str], str] = {}
+        self.sort_columns = [self.column("value", k.field, _value) for k in plan.sort]
         self.group_sort_columns = (
-            [self.column(_value(self.params, k.field)) for k in plan.collapse.sort] if plan.collapse else []
+            [self.column("value", k.field, _value) for k in plan.collapse.sort] if plan.collapse else []
         )
-        self.facet_columns = [self.column(_facet_column(self.params, f)) for f in plan.facets]
+        self.facet_columns = [
+            self.column(f.kind, f.field, lambda params, _, facet=f: _facet_column(params, facet)) for f in plan.facets
+        ]
 
-    def column(self, expression: str) -> str:
-        name = f"c{len(self.columns)}"
-        self.columns.append(f"{expression} AS {name}")
-        return name
+    def column(self, role: str, field: str, expression: Callable[[SqlParams, str], str]) -> str:
+        """The name in m of `field` read as `role` ("value": sortable; "number"; a facet's kind)."""
+        key = ("number" if role == "value" and field == "price" else role, field)
+        if key not in self.column_names:
+            value = expression(self.params, field)
+            if value == "p.price":
+                self.column_names[key] = "price"  # m has the typed column already
+            else:
+                self.column_names[key] = f"c{len(self.columns)}"
+                self.columns.append(f"{value} AS {self.column_names[key]}")
+        return self.column_names[key]
 
     # -- pieces
 
@@ -421,6 +433,14 @@ class _Builder:
                 f"FROM {self.table} p WHERE p.index_pk = {index_param} AND p.embedding_status = 'ready' AND {where}"
             )
         extracted = "".join(", " + c for c in self.columns)
+        # Collapsed, one filter: the solo matches' facet counts in one pass (fx) instead of one scan
+        # of m per facet, when there are two or more such counts (string, productCollections, ranges).
+        self.solo_pass = (
+            self.collapsed
+            and self.variants == 1
+            and sum(f.kind != "number" or f.ranges is not None for f in self.plan.facets) >= 2
+            and all(f.kind != "array" or f.field == "productCollections" for f in self.plan.facets)
+        )
         # Best first, m only feeds the facets (one filter, no collapse): then all of them are one
         # aggregate over the scan (`fx`, grouping sets) unless one unnests a JSON array, and m
         # is never stored (writing and re-reading 15,000 rows cost more than the grouping).
@@ -476,6 +496,9 @@ class _Builder:
             )
         if one_pass:
             self.ctes.append(self.one_pass_cte())
+        elif self.solo_pass:
+            # collapse: the solo matches' counts of every facet in one aggregate, as one_pass
+            self.ctes.append(self.one_pass_cte(f"m x WHERE {_SOLO_OF.format('x')}", stats=False))
         for number, facet in enumerate(self.plan.facets):
             body = self.one_pass_facet_sql(facet, number) if one_pass else self.facet_sql(facet, number)
             self.ctes.append(f"f{number} AS ({body})")
@@ -499,10 +522,10 @@ class _Builder:
     def value_facets(self) -> list[int]:
         return [n for n, f in enumerate(self.plan.facets) if f.kind in ("string", "array")]
 
-    def one_pass_cte(self) -> str:
-        """fx: every facet of m in one aggregate. A grouping set per string or productCollections
+    def one_pass_cte(self, rows: str = "m x", *, stats: bool = True) -> str:
+        """fx: every facet of `rows` in one aggregate. A grouping set per string or productCollections
         facet (its value or list: g<n> = 0 on its rows), and the whole set `()` (every g<n> = 1)
-        carrying the number facets' range counts (r<n>_<i>) and stats."""
+        carrying the number facets' range counts (r<n>_<i>) and, with `stats`, stats."""
         columns, sets = [], []
         for n in self.value_facets():
             value = f"x.{self.facet_columns[n]}"
@@ -516,30 +539,39 @@ class _Builder:
             if facet.ranges is not None:
                 for i, bucket in enumerate(facet.ranges):
                     columns.append(f"count(*) FILTER (WHERE {self.bucket_condition(value, bucket)}) AS r{n}_{i}")
-            else:
+            elif stats:
                 columns.append(
                     f"min({value}) AS min{n}, max({value}) AS max{n}, {_exact('avg', value)} AS avg{n},"
                     f" {_exact('sum', value)} AS sum{n}, count({value}) AS count{n}"
                 )
         sets.append("()")
-        return f"fx AS MATERIALIZED (SELECT {', '.join(columns)} FROM m x GROUP BY GROUPING SETS ({', '.join(sets)}))"
+        grouping = f"GROUP BY GROUPING SETS ({', '.join(sets)})"
+        return f"fx AS MATERIALIZED (SELECT {', '.join(columns)} FROM {rows} {grouping})"
+
+    def fx_value_rows(self, facet: FacetPlan, number: int) -> str:
+        """(v, n) rows of a string or productCollections facet from fx (one_pass_cte)."""
+        mine = f"x.g{number} = 0"
+        if facet.kind == "string":
+            return f"SELECT x.v{number} AS v, x.n FROM fx x WHERE {mine} AND x.v{number} IS NOT NULL"
+        # productCollections: per distinct list, each element once (value_counts)
+        return _list_element_counts(f"SELECT x.v{number} AS a, x.n FROM fx x WHERE {mine}")
+
+    def fx_whole(self) -> str:
+        """fx's row of the whole set `()` (the number facets' counts)."""
+        return " AND ".join(f"x.g{n} = 1" for n in self.value_facets()) or "TRUE"
 
     def one_pass_facet_sql(self, facet: FacetPlan, number: int) -> str:
         """Facet `number` read from fx (one_pass_cte): the same payload as facet_sql's."""
         p = self.params
         if facet.kind in ("string", "array"):
             direction = "ASC" if facet.ascending else "DESC"
-            mine = f"x.g{number} = 0"
-            if facet.kind == "string":
-                rows = f"SELECT x.v{number} AS v, x.n FROM fx x WHERE {mine} AND x.v{number} IS NOT NULL"
-            else:  # productCollections: per distinct list, each element once (value_counts)
-                rows = _list_element_counts(f"SELECT x.v{number} AS a, x.n FROM fx x WHERE {mine}")
+            rows = self.fx_value_rows(facet, number)
             order = f'n {direction}, v COLLATE "C"'
             return (
                 f"SELECT json_agg(json_build_array(v, n) ORDER BY {order}) AS payload FROM"
                 f" (SELECT v, n FROM ({rows}) r ORDER BY {order} LIMIT {p.add(facet.max_results)}) t"
             )
-        whole = " AND ".join(f"x.g{n} = 1" for n in self.value_facets()) or "TRUE"
+        whole = self.fx_whole()
         if facet.ranges is not None:
             counts = ", ".join(
                 f"json_build_array({p.add(bucket.name, 'text')}, x.r{number}_{i})"
@@ -586,7 +618,10 @@ class _Builder:
             if self.collapsed:
                 # A group counts once per value: the solo matches as products, the shared groups'
                 # (value, group) pairs deduplicated.
-                solo = self.value_counts(facet, number, f"{flag} AND {_SOLO_OF.format('x')}", per_group=False)
+                if self.solo_pass:
+                    solo = self.fx_value_rows(facet, number)
+                else:
+                    solo = self.value_counts(facet, number, f"{flag} AND {_SOLO_OF.format('x')}", per_group=False)
                 shared = self.value_counts(facet, number, f"{flag} AND {_SHARED_OF.format('x')}", per_group=True)
                 rows = f"SELECT v, sum(n)::bigint AS n FROM ({solo} UNION ALL {shared}) u GROUP BY v"
             else:
@@ -609,9 +644,16 @@ class _Builder:
                 return f"SELECT json_build_array({counts}) AS payload FROM (SELECT {every} FROM m x WHERE {flag}) s"
             # groups: the solo matches counted as rows, the shared groups each once per bucket
             counts = ", ".join(f"json_build_array({name}, s.n{i} + u.n{i})" for i, name in enumerate(names))
+            solo_counts = f"SELECT {', '.join(solo)} FROM m x WHERE {flag} AND {_SOLO_OF.format('x')}"
+            if self.solo_pass:
+                solo_counts = (
+                    "SELECT "
+                    + ", ".join(f"x.r{number}_{i} AS n{i}" for i in range(len(facet.ranges)))
+                    + f" FROM fx x WHERE {self.fx_whole()}"
+                )
             return (
                 f"SELECT json_build_array({counts}) AS payload"
-                f" FROM (SELECT {', '.join(solo)} FROM m x WHERE {flag} AND {_SOLO_OF.format('x')}) s,"
+                f" FROM ({solo_counts}) s,"
                 f" (SELECT {', '.join(shared)} FROM m x WHERE {flag} AND {_SHARED_OF.format('x')}) u"
             )
         # number stats: over each group's representative when collapsing
