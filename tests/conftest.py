@@ -62,6 +62,19 @@ def database_url(server_url: str) -> Iterator[str]:
     asyncio.run(_drop_database(server_url, name))
 
 
+@pytest.fixture(scope="module")
+def module_database_url(server_url: str) -> Iterator[str]:
+    """A fresh, fully migrated database for one module's large data: its tables hold that data
+    only (deleting 100k products from the session's database fires one cascade per vector table
+    of every index the suite created), and dropping it is the cleanup."""
+    name = f"lookalike_module_{os.getpid()}_{secrets.token_hex(3)}"
+    url = _with_database(server_url, name)
+    asyncio.run(db.ensure_database(url))
+    migrate.upgrade(url)
+    yield url
+    asyncio.run(_drop_database(server_url, name))
+
+
 @pytest.fixture(scope="session")
 async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
     p = await db.create_pool(database_url, min_size=1, max_size=8, statement_timeout_ms=60_000)

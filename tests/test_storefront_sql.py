@@ -603,16 +603,23 @@ SCALE_PRODUCTS = 100_000
 
 
 @pytest.fixture(scope="module")
-async def scale_catalog(pool: asyncpg.Pool) -> AsyncIterator[IndexRecord]:
+async def scale_pool(module_database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    from app.storage import db
+
+    pool = await db.create_pool(module_database_url, min_size=1, max_size=2, statement_timeout_ms=60_000)
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture(scope="module")
+async def scale_catalog(scale_pool: asyncpg.Pool) -> IndexRecord:
+    """100k products in a database of their own (module_database_url: dropped afterwards)."""
     from benchmarks import storefront_bench
 
-    async with pool.acquire() as conn:
-        record = await storefront_bench.load(
+    async with scale_pool.acquire() as conn:
+        return await storefront_bench.load(
             conn, storefront_bench.catalog(SCALE_PRODUCTS), f"sf-scale-{secrets.token_hex(3)}"
         )
-    yield record
-    async with pool.acquire() as conn, conn.transaction():
-        await indexes.delete_index(conn, record)
 
 
 async def _explain(pool: asyncpg.Pool, record: IndexRecord, source: str, words: tuple[str, ...], **request: Any) -> str:
@@ -631,8 +638,8 @@ async def _explain(pool: asyncpg.Pool, record: IndexRecord, source: str, words: 
         return "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + sql, *values))
 
 
-async def test_storefront_plans_use_the_indexes_at_100k(pool, scale_catalog) -> None:
-    record = scale_catalog
+async def test_storefront_plans_use_the_indexes_at_100k(scale_pool, scale_catalog) -> None:
+    record, pool = scale_catalog, scale_pool
     facets = {"fields": {"brand": {"type": "string"}, "productCollections": {"type": "array"}}}
     # browse under a selective filter: the filter-terms GIN index, never a scan of all products
     plan = await _explain(
