@@ -332,7 +332,14 @@ class _Builder:
         self.relevance = source != "browse"
         self.collapsed = plan.collapse is not None
         self.variants = len(plan.filters)
-        self.solo_pass = False  # build() decides
+        # Collapsed, one filter: the solo matches' facet counts in one pass (fx) instead of one scan
+        # of m per facet, when there are two or more such counts (string, productCollections, ranges).
+        self.solo_pass = (
+            self.collapsed
+            and self.variants == 1
+            and sum(f.kind != "number" or f.ranges is not None for f in plan.facets) >= 2
+            and all(f.kind != "array" or f.field == "productCollections" for f in plan.facets)
+        )
         # m's extracted columns: sort keys (request's, collapse's) and facet values, each value
         # once (a field sorted by and faceted on is read from the document once per row)
         self.columns: list[str] = []
@@ -347,7 +354,7 @@ class _Builder:
 
     def column(self, role: str, field: str, expression: Callable[[SqlParams, str], str]) -> str:
         """The name in m of `field` read as `role` ("value": sortable; "number"; a facet's kind)."""
-        key = ("number" if role == "value" and field == "price" else role, field)
+        key = (role, field)
         if key not in self.column_names:
             value = expression(self.params, field)
             if value == "p.price":
@@ -433,14 +440,6 @@ class _Builder:
                 f"FROM {self.table} p WHERE p.index_pk = {index_param} AND p.embedding_status = 'ready' AND {where}"
             )
         extracted = "".join(", " + c for c in self.columns)
-        # Collapsed, one filter: the solo matches' facet counts in one pass (fx) instead of one scan
-        # of m per facet, when there are two or more such counts (string, productCollections, ranges).
-        self.solo_pass = (
-            self.collapsed
-            and self.variants == 1
-            and sum(f.kind != "number" or f.ranges is not None for f in self.plan.facets) >= 2
-            and all(f.kind != "array" or f.field == "productCollections" for f in self.plan.facets)
-        )
         # Best first, m only feeds the facets (one filter, no collapse): then all of them are one
         # aggregate over the scan (`fx`, grouping sets) unless one unnests a JSON array, and m
         # is never stored (writing and re-reading 15,000 rows cost more than the grouping).
