@@ -46,6 +46,19 @@ async def _drop_database(server_url: str, name: str) -> None:
         await admin.close()
 
 
+@contextlib.contextmanager
+def migrated_database(server_url: str, purpose: str) -> Iterator[str]:
+    """A new database on the test server, migrated to head; dropped on exit."""
+    name = f"lookalike_{purpose}_{os.getpid()}_{secrets.token_hex(3)}"
+    url = _with_database(server_url, name)
+    asyncio.run(db.ensure_database(url))
+    migrate.upgrade(url)
+    try:
+        yield url
+    finally:
+        asyncio.run(_drop_database(server_url, name))
+
+
 @pytest.fixture(scope="session")
 def server_url() -> str:
     return _server_url()
@@ -54,12 +67,8 @@ def server_url() -> str:
 @pytest.fixture(scope="session")
 def database_url(server_url: str) -> Iterator[str]:
     """A fresh, fully migrated database for this test session."""
-    name = f"lookalike_test_{os.getpid()}_{secrets.token_hex(3)}"
-    url = _with_database(server_url, name)
-    asyncio.run(db.ensure_database(url))
-    migrate.upgrade(url)
-    yield url
-    asyncio.run(_drop_database(server_url, name))
+    with migrated_database(server_url, "test") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -67,12 +76,8 @@ def module_database_url(server_url: str) -> Iterator[str]:
     """A fresh, fully migrated database for one module's large data: its tables hold that data
     only (deleting 100k products from the session's database fires one cascade per vector table
     of every index the suite created), and dropping it is the cleanup."""
-    name = f"lookalike_module_{os.getpid()}_{secrets.token_hex(3)}"
-    url = _with_database(server_url, name)
-    asyncio.run(db.ensure_database(url))
-    migrate.upgrade(url)
-    yield url
-    asyncio.run(_drop_database(server_url, name))
+    with migrated_database(server_url, "module") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -28,9 +28,9 @@ import httpx
 import pytest
 
 from app.domain.worker import EmbeddingWorker
-from app.storage import db, migrate
+from app.storage import db
 from app.vision.service import VisionService
-from tests.conftest import ADMIN, _drop_database, _with_database, api_settings, running_app
+from tests.conftest import ADMIN, api_settings, migrated_database, running_app
 from tests.helpers import TEST_MODEL, data_url, product, product_image
 from tests.imageserver import ImageServer
 
@@ -40,12 +40,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def queue_db(server_url: str) -> Iterator[str]:
     """A database of its own: workers take every pending product they can see."""
-    name = f"lookalike_queue_{os.getpid()}_{secrets.token_hex(3)}"
-    url = _with_database(server_url, name)
-    asyncio.run(db.ensure_database(url))
-    migrate.upgrade(url)
-    yield url
-    asyncio.run(_drop_database(server_url, name))
+    with migrated_database(server_url, "queue") as url:
+        yield url
 
 
 @contextlib.asynccontextmanager
