@@ -11,6 +11,7 @@ from app.domain.rerank import (
     DEFAULT_PARAMS,
     Candidate,
     RerankParams,
+    answer_settled,
     combine_scores,
     crops_for_model,
     final_score,
@@ -251,3 +252,18 @@ def test_a_small_match_in_a_corner_loses_to_the_flat_product_the_photo_is_of() -
     for bad in (-0.1, 1.5):
         with pytest.raises(ValueError):
             RerankParams(prominence_area=bad)
+
+
+def test_answer_settled_only_by_a_clear_prominent_verification() -> None:
+    """Crops on demand: only a product verified with half the bonus or more, filling its share of
+    the photo, settles the answer; a weak, colour-mismatched, failed or small match leaves it open."""
+    p = DEFAULT_PARAMS
+    assert answer_settled(V(40), p)
+    assert not answer_settled(None, p)
+    assert not answer_settled(V(p.min_inliers + 2), p)  # verified, but weakly
+    assert not answer_settled(V(40, colour_agreement=0.1), p)  # a colourway's grey keypoints
+    assert not answer_settled(V(40, homography_ok=False), p)
+    assert not answer_settled(V(40, box_fraction=p.prominence_area / 2), p)  # a corner of the photo
+    # the threshold: half the bonus is min_inliers + saturation * ln 2 inliers
+    edge = p.min_inliers + p.inlier_saturation * 0.6931471805599453
+    assert answer_settled(V(int(edge) + 1), p) and not answer_settled(V(int(edge)), p)

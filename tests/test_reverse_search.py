@@ -506,6 +506,45 @@ async def test_early_exit_returns_the_hits_of_full_verification(api: httpx.Async
     assert r.status_code == 400 and r.json()["code"] == "invalid_settings", r.text
 
 
+async def test_crops_on_demand_score_as_if_embedded_with_the_photo(
+    api: httpx.AsyncClient, images, shop: dict, pool
+) -> None:  # type: ignore[no-untyped-def]
+    """With `queryCrops` "auto", the crops past the whole photo are embedded only when verification
+    leaves the answer open. A photo whose best hit is settled keeps that hit; an open one ends with
+    the pool, the scores and (at least) the verifications of embedding every crop with the photo."""
+    from app.contract.search import ReverseSearchRequest
+    from app.domain.rerank import answer_settled
+    from app.domain.search import StageTimer
+
+    service = api.app.state.services.reverse  # type: ignore[attr-defined]
+    record = await storage_indexes.get_index(pool, shop["name"])
+    assert record is not None and record.reverse_search.get("queryCrops", "auto") == "auto"
+    plain = Image.new("RGB", (320, 240), (120, 130, 140))  # nothing to verify: the crops are needed
+    photos = [_query_url(images, shop, i) for i in range(len(shop["queries"]))]
+    photos.append(images.add(f"/{shop['name']}/plain.jpg", _jpeg(plain), "image/jpeg"))
+    settled = widened = 0
+    for url in photos:
+        request = ReverseSearchRequest.parse({"q": url})
+        on_demand, all_crops = StageTimer(), StageTimer()
+        query, lazy = await service.gather(record, request, on_demand, adaptive_crops=True)
+        _, eager = await service.gather(record, request, all_crops, adaptive_crops=False)
+        assert query.n_crops > 1  # the test model is fast: auto embeds several crops
+        if "crops" not in on_demand.stages:
+            settled += 1
+            top = lazy.ranked(query.params)[0][0]
+            assert answer_settled(lazy.verifications[top], query.params)
+            assert top == eager.ranked(query.params)[0][0]
+            continue
+        widened += 1
+        assert lazy.candidates.keys() == eager.candidates.keys()
+        for key, candidate in eager.candidates.items():
+            assert lazy.candidates[key].global_score == pytest.approx(candidate.global_score, abs=2e-3), key
+            assert lazy.candidates[key].aggregate_score == pytest.approx(candidate.aggregate_score, abs=2e-3)
+            assert lazy.candidates[key].colour_score == pytest.approx(candidate.colour_score, abs=2e-3)
+        assert eager.whole <= lazy.whole
+    assert settled and widened, (settled, widened)
+
+
 async def test_regions_residual_passes_score_by_colour(
     api: httpx.AsyncClient, images, shop: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -126,7 +126,8 @@ class ReverseImageSearchSettings(ContractModel):
         WithJsonSchema(
             {
                 "description": "query crops embedded by the model, the whole photo included; 'auto' (the "
-                "default) embeds as many (up to 4) as fit a 30 ms budget at the model's measured speed",
+                "default) embeds as many (up to 4) as fit a 30 ms budget at the model's measured speed, those past "
+                "the whole photo only when verifying the whole photo's pool leaves the answer open",
                 "oneOf": [
                     {"type": "integer", "minimum": 1, "maximum": 8},
                     {"type": "string", "enum": ["auto"]},

@@ -238,6 +238,19 @@ def verification_settled(
     return finals[top - 1] > next_prior + params.verify_weight + params.match_weight
 
 
+# The whole photo's best hit settles the answer when verification gave it at least this share of
+# the bonus at full prominence (a product filling the photo, clearly verified): a crop's embedding
+# adds candidates by appearance, which such a match outranks unless it verifies better still.
+SETTLED_BONUS = 0.5
+
+
+def answer_settled(top: VerificationLike | None, params: RerankParams = DEFAULT_PARAMS) -> bool:
+    """Whether the best hit's verification settles the answer (further crops need not be embedded)."""
+    if top is None or not counts_as_verified(top, params) or prominence(top, params) < 1.0:
+        return False
+    return verification_bonus(top.inliers * top.colour_agreement, params) >= SETTLED_BONUS
+
+
 def crops_for_model(single_image_ms: float, params: RerankParams = DEFAULT_PARAMS) -> int:
     """How many crops to embed (whole image included) when one forward pass takes `single_image_ms`.
 

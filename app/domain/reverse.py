@@ -43,6 +43,7 @@ from app.domain.queries import ReverseSearchRequest, shape_hit
 from app.domain.rerank import (
     Candidate,
     RerankParams,
+    answer_settled,
     combine_scores,
     counts_as_verified,
     crops_for_model,
@@ -208,6 +209,12 @@ def _proposal_boxes(
     return describe, embed_boxes, crop_images(image, embed_boxes)
 
 
+def settled_by_verification(gathered: Gathered, params: RerankParams) -> bool:
+    """Whether the verified pool's best hit settles the answer (`rerank.answer_settled`)."""
+    ranked = gathered.ranked(params)
+    return bool(ranked) and answer_settled(gathered.verifications.get(ranked[0][0]), params)
+
+
 # candidates verified per pass when verification may stop early: small enough to stop soon,
 # large enough that the batched matching keeps its efficiency
 VERIFY_CHUNK = 10
@@ -251,6 +258,8 @@ class _Query:
     where: FilterNode | None
     params: RerankParams
     n_crops: int
+    # `queryCrops` "auto": the crops past the whole photo may wait for verification's verdict
+    crops_on_demand: bool = False
 
 
 class ReverseSearchService:
@@ -277,7 +286,8 @@ class ReverseSearchService:
         where = request_filter(request.filter)
         loaded = await self.vision.load(request.q)
         n_crops = await self._crop_count(knobs, spec, params, inference.precision_of(index, self.vision))
-        return _Query(index, request, spec, loaded.image, where, params, n_crops)
+        on_demand = knobs.get("queryCrops", "auto") == "auto"
+        return _Query(index, request, spec, loaded.image, where, params, n_crops, on_demand)
 
     async def _retrieve(
         self,
@@ -390,13 +400,18 @@ class ReverseSearchService:
         params: RerankParams | None = None,
         settle_top: int = 0,
         colour_scores: bool = False,
+        adaptive_crops: bool = False,
     ) -> tuple[_Query, Gathered]:
         """Crops, features, candidate pool and verification of the `verify_top` best by prior;
         with `settle_top`, only until the ranking's first `settle_top` cannot change (0: all of them);
-        with `colour_scores`, candidates carry their colour score even where it has no weight."""
+        with `colour_scores`, candidates carry their colour score even where it has no weight; with
+        `adaptive_crops` and the index's `queryCrops` "auto", the crops beyond the whole photo are
+        embedded only when verification of the whole photo's pool does not settle the answer
+        (`settled_by_verification`)."""
         query = await self._prepare(index, request, params)
         timer.lap("decode")
         p = query.params
+        precision = inference.precision_of(query.index, self.vision)
         # Query features are extracted while the crops are cut and embedded (all off the loop): a
         # task, because a bare coroutine would not start the extraction until it was awaited; the
         # crop boxes' colours likewise, once the boxes are known.
@@ -409,7 +424,8 @@ class ReverseSearchService:
             colours_task = asyncio.ensure_future(
                 self.vision.run_cpu(_box_colours, query.image, boxes, colour_scores or _uses_colour(p))
             )
-            embeddings = await self.vision.embed(query.spec, crops, inference.precision_of(query.index, self.vision))
+            first = crops[:1] if adaptive_crops and query.crops_on_demand else crops
+            embeddings = await self.vision.embed(query.spec, first, precision)
         except BaseException:
             features_task.cancel()
             if colours_task is not None:
@@ -436,7 +452,60 @@ class ReverseSearchService:
         await self._verify_settling(gathered, to_verify, p, settle_top)
         gathered.whole.update(to_verify)
         timer.lap("verify")
+        later = crops[len(first) :]
+        if later and not settled_by_verification(gathered, p):
+            await self._add_crops(query, gathered, later, aggregates, colours)
+            timer.lap("crops")
         return query, gathered
+
+    async def _add_crops(
+        self,
+        query: _Query,
+        gathered: Gathered,
+        crops: list[Image.Image],
+        aggregates: np.ndarray,
+        colours: np.ndarray,
+    ) -> None:
+        """Widen the pool by the crops' embeddings, as if they had been embedded with the whole photo:
+        every candidate keeps its best cosine over all the embedded crops, the crops' neighbours join
+        the pool scored by every signal, and the best by prior not verified yet are verified."""
+        p = query.params
+        embeddings = await self.vision.embed(query.spec, crops, inference.precision_of(query.index, self.vision))
+
+        async def widen(conn: asyncpg.Connection) -> list[Hashable]:
+            queries = [search_sql.VectorQuery(e, "embedding", p.pool_size) for e in embeddings]
+            found = await search_sql.nearest_many(conn, query.index, queries, query.where)
+            by_crops = merge_crop_neighbours(found)
+            everywhere = _in_every(found)
+            unscored = [k for k in {**gathered.candidates, **by_crops} if k not in everywhere]
+            vectors = await search_sql.candidate_vectors(conn, query.index, unscored)  # type: ignore[arg-type]
+            for key in {**by_crops, **dict.fromkeys(unscored)}:
+                stored = vectors.get(key)  # type: ignore[call-overload]
+                cosine = by_crops.get(key) if key in everywhere else None
+                if cosine is None:
+                    cosine = _best_cosines(stored.embedding, embeddings) if stored is not None else 0.0
+                old = gathered.candidates.get(key)
+                if old is not None:
+                    gathered.candidates[key] = replace(old, global_score=max(old.global_score, cosine))
+                    continue
+                agg = stored.aggregate if stored is not None else None
+                col = stored.colour if stored is not None else None
+                gathered.candidates[key] = Candidate(
+                    key,
+                    cosine,
+                    None,
+                    _best_cosines(agg, aggregates) if agg is not None and len(aggregates) else None,
+                    _best_cosines(col, colours) if col is not None and len(colours) else None,
+                )
+            to_verify = [k for k in select_for_verification(gathered.candidates.values(), p) if k not in gathered.whole]
+            missing = [k for k in to_verify if k not in gathered.details]
+            if missing:
+                gathered.details.update(await search_sql.candidate_details(conn, query.index, missing))  # type: ignore[arg-type]
+            return to_verify
+
+        to_verify = await self.db.read(widen)
+        await self._verify(gathered, to_verify, gathered.query_features)
+        gathered.whole.update(to_verify)
 
     def _hit(
         self, gathered: Gathered, key: Hashable, score: float, query: _Query, params: RerankParams | None = None
@@ -458,7 +527,11 @@ class ReverseSearchService:
     ) -> ReverseResult:
         # regions read every verification (where else products lie): those verify all verify_top
         settle = 0 if request.regions else min(self.params_of(index).settle_top, request.limit)
-        query, gathered = await self.gather(index, request, timer, settle_top=settle)
+        # one product's search embeds the crops only where verification leaves the answer open; regions
+        # read every candidate of every crop
+        query, gathered = await self.gather(
+            index, request, timer, settle_top=settle, adaptive_crops=not request.regions
+        )
         ranked = gathered.ranked(query.params)
         hits = [self._hit(gathered, k, score, query) for k, score in ranked[: request.limit]]
         timer.lap("rerank")
