@@ -123,10 +123,6 @@ def _in_every(per_query: Sequence[Iterable[tuple[Hashable, float]]]) -> set[Hash
     return set.intersection(*sets) if sets else set()
 
 
-def _best_cosines(vectors: np.ndarray, queries: np.ndarray) -> float:
-    return float(np.max(queries @ (vectors / max(float(np.linalg.norm(vectors)), 1e-9))))
-
-
 def match_of(
     v: local_features.Verification | None,
     params: RerankParams,
@@ -330,14 +326,15 @@ class ReverseSearchService:
             or (len(colours) and k not in everywhere_colour)
         ]
         if missing:
-            vectors = await search_sql.candidate_vectors(conn, query.index, missing)  # type: ignore[arg-type]
-            for key, stored in vectors.items():
+            signals = {"embedding": embeddings, "local_aggregate": aggregates, "colour": colours}
+            cosines = await search_sql.candidate_cosines(conn, query.index, missing, signals)  # type: ignore[arg-type]
+            for key, best in cosines.items():
                 if key not in everywhere_global:
-                    global_scores[key] = _best_cosines(stored.embedding, embeddings) if len(embeddings) else 0.0
-                if stored.aggregate is not None and len(aggregates) and key not in everywhere_aggregate:
-                    aggregate_scores[key] = _best_cosines(stored.aggregate, aggregates)
-                if stored.colour is not None and len(colours) and key not in everywhere_colour:
-                    colour_scores[key] = _best_cosines(stored.colour, colours)
+                    global_scores[key] = best.embedding if best.embedding is not None else 0.0
+                if best.aggregate is not None and key not in everywhere_aggregate:
+                    aggregate_scores[key] = best.aggregate
+                if best.colour is not None and key not in everywhere_colour:
+                    colour_scores[key] = best.colour
         return {
             k: Candidate(k, global_scores.get(k, 0.0), None, aggregate_scores.get(k), colour_scores.get(k))
             for k in keys
@@ -478,25 +475,20 @@ class ReverseSearchService:
             by_crops = merge_crop_neighbours(found)
             everywhere = _in_every(found)
             unscored = [k for k in {**gathered.candidates, **by_crops} if k not in everywhere]
-            vectors = await search_sql.candidate_vectors(conn, query.index, unscored)  # type: ignore[arg-type]
+            signals = {"embedding": embeddings, "local_aggregate": aggregates, "colour": colours}
+            cosines = await search_sql.candidate_cosines(conn, query.index, unscored, signals)  # type: ignore[arg-type]
             for key in {**by_crops, **dict.fromkeys(unscored)}:
-                stored = vectors.get(key)  # type: ignore[call-overload]
+                best = cosines.get(key)  # type: ignore[call-overload]
                 cosine = by_crops.get(key) if key in everywhere else None
                 if cosine is None:
-                    cosine = _best_cosines(stored.embedding, embeddings) if stored is not None else 0.0
+                    cosine = best.embedding if best is not None and best.embedding is not None else 0.0
                 old = gathered.candidates.get(key)
                 if old is not None:
                     gathered.candidates[key] = replace(old, global_score=max(old.global_score, cosine))
                     continue
-                agg = stored.aggregate if stored is not None else None
-                col = stored.colour if stored is not None else None
-                gathered.candidates[key] = Candidate(
-                    key,
-                    cosine,
-                    None,
-                    _best_cosines(agg, aggregates) if agg is not None and len(aggregates) else None,
-                    _best_cosines(col, colours) if col is not None and len(colours) else None,
-                )
+                aggregate_score = best.aggregate if best is not None else None
+                colour_score = best.colour if best is not None else None
+                gathered.candidates[key] = Candidate(key, cosine, None, aggregate_score, colour_score)
             to_verify = [k for k in select_for_verification(gathered.candidates.values(), p) if k not in gathered.whole]
             missing = [k for k in to_verify if k not in gathered.details]
             if missing:
@@ -713,18 +705,20 @@ class ReverseSearchService:
             for i, region in enumerate(found):
                 at_place = regions_mod.members(region, gathered.verifications, at_a_place)
                 keys = list(dict.fromkeys([*at_place, *by_crop[i], *by_aggregate[i]]))
-                vectors = await search_sql.candidate_vectors(conn, query.index, keys)  # type: ignore[arg-type]
+                signals = {
+                    "embedding": embeddings[i : i + 1],
+                    "local_aggregate": per_box[i],
+                    "colour": region_colours[i : i + 1] if region_colours is not None else None,
+                }
+                cosines = await search_sql.candidate_cosines(conn, query.index, keys, signals)  # type: ignore[arg-type]
                 cands = []
                 for key in keys:
-                    stored = vectors.get(key)
+                    best = cosines.get(key)  # type: ignore[call-overload]
                     g = by_crop[i].get(key)
-                    if g is None and stored is not None:
-                        g = _best_cosines(stored.embedding, embeddings[i : i + 1])
-                    agg = stored.aggregate if stored is not None else None
-                    a = _best_cosines(agg, per_box[i]) if agg is not None and len(per_box[i]) else None
-                    c = None
-                    if region_colours is not None and stored is not None and stored.colour is not None:
-                        c = _best_cosines(stored.colour, region_colours[i : i + 1])
+                    if g is None and best is not None:
+                        g = best.embedding
+                    a = best.aggregate if best is not None else None
+                    c = best.colour if best is not None else None
                     v = gathered.verifications.get(key) if key in at_place else None
                     cands.append(Candidate(key, g or 0.0, v, a, c))
                 out_keys.append(regions_mod.rank_members(cands, at_place, identity)[:limit])

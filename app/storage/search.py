@@ -445,34 +445,55 @@ async def candidate_details(
 
 
 @dataclass(frozen=True)
-class StoredVectors:
-    embedding: np.ndarray
-    aggregate: np.ndarray | None  # None: no local aggregate stored
-    colour: np.ndarray | None  # None: no colour descriptor stored
+class Cosines:
+    """A candidate's best cosine over a set of query vectors, per signal (None: none stored or asked)."""
+
+    embedding: float | None
+    aggregate: float | None
+    colour: float | None
 
 
-async def candidate_vectors(
-    conn: asyncpg.Connection | asyncpg.Pool, index: IndexRecord, product_pks: list[int]
-) -> dict[int, StoredVectors]:
-    """The stored vectors per product, for scoring candidates found by another signal."""
-    rows = await conn.fetch(candidate_vectors_sql(index), product_pks)
-    return {
-        r["product_pk"]: StoredVectors(
-            np.asarray(r["e"], dtype=np.float32),
-            None if r["a"] is None else np.asarray(r["a"], dtype=np.float32),
-            None if r["c"] is None else np.asarray(r["c"], dtype=np.float32),
-        )
-        for r in rows
-    }
-
-
-def candidate_vectors_sql(index: IndexRecord) -> str:
-    """Embedding, local aggregate and colour of candidates found by other signals ($1 product pks)."""
-    return f"""
-        SELECT product_pk, embedding::real[] AS e, local_aggregate::real[] AS a, colour::real[] AS c
-        FROM {index.vectors_table}
-        WHERE product_pk = ANY($1::bigint[])
+def candidate_cosines_sql(
+    index: IndexRecord, product_pks: list[int], queries: dict[VectorColumn, np.ndarray]
+) -> tuple[str, list[Any]]:
+    """Best cosine per signal of candidates found by another signal ($1 product pks), computed where
+    the vectors are: three numbers per candidate instead of its ~1,000 stored floats."""
+    local = SqlParams([product_pks])
+    columns = []
+    for column, name in (("embedding", "g"), ("local_aggregate", "a"), ("colour", "c")):
+        vectors = queries.get(column)  # type: ignore[call-overload]
+        if vectors is None or not len(vectors):
+            columns.append(f"NULL::float8 AS {name}")
+            continue
+        terms = []
+        for vector in vectors:
+            col, vector_param, _ = _compared_vector(local, index, column, np.asarray(vector))  # type: ignore[arg-type]
+            terms.append(f"1 - ({col} <=> {vector_param})")
+        # GREATEST ignores NULLs: a product without this vector gets NULL
+        columns.append(f"GREATEST({', '.join(terms)}) AS {name}")
+    listed = ",\n               ".join(columns)
+    sql = f"""
+        SELECT v.product_pk,
+               {listed}
+        FROM {index.vectors_table} v
+        WHERE v.product_pk = ANY($1::bigint[])
     """
+    return sql, local.values
+
+
+async def candidate_cosines(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    index: IndexRecord,
+    product_pks: list[int],
+    queries: dict[VectorColumn, np.ndarray],
+) -> dict[int, Cosines]:
+    """Each candidate's best cosine to these query vectors, per signal (`candidate_cosines_sql`)."""
+    if not product_pks:
+        return {}
+    sql, args = candidate_cosines_sql(index, product_pks, queries)
+    rows = await conn.fetch(sql, *args)
+    as_float = (lambda x: None if x is None else float(x))  # noqa: E731
+    return {r["product_pk"]: Cosines(as_float(r["g"]), as_float(r["a"]), as_float(r["c"])) for r in rows}
 
 
 async def stored_embeddings(

@@ -112,7 +112,11 @@ STATEMENTS: dict[str, Callable[[IndexRecord], Statement]] = {
     ),
     "search.nearest_many (hnsw)": lambda ix: search.nearest_many_sql(ix, _crops(ix), SAMPLE_FILTER, exact=False),
     "search.nearest_many (exact)": lambda ix: search.nearest_many_sql(ix, _crops(ix), SAMPLE_FILTER, exact=True),
-    "search.candidate_vectors": lambda ix: (search.candidate_vectors_sql(ix), [[11, 12]]),
+    "search.candidate_cosines": lambda ix: search.candidate_cosines_sql(
+        ix,
+        [11, 12],
+        {"embedding": np.stack([_vector(ix)] * 2), "local_aggregate": _vector(ix, "local_aggregate")[None]},
+    ),
     "search.candidate_details": lambda ix: (search.CANDIDATE_DETAILS, [ix.pk, [11, 12]]),
     "search.stored_embeddings": lambda ix: (search.stored_embeddings_sql(ix), [ix.pk, ["p1", "p2"]]),
     # storefront: browse and ranked text search with facets, sortBy and collapse (one statement each)

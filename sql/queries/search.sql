@@ -329,11 +329,17 @@ UNION ALL
   LIMIT $13
 );
 
--- search.candidate_vectors
+-- search.candidate_cosines
 --   $1 = [11, 12]
-SELECT product_pk, embedding::real[] AS e, local_aggregate::real[] AS a, colour::real[] AS c
-FROM vectors_1
-WHERE product_pk = ANY($1::bigint[]);
+--   $2 = <vector of 384 floats>
+--   $3 = <vector of 384 floats>
+--   $4 = <vector of 512 floats>
+SELECT v.product_pk,
+       GREATEST(1 - (v.embedding <=> $2::halfvec(384)), 1 - (v.embedding <=> $3::halfvec(384))) AS g,
+       GREATEST(1 - (v.local_aggregate <=> $4::halfvec(512))) AS a,
+       NULL::float8 AS c
+FROM vectors_1 v
+WHERE v.product_pk = ANY($1::bigint[]);
 
 -- search.candidate_details
 --   $1 = 1
