@@ -6,6 +6,7 @@ checks that they run and report what they promise (figures measured here mean no
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -102,3 +103,33 @@ def test_the_lookalike_command_has_no_bench() -> None:
     """The installed command does not depend on the checkout's benchmarks/."""
     with pytest.raises(SystemExit):
         lookalike_parser().parse_args(["bench"])
+
+
+def test_verify_ceiling_bench_tiny_run_reports_consistent_naming_figures(tmp_path: Path) -> None:
+    out = tmp_path / "ceiling.json"
+    args = ["--products", "16", "--low-texture", "6", "--queries", "6", "--multi", "4", "--out", str(out)]
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.verify_ceiling_bench", *args],
+        cwd=REPO_ROOT,
+        env=_clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["single_product"]["all"]["n"] == 6
+    multi = result["multi_product"]
+    products = multi["region_keypoints"]["all"]["n"]
+    naming = multi["unverified_naming"]
+    assert naming["verified_products"] + naming["missed_products"] == products
+    assert round(naming["verified_products"] / products, 4) == multi["region_keypoints"]["all"]["located"]
+    assert 0.0 <= naming["oracle_box_named_first"] <= naming["oracle_box_in_top5"] <= 1.0
+    # a higher margin accepts a subset of the regions a lower one does (best margin first)
+    by_margin = [naming["proposal_boxes_by_margin"][m] for m in sorted(naming["proposal_boxes_by_margin"], key=float)]
+    for looser, stricter in itertools.pairwise(by_margin):
+        assert stricter["true_regions"] <= looser["true_regions"]
+        assert stricter["false_regions_per_photo"] <= looser["false_regions_per_photo"]
+    for figures in by_margin:
+        expected = (naming["verified_products"] + figures["true_regions"]) / products
+        assert figures["per_product_recall_with_verified"] == round(expected, 4)
