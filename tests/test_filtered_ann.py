@@ -14,6 +14,7 @@ import pytest
 from app.filters import index_terms, parse_filter
 from app.storage import indexes, search
 from app.storage.indexes import IndexRecord
+from app.vision.aggregate import AGGREGATE_DIM
 
 N = 20_000
 DIM = 48
@@ -197,3 +198,38 @@ async def test_a_walk_that_comes_back_short_is_redone_exactly(
         )
     assert len(got) == K and len(set(r.product_id for r in got) & truth) >= K - 1
     assert {pk for pk, _ in many[0]} == {r.product_pk for r in got}
+
+
+async def test_candidate_cosines_are_the_best_cosine_over_the_query_vectors(pool: asyncpg.Pool, ann_index) -> None:
+    """Candidates found by another signal are scored in SQL: per signal, the best cosine over the
+    query vectors (a zero vector, which has no direction, is left out), None where nothing is stored."""
+    record, vectors = ann_index
+    rng = np.random.default_rng(11)
+    picked = rng.choice(N, 40, replace=False)
+    queries = np.stack([vectors[i] + 0.2 * rng.normal(size=DIM).astype(np.float32) for i in picked[:3]])
+    with_zero = np.concatenate([queries, np.zeros((1, DIM), np.float32)])
+    async with pool.acquire() as conn, conn.transaction(readonly=True):
+        pk_of = {
+            r["product_id"]: r["pk"]
+            for r in await conn.fetch("SELECT pk, product_id FROM products WHERE index_pk = $1", record.pk)
+        }
+        pks = [pk_of[f"p{i:05d}"] for i in picked]
+        aggregate = rng.normal(size=(1, AGGREGATE_DIM)).astype(np.float32)
+        got = await search.candidate_cosines(conn, record, pks, {"embedding": with_zero, "local_aggregate": aggregate})
+        none_asked = await search.candidate_cosines(conn, record, pks[:3], {"embedding": np.zeros((0, DIM))})
+        zero, real = np.zeros(DIM, np.float32), queries[0]
+        neighbours = await search.nearest_many(
+            conn, record, [search.VectorQuery(zero, "embedding", 5), search.VectorQuery(real, "embedding", 5)], None
+        )
+    stored = vectors[picked].astype(np.float16).astype(np.float32)  # halfvec, as stored
+    stored /= np.linalg.norm(stored, axis=1, keepdims=True)
+    unit = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    want = (stored @ unit.T).max(axis=1)
+    assert set(got) == set(pks)
+    for pk, best in zip(pks, want, strict=True):
+        assert got[pk].embedding is not None and abs(got[pk].embedding - float(best)) < 2e-3
+        assert got[pk].aggregate is None and got[pk].colour is None  # none stored here / none asked
+    assert all(c.embedding is None for c in none_asked.values()) and len(none_asked) == 3
+    # a zero query vector has no neighbours; the other query's are untouched
+    assert neighbours[0] == [] and len(neighbours[1]) == 5
+    assert all(np.isfinite(score) for _, score in neighbours[1])

@@ -368,16 +368,27 @@ async def nearest_many(
 ) -> list[list[tuple[int, float]]]:
     """(product pk, cosine) nearest neighbours per query, under one filter: one scan decision and
     one statement for all of them (reverse search asks ~6 at once). Caller's transaction."""
-    if not queries:
-        return []
-    k_max = max(q.k for q in queries)
+    # a zero vector has no direction: no cosine, so no neighbours (pgvector would answer NaN)
+    asked = [i for i, q in enumerate(queries) if has_direction(q.vector)]
+    answers: list[list[tuple[int, float]]] = [[] for _ in queries]
+    if not asked:
+        return answers
+    sent = [queries[i] for i in asked]
+    k_max = max(q.k for q in sent)
     exact = await plan_scan(conn, index, where, ef_search=max(ef_search, k_max))
-    out = await _fetch_many(conn, index, queries, where, exact)
-    if where is not None and not exact and any(len(got) < q.k for got, q in zip(out, queries, strict=True)):
+    out = await _fetch_many(conn, index, sent, where, exact)
+    if where is not None and not exact and any(len(got) < q.k for got, q in zip(out, sent, strict=True)):
         # a walk gave up on a filter rarer than estimated: scan exactly (see `nearest`)
         await configure_scan(conn, exact=True, ef_search=max(ef_search, k_max))
-        out = await _fetch_many(conn, index, queries, where, True)
-    return out
+        out = await _fetch_many(conn, index, sent, where, True)
+    for i, got in zip(asked, out, strict=True):
+        answers[i] = got
+    return answers
+
+
+def has_direction(vector: np.ndarray) -> bool:
+    """Whether a query vector can be compared by cosine at all (not all zeros)."""
+    return bool(np.any(np.asarray(vector) != 0))
 
 
 async def _fetch_many(
@@ -462,11 +473,12 @@ def candidate_cosines_sql(
     columns = []
     for column, name in (("embedding", "g"), ("local_aggregate", "a"), ("colour", "c")):
         vectors = queries.get(column)  # type: ignore[call-overload]
-        if vectors is None or not len(vectors):
+        directed = [v for v in (vectors if vectors is not None else []) if has_direction(v)]
+        if not directed:
             columns.append(f"NULL::float8 AS {name}")
             continue
         terms = []
-        for vector in vectors:
+        for vector in directed:
             col, vector_param, _ = _compared_vector(local, index, column, np.asarray(vector))  # type: ignore[arg-type]
             terms.append(f"1 - ({col} <=> {vector_param})")
         # GREATEST ignores NULLs: a product without this vector gets NULL
@@ -492,8 +504,13 @@ async def candidate_cosines(
         return {}
     sql, args = candidate_cosines_sql(index, product_pks, queries)
     rows = await conn.fetch(sql, *args)
-    as_float = (lambda x: None if x is None else float(x))  # noqa: E731
-    return {r["product_pk"]: Cosines(as_float(r["g"]), as_float(r["a"]), as_float(r["c"])) for r in rows}
+    return {
+        r["product_pk"]: Cosines(_float_or_none(r["g"]), _float_or_none(r["a"]), _float_or_none(r["c"])) for r in rows
+    }
+
+
+def _float_or_none(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 async def stored_embeddings(
