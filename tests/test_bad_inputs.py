@@ -541,9 +541,15 @@ async def test_extreme_but_valid_images(api: httpx.AsyncClient, corpus: Corpus, 
     docs = [product(k, images.add(f"/{corpus.name}/ok/{k}.img", v, "image/*")) for k, v in files.items()]
     r = await api.post(corpus.base + "/documents", json={"documents": docs}, headers=ADMIN)
     assert [i["status"] for i in r.json()["items"]] == [200] * len(docs), r.text
-    q = data_url(tiny, "image/png")
-    r = await api.post(corpus.base + "/reverse-image-search", json={"q": q}, headers=corpus.read)
-    assert r.status_code == 200, r.text
+    # each as a shopper's photo too: one product, several (regions) and with the matched pairs
+    plain = _encode(Image.new("RGB", (640, 480), (200, 30, 30)), "JPEG")
+    for name, data in {**files, "plain-colour": plain}.items():
+        q = data_url(data, "image/png")
+        for extra in ({}, {"regions": True, "explain": True}):
+            r = await api.post(corpus.base + "/reverse-image-search", json={"q": q, **extra}, headers=corpus.read)
+            assert r.status_code == 200, (name, extra, r.text)
+            hits = r.json()["hits"]
+            assert hits and all(isinstance(hit["_score"], float) for hit in hits), r.text
 
 
 @pytest.mark.parametrize("fmt", ["GIF", "WEBP"])
