@@ -74,8 +74,7 @@ def database_url(server_url: str) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def module_database_url(server_url: str) -> Iterator[str]:
     """A fresh, fully migrated database for one module's large data: its tables hold that data
-    only (deleting 100k products from the session's database fires one cascade per vector table
-    of every index the suite created), and dropping it is the cleanup."""
+    only (the session's database stays small for every other test), and dropping it is the cleanup."""
     with migrated_database(server_url, "module") as url:
         yield url
 

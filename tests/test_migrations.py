@@ -207,3 +207,60 @@ def test_0011_backfills_product_text_and_downgrades(fresh_database: str) -> None
     migrate.upgrade(fresh_database)
     state = asyncio.run(_text_state(fresh_database))
     assert (state["drift"], state["rows"]) == (0, {"p1": kept, "p2": kept})
+
+
+async def _vector_rows_state(url: str) -> dict[str, object]:
+    conn = await asyncpg.connect(url)
+    try:
+        return {
+            "foreign_keys": await conn.fetchval(
+                "SELECT count(*) FROM pg_constraint WHERE conrelid = 'vectors_1'::regclass AND contype = 'f'"
+            ),
+            "row_trigger": await conn.fetchval("SELECT count(*) FROM pg_trigger WHERE tgname = 'vectors_1_product'"),
+            "delete_trigger": await conn.fetchval(
+                "SELECT count(*) FROM pg_trigger WHERE tgname = 'products_vectors_delete'"
+            ),
+            "functions": await conn.fetchval("SELECT count(*) FROM pg_proc WHERE proname LIKE 'lookalike_vector%'"),
+            "vectors": await conn.fetchval("SELECT count(*) FROM vectors_1"),
+        }
+    finally:
+        await conn.close()
+
+
+async def _write_vector_of_missing_product(url: str) -> str:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("INSERT INTO vectors_1 (product_pk, embedding) VALUES (987654, '[0,1,0]')")
+    except asyncpg.ForeignKeyViolationError as exc:
+        return type(exc).__name__
+    finally:
+        await conn.close()
+    return "accepted"
+
+
+async def _delete_products(url: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("DELETE FROM products")
+    finally:
+        await conn.close()
+
+
+def test_0012_replaces_the_vector_tables_foreign_keys_by_triggers_and_downgrades(fresh_database: str) -> None:
+    migrate.upgrade(fresh_database, "0003")
+    asyncio.run(_index_at_0003(fresh_database))  # its vector table has the foreign key
+    migrate.upgrade(fresh_database, "0011")
+    before = asyncio.run(_vector_rows_state(fresh_database))
+    assert (before["foreign_keys"], before["row_trigger"], before["vectors"]) == (1, 0, 1)
+    migrate.upgrade(fresh_database)
+    after = asyncio.run(_vector_rows_state(fresh_database))
+    assert after == {"foreign_keys": 0, "row_trigger": 1, "delete_trigger": 1, "functions": 2, "vectors": 1}
+    # the triggers keep what the key kept: no vector row without its product, none left behind
+    assert asyncio.run(_write_vector_of_missing_product(fresh_database)) == "ForeignKeyViolationError"
+    migrate.downgrade(fresh_database, "0011")
+    assert asyncio.run(_vector_rows_state(fresh_database)) == {
+        "foreign_keys": 1, "row_trigger": 0, "delete_trigger": 0, "functions": 0, "vectors": 1
+    }
+    migrate.upgrade(fresh_database)
+    asyncio.run(_delete_products(fresh_database))
+    assert asyncio.run(_vector_rows_state(fresh_database))["vectors"] == 0

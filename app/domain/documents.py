@@ -33,5 +33,5 @@ class DocumentsService:
         }
 
     async def delete(self, index: IndexRecord, ids: list[str]) -> set[str]:
-        """Delete the products among `ids` (vectors and features cascade); the ids that existed."""
+        """Delete the products among `ids` (their vectors, features and text go too); the ids that existed."""
         return await products.delete_documents(self.db.primary, index, _storable(ids))

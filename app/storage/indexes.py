@@ -117,13 +117,18 @@ RETURNING {_COLUMNS}
 
 
 def vector_table_ddl(record: IndexRecord) -> list[str]:
-    """The index's own vector table, its three HNSW indexes and its comment."""
+    """The index's own vector table, its three HNSW indexes, its comment and its product check.
+
+    No foreign key to products: PostgreSQL would fire every index's cascade for every deleted
+    product. The rows follow products by triggers instead (migration 0012): products' statement
+    trigger deletes the gone products' rows here, and this table's row trigger checks (and
+    key-share locks) the product of every row written, as the foreign key's check did."""
     # DDL cannot take bind parameters; every interpolated piece is an int or a fixed literal.
     table = record.vectors_table
     comment = _quote_literal(f"lookalike index {record.name}: image embeddings, one row per product")
     return [
         f"""CREATE TABLE {table} (
-  product_pk bigint PRIMARY KEY REFERENCES products(pk) ON DELETE CASCADE,
+  product_pk bigint PRIMARY KEY,
   embedding {record.vector_cast} NOT NULL,
   local_aggregate {AGGREGATE_CAST},
   colour {COLOUR_CAST}
@@ -133,7 +138,16 @@ def vector_table_ddl(record: IndexRecord) -> list[str]:
         aggregate_index_ddl(table),
         colour_index_ddl(table),
         f"COMMENT ON TABLE {table} IS {comment}",
+        vector_table_ddl_trigger(table),
     ]
+
+
+def vector_table_ddl_trigger(table: str) -> str:
+    """The vector table's row trigger that checks each row's product (migration 0012's function)."""
+    return (
+        f"CREATE TRIGGER {table}_product BEFORE INSERT OR UPDATE OF product_pk ON {table}"
+        " FOR EACH ROW EXECUTE FUNCTION lookalike_vector_product_exists()"
+    )
 
 
 def aggregate_index_ddl(table: str) -> str:
@@ -209,8 +223,8 @@ async def set_inference(conn: asyncpg.Connection, pk: int, inference: dict[str, 
 
 DELETE_INDEX_ROW = "DELETE FROM indexes WHERE pk = $1"
 
-# Deleting an index cascades row by row through its products' vectors, postings, facets and
-# features (~2 s per 100k products on a quiet 2-core machine, more when busy), so a large catalog
+# Deleting an index cascades through its products' vectors (one statement per index, by trigger),
+# postings, facets and features (~2 s per 100k products on a quiet 2-core machine), so a large catalog
 # would outlast the service's statement timeout: an admin's delete may take what it needs, in its
 # transaction only.
 DELETE_WITHOUT_TIMEOUT = "SET LOCAL statement_timeout = 0"
@@ -220,11 +234,10 @@ DELETE_CLIENT_TIMEOUT_S = 3600.0
 
 
 async def delete_index(conn: asyncpg.Connection, record: IndexRecord) -> None:
-    """The index row and, by cascade, its products, vectors, postings, facets and features, in the
-    caller's transaction. Its vector table is left empty for `drop_orphan_vector_tables`: dropping
-    it takes an ACCESS EXCLUSIVE lock on `products` (its foreign key), which in this transaction
-    would stop every index's reads and writes until the delete commits, and would itself wait
-    behind any transaction still reading `products`."""
+    """The index row and, by cascade, its products (and by their triggers and cascades, its
+    vectors, postings, facets and features), in the caller's transaction. Its vector table is left
+    empty for `drop_orphan_vector_tables`: a DROP in this transaction would hold the table's
+    ACCESS EXCLUSIVE lock (and wait for every reader of it) until the delete commits."""
     if not conn.is_in_transaction():
         raise RuntimeError("delete_index must run inside a transaction")
     await conn.execute(DELETE_WITHOUT_TIMEOUT)
@@ -238,9 +251,10 @@ WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind = 'r' AND c.
   AND NOT EXISTS (SELECT 1 FROM indexes i WHERE 'vectors_' || i.pk = c.relname)
 ORDER BY c.relname
 """
-# Dropping one waits at most this long for its lock on `products`: a waiting ACCESS EXCLUSIVE
-# request queues every later read of `products` behind it, so it gives up quickly and is retried
-# (the next delete, the next start) rather than stall the service.
+# Dropping one waits at most this long for its lock: a waiting ACCESS EXCLUSIVE request queues
+# every later read of the table behind it, so it gives up quickly and is retried (the next delete,
+# the next start) rather than stall the service. (Vector tables created before migration 0012 that
+# still had their foreign key would also lock `products`; 0012 removed those keys.)
 DROP_LOCK_TIMEOUT = "SET LOCAL lock_timeout = '500ms'"
 
 

@@ -166,6 +166,7 @@ STATEMENTS: dict[str, Callable[[IndexRecord], Statement]] = {
     "indexes.create_index (aggregate hnsw)": lambda ix: indexes.vector_table_ddl(ix)[2],
     "indexes.create_index (colour hnsw)": lambda ix: indexes.vector_table_ddl(ix)[3],
     "indexes.create_index (comment)": lambda ix: indexes.vector_table_ddl(ix)[4],
+    "indexes.create_index (product check)": lambda ix: indexes.vector_table_ddl(ix)[5],
     "indexes.get_index": lambda ix: (indexes.GET_INDEX, [ix.name]),
     "indexes.get_index_by_pk": lambda ix: indexes.GET_INDEX_BY_PK,
     "indexes.list_indexes": lambda ix: indexes.LIST_INDEXES,

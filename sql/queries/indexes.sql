@@ -9,7 +9,7 @@ RETURNING pk, name, index_id, settings, model, dimensions, vector_type, created_
 
 -- indexes.create_index (vector table)
 CREATE TABLE vectors_1 (
-  product_pk bigint PRIMARY KEY REFERENCES products(pk) ON DELETE CASCADE,
+  product_pk bigint PRIMARY KEY,
   embedding halfvec(384) NOT NULL,
   local_aggregate halfvec(512),
   colour halfvec(112)
@@ -26,6 +26,9 @@ CREATE INDEX IF NOT EXISTS vectors_1_colour_hnsw ON vectors_1 USING hnsw (colour
 
 -- indexes.create_index (comment)
 COMMENT ON TABLE vectors_1 IS 'lookalike index shop: image embeddings, one row per product';
+
+-- indexes.create_index (product check)
+CREATE TRIGGER vectors_1_product BEFORE INSERT OR UPDATE OF product_pk ON vectors_1 FOR EACH ROW EXECUTE FUNCTION lookalike_vector_product_exists();
 
 -- indexes.get_index
 --   $1 = 'shop'
