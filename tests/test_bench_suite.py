@@ -133,3 +133,21 @@ def test_verify_ceiling_bench_tiny_run_reports_consistent_naming_figures(tmp_pat
     for figures in by_margin:
         expected = (naming["verified_products"] + figures["true_regions"]) / products
         assert figures["per_product_recall_with_verified"] == round(expected, 4)
+
+
+def test_delete_bench_tiny_run_reports_both_schemas(tmp_path: Path, server_url: str) -> None:
+    out = tmp_path / "delete.json"
+    args = ["--products", "40", "--indexes", "0,3", "--database-url", server_url, "--out", str(out)]
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.delete_bench", *args],
+        cwd=REPO_ROOT,
+        env=_clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert [run["other_indexes"] for run in result["runs"]] == [0, 3] and result["products"] == 40
+    for run in result["runs"]:
+        assert all(run[k] > 0 for k in ("delete_triggers_s", "delete_foreign_keys_s", "insert_vectors_triggers_s"))
