@@ -25,21 +25,26 @@ def _clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("LOOKALIKE_")}
 
 
-def test_e2e_bench_tiny_run_reports_every_field(tmp_path: Path, fresh_database: str) -> None:
-    out = tmp_path / "e2e.json"
-    args = ["--products", "8", "--concurrency", "1,2", "--requests", "3", "--queries", "3", "--warmup", "1"]
-    # The test PostgreSQL (an empty database) spares the benchmark an initdb of its own.
-    args += ["--inference-runs", "3", "--database-url", fresh_database, "--out", str(out)]
+def _run_bench(module: str, args: list[str], out: Path, timeout: int) -> dict:
+    """Run `python -m benchmarks.<module> ARGS` from the checkout; its JSON report (written to `out`)."""
     done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.e2e_bench", *args],
+        [sys.executable, "-m", f"benchmarks.{module}", *args, "--out", str(out)],
         cwd=REPO_ROOT,
         env=_clean_env(),
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=timeout,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    result = json.loads(out.read_text())
+    return json.loads(out.read_text())
+
+
+def test_e2e_bench_tiny_run_reports_every_field(tmp_path: Path, fresh_database: str) -> None:
+    out = tmp_path / "e2e.json"
+    args = ["--products", "8", "--concurrency", "1,2", "--requests", "3", "--queries", "3", "--warmup", "1"]
+    # The test PostgreSQL (an empty database) spares the benchmark an initdb of its own.
+    args += ["--inference-runs", "3", "--database-url", fresh_database]
+    result = _run_bench("e2e_bench", args, out, timeout=180)
     assert out.with_suffix(".png").stat().st_size > 1000
     assert result["products"] == 8 and result["ingest"]["failed"] == 0
     assert result["distinct_query_images"] == 2 * (3 + 3) + 2  # one image per request, warm-up included
@@ -107,17 +112,8 @@ def test_the_lookalike_command_has_no_bench() -> None:
 
 def test_verify_ceiling_bench_tiny_run_reports_consistent_naming_figures(tmp_path: Path) -> None:
     out = tmp_path / "ceiling.json"
-    args = ["--products", "16", "--low-texture", "6", "--queries", "6", "--multi", "4", "--out", str(out)]
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.verify_ceiling_bench", *args],
-        cwd=REPO_ROOT,
-        env=_clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    result = json.loads(out.read_text())
+    args = ["--products", "16", "--low-texture", "6", "--queries", "6", "--multi", "4"]
+    result = _run_bench("verify_ceiling_bench", args, out, timeout=300)
     assert result["single_product"]["all"]["n"] == 6
     multi = result["multi_product"]
     products = multi["region_keypoints"]["all"]["n"]
@@ -137,17 +133,8 @@ def test_verify_ceiling_bench_tiny_run_reports_consistent_naming_figures(tmp_pat
 
 def test_delete_bench_tiny_run_reports_both_schemas(tmp_path: Path, server_url: str) -> None:
     out = tmp_path / "delete.json"
-    args = ["--products", "40", "--indexes", "0,3", "--database-url", server_url, "--out", str(out)]
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.delete_bench", *args],
-        cwd=REPO_ROOT,
-        env=_clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    result = json.loads(out.read_text())
+    args = ["--products", "40", "--indexes", "0,3", "--database-url", server_url]
+    result = _run_bench("delete_bench", args, out, timeout=300)
     assert [run["other_indexes"] for run in result["runs"]] == [0, 3] and result["products"] == 40
     for run in result["runs"]:
         assert all(run[k] > 0 for k in ("delete_triggers_s", "delete_foreign_keys_s", "insert_vectors_triggers_s"))
