@@ -53,6 +53,14 @@ def _as_sent(image: Image.Image, quality: int = 85) -> Image.Image:
 
 MARGINS = (0.0, 0.05, 0.1, 0.15, 0.2)
 Box = tuple[float, float, float, float]
+# one multi-product photo as the regions stage sees it: the photo as sent, its regions keypoints,
+# and their verification against every catalog product
+RegionView = tuple[Image.Image, lf.LocalFeatures, list[lf.Verification]]
+
+
+def _located(v: lf.Verification, paste_box: Any, p: rerank.RerankParams) -> bool:
+    """Verified where the product was pasted (the box overlaps it, IoU >= 0.3)."""
+    return rerank.counts_as_verified(v, p) and v.box is not None and iou(v.box, paste_box) >= 0.3
 
 
 def _cue_scores(
@@ -81,9 +89,14 @@ def _top_margin(scores: np.ndarray, excluded: list[int]) -> tuple[int, float]:
 
 
 def unverified_naming(
-    photos: list[wild.MultiQuery], ids: list[str], features: list[lf.LocalFeatures], sent: list[Image.Image]
+    photos: list[wild.MultiQuery],
+    views: list[RegionView],
+    ids: list[str],
+    features: list[lf.LocalFeatures],
+    sent: list[Image.Image],
 ) -> dict[str, Any]:
-    """What the colour and keypoint-aggregate cues could add to verification-based regions."""
+    """What the colour and keypoint-aggregate cues could add to verification-based regions
+    (`views`: each photo's regions keypoints and verifications, as the ceiling above measured them)."""
     p = rerank.DEFAULT_PARAMS
     catalog_colours = np.stack([colour.catalog_colour(image) for image in sent])
     catalog_aggregates = np.stack(
@@ -92,16 +105,13 @@ def unverified_naming(
     oracle_ranks: list[int] = []
     proposals: list[tuple[list[tuple[float, int, Box]], list[tuple[int, Box]], int]] = []
     located_total = 0
-    for photo in photos:
-        image = _as_sent(photo.image)
-        keypoints = region_features(image)
-        vs = lf.verify_candidates(keypoints, features)
+    for photo, (image, keypoints, vs) in zip(photos, views, strict=True):
         located: list[tuple[int, Box]] = []
         missed: list[tuple[int, Box]] = []
         for product in photo.params["products"]:
             t = ids.index(product["product_id"])
             v = vs[t]
-            if rerank.counts_as_verified(v, p) and v.box is not None and iou(v.box, product["paste_box"]) >= 0.3:
+            if _located(v, product["paste_box"], p) and v.box is not None:
                 located.append((t, v.box))
             else:
                 missed.append((t, tuple(product["paste_box"])))
@@ -174,7 +184,8 @@ def main() -> None:
         args.products, args.queries, seed=args.seed, low_texture=args.low_texture, soft=args.soft
     )
     ids = [c.id for c in catalog]
-    features = [lf.extract_catalog_features(_as_sent(c.image, 90)) for c in catalog]  # as quality_bench serves them
+    sent = [_as_sent(c.image, 90) for c in catalog]  # as quality_bench serves them
+    features = [lf.extract_catalog_features(image) for image in sent]
     p = rerank.DEFAULT_PARAMS
     single: dict[str, list[tuple[bool, bool]]] = {}
     for q in queries:
@@ -188,21 +199,23 @@ def main() -> None:
     if args.multi:
         photos = wild.generate_multi_queries(catalog, args.multi, seed=args.seed)
         by_id = {c.id: c for c in catalog}
+        views: list[RegionView] = []
         for name, extract in (("query_keypoints", lf.extract_query_features), ("region_keypoints", region_features)):
             located: dict[str, list[bool]] = {}
             for photo in photos:
-                vs = lf.verify_candidates(extract(_as_sent(photo.image)), features)
+                image = _as_sent(photo.image)
+                keypoints = extract(image)
+                vs = lf.verify_candidates(keypoints, features)
+                if name == "region_keypoints":
+                    views.append((image, keypoints, vs))
                 for product in photo.params["products"]:
-                    v = vs[ids.index(product["product_id"])]
-                    box = v.box if rerank.counts_as_verified(v, p) else None
-                    ok = box is not None and iou(box, product["paste_box"]) >= 0.3
+                    ok = _located(vs[ids.index(product["product_id"])], product["paste_box"], p)
                     meta = by_id[product["product_id"]].metadata
                     texture = meta.get("texture", "plain" if meta.get("pattern") == "plain" else "textured")
                     for key in ("all", texture):
                         located.setdefault(key, []).append(ok)
             multi[name] = {k: {"n": len(v), "located": round(float(np.mean(v)), 4)} for k, v in located.items()}
-        sent = [_as_sent(c.image, 90) for c in catalog]
-        multi["unverified_naming"] = unverified_naming(photos, ids, features, sent)
+        multi["unverified_naming"] = unverified_naming(photos, views, ids, features, sent)
     report = {
         "benchmark": "verify_ceiling",
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
