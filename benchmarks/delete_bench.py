@@ -106,14 +106,6 @@ async def run(url: str, products: int, counts: list[int]) -> list[dict[str, Any]
         await conn.close()
 
 
-async def _drop_database(server: str, name: str) -> None:
-    admin = await asyncpg.connect(urlsplit(server)._replace(path="/postgres").geturl())
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--products", type=int, default=20_000)
@@ -130,7 +122,7 @@ def main() -> None:
             migrate.upgrade(url)
             rows = asyncio.run(run(url, args.products, counts))
         finally:
-            asyncio.run(_drop_database(server, urlsplit(url).path.lstrip("/")))
+            asyncio.run(db.drop_database(url))
     report = {"benchmark": "delete_cost", "products": args.products, "loadavg": os.getloadavg(), "runs": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))

@@ -38,14 +38,6 @@ def _with_database(url: str, name: str) -> str:
     return urlsplit(url)._replace(path="/" + name).geturl()
 
 
-async def _drop_database(server_url: str, name: str) -> None:
-    admin = await asyncpg.connect(_with_database(server_url, "postgres"))
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
-
-
 @contextlib.contextmanager
 def migrated_database(server_url: str, purpose: str) -> Iterator[str]:
     """A new database on the test server, migrated to head; dropped on exit."""
@@ -56,7 +48,7 @@ def migrated_database(server_url: str, purpose: str) -> Iterator[str]:
     try:
         yield url
     finally:
-        asyncio.run(_drop_database(server_url, name))
+        asyncio.run(db.drop_database(url))
 
 
 @pytest.fixture(scope="session")
@@ -93,7 +85,7 @@ def fresh_database(server_url: str) -> Iterator[str]:
     url = _with_database(server_url, name)
     asyncio.run(db.ensure_database(url))
     yield url
-    asyncio.run(_drop_database(server_url, name))
+    asyncio.run(db.drop_database(url))
 
 
 # --- the HTTP API on the test database -------------------------------------------------

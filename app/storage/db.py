@@ -155,6 +155,17 @@ async def ensure_database(url: str) -> None:
         await conn.close()
 
 
+async def drop_database(url: str) -> None:
+    """Drop the URL's database if it exists, closing its sessions (test and benchmark databases)."""
+    name = urlsplit(url).path.lstrip("/")
+    admin = await asyncpg.connect(_admin_url(url))
+    try:
+        quoted = '"' + name.replace('"', '""') + '"'  # DROP DATABASE takes no bind parameters either
+        await admin.execute(f"DROP DATABASE IF EXISTS {quoted} WITH (FORCE)")
+    finally:
+        await admin.close()
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
     await register_vector(conn)
 
