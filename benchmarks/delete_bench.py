@@ -65,7 +65,7 @@ async def _set_foreign_keys(conn: asyncpg.Connection, tables: list[str], on: boo
             )
         else:
             await conn.execute(f"ALTER TABLE {table} DROP CONSTRAINT {table}_product_pk_fkey")
-            await conn.execute(indexes.vector_table_ddl_trigger(table))
+            await conn.execute(indexes.product_trigger_ddl(table))
 
 
 async def run(url: str, products: int, counts: list[int]) -> list[dict[str, Any]]:

@@ -138,11 +138,11 @@ def vector_table_ddl(record: IndexRecord) -> list[str]:
         aggregate_index_ddl(table),
         colour_index_ddl(table),
         f"COMMENT ON TABLE {table} IS {comment}",
-        vector_table_ddl_trigger(table),
+        product_trigger_ddl(table),
     ]
 
 
-def vector_table_ddl_trigger(table: str) -> str:
+def product_trigger_ddl(table: str) -> str:
     """The vector table's row trigger that checks each row's product (migration 0012's function)."""
     return (
         f"CREATE TRIGGER {table}_product BEFORE INSERT OR UPDATE OF product_pk ON {table}"
